@@ -1,0 +1,248 @@
+"""Benchmark possae.layer0_stats on gpt2-small shapes with random weights.
+
+Times, each in its own child process (so that its peak RSS is its own): the bare matmul W_E @ W_enc
+(the floor of the exact path, streamed over the same feature chunks), the exact path over the full
+distribution (all tokens x all positions), and the brute-force path on a subsample of (token,
+position) inputs, extrapolated to all d_vocab x n_ctx inputs. Prints a table and writes
+benchmarks/results/layer0_stats.json.
+
+    python benchmarks/bench_layer0_stats.py               # full gpt2-small shapes
+    python benchmarks/bench_layer0_stats.py --scale 0.1   # 10% of d_vocab, d_sae and n_ctx
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+import torch  # noqa: E402
+from sae_lens import StandardSAE, StandardSAEConfig  # noqa: E402
+
+from possae.layer0_stats import LAYER0_HOOK, exact_stats, layer0_stats, resolve_token_weights  # noqa: E402
+
+GPT2 = dict(d_vocab=50_257, n_ctx=1_024, d_model=768, d_sae=24_576)
+RESULTS = Path(__file__).resolve().parent / "results" / "layer0_stats.json"
+
+
+def shapes(scale: float) -> dict[str, int]:
+    """Return gpt2-small shapes with d_vocab, n_ctx and d_sae scaled by `scale` (d_model kept)."""
+    return dict(
+        d_vocab=max(64, round(GPT2["d_vocab"] * scale)),
+        n_ctx=max(8, round(GPT2["n_ctx"] * scale)),
+        d_model=GPT2["d_model"],
+        d_sae=max(64, round(GPT2["d_sae"] * scale)),
+    )
+
+
+@torch.no_grad()
+def build(shp: dict[str, int], pos_ratio: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, StandardSAE]:
+    """Return random (W_E, W_pos, ReLU SAE) at these shapes, with b_enc set for a log-uniform spread of firing rates.
+
+    W_E rows have norm ~3.5 (like GPT-2's); W_pos is a smooth, low-rank (helix-like) curve over positions plus a
+    little noise, with row norm pos_ratio times W_E's; W_enc columns are random unit vectors. b_enc is set so that
+    feature i fires on a share r_i of inputs, r_i log-uniform in [5e-5, 5e-3] (mean L0 about 26 at d_sae 24,576).
+    """
+    g = torch.Generator().manual_seed(seed)
+    V, n, d, F = shp["d_vocab"], shp["n_ctx"], shp["d_model"], shp["d_sae"]
+    W_E = torch.randn(V, d, generator=g) * (3.5 / math.sqrt(d))
+    p = torch.arange(n, dtype=torch.float32)[:, None] / GPT2["n_ctx"]
+    freqs = torch.tensor([0.5, 1.0, 2.0, 3.0, 5.0, 8.0])[None, :]
+    basis = torch.cat([torch.cos(2 * math.pi * p * freqs), torch.sin(2 * math.pi * p * freqs)], dim=1)
+    dirs = torch.randn(basis.shape[1], d, generator=g) / math.sqrt(d)
+    W_pos = basis @ dirs + 0.15 * torch.randn(n, d, generator=g) / math.sqrt(d)
+    W_pos = W_pos * (pos_ratio * 3.5 / W_pos.norm(dim=1).mean())
+    cfg = StandardSAEConfig(d_in=d, d_sae=F, apply_b_dec_to_input=True)
+    cfg.metadata.hook_name = LAYER0_HOOK
+    sae = StandardSAE(cfg)
+    W_enc = torch.randn(d, F, generator=g)
+    sae.W_enc.copy_(W_enc / W_enc.norm(dim=0, keepdim=True))
+    sae.W_dec.copy_(sae.W_enc.T)
+    sae.b_dec.copy_(0.05 * torch.randn(d, generator=g))
+    t = torch.randint(0, V, (4096,), generator=g)
+    q = torch.randint(0, n, (4096,), generator=g)
+    z = (W_E[t] + W_pos[q] - sae.b_dec) @ sae.W_enc
+    rate = torch.exp(torch.empty(F).uniform_(math.log(5e-5), math.log(5e-3), generator=g))
+    zq = torch.distributions.Normal(0.0, 1.0).icdf(1 - rate)
+    sae.b_enc.copy_(-(z.mean(0) + z.std(0) * zq))
+    return W_E, W_pos, sae
+
+
+@torch.no_grad()
+def sample_l0(W_E: torch.Tensor, W_pos: torch.Tensor, sae: StandardSAE, n: int = 4096, seed: int = 1) -> float:
+    """Return the mean number of firing features over n random (token, position) inputs, from sae.encode."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randint(0, W_E.shape[0], (n,), generator=g)
+    q = torch.randint(0, W_pos.shape[0], (n,), generator=g)
+    return (sae.encode(W_E[t] + W_pos[q]) > 0).sum(1).double().mean().item()
+
+
+def max_rss_mb() -> float:
+    """Return this process's peak resident set size in MB (Linux reports ru_maxrss in KB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def sync(device: str) -> None:
+    """Wait for queued CUDA work, if any."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def child(args: argparse.Namespace) -> dict:
+    """Run one measurement (args.child) in this process and return its figures."""
+    shp = shapes(args.scale)
+    W_E, W_pos, sae = build(shp, args.pos_ratio)
+    dev = args.device
+    out: dict = {"rss_before_mb": max_rss_mb()}
+    if dev.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    if args.child == "matmul":
+        E, W = W_E.to(dev), sae.W_enc.detach().to(dev)
+        WT = W.T
+        sync(dev)
+        t0 = time.perf_counter()
+        for f0 in range(0, W.shape[1], args.feature_chunk):
+            A = WT[f0 : f0 + args.feature_chunk] @ E.T
+            del A
+        sync(dev)
+        out["seconds"] = time.perf_counter() - t0
+    elif args.child == "exact":
+        t0 = time.perf_counter()
+        st = layer0_stats(W_E, W_pos, sae, method="exact", device=dev, feature_chunk=args.feature_chunk)
+        sync(dev)
+        out["seconds"] = time.perf_counter() - t0
+        out["exact_expected_l0"] = st.l0_by_position().mean().item()
+        out["share_positional_r2_gt_0.5"] = (st.r2_pos > 0.5).double().mean().item()
+    elif args.child == "brute":
+        g = torch.Generator().manual_seed(2)
+        n_tok = max(1, args.brute_inputs // shp["n_ctx"])
+        toks = torch.randperm(shp["d_vocab"], generator=g)[:n_tok]
+        sub_E = W_E[toks]
+        w = resolve_token_weights(None, n_tok)
+        pos = torch.arange(shp["n_ctx"])
+        t0 = time.perf_counter()
+        from possae.layer0_stats import brute_force_stats
+
+        bf = brute_force_stats(sub_E, W_pos, sae, w, pos, torch.device(dev), batch_size=args.batch_size)
+        sync(dev)
+        out["seconds_subsample"] = time.perf_counter() - t0
+        out["inputs_subsample"] = n_tok * shp["n_ctx"]
+        out["seconds"] = out["seconds_subsample"] * (shp["d_vocab"] * shp["n_ctx"]) / out["inputs_subsample"]
+        ex = exact_stats(sub_E, W_pos, sae, w, pos, torch.device(dev), args.feature_chunk)
+        out["max_abs_diff_vs_exact"] = {
+            k: (getattr(ex, k) - getattr(bf, k)).abs().max().item()
+            for k in ("mean", "std", "firing_rate", "mean_preact", "r2_pos", "r2_tok")
+        }
+    elif args.child == "l0":
+        out["sample_l0"] = sample_l0(W_E, W_pos, sae)
+        out["seconds"] = 0.0
+    out["peak_rss_mb"] = max_rss_mb()
+    if dev.startswith("cuda"):
+        out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def run_child(method: str, args: argparse.Namespace, device: str) -> dict:
+    """Return the figures of one measurement run in a fresh Python process."""
+    cmd = [sys.executable, __file__, "--child", method, "--device", device]
+    for k in ("scale", "pos_ratio", "feature_chunk", "brute_inputs", "batch_size"):
+        cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"{method} child failed:\n{res.stderr[-4000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def cpu_model() -> str:
+    """Return the CPU model name from /proc/cpuinfo (or platform.processor())."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def section(args: argparse.Namespace, device: str) -> dict:
+    """Return the matmul / exact / brute-force figures on one device."""
+    mm = run_child("matmul", args, device)
+    ex = run_child("exact", args, device)
+    bf = run_child("brute", args, device)
+    return {
+        "device": device,
+        "matmul_seconds": mm["seconds"],
+        "exact_seconds": ex["seconds"],
+        "brute_force_seconds_extrapolated": bf["seconds"],
+        "brute_force_seconds_subsample": bf["seconds_subsample"],
+        "brute_force_inputs_subsample": bf["inputs_subsample"],
+        "ratio_exact_over_matmul": ex["seconds"] / mm["seconds"],
+        "speedup_vs_brute_force": bf["seconds"] / ex["seconds"],
+        "peak_rss_mb": {"matmul": mm["peak_rss_mb"], "exact": ex["peak_rss_mb"], "brute_force": bf["peak_rss_mb"]},
+        "rss_after_building_weights_mb": ex["rss_before_mb"],
+        "cuda_peak_mb": {k: v.get("cuda_peak_mb") for k, v in (("matmul", mm), ("exact", ex), ("brute_force", bf))},
+        "exact_expected_l0": ex["exact_expected_l0"],
+        "share_features_r2_pos_gt_0.5": ex["share_positional_r2_gt_0.5"],
+        "brute_vs_exact_max_abs_diff_on_subsample": bf["max_abs_diff_vs_exact"],
+    }
+
+
+def main() -> None:
+    """Parse arguments, run the measurements, print a table and write the JSON."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scale", type=float, default=1.0, help="fraction of d_vocab, d_sae and n_ctx (1.0 = gpt2-small)")
+    ap.add_argument("--device", default="cpu", help="device for the CPU section (a CUDA section is added when available)")
+    ap.add_argument("--pos-ratio", type=float, default=0.8, help="W_pos row norm / W_E row norm")
+    ap.add_argument("--feature-chunk", type=int, default=1024)
+    ap.add_argument("--brute-inputs", type=int, default=16_384, help="(token, position) inputs in the brute-force subsample")
+    ap.add_argument("--batch-size", type=int, default=1024, help="inputs per sae.encode call in brute force")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(args)))
+        return
+    shp = shapes(args.scale)
+    l0 = run_child("l0", args, "cpu")["sample_l0"]
+    result = {
+        "shapes": shp,
+        "scale": args.scale,
+        "pos_ratio": args.pos_ratio,
+        "inputs_total": shp["d_vocab"] * shp["n_ctx"],
+        "sample_mean_l0": l0,
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "sections": [section(args, args.device)],
+    }
+    if torch.cuda.is_available() and not args.device.startswith("cuda"):
+        result["cuda_device"] = torch.cuda.get_device_name()
+        result["sections"].append(section(args, "cuda"))
+    print(f"shapes {shp}  inputs {result['inputs_total']:,}  sample L0 {l0:.1f}  threads {result['torch_threads']}  CPU {result['cpu_model']}")
+    hdr = f"{'device':8} {'matmul s':>9} {'exact s':>8} {'exact/mm':>9} {'brute s (extrap.)':>18} {'speed-up':>9} {'RSS exact MB':>13} {'RSS brute MB':>13}"
+    print(hdr)
+    for s in result["sections"]:
+        print(
+            f"{s['device']:8} {s['matmul_seconds']:9.2f} {s['exact_seconds']:8.2f} {s['ratio_exact_over_matmul']:9.2f} "
+            f"{s['brute_force_seconds_extrapolated']:18.0f} {s['speedup_vs_brute_force']:9.0f} "
+            f"{s['peak_rss_mb']['exact']:13.0f} {s['peak_rss_mb']['brute_force']:13.0f}"
+        )
+        print(f"  exact expected L0 {s['exact_expected_l0']:.1f}; brute vs exact on subsample: {s['brute_vs_exact_max_abs_diff_on_subsample']}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

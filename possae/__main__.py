@@ -1,0 +1,3 @@
+from possae.cli import main
+
+main()

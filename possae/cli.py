@@ -1,0 +1,77 @@
+"""Command line: `possae organism STEP` rebuilds the offline model organism; `possae build` builds the book."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+
+STEPS = ("tokenizer", "tokens", "model", "saes", "card")
+
+
+def _organism(args: argparse.Namespace) -> None:
+    from possae.organism.recipe import OrganismRecipe, build_dir
+
+    if args.data:
+        os.environ["POSSAE_DATA"] = args.data
+    recipe = OrganismRecipe()
+    if args.tokens:
+        recipe = dataclasses.replace(recipe, lm=dataclasses.replace(recipe.lm, train_tokens=args.tokens))
+    steps = STEPS if args.step == "all" else (args.step,)
+    for step in steps:
+        if step == "tokenizer":
+            from possae.organism import data
+
+            print("tokenizer ->", data.build_tokenizer(vocab_size=recipe.lm.d_vocab))
+        elif step == "tokens":
+            from possae.organism import data
+
+            paths = data.build_token_streams()
+            print(json.dumps({c: {s: str(p) for s, p in d.items()} for c, d in paths.items()}, indent=1))
+        elif step == "model":
+            from possae.organism import lm
+
+            facts = lm.train_language_model(recipe.lm, device=args.device, log_file=build_dir() / "lm_training.log")
+            print(json.dumps({k: v for k, v in facts.items() if k != "history"}, indent=1))
+        elif step == "saes":
+            from possae.organism import saes
+
+            only = set(args.only.split(",")) if args.only else None
+            for r in recipe.saes:
+                if only is None or r.sae_id in only:
+                    print(json.dumps(saes.train_sae(r, device=args.device), indent=1))
+        elif step == "card":
+            from possae.organism import card
+
+            print("model card ->", card.write_model_card(recipe, device=args.device))
+
+
+def _build(args: argparse.Namespace) -> None:
+    from possae.book import build
+
+    print("book ->", build(args.profile, args.only, html=not args.no_html))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the command line and run it."""
+    parser = argparse.ArgumentParser(prog="possae", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    org = sub.add_parser("organism", help="rebuild the model organism shipped in possae/artifacts/organism")
+    org.add_argument("step", choices=(*STEPS, "all"))
+    org.add_argument("--data", help="shared data folder (default: $POSSAE_DATA or ../shared/data)")
+    org.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    org.add_argument("--tokens", type=int, default=None, help="override the language model's training tokens")
+    org.add_argument("--only", default=None, help="comma-separated SAE ids to (re)train")
+    org.set_defaults(func=_organism)
+    b = sub.add_parser("build", help="execute the chapters with papermill and build the book's HTML")
+    b.add_argument("--profile", default="organism", help="organism (default, offline), quick, or gpt2 (needs network)")
+    b.add_argument("--only", default=None, help="execute only this chapter (its file name without .py)")
+    b.add_argument("--no-html", action="store_true", help="execute chapters without building the HTML")
+    b.set_defaults(func=_build)
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,257 @@
+"""Load a model (transformer_lens) and an SAE (sae_lens) by name: hub names, the organism, or local folders."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from possae.organism.recipe import ARTIFACTS
+
+ORGANISM = "organism"  # the offline default: model name and SAE release
+OFFLINE_HINT = (
+    "Offline, run on the model organism shipped with possae: load_model('organism') and "
+    "load_sae('organism', SAE_ID) (ids: {ids}), or the book's `organism` profile."
+)
+
+
+class HubUnreachableError(RuntimeError):
+    """The Hugging Face hub cannot be reached and the requested weights are not cached locally."""
+
+
+def default_device() -> str:
+    """Return 'cuda' when a GPU is present, else 'cpu'."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def organism_sae_ids() -> list[str]:
+    """Return the ids of the SAEs shipped with the organism."""
+    root = ARTIFACTS / "saes"
+    return sorted(p.name for p in root.iterdir() if (p / "cfg.json").is_file()) if root.is_dir() else []
+
+
+@lru_cache(maxsize=1)
+def hub_reachable(host: str = "huggingface.co", timeout: float = 2.0) -> bool:
+    """Return whether a TCP connection to the hub opens within `timeout` seconds (False under HF_HUB_OFFLINE)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            ok.append(True)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout + 0.5)  # DNS look-ups ignore the socket timeout
+    return bool(ok)
+
+
+@contextlib.contextmanager
+def _hub_offline():
+    """Make huggingface_hub use only its local cache for the duration (no retries against a dead network)."""
+    import huggingface_hub.constants as c
+
+    old = c.HF_HUB_OFFLINE
+    c.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        c.HF_HUB_OFFLINE = old
+
+
+def _from_hub(what: str, load):
+    """Run `load()`; with no hub connection, try the local cache only and fail fast with a clear message."""
+    if hub_reachable():
+        return load()
+    try:
+        with _hub_offline():
+            return load()
+    except Exception as e:  # the hub libraries raise many kinds of error when a file is not cached
+        raise HubUnreachableError(
+            f"Cannot load {what}: the Hugging Face hub is unreachable (no network, or HF_HUB_OFFLINE is set) "
+            f"and it is not in the local cache. " + OFFLINE_HINT.format(ids=", ".join(organism_sae_ids()) or "none built")
+        ) from e
+
+
+# ---------------------------------------------------------------- models
+
+
+def load_model(name: str = ORGANISM, device: str | None = None, **from_pretrained_kwargs: Any):
+    """Return a transformer_lens HookedTransformer: 'organism', a local folder, or a transformer_lens model name."""
+    from transformer_lens import HookedTransformer
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    device = device or default_device()
+    if name == ORGANISM:
+        return _load_organism_model(device)
+    path = Path(name)
+    if path.is_dir():
+        return _load_local_model(path, device, **from_pretrained_kwargs)
+    try:
+        official = get_official_model_name(name)
+    except ValueError as e:
+        raise ValueError(
+            f"Unknown model {name!r}: it is neither 'organism', a local folder, nor a transformer_lens model "
+            "name (see transformer_lens.loading_from_pretrained.OFFICIAL_MODEL_NAMES)."
+        ) from e
+    return _from_hub(f"model {official!r}", lambda: HookedTransformer.from_pretrained(
+        official, device=device, **from_pretrained_kwargs))
+
+
+def _load_organism_model(device: str):
+    from possae.organism.lm import MODEL_DIR, load_saved_model
+
+    folder = ARTIFACTS / MODEL_DIR
+    if not (folder / "model.safetensors").is_file():
+        raise FileNotFoundError(f"The organism's model is missing from {folder}: rebuild it with `possae organism model`.")
+    return load_saved_model(folder, ARTIFACTS / "tokenizer", device=device)
+
+
+def _load_local_model(path: Path, device: str, **from_pretrained_kwargs: Any):
+    """Load a possae-format folder, or a Hugging Face model folder converted through transformer_lens."""
+    import json
+
+    from possae.organism.lm import load_saved_model
+
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{path} has no config.json: give a Hugging Face model folder or a possae model folder.")
+    hf_cfg = json.loads(cfg_file.read_text())
+    if "positional_embedding_type" in hf_cfg:
+        tok = path.parent / "tokenizer"
+        return load_saved_model(path, tok if tok.is_dir() else None, device=device)
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens.loading_from_pretrained import get_pretrained_state_dict
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    hf = AutoModelForCausalLM.from_pretrained(str(path))
+    has_tokenizer = any((path / f).is_file() for f in ("tokenizer.json", "vocab.json", "tokenizer.model"))
+    cfg_kwargs = {**_convert_hf_config(hf_cfg), "tokenizer_name": None, "model_name": path.name}
+    cfg = HookedTransformerConfig(**cfg_kwargs, device=device)
+    model = HookedTransformer(cfg, tokenizer=AutoTokenizer.from_pretrained(str(path)) if has_tokenizer else None)
+    kwargs = {"fold_ln": True, "center_writing_weights": True, "center_unembed": True,
+              "fold_value_biases": True, "refactor_factored_attn_matrices": False}
+    kwargs.update({k: v for k, v in from_pretrained_kwargs.items() if k in kwargs})
+    model.load_and_process_state_dict(get_pretrained_state_dict(str(path), cfg, hf_model=hf), **kwargs)
+    return model.to(device)
+
+
+def _convert_hf_config(hf_cfg: dict) -> dict:
+    """Return transformer_lens config kwargs for a Hugging Face config.json (GPT-2's n_ctx restored)."""
+    import json
+    import tempfile
+
+    from transformer_lens.loading_from_pretrained import convert_hf_model_config
+
+    # transformers 5 drops GPT-2's n_ctx unless it is written out, and transformer_lens reads it
+    if "n_positions" in hf_cfg and "n_ctx" not in hf_cfg:
+        hf_cfg = {**hf_cfg, "n_ctx": hf_cfg["n_positions"]}
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "config.json").write_text(json.dumps(hf_cfg))
+        return convert_hf_model_config(tmp)
+
+
+# ---------------------------------------------------------------- SAEs
+
+
+def load_sae(release: str = ORGANISM, sae_id: str | None = None, device: str | None = None):
+    """Return a sae_lens SAE: the organism's, one in a local sae_lens folder, or a sae_lens release + id."""
+    from sae_lens import SAE
+
+    device = device or default_device()
+    if release == ORGANISM:
+        ids = organism_sae_ids()
+        if sae_id not in ids:
+            raise ValueError(f"Unknown organism SAE id {sae_id!r}; valid ids: {', '.join(ids) or 'none built yet'}.")
+        return SAE.load_from_disk(ARTIFACTS / "saes" / sae_id, device=device)
+    path = Path(release)
+    if path.is_dir():
+        folder = path / sae_id if sae_id else path
+        if not (folder / "cfg.json").is_file():
+            subs = sorted(p.name for p in path.iterdir() if (p / "cfg.json").is_file())
+            raise FileNotFoundError(f"{folder} is not a sae_lens SAE folder (no cfg.json); SAE folders in {path}: {subs}")
+        return SAE.load_from_disk(folder, device=device)
+    lookup = _pretrained_lookup(release, sae_id)
+    return _from_hub(f"SAE {release!r} / {sae_id!r} (hub repo {lookup.repo_id})",
+                     lambda: SAE.from_pretrained(release, sae_id, device=device))
+
+
+def _pretrained_lookup(release: str, sae_id: str | None):
+    """Return sae_lens's directory entry for a release, checking the release and id exist."""
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    directory = get_pretrained_saes_directory()
+    if release not in directory:
+        close = sorted(r for r in directory if release.split("-")[0] in r)[:20]
+        raise ValueError(
+            f"Unknown SAE release {release!r}. Use 'organism', a local folder, or a sae_lens release "
+            f"({len(directory)} known; similar: {', '.join(close) or 'none'})."
+        )
+    lookup = directory[release]
+    if sae_id not in lookup.saes_map:
+        ids = list(lookup.saes_map)
+        shown = ", ".join(ids[:30]) + (f", ... ({len(ids)} in all)" if len(ids) > 30 else "")
+        raise ValueError(f"Unknown sae_id {sae_id!r} for release {release!r}; valid ids: {shown}.")
+    return lookup
+
+
+def expected_model(release: str, sae_id: str | None = None) -> tuple[str, dict]:
+    """Return (model name, from_pretrained kwargs) an SAE was trained on, from the registry or the SAE's config."""
+    if release == ORGANISM or Path(release).is_dir():
+        sae = load_sae(release, sae_id, device="cpu")
+        meta = sae.cfg.metadata
+        name = ORGANISM if release == ORGANISM else (meta.model_name or ORGANISM)
+        return name, dict(meta.model_from_pretrained_kwargs or {})
+    lookup = _pretrained_lookup(release, sae_id)
+    overrides = (lookup.config_overrides or {}).get("model_from_pretrained_kwargs", {})
+    return lookup.model, dict(overrides)
+
+
+# ---------------------------------------------------------------- checks
+
+
+def sae_layer(sae) -> int:
+    """Return the block index of an SAE's hook (e.g. 0 for blocks.0.hook_resid_pre)."""
+    hook = sae.cfg.metadata.hook_name
+    if not hook or not hook.startswith("blocks."):
+        raise ValueError(f"SAE hook {hook!r} is not inside a transformer block (expected 'blocks.L.<hook>').")
+    return int(hook.split(".")[1])
+
+
+@torch.no_grad()
+def check_sae_fits(model, sae) -> None:
+    """Raise ValueError if the SAE's hook is not in the model or its d_in differs from the hook's width."""
+    hook = sae.cfg.metadata.hook_name
+    if hook not in model.hook_dict:
+        raise ValueError(
+            f"SAE hook {hook!r} does not exist in model {model.cfg.model_name!r} "
+            f"({model.cfg.n_layers} layers): pick an SAE trained on this model."
+        )
+    tokens = torch.zeros((1, 2), dtype=torch.long, device=model.cfg.device)
+    _, cache = model.run_with_cache(tokens, names_filter=hook, stop_at_layer=sae_layer(sae) + 1)
+    width = cache[hook].shape[-1] if sae.cfg.reshape_activations == "none" else cache[hook].shape[-2:].numel()
+    if width != sae.cfg.d_in:
+        raise ValueError(
+            f"SAE d_in {sae.cfg.d_in} does not match the width {width} of {hook!r} in model "
+            f"{model.cfg.model_name!r}: the SAE was trained on another model ({sae.cfg.metadata.model_name!r})."
+        )
+
+
+def load_model_and_sae(release: str = ORGANISM, sae_id: str = "relu-short", device: str | None = None, model=None):
+    """Return (model, sae): the SAE, and its model loaded with the weight processing it was trained with."""
+    sae = load_sae(release, sae_id, device)
+    if model is None:
+        name, kwargs = expected_model(release, sae_id) if release != ORGANISM else (ORGANISM, {})
+        model = load_model(name, device=device or default_device(), **kwargs)
+    check_sae_fits(model, sae)
+    return model, sae

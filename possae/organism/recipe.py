@@ -1,0 +1,94 @@
+"""The organism's recipe: every hyper-parameter that defines its tokenizer, language model and SAEs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from possae.data_paths import REPO_ROOT
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+ARTIFACTS = PACKAGE_DIR / "artifacts" / "organism"  # shipped: tokenizer, model, SAEs, model card
+BUILD_ENV = "POSSAE_BUILD"
+
+
+def build_dir() -> Path:
+    """Return the scratch folder for token caches and checkpoints ($POSSAE_BUILD or build/organism)."""
+    d = Path(os.environ.get(BUILD_ENV, REPO_ROOT / "build" / "organism"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+@dataclass(frozen=True)
+class LMRecipe:
+    """Architecture and training schedule of the organism's language model."""
+
+    d_vocab: int = 8192
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    d_mlp: int = 512
+    n_ctx: int = 256
+    act_fn: str = "gelu_new"
+    train_tokens: int = 10_500_000
+    batch_size: int = 16  # sequences of n_ctx tokens per step
+    lr: float = 1.5e-3
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 200
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    zero_init_wpos: bool = True  # W_pos starts at 0, so all of its structure is learned
+    seed: int = 0
+
+    @property
+    def total_steps(self) -> int:
+        """Number of optimizer steps to reach train_tokens."""
+        return -(-self.train_tokens // (self.batch_size * self.n_ctx))
+
+    def to_dict(self) -> dict:
+        """Return the recipe as a JSON-ready dict."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SAERecipe:
+    """One SAE of the organism's suite, trained with sae_lens's LanguageModelSAETrainingRunner."""
+
+    sae_id: str
+    hook_name: str = "blocks.0.hook_resid_pre"
+    architecture: str = "standard"  # sae_lens names: standard (ReLU + L1), topk, batchtopk, jumprelu
+    expansion: int = 32
+    context_size: int = 64
+    training_tokens: int = 1_500_000
+    l1_coefficient: float = 2.0  # on inputs normalised to norm sqrt(d_in) (sae_lens expected_average_only_in)
+    k: int | None = None
+    lr: float = 2e-3
+    batch_size_tokens: int = 1024
+    seed: int = 42
+    description: str = ""
+
+    def to_dict(self) -> dict:
+        """Return the recipe as a JSON-ready dict."""
+        return asdict(self)
+
+
+def layer0_saes(n_ctx: int = LMRecipe.n_ctx) -> tuple[SAERecipe, ...]:
+    """Return the layer-0 suite: relu-short (32x, context n_ctx/4), relu-full (control) and the width sweep."""
+    short = n_ctx // 4
+    return (
+        SAERecipe("relu-short", context_size=short, description=f"ReLU+L1, 32x, trained on contexts of {short} (n_ctx/4)"),
+        SAERecipe("relu-full", context_size=n_ctx, description=f"ReLU+L1, 32x, trained on full contexts of {n_ctx} (control)"),
+        SAERecipe("relu-short-8x", expansion=8, context_size=short, description="width sweep: 8x at n_ctx/4"),
+        SAERecipe("relu-short-16x", expansion=16, context_size=short, description="width sweep: 16x at n_ctx/4"),
+        SAERecipe("relu-short-64x", expansion=64, context_size=short, description="width sweep: 64x at n_ctx/4"),
+    )
+
+
+@dataclass(frozen=True)
+class OrganismRecipe:
+    """The whole organism: tokenizer size, held-out share, language model and SAE suite."""
+
+    lm: LMRecipe = field(default_factory=LMRecipe)
+    saes: tuple[SAERecipe, ...] = field(default_factory=layer0_saes)

@@ -1,0 +1,62 @@
+"""Plotly figure builders for the book, and an offline renderer (plotly.js is served once by the site)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+import plotly.io as pio
+import torch
+from jaxtyping import Float
+from plotly.subplots import make_subplots
+from torch import Tensor
+
+from possae.wpos import pca, position_cosine_matrix
+
+RENDERER = "possae_offline"
+
+
+class _OfflineHTML(pio.base_renderers.MimetypeRenderer):
+    """Render figures as bare <div>s; the book loads plotly.min.js once from its own _static folder."""
+
+    def to_mimebundle(self, fig_dict):
+        html = pio.to_html(fig_dict, include_plotlyjs=False, include_mathjax=False, full_html=False,
+                           config={"displaylogo": False})
+        return {"text/html": html}
+
+
+def use_offline_renderer() -> None:
+    """Make plotly figures render without any external script (the book's default)."""
+    pio.renderers[RENDERER] = _OfflineHTML()
+    pio.renderers.default = RENDERER
+
+
+def heldout_loss_figure(df: pd.DataFrame) -> go.Figure:
+    """Return grouped bars of held-out loss and the unigram baseline per corpus."""
+    fig = go.Figure([go.Bar(name="organism", x=df["corpus"], y=df["loss"]),
+                     go.Bar(name="unigram baseline", x=df["corpus"], y=df["unigram_loss"])])
+    return fig.update_layout(barmode="group", yaxis_title="cross-entropy (nats/token)", height=380,
+                             title="Held-out loss per corpus")
+
+
+def wpos_pca_figure(W_pos: Float[Tensor, "n_pos d_model"], first: int = 1, n_components: int = 6) -> go.Figure:
+    """Return W_pos's explained-variance ratios beside its rows projected on the top 3 PCs (3-D, coloured by position)."""
+    scores, ratios, _ = pca(W_pos[first:])
+    pos = torch.arange(first, W_pos.shape[0])
+    fig = make_subplots(1, 2, specs=[[{"type": "xy"}, {"type": "scene"}]], column_widths=[0.35, 0.65],
+                        subplot_titles=("variance explained", "rows on the top 3 principal components"))
+    fig.add_bar(x=[f"PC{i + 1}" for i in range(n_components)], y=ratios[:n_components].tolist(), row=1, col=1,
+                showlegend=False)
+    fig.add_scatter3d(x=scores[:, 0].tolist(), y=scores[:, 1].tolist(), z=scores[:, 2].tolist(), mode="lines+markers",
+                      marker=dict(size=2.5, color=pos.tolist(), colorscale="Viridis", colorbar=dict(title="position")),
+                      line=dict(color="lightgray"), text=[f"position {p}" for p in pos.tolist()], showlegend=False,
+                      row=1, col=2)
+    return fig.update_layout(height=450, yaxis_tickformat=".0%")
+
+
+def position_cosine_figure(W_pos: Float[Tensor, "n_pos d_model"], first: int = 1) -> go.Figure:
+    """Return the heatmap of cosine similarity between every pair of positions."""
+    C = position_cosine_matrix(W_pos[first:])
+    pos = list(range(first, W_pos.shape[0]))
+    fig = go.Figure(go.Heatmap(z=C.tolist(), x=pos, y=pos, colorscale="RdBu", zmid=0, zmin=-1, zmax=1))
+    return fig.update_layout(height=450, width=520, xaxis_title="position", yaxis_title="position",
+                             yaxis_autorange="reversed", title="cosine similarity of W_pos rows")

@@ -1,0 +1,37 @@
+"""Geometry of a positional embedding matrix: principal components and adjacent-position similarity."""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+
+def pca(W: Float[Tensor, "n_pos d_model"]) -> tuple[Float[Tensor, "n_pos n_pos"], Float[Tensor, " k"], Float[Tensor, "k d_model"]]:
+    """Return (scores, explained variance ratios, components) of the mean-centred rows of W."""
+    X = W.double() - W.double().mean(0, keepdim=True)
+    U, S, Vh = torch.linalg.svd(X, full_matrices=False)
+    var = S**2
+    return (U * S).float(), (var / var.sum()).float(), Vh.float()
+
+
+def top_k_variance_share(W: Float[Tensor, "n_pos d_model"], k: int = 3) -> float:
+    """Return the share of the centred rows' variance explained by the top k principal components."""
+    return pca(W)[1][:k].sum().item()
+
+
+def adjacent_cosine(W: Float[Tensor, "n_pos d_model"]) -> float:
+    """Return the mean cosine similarity between consecutive rows of W."""
+    return torch.nn.functional.cosine_similarity(W[1:].double(), W[:-1].double(), dim=-1).mean().item()
+
+
+def position_cosine_matrix(W: Float[Tensor, "n_pos d_model"]) -> Float[Tensor, "n_pos n_pos"]:
+    """Return the cosine similarity of every pair of rows of W."""
+    Wn = torch.nn.functional.normalize(W.double(), dim=-1)
+    return (Wn @ Wn.T).float()
+
+
+def wpos_geometry(W_pos: Float[Tensor, "n_ctx d_model"], first: int = 1, last: int | None = None, k: int = 3) -> dict[str, float]:
+    """Return {'top{k}_share', 'adjacent_cosine'} over rows first..last-1 (position 0 is excluded by default)."""
+    rows = W_pos[first:last]
+    return {f"top{k}_share": top_k_variance_share(rows, k), "adjacent_cosine": adjacent_cosine(rows)}

@@ -1,0 +1,159 @@
+import pytest
+import torch
+from sae_lens import SAE, StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from possae.loaders import (
+    HubUnreachableError,
+    check_sae_fits,
+    expected_model,
+    load_model,
+    load_model_and_sae,
+    load_sae,
+    organism_sae_ids,
+)
+from possae.organism.card import read_model_card
+
+LAYER0_IDS = {"relu-short", "relu-full", "relu-short-8x", "relu-short-16x", "relu-short-64x"}
+
+
+def _tiny_model(d_model=16, n_layers=2):
+    cfg = HookedTransformerConfig(d_model=d_model, d_head=8, n_heads=2, d_mlp=32, n_layers=n_layers, n_ctx=16,
+                                  d_vocab=50, act_fn="gelu_new", normalization_type="LN", model_name="tiny")
+    return HookedTransformer(cfg)
+
+
+def _sae(d_in, hook, cls=StandardSAE, cfg_cls=StandardSAEConfig, **kw):
+    sae = cls(cfg_cls(d_in=d_in, d_sae=4 * d_in, **kw))
+    sae.cfg.metadata.hook_name = hook
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.normal_(generator=torch.Generator().manual_seed(p.numel()))
+    return sae
+
+
+# ---------------------------------------------------------------- the organism (offline default)
+
+
+def test_organism_model_loads_with_documented_shapes():
+    model = load_model("organism", device="cpu")
+    card = read_model_card()
+    assert model.cfg.n_layers == card["architecture"]["n_layers"] >= 4
+    assert model.cfg.d_model >= 128 and model.cfg.n_ctx >= 256
+    assert model.cfg.positional_embedding_type == "standard" and model.cfg.normalization_type == "LN"
+    tokens = model.to_tokens("Once upon a time, there was a little robot.")
+    assert tokens[0, 0].item() == model.tokenizer.bos_token_id
+    logits = model(tokens)
+    assert logits.shape == (1, tokens.shape[1], model.cfg.d_vocab) and torch.isfinite(logits).all()
+    assert model.W_pos.dtype == torch.float32
+
+
+def test_organism_beats_unigram_on_every_held_out_corpus():
+    for row in read_model_card()["heldout"]:
+        assert row["loss"] < 0.8 * row["unigram_loss"], row
+
+
+def test_organism_saes_load_and_fit_the_model():
+    assert LAYER0_IDS <= set(organism_sae_ids())
+    model = load_model("organism", device="cpu")
+    x = model.W_E[:5] + model.W_pos[:5]
+    for sae_id in sorted(LAYER0_IDS):
+        model_, sae = load_model_and_sae("organism", sae_id, device="cpu", model=model)
+        assert sae.cfg.metadata.hook_name == "blocks.0.hook_resid_pre"
+        assert sae.W_enc.dtype == torch.float32 and sae.cfg.d_in == model.cfg.d_model
+        f = sae.encode(x)
+        assert f.shape == (5, sae.cfg.d_sae) and torch.isfinite(f).all() and (f >= 0).all()
+    assert load_sae("organism", "relu-short").cfg.metadata.context_size == model.cfg.n_ctx // 4
+    assert load_sae("organism", "relu-full").cfg.metadata.context_size == model.cfg.n_ctx
+    assert load_sae("organism", "relu-short-64x").cfg.d_sae == 64 * model.cfg.d_model
+
+
+def test_organism_card_reports_every_sae():
+    saes = read_model_card()["saes"]
+    assert LAYER0_IDS <= set(saes)
+    for sae_id, s in saes.items():
+        h = s["heldout"]
+        assert 0 < h["l0"] < s["d_sae"] and 0 < h["explained_variance"] <= 1 and 0 <= h["dead_share"] < 1, sae_id
+
+
+# ---------------------------------------------------------------- local folders
+
+
+def test_local_sae_folder_round_trip_gives_identical_encodings(tmp_path):
+    model = _tiny_model()
+    for cls, cfg_cls, kw in ((StandardSAE, StandardSAEConfig, {}), (TopKSAE, TopKSAEConfig, {"k": 3})):
+        sae = _sae(16, "blocks.0.hook_resid_pre", cls, cfg_cls, **kw)
+        folder = tmp_path / cls.__name__
+        sae.save_model(folder)
+        loaded = load_sae(str(folder), device="cpu")
+        assert type(loaded) is cls
+        check_sae_fits(model, loaded)
+        x = torch.randn(7, 16)
+        assert torch.equal(loaded.encode(x), sae.encode(x))
+    again = load_sae(str(tmp_path), "StandardSAE", device="cpu")
+    assert isinstance(again, StandardSAE)
+    with pytest.raises(FileNotFoundError, match="SAE folders in .*StandardSAE"):
+        load_sae(str(tmp_path), "nope")
+
+
+def test_hugging_face_model_folder_matches_hf_logits(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=4, n_positions=32, vocab_size=64)).eval()
+    hf.save_pretrained(tmp_path)
+    model = load_model(str(tmp_path), device="cpu")
+    tokens = torch.randint(0, 64, (2, 12))
+    with torch.no_grad():
+        ref = hf(tokens).logits.log_softmax(-1)
+        ours = model(tokens).log_softmax(-1)
+    assert torch.allclose(ours, ref, atol=1e-4)
+
+
+def test_possae_model_folder_loads_by_path():
+    from possae.organism.recipe import ARTIFACTS
+
+    model = load_model(str(ARTIFACTS / "model"), device="cpu")
+    ref = load_model("organism", device="cpu")
+    tokens = ref.to_tokens("The King James Bible")
+    assert torch.equal(model(tokens), ref(tokens))
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_hub_sae_fails_fast_and_names_the_offline_alternative():
+    with pytest.raises(HubUnreachableError) as e:
+        load_sae("gpt2-small-res-jb", "blocks.0.hook_resid_pre", device="cpu")
+    msg = str(e.value)
+    assert "gpt2-small-res-jb" in msg and "unreachable" in msg and "load_sae('organism'" in msg
+
+
+def test_hub_model_fails_fast_and_names_the_offline_alternative():
+    with pytest.raises(HubUnreachableError, match=r"model 'gpt2'.*unreachable.*load_model\('organism'\)"):
+        load_model("gpt2-small", device="cpu")
+
+
+def test_unknown_release_and_ids_list_valid_choices():
+    with pytest.raises(ValueError, match="Unknown SAE release 'gpt2-small-res-nope'.*gpt2-small-res-jb"):
+        load_sae("gpt2-small-res-nope", "blocks.0.hook_resid_pre")
+    with pytest.raises(ValueError, match="Unknown sae_id 'blocks.99.hook_resid_pre'.*blocks.0.hook_resid_pre"):
+        load_sae("gpt2-small-res-jb", "blocks.99.hook_resid_pre")
+    with pytest.raises(ValueError, match="Unknown organism SAE id 'relu-huge'.*relu-short"):
+        load_sae("organism", "relu-huge")
+    with pytest.raises(ValueError, match="Unknown model 'not-a-model'"):
+        load_model("not-a-model")
+
+
+def test_registry_records_the_weight_processing_of_jb_saes():
+    name, kwargs = expected_model("gpt2-small-res-jb", "blocks.0.hook_resid_pre")
+    assert name == "gpt2-small" and kwargs == {"center_writing_weights": True}
+
+
+def test_mismatched_sae_and_model_raise():
+    model = _tiny_model(d_model=16, n_layers=2)
+    with pytest.raises(ValueError, match="d_in 24 does not match the width 16"):
+        check_sae_fits(model, _sae(24, "blocks.0.hook_resid_pre"))
+    with pytest.raises(ValueError, match="'blocks.5.hook_resid_pre' does not exist"):
+        check_sae_fits(model, _sae(16, "blocks.5.hook_resid_pre"))
+    check_sae_fits(model, _sae(32, "blocks.1.mlp.hook_post"))  # d_mlp wide hooks fit

@@ -1,0 +1,95 @@
+"""A tiny end-to-end run of the organism recipe: tokenizer, a 2-layer model and one SAE on a small text sample."""
+
+import dataclasses
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from sae_lens import SAE
+
+from possae.loaders import check_sae_fits, load_sae
+from possae.organism.data import build_token_streams, build_tokenizer, load_tokenizer
+from possae.organism.lm import evaluate_lm, load_saved_model, train_language_model
+from possae.organism.recipe import LMRecipe, SAERecipe
+from possae.organism.saes import evaluate_sae, train_sae
+
+CORPUS = ("tinystories",)
+RECIPE = LMRecipe(d_vocab=512, d_model=32, n_layers=2, n_heads=2, d_mlp=128, n_ctx=64, train_tokens=8 * 64 * 80,
+                  batch_size=8, warmup_steps=5, lr=3e-3)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, request):
+    from possae.data_paths import MissingDataError, data_dir
+
+    try:
+        shared = data_dir()
+    except MissingDataError as e:
+        pytest.skip(str(e))
+    root = tmp_path_factory.mktemp("organism")
+    (root / "data" / "corpora").mkdir(parents=True)
+    lines = (shared / "corpora" / "tinystories_5k.jsonl").read_text().splitlines()[:400]
+    (root / "data" / "corpora" / "tinystories_5k.jsonl").write_text("\n".join(lines) + "\n")
+    out, work = root / "out", root / "work"
+    build_tokenizer(root / "data", vocab_size=RECIPE.d_vocab, out_dir=out, corpora=CORPUS)
+    build_token_streams(root / "data", cache=work / "tokens", tokenizer_dir=out / "tokenizer", corpora=CORPUS)
+    facts = train_language_model(RECIPE, out_dir=out, work_dir=work, corpora=CORPUS, compile=False, log_every=10,
+                                 geometry_every=40, checkpoint_every=1000)
+    return root, out, work, facts
+
+
+def test_tokenizer_has_bos_and_requested_size(tiny):
+    _, out, _, _ = tiny
+    tok = load_tokenizer(out / "tokenizer")
+    assert tok.get_vocab_size() == RECIPE.d_vocab and tok.token_to_id("<|endoftext|>") == 0
+    assert tok.decode(tok.encode("Once upon a time").ids) == "Once upon a time"
+
+
+def test_language_model_loss_falls_and_beats_unigram(tiny):
+    _, out, work, facts = tiny
+    losses = [h["loss"] for h in facts["history"]]
+    assert losses[-1] < losses[0] - 1.0
+    assert facts["tokens_seen"] == RECIPE.total_steps * RECIPE.batch_size * RECIPE.n_ctx
+    model = load_saved_model(out / "model", out / "tokenizer")
+    df = evaluate_lm(model, corpora=CORPUS, cache=work / "tokens")
+    assert df.loc[0, "loss"] < df.loc[0, "unigram_loss"]
+    assert "top3_share" in facts["history"][-1]
+
+
+def test_interrupted_training_resumes_to_identical_weights(tiny, tmp_path):
+    _, out, work, _ = tiny
+    short = dataclasses.replace(RECIPE, train_tokens=8 * 64 * 12)
+    kw = dict(corpora=CORPUS, compile=False, log_every=4, checkpoint_every=1000)
+    (tmp_path / "tokens").symlink_to(work / "tokens")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "tokenizer").symlink_to(out / "tokenizer")
+    straight = train_language_model(short, out_dir=tmp_path / "a", work_dir=tmp_path, **kw)
+    (tmp_path / "lm_checkpoint.pt").unlink()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "tokenizer").symlink_to(out / "tokenizer")
+    assert train_language_model(short, out_dir=tmp_path / "b", work_dir=tmp_path, stop_at=5, **kw)["stopped_at"] == 5
+    resumed = train_language_model(short, out_dir=tmp_path / "b", work_dir=tmp_path, **kw)
+    a, b = load_file(tmp_path / "a" / "model" / "model.safetensors"), load_file(tmp_path / "b" / "model" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert straight["steps"] == resumed["steps"] == 12
+
+
+def test_sae_trains_with_sae_lens_and_reloads(tiny):
+    _, out, work, _ = tiny
+    r = SAERecipe("tiny", expansion=4, context_size=16, training_tokens=16_384, batch_size_tokens=256,
+                  l1_coefficient=1.0, lr=3e-3)
+    facts = train_sae(r, device="cpu", out_dir=out, work_dir=work, corpora=CORPUS)
+    folder = out / "saes" / "tiny"
+    assert facts["sae_id"] == "tiny" and {p.name for p in folder.iterdir()} == {"cfg.json", "sae_weights.safetensors", "training.json"}
+    assert all(v.dtype == torch.float16 for v in load_file(folder / "sae_weights.safetensors").values())
+    sae = SAE.load_from_disk(folder)
+    assert sae.cfg.architecture() == "standard" and sae.cfg.d_sae == 4 * RECIPE.d_model
+    assert sae.W_enc.dtype == torch.float32 and sae.cfg.normalize_activations == "none"
+    assert sae.cfg.metadata.hook_name == "blocks.0.hook_resid_pre" and sae.cfg.metadata.context_size == 16
+    model = load_saved_model(out / "model", out / "tokenizer")
+    check_sae_fits(model, sae)
+    m = evaluate_sae(model, sae, 16, corpora=CORPUS, cache=work / "tokens")
+    assert m["explained_variance"] > 0.5 and 0 < m["l0"] < sae.cfg.d_sae
+    again = load_sae(str(folder), device="cpu")
+    x = model.W_E[:9] + model.W_pos[:9]
+    assert torch.equal(again.encode(x), sae.encode(x))
