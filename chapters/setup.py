@@ -33,14 +33,13 @@ import pandas as pd
 from myst_nb import glue
 
 from possae.heldout import heldout_windows
-from possae.loaders import load_model, load_model_and_sae
+from possae.loaders import load_model_and_sae
 from possae.metrics import sae_metrics
 from possae.plotting import heldout_loss_figure, position_cosine_figure, use_offline_renderer, wpos_pca_figure
 from possae.wpos import wpos_geometry
 
 use_offline_renderer()
-model, sae = load_model_and_sae(sae_release, sae_id, device=device,
-                                model=load_model(model_name, device=device) if model_name != "organism" else None)
+model, sae = load_model_and_sae(sae_release, sae_id, device=device, model_name=model_name)
 context_size = sae.cfg.metadata.context_size or model.cfg.n_ctx
 
 # %% [markdown]
@@ -100,8 +99,8 @@ else:
 W_pos = model.W_pos.detach().cpu()
 geometry = pd.DataFrame({f"rows 1..{last - 1}": wpos_geometry(W_pos, 1, last)
                          for last in sorted({context_size, model.cfg.n_ctx})}).T
-glue("top3", geometry["top3_share"].iloc[-1], display=False)
-glue("adjcos", geometry["adjacent_cosine"].iloc[-1], display=False)
+glue("top3", float(geometry["top3_share"].iloc[-1]), display=False)
+glue("adjcos", float(geometry["adjacent_cosine"].iloc[-1]), display=False)
 geometry
 
 # %% tags=["remove-input"]

@@ -94,8 +94,8 @@ def stage_site(stage: Path = STAGE, root: Path = REPO_ROOT) -> None:
 
 
 def build(profile: str = "organism", only: str | None = None, root: Path = REPO_ROOT, stage: Path = STAGE,
-          html: bool = True, extra: dict | None = None) -> Path:
-    """Execute the chapters (all, or `only`) under a profile and build the HTML; return the html folder."""
+          html: bool = True, extra: dict | None = None, out: Path | None = None) -> Path:
+    """Execute the chapters (all, or `only`) under a profile and build the HTML into out/_build/html; return it."""
     if profile not in PROFILES:
         raise ValueError(f"Unknown profile {profile!r}; profiles: {', '.join(PROFILES)}")
     params = {**PROFILES[profile], **(extra or {})}
@@ -112,6 +112,7 @@ def build(profile: str = "organism", only: str | None = None, root: Path = REPO_
             shutil.copy(src, target.with_suffix(src.suffix))
     if not html:
         return stage
-    subprocess.run([sys.executable, "-m", "jupyter_book", "build", str(stage), "--path-output", str(root)],
+    out = out or root
+    subprocess.run([str(Path(sys.executable).parent / "jupyter-book"), "build", str(stage), "--path-output", str(out)],
                    check=True)
-    return root / "_build" / "html"
+    return out / "_build" / "html"

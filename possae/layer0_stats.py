@@ -353,10 +353,7 @@ def fire_counts(
     r, v = A.shape
     flat = (A > tau[:, :1]).view(-1).nonzero().squeeze(1)  # row-major, so grouped by row
     vals_all = A.view(-1)[flat]
-    rows_all = torch.div(flat, v, rounding_mode="floor")
-    cols_all = flat - rows_all * v
-    del flat
-    counts = torch.bincount(rows_all, minlength=r)
+    counts = torch.bincount(torch.div(flat, v, rounding_mode="floor"), minlength=r)
     cum = counts.cumsum(0).cpu()
     start = 0
     while start < r:
@@ -364,10 +361,12 @@ def fire_counts(
         stop = int(torch.searchsorted(cum, torch.tensor(lo + budget, dtype=cum.dtype), right=True))
         stop = min(max(stop, start + 1), r)
         hi = int(cum[stop - 1])
-        rows = rows_all[lo:hi] - start
+        rows = torch.div(flat[lo:hi], v, rounding_mode="floor")
+        cols = flat[lo:hi] - rows * v
+        rows -= start
         vals = vals_all[lo:hi]
         j = _segment_searchsorted(tau[start:stop], rows, vals, counts[start:stop])
-        yield start, rows, cols_all[lo:hi], vals, j
+        yield start, rows, cols, vals, j
         start = stop
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from possae.organism.recipe import ARTIFACTS
+from possae.organism.recipe import ARTIFACTS, ORGANISM_MODEL_NAME
 
 ORGANISM = "organism"  # the offline default: model name and SAE release
 OFFLINE_HINT = (
@@ -205,13 +205,14 @@ def _pretrained_lookup(release: str, sae_id: str | None):
     return lookup
 
 
-def expected_model(release: str, sae_id: str | None = None) -> tuple[str, dict]:
+def expected_model(release: str, sae_id: str | None = None, sae=None) -> tuple[str, dict]:
     """Return (model name, from_pretrained kwargs) an SAE was trained on, from the registry or the SAE's config."""
-    if release == ORGANISM or Path(release).is_dir():
-        sae = load_sae(release, sae_id, device="cpu")
-        meta = sae.cfg.metadata
-        name = ORGANISM if release == ORGANISM else (meta.model_name or ORGANISM)
-        return name, dict(meta.model_from_pretrained_kwargs or {})
+    if release == ORGANISM:
+        return ORGANISM, {}
+    if Path(release).is_dir():
+        meta = (sae or load_sae(release, sae_id, device="cpu")).cfg.metadata
+        name = meta.model_name
+        return (ORGANISM if name in (None, ORGANISM_MODEL_NAME) else name), dict(meta.model_from_pretrained_kwargs or {})
     lookup = _pretrained_lookup(release, sae_id)
     overrides = (lookup.config_overrides or {}).get("model_from_pretrained_kwargs", {})
     return lookup.model, dict(overrides)
@@ -247,11 +248,12 @@ def check_sae_fits(model, sae) -> None:
         )
 
 
-def load_model_and_sae(release: str = ORGANISM, sae_id: str = "relu-short", device: str | None = None, model=None):
-    """Return (model, sae): the SAE, and its model loaded with the weight processing it was trained with."""
+def load_model_and_sae(release: str = ORGANISM, sae_id: str = "relu-short", device: str | None = None,
+                       model_name: str | None = None, model=None):
+    """Return (model, sae): the SAE, and its model (or `model_name`) loaded with the weight processing the SAE expects."""
     sae = load_sae(release, sae_id, device)
     if model is None:
-        name, kwargs = expected_model(release, sae_id) if release != ORGANISM else (ORGANISM, {})
-        model = load_model(name, device=device or default_device(), **kwargs)
+        name, kwargs = expected_model(release, sae_id, sae)
+        model = load_model(model_name or name, device=device or default_device(), **kwargs)
     check_sae_fits(model, sae)
     return model, sae

@@ -20,7 +20,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_data():
     """The shared data folder; tests that need it skip, naming the fix, where it is absent."""
     from possae.data_paths import MissingDataError, data_dir

@@ -31,6 +31,15 @@ from possae.layer0_stats import (
     token_top_features,
 )
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Run this module's tiny computations on one thread (no OpenMP barriers to wait on), then restore."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 STATS = ("mean", "std", "firing_rate", "mean_preact", "positional_score", "r2_pos", "r2_tok", "feature_mean", "feature_var")
 KINDS = {
     "standard": (StandardSAE, StandardSAEConfig),
@@ -438,3 +447,20 @@ def test_from_model_matches_hook_resid_pre_activations():
     acts = sae.encode(cache[LAYER0_HOOK]).detach()  # (batch, pos, d_sae)
     torch.testing.assert_close(st.mean, acts.mean(0), rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(st.firing_rate, (acts > 0).double().mean(0), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("budget", [1, 97, 10**9])
+def test_exact_bounded_memory_groups_agree(budget):
+    """Splitting the firing entries into groups of at most `budget` (one feature at least) changes nothing."""
+    from possae.layer0_stats import exact_stats, resolve_token_weights
+
+    V, n, d, F = 300, 11, 8, 14
+    W_E, W_pos = make_weights(V, d, n, seed=21)
+    sae = make_sae("jumprelu", d, F, seed=22)
+    with torch.no_grad():
+        sae.b_enc[:4] += 30.0  # a few features fire almost everywhere: several 64-slot segments per feature
+    w = resolve_token_weights(torch.rand(V, generator=torch.Generator().manual_seed(1)), V)
+    ex = exact_stats(W_E, W_pos, sae, w, torch.arange(n), torch.device("cpu"), feature_chunk=5, budget=budget)
+    bf = layer0_stats(W_E, W_pos, sae, token_weights=w, method="brute_force", progress=False)
+    assert ex.firing_rate[:, :4].min() > 0.9
+    assert_same_stats(ex, bf)

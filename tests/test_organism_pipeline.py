@@ -14,7 +14,7 @@ from possae.organism.recipe import LMRecipe, SAERecipe
 from possae.organism.saes import evaluate_sae, train_sae
 
 CORPUS = ("tinystories",)
-RECIPE = LMRecipe(d_vocab=512, d_model=32, n_layers=2, n_heads=2, d_mlp=128, n_ctx=64, train_tokens=8 * 64 * 80,
+RECIPE = LMRecipe(d_vocab=512, d_model=32, n_layers=2, n_heads=2, d_mlp=128, n_ctx=64, train_tokens=8 * 64 * 200,
                   batch_size=8, warmup_steps=5, lr=3e-3)
 
 

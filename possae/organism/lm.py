@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from possae.corpora import CORPUS_NAMES
 from possae.organism.data import TOKENIZER_DIR, EpochSampler, load_stream, load_tokenizer, windows
-from possae.organism.recipe import ARTIFACTS, LMRecipe, build_dir
+from possae.organism.recipe import ARTIFACTS, ORGANISM_MODEL_NAME, LMRecipe, build_dir
 from possae.tokenizer import BOS, load_hf_tokenizer
 from possae.wpos import wpos_geometry
 
@@ -28,7 +28,7 @@ def lm_config(recipe: LMRecipe) -> dict:
         d_model=recipe.d_model, d_head=recipe.d_model // recipe.n_heads, n_heads=recipe.n_heads,
         d_mlp=recipe.d_mlp, n_layers=recipe.n_layers, n_ctx=recipe.n_ctx, d_vocab=recipe.d_vocab,
         act_fn=recipe.act_fn, normalization_type="LN", positional_embedding_type="standard",
-        original_architecture="GPT2LMHeadModel", model_name="possae-organism", seed=recipe.seed,
+        original_architecture="GPT2LMHeadModel", model_name=ORGANISM_MODEL_NAME, seed=recipe.seed,
         default_prepend_bos=True,
     )
 

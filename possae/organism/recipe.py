@@ -11,6 +11,7 @@ from possae.data_paths import REPO_ROOT
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 ARTIFACTS = PACKAGE_DIR / "artifacts" / "organism"  # shipped: tokenizer, model, SAEs, model card
 BUILD_ENV = "POSSAE_BUILD"
+ORGANISM_MODEL_NAME = "possae-organism"  # the organism's model_name in its config and in its SAEs' metadata
 
 
 def build_dir() -> Path:

@@ -14,10 +14,9 @@ from possae.corpora import CORPUS_NAMES
 from possae.metrics import sae_metrics
 from possae.organism.data import load_stream, windows
 from possae.organism.lm import MODEL_DIR, device_name, load_saved_model, train_stream
-from possae.organism.recipe import ARTIFACTS, LMRecipe, SAERecipe, build_dir
+from possae.organism.recipe import ARTIFACTS, ORGANISM_MODEL_NAME, SAERecipe, build_dir
 
 SAE_DIR = "saes"
-ORGANISM_MODEL_NAME = "possae-organism"
 
 
 def _training_sae_config(r: SAERecipe, d_in: int):
