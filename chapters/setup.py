@@ -35,7 +35,8 @@ from myst_nb import glue
 from possae.heldout import heldout_windows
 from possae.loaders import load_model_and_sae
 from possae.metrics import sae_metrics
-from possae.plotting import heldout_loss_figure, position_cosine_figure, use_offline_renderer, wpos_pca_figure
+from possae.figures import use_offline_renderer
+from possae.figures.setup import heldout_loss_figure, position_cosine_figure, wpos_pca_figure
 from possae.wpos import wpos_geometry
 
 use_offline_renderer()

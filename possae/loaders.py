@@ -257,3 +257,14 @@ def load_model_and_sae(release: str = ORGANISM, sae_id: str = "relu-short", devi
         model = load_model(model_name or name, device=device or default_device(), **kwargs)
     check_sae_fits(model, sae)
     return model, sae
+
+
+def require_layer0(sae, chapter: str = "this chapter") -> None:
+    """Raise ValueError unless the SAE reads blocks.0.hook_resid_pre, where its input is W_E[token] + W_pos[position]."""
+    hook = sae.cfg.metadata.hook_name
+    if hook != "blocks.0.hook_resid_pre":
+        raise ValueError(
+            f"{chapter} studies layer-0 SAEs at 'blocks.0.hook_resid_pre' (input W_E[token] + W_pos[position]), "
+            f"but this SAE reads {hook!r}. Pass a layer-0 SAE, e.g. -p sae_release organism -p sae_id relu-short, "
+            "or -p sae_release gpt2-small-res-jb -p sae_id blocks.0.hook_resid_pre."
+        )

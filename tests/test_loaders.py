@@ -157,3 +157,11 @@ def test_mismatched_sae_and_model_raise():
     with pytest.raises(ValueError, match="'blocks.5.hook_resid_pre' does not exist"):
         check_sae_fits(model, _sae(16, "blocks.5.hook_resid_pre"))
     check_sae_fits(model, _sae(32, "blocks.1.mlp.hook_post"))  # d_mlp wide hooks fit
+
+
+def test_layer0_chapters_refuse_other_hooks():
+    from possae.loaders import require_layer0
+
+    require_layer0(_sae(16, "blocks.0.hook_resid_pre"))
+    with pytest.raises(ValueError, match=r"positional chapter studies layer-0 SAEs.*reads 'blocks.1.hook_resid_pre'.*relu-short"):
+        require_layer0(_sae(16, "blocks.1.hook_resid_pre"), "The positional chapter")

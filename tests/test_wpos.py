@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from possae.wpos import adjacent_cosine, position_cosine_matrix, top_k_variance_share, wpos_geometry
+from possae.wpos import adjacent_cosine, load_gpt2_wpos, position_cosine_matrix, top_k_variance_share, wpos_geometry
 
 
 def _helix(n=200, d=32, turns=2.0):
@@ -34,11 +34,7 @@ def test_noise_has_neither_low_rank_nor_smoothness():
 
 
 def test_gpt2_wpos_reads_as_documented(shared_data):
-    import numpy as np
-
-    from possae.data_paths import data_file
-
-    W = torch.from_numpy(np.load(data_file("gpt2-small/W_pos.npy")))
+    W = load_gpt2_wpos()
     assert W.shape == (1024, 768)
     assert abs(wpos_geometry(W, 1, 128)["top3_share"] - 0.957) < 0.001
     assert abs(wpos_geometry(W, 1, 256)["adjacent_cosine"] - 0.998) < 0.001

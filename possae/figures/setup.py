@@ -1,33 +1,15 @@
-"""Plotly figure builders for the book, and an offline renderer (plotly.js is served once by the site)."""
+"""Figures of the setup chapter: held-out loss, W_pos principal components and position-position cosines."""
 
 from __future__ import annotations
 
 import pandas as pd
 import plotly.graph_objects as go
-import plotly.io as pio
 import torch
 from jaxtyping import Float
 from plotly.subplots import make_subplots
 from torch import Tensor
 
 from possae.wpos import pca, position_cosine_matrix
-
-RENDERER = "possae_offline"
-
-
-class _OfflineHTML(pio.base_renderers.MimetypeRenderer):
-    """Render figures as bare <div>s; the book loads plotly.min.js once from its own _static folder."""
-
-    def to_mimebundle(self, fig_dict):
-        html = pio.to_html(fig_dict, include_plotlyjs=False, include_mathjax=False, full_html=False,
-                           config={"displaylogo": False})
-        return {"text/html": html}
-
-
-def use_offline_renderer() -> None:
-    """Make plotly figures render without any external script (the book's default)."""
-    pio.renderers[RENDERER] = _OfflineHTML()
-    pio.renderers.default = RENDERER
 
 
 def heldout_loss_figure(df: pd.DataFrame) -> go.Figure:
