@@ -27,6 +27,7 @@ sae_release = "organism"  # 'organism', a sae_lens release, or a local sae_lens 
 sae_id = "relu-short"
 device = None  # None picks CUDA when present
 n_heldout_tokens = 16384  # held-out tokens per corpus for the reconstruction metrics
+gpt2_wpos_path = None  # GPT-2 small's W_pos as .npy; None: the shared data folder's copy, if there is one
 
 # %% tags=["remove-cell"]
 import pandas as pd
@@ -37,7 +38,7 @@ from possae.loaders import load_model_and_sae
 from possae.metrics import sae_metrics
 from possae.figures import use_offline_renderer
 from possae.figures.setup import heldout_loss_figure, position_cosine_figure, wpos_pca_figure
-from possae.wpos import wpos_geometry
+from possae.wpos import load_gpt2_wpos, wpos_geometry
 
 use_offline_renderer()
 model, sae = load_model_and_sae(sae_release, sae_id, device=device, model_name=model_name)
@@ -93,8 +94,9 @@ else:
 # %% [markdown]
 # ## The geometry of W_pos
 #
-# Rows 1 to `context_size - 1` (position 0 is special: it always holds the BOS token). GPT-2 small's
-# rows 1..127 have 95.7 % of their variance in three principal components and trace a helix.
+# Rows 1 to `context_size - 1` (position 0 is special: it always holds the BOS token), and all rows
+# up to `n_ctx - 1`: the share of variance in the top three principal components, and the mean cosine
+# between adjacent positions.
 
 # %% tags=["remove-input"]
 W_pos = model.W_pos.detach().cpu()
@@ -109,6 +111,24 @@ wpos_pca_figure(W_pos[: model.cfg.n_ctx])
 
 # %% tags=["remove-input"]
 position_cosine_figure(W_pos[: model.cfg.n_ctx])
+
+# %% [markdown]
+# ### Beside GPT-2 small
+#
+# GPT-2 small's `W_pos` (read from a local copy, or from the model itself on the `gpt2` profile) is
+# the object the original study found to trace a helix. The same measures over its rows
+# 1..127 (its SAE's context of 128) and 1..1023:
+
+# %% tags=["remove-input"]
+gpt2_W_pos = W_pos if model.cfg.d_model == 768 and model.cfg.n_ctx == 1024 else load_gpt2_wpos(gpt2_wpos_path)
+if gpt2_W_pos is None:
+    print("GPT-2 small's W_pos is not available here (no network and no local copy): comparison skipped. "
+          "Pass -p gpt2_wpos_path PATH/W_pos.npy to show it.")
+else:
+    gpt2_geometry = pd.DataFrame({f"GPT-2 rows 1..{last - 1}": wpos_geometry(gpt2_W_pos, 1, last)
+                                  for last in (128, 1024)}).T
+    display(pd.concat([geometry.rename(index=lambda r: f"{model.cfg.model_name} {r}"), gpt2_geometry]))
+    display(wpos_pca_figure(gpt2_W_pos[:128]).update_layout(title="GPT-2 small's W_pos, rows 1..127"))
 
 # %% [markdown]
 # ## Summary

@@ -13,8 +13,11 @@ from possae.data_paths import REPO_ROOT
 
 PROFILES: dict[str, dict] = {
     "organism": {},  # the offline default: every chapter's own defaults
-    "quick": {"n_heldout_tokens": 4096},  # organism with small samples, for tests
-    "gpt2": {"model_name": "gpt2-small", "sae_release": "gpt2-small-res-jb", "sae_id": "blocks.0.hook_resid_pre"},
+    # organism with small samples, for tests
+    "quick": {"n_heldout_tokens": 4096, "n_vocab_sample": 1024},
+    # gpt2-small and its jb SAEs (needs a network): no width sweep or full-context control exists at layer 0
+    "gpt2": {"model_name": "gpt2-small", "sae_release": "gpt2-small-res-jb", "sae_id": "blocks.0.hook_resid_pre",
+             "width_sweep_ids": [], "control_sae_id": None},
 }
 STAGE = REPO_ROOT / "build" / "book"
 

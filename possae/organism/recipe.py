@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -64,7 +65,8 @@ class SAERecipe:
     context_size: int = 64
     training_tokens: int = 1_500_000
     l1_coefficient: float = 2.0  # on inputs normalised to norm sqrt(d_in) (sae_lens expected_average_only_in)
-    k: int | None = None
+    k: int | None = None  # TopK / BatchTopK: active latents per input; JumpReLU: the target L0
+    corpora: tuple[str, ...] | None = None  # training corpora (None: all of them, mixed)
     lr: float = 2e-3
     batch_size_tokens: int = 1024
     seed: int = 42
@@ -87,9 +89,58 @@ def layer0_saes(n_ctx: int = LMRecipe.n_ctx) -> tuple[SAERecipe, ...]:
     )
 
 
+def layer_saes(n_layers: int = LMRecipe.n_layers, n_ctx: int = LMRecipe.n_ctx) -> tuple[SAERecipe, ...]:
+    """Return every layer's resid_pre SAEs: ReLU+L1 32x at n_ctx/4 (layer 0's is relu-short) and TopK 16x k=16 at n_ctx."""
+    relu = tuple(
+        SAERecipe(f"relu-L{layer}", hook_name=f"blocks.{layer}.hook_resid_pre", context_size=n_ctx // 4,
+                  description=f"layer {layer}: ReLU+L1, 32x, contexts of {n_ctx // 4} (n_ctx/4)")
+        for layer in range(1, n_layers)
+    )
+    topk = tuple(
+        SAERecipe(f"topk-L{layer}", hook_name=f"blocks.{layer}.hook_resid_pre", architecture="topk", expansion=16,
+                  k=16, context_size=n_ctx, description=f"layer {layer}: TopK k=16, 16x, full contexts of {n_ctx}")
+        for layer in range(n_layers)
+    )
+    return relu + topk
+
+
+MATCHING_GROUPS = {  # corpus groups of the matching suite: clearly different kinds of text
+    "stories": ("tinystories",),
+    "encyclopedia": ("wikitext2",),
+    "books": ("austen", "kjv_bible", "shakespeare"),
+    "technical": ("python_docs",),
+}
+
+
+def matching_saes(layer: int = 2, n_ctx: int = LMRecipe.n_ctx, tokens: int = 1_000_000) -> tuple[SAERecipe, ...]:
+    """Return the matching suite at one layer: TopK 16x k=16 per corpus group, second seeds, widths, k, architectures."""
+    base = SAERecipe("match-base", hook_name=f"blocks.{layer}.hook_resid_pre", architecture="topk", expansion=16, k=16,
+                     context_size=n_ctx, training_tokens=tokens, description="matching base: TopK k=16, 16x, mixed corpora")
+    v = dataclasses.replace
+    suite = [base]
+    for group, corpora in MATCHING_GROUPS.items():
+        suite.append(v(base, sae_id=f"match-{group}", corpora=corpora, description=f"dataset: {group} only"))
+    for group in ("stories", "technical"):
+        suite.append(v(base, sae_id=f"match-{group}-seed2", corpora=MATCHING_GROUPS[group], seed=7,
+                       description=f"dataset: {group} only, second seed"))
+    suite.append(v(base, sae_id="match-seed2", seed=7, description="mixed corpora, second seed"))
+    for e in (4, 8):
+        suite.append(v(base, sae_id=f"match-{e}x", expansion=e, description=f"width {e}x"))
+    for k in (8, 32):
+        suite.append(v(base, sae_id=f"match-k{k}", k=k, description=f"k={k}"))
+    suite.append(v(base, sae_id="match-batchtopk", architecture="batchtopk", description="BatchTopK k=16"))
+    suite.append(v(base, sae_id="match-jumprelu", architecture="jumprelu", description="JumpReLU, target L0 16"))
+    return tuple(suite)
+
+
+def all_saes(n_layers: int = LMRecipe.n_layers, n_ctx: int = LMRecipe.n_ctx) -> tuple[SAERecipe, ...]:
+    """Return the whole suite: layer 0's, every layer's and the matching suite."""
+    return layer0_saes(n_ctx) + layer_saes(n_layers, n_ctx) + matching_saes(n_ctx=n_ctx)
+
+
 @dataclass(frozen=True)
 class OrganismRecipe:
     """The whole organism: tokenizer size, held-out share, language model and SAE suite."""
 
     lm: LMRecipe = field(default_factory=LMRecipe)
-    saes: tuple[SAERecipe, ...] = field(default_factory=layer0_saes)
+    saes: tuple[SAERecipe, ...] = field(default_factory=all_saes)

@@ -21,7 +21,8 @@ SAE_DIR = "saes"
 
 def _training_sae_config(r: SAERecipe, d_in: int):
     """Return the sae_lens training-SAE config of a recipe."""
-    from sae_lens import StandardTrainingSAEConfig, TopKTrainingSAEConfig
+    from sae_lens import (BatchTopKTrainingSAEConfig, JumpReLUTrainingSAEConfig, StandardTrainingSAEConfig,
+                          TopKTrainingSAEConfig)
 
     common = dict(d_in=d_in, d_sae=d_in * r.expansion, normalize_activations="expected_average_only_in")
     if r.architecture == "standard":
@@ -29,6 +30,11 @@ def _training_sae_config(r: SAERecipe, d_in: int):
                                          l1_warm_up_steps=_steps(r) // 10)
     if r.architecture == "topk":
         return TopKTrainingSAEConfig(**common, k=r.k)
+    if r.architecture == "batchtopk":
+        return BatchTopKTrainingSAEConfig(**common, k=r.k)
+    if r.architecture == "jumprelu":  # GemmaScope-2 style quadratic penalty around a target L0 of k
+        return JumpReLUTrainingSAEConfig(**common, jumprelu_sparsity_loss_mode="quadratic", target_l0=float(r.k),
+                                         l0_warm_up_steps=_steps(r) // 10)
     raise ValueError(f"SAE recipe {r.sae_id!r}: architecture {r.architecture!r} is not one possae trains")
 
 
@@ -95,7 +101,8 @@ def train_sae(r: SAERecipe, device: str | None = None, out_dir: Path = ARTIFACTS
     model = load_saved_model(out_dir / MODEL_DIR, out_dir / "tokenizer", device=device)
     folder = out_dir / SAE_DIR / r.sae_id
     cfg = runner_config(r, model.cfg.d_model, folder, device)
-    ds = token_dataset(r.context_size, model.tokenizer.bos_token_id, r.seed, corpora, (work_dir or build_dir()) / "tokens")
+    ds = token_dataset(r.context_size, model.tokenizer.bos_token_id, r.seed, r.corpora or corpora,
+                       (work_dir or build_dir()) / "tokens")
     t0 = time.perf_counter()
     LanguageModelSAETrainingRunner(cfg, override_model=model, override_dataset=ds).run()
     seconds = time.perf_counter() - t0
