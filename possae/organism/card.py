@@ -29,13 +29,23 @@ def artifact_megabytes(folder: Path = ARTIFACTS) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
 
 
+def lm_training_facts(folder: Path = ARTIFACTS) -> dict:
+    """Return the language model's training facts: from the build folder, else from the shipped card."""
+    log = build_dir() / "lm_training.json"
+    if log.is_file():
+        return json.loads(log.read_text())
+    if (folder / CARD_JSON).is_file():
+        card = read_model_card(folder)
+        return {**card["training"], "history": card["training_curve"]}
+    raise FileNotFoundError(f"No {log} and no shipped model card: train the model first (`possae organism model`).")
+
+
 def collect_model_card(recipe: OrganismRecipe = OrganismRecipe(), device: str = "cpu", folder: Path = ARTIFACTS) -> dict:
     """Measure everything the model card reports, on held-out text, and return it as a dict."""
     from possae.loaders import load_model, load_sae
 
-    work = build_dir()
     model = load_model("organism", device=device)
-    training = json.loads((work / "lm_training.json").read_text())
+    training = lm_training_facts(folder)
     n_ctx = model.cfg.n_ctx
     data = [{"corpus": c.name, "group": c.group, "files": list(c.files),
              "train_tokens": int(len(load_stream(c.name, "train"))),
@@ -72,6 +82,7 @@ def collect_model_card(recipe: OrganismRecipe = OrganismRecipe(), device: str = 
             "description": r.description, "hook_name": r.hook_name, "architecture": r.architecture,
             "d_sae": sae.cfg.d_sae, "context_size": r.context_size, "training_tokens": r.training_tokens,
             "l1_coefficient": r.l1_coefficient if r.architecture == "standard" else None, "k": r.k,
+            "corpora": list(r.corpora) if r.corpora else "all", "seed": r.seed,
             "train_seconds": facts["train_seconds"], "device": facts["device"],
             "heldout": evaluate_sae(model, sae, r.context_size),
         }
@@ -113,12 +124,16 @@ def card_markdown(card: dict) -> str:
     lines += ["", f"CPU targets (top-3 >= {cpu['top3_share']:.0%}, adjacent cosine >= {cpu['adjacent_cosine']}): "
               + ("met." if met else "**not met**; this is the best reached with this recipe on this hardware "
                  "(GPT-2 small reads 95 % and 0.998 on rows 1..255)."), "", "## SAEs", ""]
-    rows = [{"sae_id": k, "d_sae": v["d_sae"], "context": v["context_size"], "tokens": v["training_tokens"],
+    rows = [{"sae_id": k, "hook": v["hook_name"].replace(".hook_resid_pre", ""), "architecture": v["architecture"],
+             "k": v["k"] or "", "d_sae": v["d_sae"], "context": v["context_size"], "tokens": v["training_tokens"],
+             "corpora": ",".join(v["corpora"]) if isinstance(v.get("corpora", "all"), list) else "all",
              **{m: v["heldout"][m] for m in ("l0", "explained_variance", "mse", "dead_share")},
              "minutes": v["train_seconds"] / 60} for k, v in card["saes"].items()]
     if rows:
-        lines += ["All at `blocks.0.hook_resid_pre`, ReLU + L1 (sae_lens `standard`), measured on held-out text at "
-                  "each SAE's own context size.", "", pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4g"), ""]
+        lines += ["Every SAE reads a `hook_resid_pre`, trained with sae_lens's `LanguageModelSAETrainingRunner`; "
+                  "measured on held-out text of every corpus at its own context size. sae_lens stores BatchTopK "
+                  "SAEs for inference as JumpReLU SAEs (a threshold per feature).", "",
+                  pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4g"), ""]
     lines += [f"Artifacts: {card['artifact_mb']:.1f} MB (weights stored in float16, loaded as float32).", ""]
     return "\n".join(lines)
 

@@ -1,0 +1,43 @@
+"""The organism's SAE suite: every id unique, and each matching SAE differs from the base in one named way."""
+
+import dataclasses
+
+from possae.organism.recipe import MATCHING_GROUPS, OrganismRecipe, layer_saes, matching_saes
+
+VARIED = {"corpora", "seed", "expansion", "k", "architecture"}
+
+
+def _diff(a, b) -> set[str]:
+    skip = {"sae_id", "description"}
+    return {f.name for f in dataclasses.fields(a) if f.name not in skip and getattr(a, f.name) != getattr(b, f.name)}
+
+
+def test_sae_ids_are_unique():
+    ids = [r.sae_id for r in OrganismRecipe().saes]
+    assert len(ids) == len(set(ids))
+
+
+def test_every_layer_has_a_relu_short_context_and_a_topk_full_context_sae():
+    n_layers, n_ctx = 4, 256
+    recipes = {r.sae_id: r for r in layer_saes(n_layers, n_ctx)}
+    for layer in range(n_layers):
+        topk = recipes[f"topk-L{layer}"]
+        assert topk.hook_name == f"blocks.{layer}.hook_resid_pre" and topk.context_size == n_ctx and topk.k == 16
+    for layer in range(1, n_layers):  # layer 0's ReLU SAE is relu-short
+        assert recipes[f"relu-L{layer}"].context_size == n_ctx // 4
+
+
+def test_matching_suite_varies_one_thing_at_a_time_on_one_budget():
+    suite = {r.sae_id: r for r in matching_saes(layer=2)}
+    base = suite.pop("match-base")
+    assert {r.training_tokens for r in suite.values()} == {base.training_tokens}
+    assert {r.hook_name for r in suite.values()} == {"blocks.2.hook_resid_pre"}
+    expected = {f"match-{g}": {"corpora"} for g in MATCHING_GROUPS}
+    expected |= {"match-stories-seed2": {"corpora", "seed"}, "match-technical-seed2": {"corpora", "seed"},
+                 "match-seed2": {"seed"}, "match-4x": {"expansion"}, "match-8x": {"expansion"},
+                 "match-k8": {"k"}, "match-k32": {"k"}, "match-batchtopk": {"architecture"},
+                 "match-jumprelu": {"architecture"}}
+    assert {k: _diff(r, base) for k, r in suite.items()} == expected
+    for group in ("stories", "technical"):  # second seeds differ from their first seed only by the seed
+        assert _diff(suite[f"match-{group}-seed2"], suite[f"match-{group}"]) == {"seed"}
+    assert len({c for g in MATCHING_GROUPS.values() for c in g}) == sum(len(g) for g in MATCHING_GROUPS.values())
