@@ -17,7 +17,9 @@ PROFILES: dict[str, dict] = {
     "quick": {"n_heldout_tokens": 4096, "n_vocab_sample": 1024},
     # gpt2-small and its jb SAEs (needs a network): no width sweep or full-context control exists at layer 0
     "gpt2": {"model_name": "gpt2-small", "sae_release": "gpt2-small-res-jb", "sae_id": "blocks.0.hook_resid_pre",
-             "width_sweep_ids": [], "control_sae_id": None},
+             "width_sweep_ids": [], "control_sae_id": None,
+             "relu_sae_ids": [f"blocks.{layer}.hook_resid_pre" for layer in range(12)], "topk_sae_ids": [],
+             "all_layer_pairs": False, "hungarian_max_features": 16384},
 }
 STAGE = REPO_ROOT / "build" / "book"
 

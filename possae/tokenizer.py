@@ -49,3 +49,8 @@ def encode_documents(tokenizer, docs: list[str], eos_id: int) -> np.ndarray:
         out[i + n] = eos_id
         i += n + 1
     return out
+
+
+def decode_tokens(tokenizer, tokens) -> list[str]:
+    """Return each token id decoded on its own, as a repr'd string (so spaces and newlines show)."""
+    return [repr(tokenizer.decode([int(t)])) for t in tokens]

@@ -29,3 +29,14 @@ def shared_data():
         return data_dir()
     except MissingDataError as e:
         pytest.skip(str(e))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Run the tests' tiny computations on one thread (no OpenMP barriers to wait on), then restore."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -1,10 +1,5 @@
 """Tests of possae.layer0_stats: exact path vs brute force, hand-worked answers, TopK, method choice, errors."""
 
-import os
-
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["WANDB_MODE"] = "disabled"
-
 import math
 
 import pytest
@@ -30,15 +25,6 @@ from possae.layer0_stats import (
     token_feature_means,
     token_top_features,
 )
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Run this module's tiny computations on one thread (no OpenMP barriers to wait on), then restore."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 STATS = ("mean", "std", "firing_rate", "mean_preact", "positional_score", "r2_pos", "r2_tok", "feature_mean", "feature_var")
 KINDS = {

@@ -1,11 +1,6 @@
 """Tests of possae.oscillation: W_pos ablation hooks, streamed per-position statistics vs brute force, spectral
 estimators on planted frequencies, per-feature quantiles, and the figure builders."""
 
-import os
-
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["WANDB_MODE"] = "disabled"
-
 import math
 
 import numpy as np
@@ -29,15 +24,6 @@ from possae.oscillation import (
 )
 
 N_CTX, D, V = 32, 16, 50
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Run this module's tiny computations on one thread, then restore."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

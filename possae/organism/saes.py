@@ -33,8 +33,11 @@ def _training_sae_config(r: SAERecipe, d_in: int):
     if r.architecture == "batchtopk":
         return BatchTopKTrainingSAEConfig(**common, k=r.k)
     if r.architecture == "jumprelu":  # GemmaScope-2 style quadratic penalty around a target L0 of k
+        # the straight-through gradient also reaches the encoder: with it alone on the thresholds, 1M tokens
+        # leave L0 far above the target
         return JumpReLUTrainingSAEConfig(**common, jumprelu_sparsity_loss_mode="quadratic", target_l0=float(r.k),
-                                         l0_warm_up_steps=_steps(r) // 10)
+                                         l0_warm_up_steps=_steps(r) // 10, jumprelu_ste_to_input=True,
+                                         jumprelu_bandwidth=0.1)
     raise ValueError(f"SAE recipe {r.sae_id!r}: architecture {r.architecture!r} is not one possae trains")
 
 

@@ -1,0 +1,162 @@
+"""Figures of the positional-features chapter: scores, profiles, peaks, the W_pos helix, neurons, the width sweep."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from jaxtyping import Float, Int
+from plotly.subplots import make_subplots
+from torch import Tensor
+
+CONTEXT_COLOR = "gray"
+
+
+def _mark_context(fig: go.Figure, context_size: int, n_pos: int, row: int | None = None, col: int | None = None) -> go.Figure:
+    """Return fig with a dashed line between the SAE's last trained position and the first unseen one (if any)."""
+    if context_size >= n_pos:
+        return fig
+    kw = {} if row is None else dict(row=row, col=col)
+    return fig.add_vline(x=context_size - 0.5, line_dash="dash", line_color=CONTEXT_COLOR, **kw)
+
+
+def sorted_scores_figure(r2_pos: Float[Tensor, " d_sae"], threshold: float) -> go.Figure:
+    """Return every feature's R2_pos sorted in decreasing order (log rank axis), the threshold marked."""
+    y = r2_pos.sort(descending=True).values.numpy()
+    fig = go.Figure(go.Scatter(x=np.arange(1, len(y) + 1), y=y, mode="lines+markers", marker=dict(size=3),
+                               name="R²_pos", showlegend=False))
+    fig.add_hline(y=threshold, line_dash="dash", line_color="firebrick", annotation_text=f"threshold {threshold:g}")
+    return fig.update_layout(height=360, xaxis_type="log", xaxis_title="feature rank", yaxis_title="R²_pos",
+                             yaxis_range=[0, 1.02], title="Share of each feature's variance explained by position")
+
+
+def profile_grid_figure(profiles: pd.DataFrame, preacts: pd.DataFrame, context_size: int, n_cols: int = 2) -> go.Figure:
+    """Return one panel per feature: mean ± std activation over all tokens vs position, and c_i(p) on a second axis."""
+    feats = list(dict.fromkeys(profiles["feature"]))
+    n_rows = max(1, math.ceil(len(feats) / n_cols))
+    fig = make_subplots(n_rows, n_cols, subplot_titles=[f"feature {f}" for f in feats], vertical_spacing=0.25 / n_rows,
+                        specs=[[{"secondary_y": True}] * n_cols for _ in range(n_rows)])
+    n_pos = int(profiles["position"].max()) + 1
+    for j, f in enumerate(feats):
+        r, c = j // n_cols + 1, j % n_cols + 1
+        d = profiles[profiles["feature"] == f]
+        x = d["position"].tolist()
+        lo, hi = (d["mean"] - d["std"]).tolist(), (d["mean"] + d["std"]).tolist()
+        fig.add_scatter(x=x + x[::-1], y=hi + lo[::-1], fill="toself", fillcolor="rgba(31,119,180,0.2)",
+                        line=dict(width=0), hoverinfo="skip", name="mean ± std", legendgroup="band",
+                        showlegend=j == 0, row=r, col=c)
+        fig.add_scatter(x=x, y=d["mean"], mode="lines", line=dict(color="#1f77b4"), name="mean activation",
+                        legendgroup="mean", showlegend=j == 0, row=r, col=c)
+        p = preacts[preacts["feature"] == f]
+        fig.add_scatter(x=p["position"], y=p["preact_pos"], mode="lines", line=dict(color="#d62728", width=1),
+                        name="c_i(p), positional pre-activation", legendgroup="c", showlegend=j == 0,
+                        row=r, col=c, secondary_y=True)
+        fig.add_scatter(x=[0, n_pos - 1], y=[p["fire_some"].iloc[0]] * 2, mode="lines",
+                        line=dict(color="#d62728", width=1, dash="dot"), name="c above this: some token fires",
+                        legendgroup="floor", showlegend=j == 0, row=r, col=c, secondary_y=True)
+        _mark_context(fig, context_size, n_pos, r, c)
+    fig.update_xaxes(title_text="position", row=n_rows)
+    return fig.update_layout(height=260 * n_rows + 120, legend=dict(orientation="h", y=-0.12),
+                             title="Top positional features: mean ± std over all tokens (blue), c_i(p) (red, right axis)")
+
+
+def peak_histogram_figure(histograms: dict[str, Int[Tensor, " n_pos"]], context_size: int) -> go.Figure:
+    """Return stacked bars: how many features of each group peak at each position < context_size."""
+    fig = go.Figure([go.Bar(x=np.arange(len(h)), y=h.numpy(), name=name) for name, h in histograms.items()])
+    return fig.update_layout(barmode="stack", height=360, xaxis_title="peak position", yaxis_title="features",
+                             xaxis_range=[-0.5, context_size - 0.5], legend=dict(orientation="h", y=-0.25),
+                             title="Where positional features peak")
+
+
+def helix_overlay_figure(rows: Float[Tensor, "n_rows 3"], row_positions: Int[Tensor, " n_rows"],
+                         dirs: Float[Tensor, "k 3"], features: Int[Tensor, " k"], peaks: Int[Tensor, " k"],
+                         shares: Float[Tensor, " 3"] | None = None) -> go.Figure:
+    """Return two 3-D panels on W_pos's top-3 PCs: its rows (a curve) and the positional features' unit decoder rows."""
+    cmax = float(max(int(row_positions.max()), int(peaks.max()) if len(peaks) else 0))
+    color = dict(colorscale="Viridis", cmin=0, cmax=cmax)
+    fig = make_subplots(1, 2, specs=[[{"type": "scene"}, {"type": "scene"}]],
+                        subplot_titles=("W_pos rows (centred)", "decoder directions of positional features"))
+    fig.add_scatter3d(x=rows[:, 0].tolist(), y=rows[:, 1].tolist(), z=rows[:, 2].tolist(), mode="lines+markers",
+                      marker=dict(size=2.5, color=row_positions.tolist(), colorbar=dict(title="position", x=1.02), **color),
+                      line=dict(color="lightgray"), text=[f"position {p}" for p in row_positions.tolist()],
+                      showlegend=False, row=1, col=1)
+    if len(features):
+        fig.add_scatter3d(x=[0.0] * len(features), y=[0.0] * len(features), z=[0.0] * len(features), mode="markers",
+                          marker=dict(size=1, color="black"), showlegend=False, hoverinfo="skip", row=1, col=2)
+        fig.add_scatter3d(x=dirs[:, 0].tolist(), y=dirs[:, 1].tolist(), z=dirs[:, 2].tolist(), mode="markers",
+                          marker=dict(size=4, color=peaks.tolist(), **color),
+                          text=[f"feature {f}, peak {p}" for f, p in zip(features.tolist(), peaks.tolist())],
+                          showlegend=False, row=1, col=2)
+    axes = [f"PC{i + 1}" + (f" ({float(shares[i]):.0%})" if shares is not None else "") for i in range(3)]
+    scene = dict(xaxis_title=axes[0], yaxis_title=axes[1], zaxis_title=axes[2])
+    return fig.update_layout(height=480, scene=scene, scene2=scene, title="The W_pos helix and the positional features")
+
+
+def r2_scatter_figure(scores: pd.DataFrame, positional, threshold: float, low: float, high: float) -> go.Figure:
+    """Return R2_tok vs R2_pos, one point per (sampled) feature, positional ones highlighted, cut-offs marked."""
+    positional = np.asarray(positional, dtype=bool)
+    fig = go.Figure()
+    for mask, name, color in ((~positional, "other features", "#7f7f7f"), (positional, "positional", "#d62728")):
+        d = scores[mask]
+        fig.add_trace(go.Scattergl(x=d["r2_pos"], y=d["r2_tok"], mode="markers", name=f"{name} ({len(d)})",
+                                   marker=dict(size=4, opacity=0.5 if name == "other features" else 0.9, color=color),
+                                   text=[f"feature {i}, peak {p}" for i, p in zip(d.index, d["peak_position"])]))
+    fig.add_scatter(x=[0, 1], y=[1, 0], mode="lines", line=dict(color="lightgray", dash="dot"),
+                    name="R²_pos + R²_tok = 1")
+    fig.add_vline(x=threshold, line_dash="dash", line_color="firebrick")
+    for x in (low, high):
+        fig.add_vline(x=x, line_dash="dot", line_color=CONTEXT_COLOR)
+    return fig.update_layout(height=430, xaxis_title="R²_pos (position)", yaxis_title="R²_tok (token)",
+                             xaxis_range=[-0.02, 1.02], yaxis_range=[-0.02, 1.02], legend=dict(x=0.62, y=0.98),
+                             title="Variance explained by position vs by token, per feature")
+
+
+def neuron_share_figure(share: Float[Tensor, " d_mlp"], threshold: float, chance: float) -> go.Figure:
+    """Return every neuron's positional share sorted in decreasing order, the threshold and the chance level marked."""
+    y = share.sort(descending=True).values.numpy()
+    fig = go.Figure(go.Scatter(x=np.arange(1, len(y) + 1), y=y, mode="lines", showlegend=False))
+    fig.add_hline(y=threshold, line_dash="dash", line_color="firebrick", annotation_text=f"threshold {threshold:g}")
+    fig.add_hline(y=chance, line_dash="dot", line_color=CONTEXT_COLOR, annotation_text="chance",
+                  annotation_position="bottom right")
+    return fig.update_layout(height=340, xaxis_type="log", xaxis_title="neuron rank",
+                             yaxis_title="between-position / total variance",
+                             title="Layer-0 MLP neurons on held-out text: variance explained by position")
+
+
+def neuron_profiles_figure(profiles: pd.DataFrame, context_size: int) -> go.Figure:
+    """Return mean ± std activation vs position on held-out text, one line and band per neuron."""
+    fig = go.Figure()
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+    for j, (n, d) in enumerate(profiles.groupby("neuron", sort=False)):
+        col = palette[j % len(palette)]
+        x = d["position"].tolist()
+        lo, hi = (d["mean"] - d["std"]).tolist(), (d["mean"] + d["std"]).tolist()
+        rgb = tuple(int(col[i:i + 2], 16) for i in (1, 3, 5))
+        fig.add_scatter(x=x + x[::-1], y=hi + lo[::-1], fill="toself", fillcolor=f"rgba{rgb + (0.15,)}",
+                        line=dict(width=0), hoverinfo="skip", showlegend=False, legendgroup=str(n))
+        fig.add_scatter(x=x, y=d["mean"], mode="lines", line=dict(color=col), name=f"neuron {n}", legendgroup=str(n))
+    n_pos = int(profiles["position"].max()) + 1 if len(profiles) else context_size
+    _mark_context(fig, context_size, n_pos)
+    return fig.update_layout(height=380, xaxis_title="position", yaxis_title="activation (mean ± std over windows)",
+                             title="The most positional layer-0 MLP neurons on held-out text")
+
+
+def width_sweep_figure(sweep: pd.DataFrame, slope: float | None = None) -> go.Figure:
+    """Return two panels vs d_sae (log axes): positional features, and their mean peak width in positions."""
+    fig = make_subplots(1, 2, subplot_titles=("positional features", "mean peak width (positions ≥ half max)"))
+    fig.add_scatter(x=sweep["d_sae"], y=sweep["positional"], mode="lines+markers", text=list(sweep.index),
+                    name="positional features", row=1, col=1)
+    ok = sweep["positional"] > 0
+    if slope is not None and math.isfinite(slope) and ok.sum() >= 2:
+        x = sweep["d_sae"][ok].to_numpy(float)
+        y = sweep["positional"][ok].to_numpy(float)
+        b = float(np.mean(np.log(y) - slope * np.log(x)))
+        fig.add_scatter(x=x, y=np.exp(b) * x**slope, mode="lines", line=dict(dash="dot", color="gray"),
+                        name=f"fit: ∝ d_sae^{slope:.2f}", row=1, col=1)
+    fig.add_scatter(x=sweep["d_sae"], y=sweep["mean_peak_width"], mode="lines+markers", text=list(sweep.index),
+                    name="mean peak width", row=1, col=2)
+    fig.update_xaxes(type="log", title_text="d_sae")
+    fig.update_yaxes(type="log", row=1, col=1)
+    return fig.update_layout(height=380, legend=dict(orientation="h", y=-0.3), title="Positional features vs SAE width")

@@ -1,0 +1,95 @@
+"""Figures of the semantic-features chapter: token scores, chosen tokens' top features, position invariance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+CONTEXT_COLOR = "gray"
+
+
+def _mark_context(fig: go.Figure, context_size: int, row: int | None = None, col: int | None = None) -> go.Figure:
+    """Return fig with a dashed vertical line between the last trained position and the first unseen one."""
+    kw = {} if row is None else dict(row=row, col=col)
+    return fig.add_vline(x=context_size - 0.5, line_dash="dash", line_color=CONTEXT_COLOR,
+                         annotation_text="SAE context", annotation_position="top left", **kw)
+
+
+def score_curve_figure(curve: pd.DataFrame, scores: pd.DataFrame, threshold: float, max_points: int = 2000) -> go.Figure:
+    """Return sorted R2_tok and R2_pos vs rank (threshold marked) beside a 2-D histogram of (R2_pos, R2_tok) per feature.
+
+    The curves keep at most about max_points evenly spaced ranks (the first and last always), to keep pages light.
+    """
+    step = max(1, -(-len(curve) // max_points))
+    curve = curve.iloc[sorted(set(range(0, len(curve), step)) | {len(curve) - 1})]
+    fig = make_subplots(1, 2, column_widths=[0.6, 0.4], horizontal_spacing=0.12,
+                        subplot_titles=("scores sorted over the features", "live features by (R²_pos, R²_tok): log count"))
+    fig.add_scatter(x=curve.index, y=curve["r2_tok"], mode="lines", name="R²_tok (token)", row=1, col=1)
+    fig.add_scatter(x=curve.index, y=curve["r2_pos"], mode="lines", name="R²_pos (position)",
+                    line=dict(dash="dot"), row=1, col=1)
+    fig.add_hline(y=threshold, line_dash="dash", line_color=CONTEXT_COLOR, annotation_text=f"threshold {threshold:g}",
+                  annotation_position="top right", row=1, col=1)
+    alive = scores[scores["alive"]]
+    edges = np.linspace(0.0, 1.0, 21)
+    counts, _, _ = np.histogram2d(alive["r2_pos"].clip(0, 1), alive["r2_tok"].clip(0, 1), bins=[edges, edges])
+    centres = ((edges[:-1] + edges[1:]) / 2).tolist()
+    shown = np.where(counts > 0, np.log10(np.maximum(counts, 1)) + 0.5, np.nan).T  # colour: log count; empty: blank
+    fig.add_heatmap(x=centres, y=centres, z=shown.tolist(), customdata=counts.T.astype(int).tolist(), colorscale="Blues",
+                    zmin=0, showscale=False, row=1, col=2,
+                    hovertemplate="R²_pos ≈ %{x:.3f}<br>R²_tok ≈ %{y:.3f}<br>%{customdata} features<extra></extra>")
+    fig.add_scatter(x=[0, 1], y=[1, 0], mode="lines", line=dict(color=CONTEXT_COLOR, dash="dot"),
+                    name="R²_pos + R²_tok = 1", row=1, col=2)
+    fig.update_xaxes(title_text="feature rank", row=1, col=1)
+    fig.update_yaxes(title_text="share of variance", range=[0, 1.02], row=1, col=1)
+    fig.update_xaxes(title_text="R²_pos", range=[0, 1], row=1, col=2)
+    fig.update_yaxes(title_text="R²_tok", range=[0, 1], row=1, col=2)
+    return fig.update_layout(height=420, legend=dict(orientation="h", y=-0.2),
+                             title="How much of each feature's variance the token explains")
+
+
+def token_profiles_figure(profiles: pd.DataFrame, labels: dict[int, str], context_size: int,
+                          n_cols: int = 2) -> go.Figure:
+    """Return one panel per token: activation vs position of its top features (one line each), the context marked."""
+    tokens = list(dict.fromkeys(profiles["token"]))
+    n_rows = -(-len(tokens) // n_cols)
+    fig = make_subplots(n_rows, n_cols, subplot_titles=[labels.get(int(t), str(t)) for t in tokens],
+                        vertical_spacing=0.5 / max(n_rows, 1) if n_rows > 1 else 0.1, horizontal_spacing=0.08)
+    for k, token in enumerate(tokens):
+        row, col = k // n_cols + 1, k % n_cols + 1
+        d = profiles[profiles["token"] == token]
+        for feature, g in d.groupby("feature", sort=False):
+            fig.add_scatter(x=g["position"], y=g["activation"], mode="lines", name=f"feature {feature}",
+                            legendgroup=str(token), showlegend=False, row=row, col=col,
+                            hovertemplate=f"feature {feature}<br>position %{{x}}<br>activation %{{y:.3f}}<extra></extra>")
+        _mark_context(fig, context_size, row, col)
+        fig.update_xaxes(title_text="position", row=row, col=col)
+        fig.update_yaxes(title_text="activation", row=row, col=col)
+    return fig.update_layout(height=320 * n_rows, title="Each token's top features, activation vs position "
+                                                         "(flat: token feature; bumps: position enters)")
+
+
+def variation_figure(frame: pd.DataFrame, threshold: float) -> go.Figure:
+    """Return histograms of log10 of the variation over positions (cv) on each feature's top token, semantic vs not."""
+    ok = frame[(frame["top_mean"] > 0) & frame["cv"].notna()]
+    fig = go.Figure()
+    for name, d in (("semantic (R²_tok ≥ %g)" % threshold, ok[ok["r2_tok"] >= threshold]),
+                    ("other", ok[ok["r2_tok"] < threshold])):
+        if len(d):
+            fig.add_histogram(x=np.log10(d["cv"].clip(lower=1e-6)), name=f"{name}: {len(d)}", opacity=0.7,
+                              xbins=dict(size=0.1))
+    return fig.update_layout(barmode="overlay", height=380, xaxis_title="log10 cv over positions (top token)",
+                             yaxis_title="features", legend=dict(orientation="h", y=-0.25),
+                             title="Variation over positions of each feature's activation on its top token")
+
+
+def invariant_profiles_figure(profiles: pd.DataFrame, labels: dict[int, str], context_size: int) -> go.Figure:
+    """Return activation vs position of features on their top tokens (legend: labels[feature]), the context marked."""
+    fig = go.Figure()
+    for feature, d in profiles.groupby("feature", sort=False):
+        fig.add_scatter(x=d["position"], y=d["activation"], mode="lines", name=labels.get(int(feature), str(feature)))
+    _mark_context(fig, context_size)
+    return fig.update_layout(height=420, xaxis_title="position", yaxis_title="activation on the top token",
+                             legend=dict(font=dict(size=10)),
+                             title="The most position-invariant features, on their top tokens, at every position")

@@ -1,0 +1,396 @@
+"""Tests of possae.positional: known answers on constructed SAEs and activations, exact vs brute force, errors."""
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sae_lens import StandardSAE, StandardSAEConfig
+
+from possae import positional as P
+from possae.layer0_stats import LAYER0_HOOK, Layer0Stats, layer0_stats
+
+
+def f64(x):
+    return torch.as_tensor(x, dtype=torch.float64)
+
+
+def make_sae(W_enc, b_enc, W_dec=None, b_dec=None, context_size=None):
+    """Return a float64 layer-0 StandardSAE with the given weights."""
+    W_enc = f64(W_enc)
+    d, F = W_enc.shape
+    cfg = StandardSAEConfig(d_in=d, d_sae=F, dtype="float64")
+    cfg.metadata.hook_name = LAYER0_HOOK
+    cfg.metadata.context_size = context_size
+    sae = StandardSAE(cfg)
+    with torch.no_grad():
+        sae.W_enc.copy_(W_enc)
+        sae.b_enc.copy_(f64(b_enc))
+        sae.W_dec.copy_(W_enc.T.clone() if W_dec is None else f64(W_dec))
+        sae.b_dec.copy_(torch.zeros(d, dtype=torch.float64) if b_dec is None else f64(b_dec))
+    return sae
+
+
+def random_sae(d=6, F=15, seed=0):
+    """Return a random float64 layer-0 SAE whose features fire on a good share of inputs."""
+    g = torch.Generator().manual_seed(seed)
+    return make_sae(torch.randn(d, F, generator=g, dtype=torch.float64), torch.randn(F, generator=g, dtype=torch.float64) * 2 - 2,
+                    0.3 * torch.randn(F, d, generator=g, dtype=torch.float64), 0.5 * torch.randn(d, generator=g, dtype=torch.float64))
+
+
+def random_weights(V=40, d=6, n=12, seed=0):
+    g = torch.Generator().manual_seed(seed + 100)
+    return torch.randn(V, d, generator=g, dtype=torch.float64), 1.2 * torch.randn(n, d, generator=g, dtype=torch.float64)
+
+
+def circle_model(V=30, n=8, seed=0):
+    """Return (W_E, W_pos): tokens in dims 0-1, positions on the unit circle in dims 2-3 (45 degrees apart)."""
+    g = torch.Generator().manual_seed(seed)
+    W_E = torch.zeros(V, 4, dtype=torch.float64)
+    W_E[:, :2] = torch.randn(V, 2, generator=g, dtype=torch.float64)
+    theta = 2 * math.pi * torch.arange(n, dtype=torch.float64) / n
+    W_pos = torch.zeros(n, 4, dtype=torch.float64)
+    W_pos[:, 2], W_pos[:, 3] = theta.cos(), theta.sin()
+    return W_E, W_pos
+
+
+def detector_sae(W_pos, peaks, n_token=1, n_dead=1):
+    """Return an SAE with one pure detector per peak (fires only there), n_token token features and n_dead dead ones."""
+    cols, bias = [], []
+    for p in peaks:
+        cols.append(torch.cat([torch.zeros(2, dtype=torch.float64), W_pos[p, 2:]]))
+        bias.append(-0.9)  # cos(45 deg) = 0.71 < 0.9: fires (0.1) at its peak only, on every token
+    for j in range(n_token):
+        cols.append(f64([1.0, 0.0, 0.0, 0.0]) if j % 2 == 0 else f64([0.0, 1.0, 0.0, 0.0]))
+        bias.append(0.0)
+    for _ in range(n_dead):
+        cols.append(f64([0.0, 0.0, 1.0, 0.0]))
+        bias.append(-5.0)
+    return make_sae(torch.stack(cols, 1), bias)
+
+
+def brute_acts(W_E, W_pos, sae):
+    """Return sae.encode(W_E[t] + W_pos[p]) as a (V, n, F) tensor."""
+    x = W_E[:, None, :] + W_pos[None, :, :]
+    return sae.encode(x.reshape(-1, x.shape[-1])).reshape(W_E.shape[0], W_pos.shape[0], -1).detach()
+
+
+def hand_stats(mean, firing=None):
+    """Return a Layer0Stats holding a hand-made (n_pos, d_sae) mean matrix (std 0, firing where mean > 0)."""
+    mean = f64(mean)
+    n, F = mean.shape
+    fr = (mean > 0).double() if firing is None else f64(firing)
+    z = torch.zeros(F, dtype=torch.float64)
+    return Layer0Stats(positions=torch.arange(n), mean=mean, std=torch.zeros_like(mean), firing_rate=fr,
+                       mean_preact=mean.clone(), positional_score=mean.amax(0), argmax_position=mean.argmax(0),
+                       r2_pos=z.clone(), r2_tok=z.clone(), feature_mean=mean.mean(0), feature_var=z.clone(), path="hand")
+
+
+# ----------------------------------------------------------------------------------------------
+# Constructed SAEs with known answers
+# ----------------------------------------------------------------------------------------------
+
+
+def test_pure_position_detector_scores_one_and_token_feature_zero():
+    W_E, W_pos = circle_model()
+    sae = detector_sae(W_pos, peaks=[2, 5], n_token=2, n_dead=1)
+    stats = layer0_stats(W_E, W_pos, sae, progress=False)
+    scores = P.feature_scores(stats)
+    # detectors: all variance is positional, they peak where built, one position wide, firing on every token there
+    for f, p in ((0, 2), (1, 5)):
+        assert scores.loc[f, "r2_pos"] == pytest.approx(1.0, abs=1e-12)
+        assert scores.loc[f, "r2_tok"] == pytest.approx(0.0, abs=1e-12)
+        assert scores.loc[f, "peak_position"] == p
+        assert scores.loc[f, "peak_width"] == 1
+        assert scores.loc[f, "max_mean"] == pytest.approx(0.1, abs=1e-12)
+        assert scores.loc[f, "max_firing_rate"] == pytest.approx(1.0)
+        assert scores.loc[f, "firing_rate"] == pytest.approx(1 / 8)
+    # token features: no positional variance at all
+    for f in (2, 3):
+        assert scores.loc[f, "r2_pos"] == pytest.approx(0.0, abs=1e-12)
+        assert scores.loc[f, "r2_tok"] == pytest.approx(1.0, abs=1e-12)
+    assert scores.loc[4, "r2_pos"] == 0 and scores.loc[4, "peak_width"] == 0 and scores.loc[4, "max_firing_rate"] == 0
+    assert P.fires_inside(stats).tolist() == [True, True, True, True, False]
+    assert P.positional_features(stats, threshold=0.5).tolist() == [True, True, False, False, False]
+    # threshold 0 is "fires at all": the dead feature is still excluded
+    assert P.positional_features(stats, threshold=0.0).tolist() == [True, True, True, True, False]
+    # restricted to positions < 5, the detector at 5 never fires and stops counting
+    assert P.positional_features(stats, context_size=5, threshold=0.5).tolist() == [True, False, False, False, False]
+    counts = P.threshold_counts(stats.r2_pos, P.fires_inside(stats), (0.0, 0.5, 1.0))
+    assert counts["features"].tolist() == [4, 2, 0]
+    assert counts.loc[0.5, "share of live features"] == pytest.approx(0.5)
+
+
+def test_scores_inside_context_equal_stats_computed_on_the_context_only():
+    W_E, W_pos = random_weights(V=60, n=12, seed=3)
+    sae = random_sae(seed=3)
+    full = layer0_stats(W_E, W_pos, sae, progress=False)
+    inside = layer0_stats(W_E, W_pos, sae, positions=range(7), progress=False)
+    torch.testing.assert_close(P.r2_pos_inside(full, 7), inside.r2_pos, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(P.peak_positions(full, 7), P.peak_positions(inside))
+    torch.testing.assert_close(P.peak_width(full, 7), P.peak_width(inside))
+    torch.testing.assert_close(P.fires_inside(full, 7), P.fires_inside(inside))
+    a = P.feature_scores(full, 7)
+    b = P.feature_scores(inside)
+    pd.testing.assert_series_equal(a["r2_pos"], b["r2_pos"], rtol=1e-9)
+    pd.testing.assert_series_equal(a["peak_position"], b["peak_position"])
+
+
+def test_feature_scores_match_brute_force():
+    W_E, W_pos = random_weights(V=50, n=9, seed=1)
+    sae = random_sae(seed=1)
+    acts = brute_acts(W_E, W_pos, sae)  # (V, n, F)
+    scores = P.feature_scores(layer0_stats(W_E, W_pos, sae, progress=False))
+    mean_p = acts.mean(0)  # (n, F)
+    var = acts.var(dim=(0, 1), unbiased=False)
+    r2_pos = mean_p.var(0, unbiased=False) / var
+    r2_tok = acts.mean(1).var(0, unbiased=False) / var
+    live = var > 0
+    np.testing.assert_allclose(scores["r2_pos"].to_numpy()[live], r2_pos[live].numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(scores["r2_tok"].to_numpy()[live], r2_tok[live].numpy(), rtol=1e-9, atol=1e-12)
+    assert (scores["peak_position"].to_numpy() == mean_p.argmax(0).numpy()).all()
+    width = ((mean_p >= 0.5 * mean_p.amax(0)) & (mean_p.amax(0) > 0)).sum(0)
+    assert (scores["peak_width"].to_numpy() == width.numpy()).all()
+    np.testing.assert_allclose(scores["interaction"].to_numpy()[live],
+                               (1 - r2_pos - r2_tok).clamp(min=0)[live].numpy(), atol=1e-9)
+
+
+def test_peak_width_and_positions_on_hand_made_means():
+    mean = [[0.0, 1.0, 0.0, 0.0],
+            [2.0, 0.4, 0.0, 0.5],
+            [1.0, 0.6, 0.0, 0.5],
+            [0.9, 0.1, 0.0, 0.2]]
+    stats = hand_stats(mean)
+    assert P.peak_positions(stats).tolist() == [1, 0, 0, 1]
+    assert P.peak_width(stats).tolist() == [2, 2, 0, 2]  # >= half of 2.0: 2.0, 1.0; of 1.0: 1.0, 0.6; of 0.5: both
+    assert P.peak_width(stats, level=1.0).tolist() == [1, 1, 0, 2]
+    assert P.peak_width(stats, context_size=2).tolist() == [1, 1, 0, 1]
+    assert P.fires_inside(stats).tolist() == [True, True, False, True]
+    row = P.sweep_row(hand_stats([[1.0, 0.0], [0.0, 1.0]]), threshold=0.0)
+    assert row["positional"] == 2 and row["distinct_peaks"] == 2 and row["mean_peak_width"] == 1.0
+
+
+def test_preact_profile_is_the_position_part_and_the_firing_floor():
+    W_E, W_pos = random_weights(V=30, n=10, seed=2)
+    sae = random_sae(seed=2)
+    feats = torch.tensor([4, 0, 11])
+    df = P.preact_profile_frame(W_E, W_pos, sae, feats, device="cpu")
+    c = (W_pos - sae.b_dec.detach()) @ sae.W_enc.detach() + sae.b_enc.detach()
+    a = W_E @ sae.W_enc.detach()
+    for f in feats.tolist():
+        d = df[df.feature == f]
+        np.testing.assert_allclose(d["preact_pos"].to_numpy(), c[:, f].numpy(), rtol=1e-12, atol=1e-12)
+        assert d["fire_some"].iloc[0] == pytest.approx(-float(a[:, f].max()))
+        assert d["fire_all"].iloc[0] == pytest.approx(-float(a[:, f].min()))
+        # brute force: some token fires at p exactly where c(p) > fire_some
+        fires = (brute_acts(W_E, W_pos, sae)[:, :, f] > 0).any(0)
+        assert fires.tolist() == (d["preact_pos"] > d["fire_some"]).tolist()
+
+
+# ----------------------------------------------------------------------------------------------
+# Peak histograms and ranges
+# ----------------------------------------------------------------------------------------------
+
+
+def test_peak_histogram_counts():
+    assert P.peak_histogram(torch.tensor([0, 0, 1, 3]), 5).tolist() == [2, 1, 0, 1, 0]
+    assert P.peak_histogram(torch.tensor([], dtype=torch.long), 3).tolist() == [0, 0, 0]
+    with pytest.raises(ValueError, match="peaks must lie"):
+        P.peak_histogram(torch.tensor([5]), 5)
+
+
+def test_peak_range_frame_counts_per_range():
+    df = P.peak_range_frame(torch.tensor([0, 0, 1, 3, 3, 9]), 12, edges=(1, 8))
+    assert df["positions"].tolist() == ["0", "1-7", "8-11"]
+    assert df["n_positions"].tolist() == [1, 7, 4]
+    assert df["features"].tolist() == [2, 3, 1]
+    assert df["features_per_position"].tolist() == pytest.approx([2.0, 3 / 7, 0.25])
+    assert df["positions_with_a_feature"].tolist() == [1, 2, 1]
+    # edges at or past the context are dropped
+    short = P.peak_range_frame(torch.tensor([2]), 5, edges=(1, 8))
+    assert short["positions"].tolist() == ["0", "1-4"] and short["features"].tolist() == [0, 1]
+
+
+def test_detector_peaks_fill_the_histogram():
+    W_E, W_pos = circle_model()
+    stats = layer0_stats(W_E, W_pos, detector_sae(W_pos, peaks=[1, 1, 6], n_token=1, n_dead=0), progress=False)
+    mask = P.positional_features(stats)
+    hist = P.peak_histogram(P.peak_positions(stats)[mask], 8)
+    assert hist.tolist() == [0, 2, 0, 0, 0, 0, 1, 0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoder directions and the W_pos helix
+# ----------------------------------------------------------------------------------------------
+
+
+def test_decoder_alignment_finds_the_written_row():
+    g = torch.Generator().manual_seed(0)
+    W_pos = torch.randn(10, 16, generator=g, dtype=torch.float64)
+    mu = W_pos[1:8].mean(0)
+    peaks = torch.tensor([2, 5, 7])
+    W_dec = 3.0 * (W_pos[peaks] - mu)  # norm does not matter
+    df = P.decoder_alignment(W_pos, W_dec, peaks, last=8, first=1)
+    assert df["cos_at_peak"].to_numpy() == pytest.approx(1.0)
+    assert df["best_position"].tolist() == [2, 5, 7]
+    assert df["rank_of_peak"].tolist() == [0, 0, 0]
+    flipped = P.decoder_alignment(W_pos, -W_dec, peaks, last=8, first=1)
+    assert flipped["cos_at_peak"].to_numpy() == pytest.approx(-1.0)
+    assert (flipped["rank_of_peak"] > 0).all()
+
+
+def test_helix_projection_keeps_a_three_dimensional_curve():
+    n = 20
+    theta = torch.linspace(0, 3, n, dtype=torch.float64)
+    curve = torch.stack([theta.cos(), theta.sin(), 0.3 * theta], 1)
+    Q, _ = torch.linalg.qr(torch.randn(12, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    W_pos = curve @ Q.T + 0.7  # a helix inside a random 3-D subspace of R^12, offset
+    rows, dirs = P.helix_projection(W_pos, Q.T, first=1, last=n)
+    centred = W_pos[1:] - W_pos[1:].mean(0)
+    torch.testing.assert_close(rows.norm(dim=1), centred.norm(dim=1))  # nothing lost outside the top 3 PCs
+    torch.testing.assert_close(torch.cdist(rows, rows), torch.cdist(centred, centred))
+    torch.testing.assert_close(dirs.norm(dim=1), torch.ones(3, dtype=torch.float64))  # the subspace's axes stay unit
+    _, _, shares = P.wpos_frame_pca(W_pos, 1, n)
+    assert float(shares.sum()) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        P.wpos_frame_pca(W_pos, 3, 4)
+
+
+def test_decoder_input_cosine():
+    W_dec = f64([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    cos = P.decoder_input_cosine(W_dec, f64([3.0, 1.0]), b_dec=f64([0.0, 1.0]))
+    assert cos.tolist() == pytest.approx([1.0, 0.0, math.sqrt(0.5)])
+
+
+# ----------------------------------------------------------------------------------------------
+# Positional neurons
+# ----------------------------------------------------------------------------------------------
+
+
+def test_positional_share_hand_computation():
+    acts = f64([[1.0, 2.0, 3.0], [3.0, 4.0, 5.0]])[:, :, None]  # 2 windows x 3 positions x 1 unit
+    m = P.PositionMoments.empty(3, 1).add(acts)
+    # positions 0..2: means 2, 3, 4 around 3 -> SS_between 2*(1+0+1) = 4; SS_total 4+1+0+0+1+4 = 10
+    assert float(P.positional_share(m, first=0)) == pytest.approx(0.4)
+    # positions 1..2: values 2, 4 | 3, 5, means 3, 4 around 3.5 -> SS_between 1, SS_total 5
+    assert float(P.positional_share(m, first=1)) == pytest.approx(0.2)
+    assert float(P.positional_share(m, first=0, last=1)) == 0.0  # one position: nothing between positions
+    torch.testing.assert_close(m.mean()[:, 0], f64([2.0, 3.0, 4.0]))
+    torch.testing.assert_close(m.std()[:, 0], f64([1.0, 1.0, 1.0]))
+
+
+def test_positional_share_matches_scipy_anova_and_batches():
+    from scipy.stats import f_oneway
+
+    g = torch.Generator().manual_seed(0)
+    acts = torch.randn(11, 6, 4, generator=g, dtype=torch.float64) + torch.linspace(0, 1, 6, dtype=torch.float64)[None, :, None] * f64([0.0, 0.5, 2.0, 8.0])
+    one = P.PositionMoments.empty(6, 4).add(acts)
+    two = P.PositionMoments.empty(6, 4).add(acts[:4]).add(acts[4:])
+    share = P.positional_share(one, first=0)
+    torch.testing.assert_close(share, P.positional_share(two, first=0))
+    k, N = 6, 66
+    for u in range(4):
+        F = f_oneway(*[acts[:, p, u].numpy() for p in range(6)]).statistic
+        eta2 = F * (k - 1) / (F * (k - 1) + (N - k))
+        assert float(share[u]) == pytest.approx(eta2, rel=1e-9)
+    assert share[3] > 0.8 > 0.2 > share[0]
+
+
+def test_chance_share_matches_simulation():
+    assert P.chance_share(5, 20) == pytest.approx(4 / 19)
+    g = torch.Generator().manual_seed(0)
+    m = P.PositionMoments.empty(5, 4000).add(torch.randn(4, 5, 4000, generator=g, dtype=torch.float64))
+    assert float(P.positional_share(m, first=0).mean()) == pytest.approx(4 / 19, abs=0.005)
+    with pytest.raises(ValueError):
+        P.chance_share(5, 5)
+
+
+def test_constant_unit_and_errors():
+    m = P.PositionMoments.empty(3, 2).add(torch.ones(4, 3, 2, dtype=torch.float64))
+    assert P.positional_share(m, first=0).tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError, match="acts must be"):
+        m.add(torch.ones(4, 3, 5))
+    with pytest.raises(ValueError, match="at least one sample"):
+        P.positional_share(P.PositionMoments.empty(4, 2).add(torch.ones(1, 3, 2)), first=0)
+
+
+def tiny_model(n_ctx=12, d_vocab=20, seed=0):
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    torch.manual_seed(seed)
+    cfg = HookedTransformerConfig(n_layers=1, d_model=16, n_ctx=n_ctx, d_head=8, n_heads=2, d_mlp=32, d_vocab=d_vocab,
+                                  act_fn="gelu", positional_embedding_type="standard", device="cpu", seed=seed)
+    return HookedTransformer(cfg)
+
+
+def test_mlp_moments_match_a_direct_cache_and_position_only_model_scores_one():
+    model = tiny_model()
+    tokens = torch.randint(0, 20, (7, 12), generator=torch.Generator().manual_seed(0))
+    m = P.mlp_position_moments(model, tokens, batch_size=3, progress=False)
+    _, cache = model.run_with_cache(tokens)
+    acts = cache["blocks.0.mlp.hook_post"].double()
+    torch.testing.assert_close(m.mean(), acts.mean(0).double())
+    torch.testing.assert_close(m.n, torch.full((12,), 7.0, dtype=torch.float64))
+    share = P.positional_share(m, first=1)
+    assert ((share >= 0) & (share <= 1)).all() and share.max() < 0.999
+    # with W_E = 0 the residual stream, and so every neuron, is a function of the position alone
+    with torch.no_grad():
+        model.embed.W_E.zero_()
+    share0 = P.positional_share(P.mlp_position_moments(model, tokens, progress=False), first=1)
+    torch.testing.assert_close(share0, torch.ones_like(share0), atol=1e-6, rtol=0)
+    frame = P.neuron_profile_frame(m, torch.tensor([3, 0]), first=1)
+    assert len(frame) == 2 * 11 and frame.position.min() == 1
+    np.testing.assert_allclose(frame[frame.neuron == 3]["mean"].to_numpy(), acts[:, 1:, 3].mean(0).numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match="not a hook"):
+        P.mlp_position_moments(model, tokens, layer=3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Width sweep, extremes, sampling, fits
+# ----------------------------------------------------------------------------------------------
+
+
+def test_width_sweep_counts_detectors():
+    W_E, W_pos = circle_model()
+    model = SimpleNamespace(W_E=W_E, W_pos=W_pos, cfg=SimpleNamespace(n_ctx=8))
+    saes = {"wide": detector_sae(W_pos, peaks=[0, 1, 1, 2, 6], n_token=4), "narrow": detector_sae(W_pos, peaks=[1], n_token=1)}
+    for s in saes.values():
+        s.cfg.metadata.context_size = 4  # only positions 0..3 count: the detector at 6 never fires there
+    df = P.width_sweep_frame(model, saes, progress=False)
+    assert df.index.tolist() == ["narrow", "wide"]  # sorted by d_sae
+    assert df.loc["narrow", "positional"] == 1 and df.loc["wide", "positional"] == 4
+    assert df.loc["wide", "distinct_peaks"] == 3 and df.loc["wide", "mean_peak_width"] == 1.0
+    assert df.loc["wide", "context_size"] == 4
+
+
+def test_r2_extremes_and_errors():
+    r2 = f64([0.0, 0.01, 0.5, 0.97, 1.0, 0.0])
+    fires = torch.tensor([True, True, True, True, True, False])
+    assert P.r2_extremes(r2, fires) == {"near_0": 0.4, "near_1": 0.4, "n_live": 5}
+    with pytest.raises(ValueError):
+        P.r2_extremes(r2, fires, low=0.9, high=0.1)
+    with pytest.raises(ValueError, match="threshold"):
+        P.positional_features(hand_stats([[1.0]]), threshold=1.5)
+    with pytest.raises(ValueError, match="no position"):
+        P.peak_positions(hand_stats([[1.0], [0.0]]), context_size=0)
+
+
+def test_scatter_sample_keeps_the_flagged_points():
+    keep = torch.zeros(100, dtype=torch.bool)
+    keep[[3, 50, 99]] = True
+    idx = P.scatter_sample(100, 10, keep=keep)
+    assert len(idx) == 10 and {3, 50, 99} <= set(idx.tolist()) and idx.unique().numel() == 10
+    assert (idx.diff() > 0).all()
+    assert P.scatter_sample(5, 10).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_loglog_fit():
+    x = np.array([1024, 2048, 4096, 8192])
+    fit = P.loglog_fit(x, 3 * x**1.5)
+    assert fit["slope"] == pytest.approx(1.5) and fit["r2"] == pytest.approx(1.0) and fit["n"] == 4
+    assert fit["intercept"] == pytest.approx(math.log(3))
+    assert P.loglog_slope([1, 2, 4], [0, 2, 8]) == pytest.approx(2.0)  # the zero is left out
+    assert math.isnan(P.loglog_slope([1, 2], [0, 5]))
+    assert P.loglog_fit([1, 2, 4], [1, 4, 2])["r2"] < 1
