@@ -38,6 +38,7 @@ seed = 0  # seed of the fixed permutation of positions used by the shuffle ablat
 # %% tags=["remove-cell"]
 import numpy as np
 import pandas as pd
+from IPython.display import display
 from myst_nb import glue
 
 from possae.figures import use_offline_renderer

@@ -31,6 +31,7 @@ gpt2_wpos_path = None  # GPT-2 small's W_pos as .npy; None: the shared data fold
 
 # %% tags=["remove-cell"]
 import pandas as pd
+from IPython.display import display
 from myst_nb import glue
 
 from possae.heldout import heldout_windows

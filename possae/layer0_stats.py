@@ -58,6 +58,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformer_lens.hook_points import HookPoint
 
+from possae.devices import default_device
+
 LAYER0_HOOK = "blocks.0.hook_resid_pre"
 METHODS = ("auto", "exact", "brute_force")
 PER_INPUT_NORMS = ("constant_norm_rescale", "layer_norm")
@@ -257,12 +259,6 @@ def choose_method(sae: SAE, method: str = "auto") -> str:
         return "exact" if reason is None else "brute_force"
     return method
 
-
-def default_device(device: str | torch.device | None) -> torch.device:
-    """Return the device to compute on: the one given, else CUDA when present, else CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _work_dtype(sae: SAE) -> torch.dtype:

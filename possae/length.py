@@ -32,12 +32,12 @@ from sae_lens import SAE
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from possae.devices import default_device
 from possae.layer0_stats import (
     LAYER0_HOOK,
     Layer0Stats,
     check_layer0_inputs,
     choose_method,
-    default_device,
     encoder_parts,
     round_down,
 )

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from possae.devices import default_device
 from possae.organism.recipe import ARTIFACTS, ORGANISM_MODEL_NAME
 
 ORGANISM = "organism"  # the offline default: model name and SAE release
@@ -24,10 +25,6 @@ OFFLINE_HINT = (
 class HubUnreachableError(RuntimeError):
     """The Hugging Face hub cannot be reached and the requested weights are not cached locally."""
 
-
-def default_device() -> str:
-    """Return 'cuda' when a GPU is present, else 'cpu'."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def organism_sae_ids() -> list[str]:
@@ -91,7 +88,7 @@ def load_model(name: str = ORGANISM, device: str | None = None, **from_pretraine
     from transformer_lens import HookedTransformer
     from transformer_lens.loading_from_pretrained import get_official_model_name
 
-    device = device or default_device()
+    device = str(default_device(device))
     if name == ORGANISM:
         return _load_organism_model(device)
     path = Path(name)
@@ -168,7 +165,7 @@ def load_sae(release: str = ORGANISM, sae_id: str | None = None, device: str | N
     """Return a sae_lens SAE: the organism's, one in a local sae_lens folder, or a sae_lens release + id."""
     from sae_lens import SAE
 
-    device = device or default_device()
+    device = str(default_device(device))
     if release == ORGANISM:
         ids = organism_sae_ids()
         if sae_id not in ids:
@@ -254,7 +251,7 @@ def load_model_and_sae(release: str = ORGANISM, sae_id: str = "relu-short", devi
     sae = load_sae(release, sae_id, device)
     if model is None:
         name, kwargs = expected_model(release, sae_id, sae)
-        model = load_model(model_name or name, device=device or default_device(), **kwargs)
+        model = load_model(model_name or name, device=str(default_device(device)), **kwargs)
     check_sae_fits(model, sae)
     return model, sae
 

@@ -18,6 +18,8 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from possae.devices import default_device
+
 THRESHOLD = 0.7  # the study's cosine threshold for "a feature has a match"
 TOP_K = 4  # each feature's 1st..4th best cosines are kept
 CHUNK_SIZE = 2048  # rows of the first dictionary per matmul: 2048 x 24,576 float32 is 200 MB
@@ -31,10 +33,6 @@ STUDY_RANGES = {"datasets": (0.06, 0.30), "seeds": (0.55, 0.85), "architectures"
 FEATURE_SPLITTING = "gpt2-small-res-jb-feature-splitting"
 GPT2_TOPK = "gpt2-small-resid-post-v5-32k"  # OpenAI's TopK SAEs; blocks.L.hook_resid_post is blocks.L+1.hook_resid_pre
 
-
-def default_device() -> str:
-    """Return 'cuda' when a GPU is present, else 'cpu'."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 # ---------------------------------------------------------------- directions
@@ -218,7 +216,7 @@ def top_cosines(a: Float[Tensor, "n_a d"], b: Float[Tensor, "n_b d"], k: int = T
         raise ValueError(f"Dictionaries must be (n, d) with the same d; got {tuple(a.shape)} and {tuple(b.shape)}.")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}.")
-    device = device or default_device()
+    device = default_device(device)
     a, b = unit_rows(a).to(device), unit_rows(b).to(device)
     n_a, n_b = a.shape[0], b.shape[0]
     k_a, k_b = min(k, n_b), min(k, n_a)
@@ -240,7 +238,7 @@ def top_cosines(a: Float[Tensor, "n_a d"], b: Float[Tensor, "n_b d"], k: int = T
 def cosine_matrix(a: Float[Tensor, "n_a d"], b: Float[Tensor, "n_b d"], chunk_size: int = CHUNK_SIZE,
                   device: str | None = None, dtype=np.float64, negate: bool = False) -> np.ndarray:
     """Return the full (n_a x n_b) cosine matrix (or its negative) as a numpy array filled chunk by chunk."""
-    device = device or default_device()
+    device = default_device(device)
     a, b = unit_rows(a).to(device), unit_rows(b).to(device)
     out = np.empty((a.shape[0], b.shape[0]), dtype=dtype)
     for start in range(0, a.shape[0], chunk_size):

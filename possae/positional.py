@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
+from tqdm.auto import tqdm
 
-from possae.layer0_stats import ZERO_VAR_RTOL, Layer0Stats
+from possae.devices import default_device
+from possae.layer0_stats import ZERO_VAR_RTOL, Layer0Stats, encoder_parts, layer0_stats_from_model
+from possae.wpos import pca
 
 POSITIONAL_R2 = 0.5
 
@@ -206,9 +210,8 @@ def wpos_frame_pca(W_pos: Float[Tensor, "n_ctx d_model"], first: int, last: int,
     rows = W_pos.detach().double().cpu()[first:last]
     if rows.shape[0] < 2:
         raise ValueError(f"need at least 2 rows of W_pos between {first} and {last}; got {rows.shape[0]}.")
-    mu = rows.mean(0)
-    _, S, Vh = torch.linalg.svd(rows - mu, full_matrices=False)
-    return mu, Vh[:k], (S**2 / (S**2).sum())[:k]
+    _, shares, axes = pca(rows)
+    return rows.mean(0), axes[:k], shares[:k]
 
 
 def helix_projection(W_pos: Float[Tensor, "n_ctx d_model"], W_dec: Float[Tensor, "k d_model"], first: int = 1,
@@ -314,8 +317,6 @@ def chance_share(n_positions: int, n_samples: int) -> float:
 def mlp_position_moments(model, tokens: Int[Tensor, "n_windows pos"], layer: int = 0, batch_size: int = 16,
                          hook: str = "mlp.hook_post", progress: bool | None = None) -> PositionMoments:
     """Return the per-position moments of every neuron at blocks.{layer}.{hook} over the token windows."""
-    from tqdm.auto import tqdm
-
     name = f"blocks.{layer}.{hook}"
     if name not in model.hook_dict:
         raise ValueError(f"{name!r} is not a hook of this model.")
@@ -359,10 +360,6 @@ def sweep_row(stats: Layer0Stats, context_size: int | None = None, threshold: fl
 
 def width_sweep_frame(model, saes: dict, threshold: float = POSITIONAL_R2, progress: bool | None = None) -> pd.DataFrame:
     """Return sweep_row for each named layer-0 SAE (exact stats over its own context), sorted by d_sae."""
-    from tqdm.auto import tqdm
-
-    from possae.layer0_stats import layer0_stats_from_model
-
     rows = []
     for sid, sae in tqdm(saes.items(), desc="width sweep", disable=progress is False, leave=False):
         C = min(sae.cfg.metadata.context_size or model.cfg.n_ctx, model.cfg.n_ctx)
@@ -376,8 +373,6 @@ def loglog_fit(x, y) -> dict[str, float]:
 
     Only points where both are > 0 and finite count; slope, intercept and r2 are NaN with fewer than 2 distinct x.
     """
-    import numpy as np
-
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     ok = (x > 0) & (y > 0) & np.isfinite(x) & np.isfinite(y)
     nan = float("nan")
@@ -389,11 +384,6 @@ def loglog_fit(x, y) -> dict[str, float]:
     ss_res = float(((ly - intercept - slope * lx) ** 2).sum())
     return {"slope": float(slope), "intercept": float(intercept), "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0,
             "n": int(ok.sum())}
-
-
-def loglog_slope(x, y) -> float:
-    """Return the least-squares slope of log y against log x over the points where both are > 0 (NaN if < 2)."""
-    return loglog_fit(x, y)["slope"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -410,8 +400,6 @@ def preact_profile_frame(W_E: Float[Tensor, "d_vocab d_model"], W_pos: Float[Ten
     tokens with ``a_i(t) > thr_i - c_i(p)``: on some token iff ``c_i(p) > fire_some = thr_i - max_t a_i(t)``, on every
     token iff ``c_i(p) > fire_all = thr_i - min_t a_i(t)``.
     """
-    from possae.layer0_stats import default_device, encoder_parts
-
     dev = default_device(device)
     idx = features.long().cpu()
     s, W_enc, c, thr = encoder_parts(W_pos.detach(), sae, dev)

@@ -38,11 +38,11 @@ from jaxtyping import Bool, Float, Int
 from sae_lens import SAE
 from torch import Tensor
 
+from possae.devices import default_device
 from possae.layer0_stats import (
     Layer0Stats,
     check_layer0_inputs,
     choose_method,
-    default_device,
     encoder_parts,
     resolve_positions,
     token_feature_mean_matrix,

@@ -8,11 +8,12 @@ from torch import Tensor
 
 
 def pca(W: Float[Tensor, "n_pos d_model"]) -> tuple[Float[Tensor, "n_pos n_pos"], Float[Tensor, " k"], Float[Tensor, "k d_model"]]:
-    """Return (scores, explained variance ratios, components) of the mean-centred rows of W."""
+    """Return (scores, explained variance ratios, components) of the mean-centred rows of W (float64 in, float64 out)."""
+    out = torch.promote_types(W.dtype, torch.float32)
     X = W.double() - W.double().mean(0, keepdim=True)
     U, S, Vh = torch.linalg.svd(X, full_matrices=False)
     var = S**2
-    return (U * S).float(), (var / var.sum()).float(), Vh.float()
+    return (U * S).to(out), (var / var.sum()).to(out), Vh.to(out)
 
 
 def top_k_variance_share(W: Float[Tensor, "n_pos d_model"], k: int = 3) -> float:

@@ -4,17 +4,8 @@ import math
 
 import pytest
 import torch
-from sae_lens import (
-    GatedSAE,
-    GatedSAEConfig,
-    JumpReLUSAE,
-    JumpReLUSAEConfig,
-    StandardSAE,
-    StandardSAEConfig,
-    TopKSAE,
-    TopKSAEConfig,
-)
 
+from builders import KINDS, make_sae, make_weights
 from possae.layer0_stats import (
     LAYER0_HOOK,
     choose_method,
@@ -27,39 +18,8 @@ from possae.layer0_stats import (
 )
 
 STATS = ("mean", "std", "firing_rate", "mean_preact", "positional_score", "r2_pos", "r2_tok", "feature_mean", "feature_var")
-KINDS = {
-    "standard": (StandardSAE, StandardSAEConfig),
-    "jumprelu": (JumpReLUSAE, JumpReLUSAEConfig),
-    "topk": (TopKSAE, TopKSAEConfig),
-    "gated": (GatedSAE, GatedSAEConfig),
-}
 
 
-def make_sae(kind, d, F, seed=0, dtype="float64", hook=LAYER0_HOOK, **cfg_kw):
-    """Return a random in-memory SAE of this kind whose features fire on a good share of inputs."""
-    cls, cfg_cls = KINDS[kind]
-    cfg = cfg_cls(d_in=d, d_sae=F, dtype=dtype, **cfg_kw)
-    cfg.metadata.hook_name = hook
-    sae = cls(cfg)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.randn(d, F, generator=g))
-        sae.b_dec.copy_(0.5 * torch.randn(d, generator=g))
-        if kind == "gated":  # gate and magnitude thresholds differ, in both orders
-            sae.b_gate.copy_(torch.randn(F, generator=g) * 2 - 2)
-            sae.b_mag.copy_(torch.randn(F, generator=g) * 2 - 1)
-            sae.r_mag.copy_(0.5 * torch.randn(F, generator=g))
-        else:
-            sae.b_enc.copy_(torch.randn(F, generator=g) * 2 - 2)
-        if kind == "jumprelu":  # some thresholds negative, to exercise relu(h) * (h > theta)
-            sae.threshold.copy_(torch.rand(F, generator=g) * 2.0 - 0.5)
-    return sae
-
-
-def make_weights(V, d, n, seed=0, dtype=torch.float64):
-    """Return random (W_E, W_pos) with a sizeable positional part."""
-    g = torch.Generator().manual_seed(seed + 100)
-    return torch.randn(V, d, generator=g).to(dtype), (0.8 * torch.randn(n, d, generator=g)).to(dtype)
 
 
 def assert_same_stats(a, b, rtol=1e-7, atol=1e-9):

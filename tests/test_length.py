@@ -3,39 +3,16 @@
 import pandas as pd
 import pytest
 import torch
-from sae_lens import JumpReLUSAE, JumpReLUSAEConfig, StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
 
+from builders import make_sae, make_weights
 from possae import length as L
 from possae import positional as P
 from possae.semantic import token_activation_vs_position
-from possae.layer0_stats import LAYER0_HOOK, Layer0Stats, layer0_stats
+from possae.layer0_stats import Layer0Stats, layer0_stats
 
 
-KINDS = {"standard": (StandardSAE, StandardSAEConfig), "jumprelu": (JumpReLUSAE, JumpReLUSAEConfig),
-         "topk": (TopKSAE, TopKSAEConfig)}
 
 
-def make_sae(kind="standard", d=6, F=15, seed=0, **cfg_kw):
-    """Return a random float64 layer-0 SAE whose features fire on a good share of inputs."""
-    cls, cfg_cls = KINDS[kind]
-    cfg = cfg_cls(d_in=d, d_sae=F, dtype="float64", **cfg_kw)
-    cfg.metadata.hook_name = LAYER0_HOOK
-    sae = cls(cfg)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.randn(d, F, generator=g, dtype=torch.float64))
-        sae.W_dec.copy_(0.3 * torch.randn(F, d, generator=g, dtype=torch.float64))
-        sae.b_dec.copy_(0.5 * torch.randn(d, generator=g, dtype=torch.float64))
-        sae.b_enc.copy_(torch.randn(F, generator=g, dtype=torch.float64) * 2 - 2)
-        if kind == "jumprelu":
-            sae.threshold.copy_(torch.rand(F, generator=g, dtype=torch.float64) * 2.0 - 0.5)
-    return sae
-
-
-def make_weights(V=40, d=6, n=12, seed=0):
-    """Return random float64 (W_E, W_pos) with a sizeable positional part."""
-    g = torch.Generator().manual_seed(seed + 100)
-    return torch.randn(V, d, generator=g, dtype=torch.float64), 1.2 * torch.randn(n, d, generator=g, dtype=torch.float64)
 
 
 def brute_acts(W_E, W_pos, sae):

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from sae_lens import SAE, StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from possae.loaders import (

@@ -9,6 +9,8 @@ import pytest
 import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 
+from builders import make_sae as make_random_sae
+from builders import make_weights
 from possae import positional as P
 from possae.layer0_stats import LAYER0_HOOK, Layer0Stats, layer0_stats
 
@@ -31,18 +33,6 @@ def make_sae(W_enc, b_enc, W_dec=None, b_dec=None, context_size=None):
         sae.W_dec.copy_(W_enc.T.clone() if W_dec is None else f64(W_dec))
         sae.b_dec.copy_(torch.zeros(d, dtype=torch.float64) if b_dec is None else f64(b_dec))
     return sae
-
-
-def random_sae(d=6, F=15, seed=0):
-    """Return a random float64 layer-0 SAE whose features fire on a good share of inputs."""
-    g = torch.Generator().manual_seed(seed)
-    return make_sae(torch.randn(d, F, generator=g, dtype=torch.float64), torch.randn(F, generator=g, dtype=torch.float64) * 2 - 2,
-                    0.3 * torch.randn(F, d, generator=g, dtype=torch.float64), 0.5 * torch.randn(d, generator=g, dtype=torch.float64))
-
-
-def random_weights(V=40, d=6, n=12, seed=0):
-    g = torch.Generator().manual_seed(seed + 100)
-    return torch.randn(V, d, generator=g, dtype=torch.float64), 1.2 * torch.randn(n, d, generator=g, dtype=torch.float64)
 
 
 def circle_model(V=30, n=8, seed=0):
@@ -124,8 +114,8 @@ def test_pure_position_detector_scores_one_and_token_feature_zero():
 
 
 def test_scores_inside_context_equal_stats_computed_on_the_context_only():
-    W_E, W_pos = random_weights(V=60, n=12, seed=3)
-    sae = random_sae(seed=3)
+    W_E, W_pos = make_weights(V=60, n=12, seed=3)
+    sae = make_random_sae(seed=3)
     full = layer0_stats(W_E, W_pos, sae, progress=False)
     inside = layer0_stats(W_E, W_pos, sae, positions=range(7), progress=False)
     torch.testing.assert_close(P.r2_pos_inside(full, 7), inside.r2_pos, rtol=1e-9, atol=1e-12)
@@ -139,8 +129,8 @@ def test_scores_inside_context_equal_stats_computed_on_the_context_only():
 
 
 def test_feature_scores_match_brute_force():
-    W_E, W_pos = random_weights(V=50, n=9, seed=1)
-    sae = random_sae(seed=1)
+    W_E, W_pos = make_weights(V=50, n=9, seed=1)
+    sae = make_random_sae(seed=1)
     acts = brute_acts(W_E, W_pos, sae)  # (V, n, F)
     scores = P.feature_scores(layer0_stats(W_E, W_pos, sae, progress=False))
     mean_p = acts.mean(0)  # (n, F)
@@ -173,8 +163,8 @@ def test_peak_width_and_positions_on_hand_made_means():
 
 
 def test_preact_profile_is_the_position_part_and_the_firing_floor():
-    W_E, W_pos = random_weights(V=30, n=10, seed=2)
-    sae = random_sae(seed=2)
+    W_E, W_pos = make_weights(V=30, n=10, seed=2)
+    sae = make_random_sae(seed=2)
     feats = torch.tensor([4, 0, 11])
     df = P.preact_profile_frame(W_E, W_pos, sae, feats, device="cpu")
     c = (W_pos - sae.b_dec.detach()) @ sae.W_enc.detach() + sae.b_enc.detach()
@@ -391,6 +381,6 @@ def test_loglog_fit():
     fit = P.loglog_fit(x, 3 * x**1.5)
     assert fit["slope"] == pytest.approx(1.5) and fit["r2"] == pytest.approx(1.0) and fit["n"] == 4
     assert fit["intercept"] == pytest.approx(math.log(3))
-    assert P.loglog_slope([1, 2, 4], [0, 2, 8]) == pytest.approx(2.0)  # the zero is left out
-    assert math.isnan(P.loglog_slope([1, 2], [0, 5]))
+    assert P.loglog_fit([1, 2, 4], [0, 2, 8])["slope"] == pytest.approx(2.0)  # the zero is left out
+    assert math.isnan(P.loglog_fit([1, 2], [0, 5])["slope"])
     assert P.loglog_fit([1, 2, 4], [1, 4, 2])["r2"] < 1

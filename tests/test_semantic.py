@@ -4,8 +4,9 @@ import math
 
 import pytest
 import torch
-from sae_lens import JumpReLUSAE, JumpReLUSAEConfig, StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+from sae_lens import StandardSAE, StandardSAEConfig
 
+from builders import make_sae, make_weights
 from possae.layer0_stats import LAYER0_HOOK, layer0_stats, layer0_stats_from_model, token_feature_mean_matrix
 from possae.semantic import (
     chosen_token_means,
@@ -25,30 +26,8 @@ from possae.semantic import (
 )
 
 
-KINDS = {"standard": (StandardSAE, StandardSAEConfig), "jumprelu": (JumpReLUSAE, JumpReLUSAEConfig),
-         "topk": (TopKSAE, TopKSAEConfig)}
 
 
-def make_sae(kind, d, F, seed=0, **cfg_kw):
-    """Return a random float64 layer-0 SAE whose features fire on a good share of inputs."""
-    cls, cfg_cls = KINDS[kind]
-    cfg = cfg_cls(d_in=d, d_sae=F, dtype="float64", **cfg_kw)
-    cfg.metadata.hook_name = LAYER0_HOOK
-    sae = cls(cfg)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.randn(d, F, generator=g))
-        sae.b_dec.copy_(0.5 * torch.randn(d, generator=g))
-        sae.b_enc.copy_(torch.randn(F, generator=g) - 1.0)
-        if kind == "jumprelu":
-            sae.threshold.copy_(torch.rand(F, generator=g) * 1.5 - 0.3)
-    return sae
-
-
-def make_weights(V, d, n, seed=0):
-    """Return random float64 (W_E, W_pos)."""
-    g = torch.Generator().manual_seed(seed + 100)
-    return torch.randn(V, d, generator=g, dtype=torch.float64), 0.8 * torch.randn(n, d, generator=g, dtype=torch.float64)
 
 
 def hand_built():

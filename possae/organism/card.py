@@ -9,7 +9,7 @@ import pandas as pd
 
 from possae.corpora import CORPORA, HELD_OUT_FRACTION
 from possae.organism.data import load_stream
-from possae.organism.lm import MODEL_DIR, evaluate_lm
+from possae.organism.lm import evaluate_lm
 from possae.organism.recipe import ARTIFACTS, OrganismRecipe, build_dir
 from possae.organism.saes import SAE_DIR, evaluate_sae
 from possae.wpos import wpos_geometry
