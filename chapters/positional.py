@@ -84,7 +84,7 @@ from possae.positional import (
 
 use_offline_renderer()
 model, sae = load_model_and_sae(sae_release, sae_id, device=device, model_name=model_name)
-require_layer0(sae, "the positional-features chapter")
+require_layer0(sae, "The positional-features chapter")
 n_ctx = model.cfg.n_ctx
 context_size = min(sae.cfg.metadata.context_size or n_ctx, n_ctx)
 # exact statistics over every token x every position the SAE was trained on, and over all n_ctx positions
@@ -331,7 +331,7 @@ if width_sweep_ids:
     sweep_saes = {}
     for sid in width_sweep_ids:
         s = sae if (sid == sae_id and width_sweep_release == sae_release) else load_sae(width_sweep_release, sid, device=device)
-        require_layer0(s, f"the width sweep ({sid})")
+        require_layer0(s, f"The width sweep ({sid})")
         check_sae_fits(model, s)
         sweep_saes[sid] = s
     sweep = width_sweep_frame(model, sweep_saes, threshold, progress=False)

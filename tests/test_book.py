@@ -53,5 +53,9 @@ def test_papermill_reexecution_with_another_sae(tmp_path, shared_data):
 def test_bad_parameters_fail_naming_chapter_and_cause(tmp_path):
     with pytest.raises(ChapterFailed, match=r"setup\.py failed in cell .*Unknown organism SAE id 'relu-nope'"):
         execute_chapter(REPO_ROOT / "chapters" / "setup.py", tmp_path / "bad.ipynb", {"sae_id": "relu-nope"})
+    for chapter in ("positional", "semantic", "length_generalization"):
+        with pytest.raises(ChapterFailed, match=rf"{chapter}\.py failed in cell .*studies layer-0 SAEs.*reads "
+                                                rf"'blocks\.1\.hook_resid_pre'"):
+            execute_chapter(REPO_ROOT / "chapters" / f"{chapter}.py", tmp_path / f"{chapter}.ipynb", {"sae_id": "relu-L1"})
     with pytest.raises(ValueError, match="Unknown profile 'huge'"):
         build("huge")
