@@ -385,8 +385,8 @@ overview = pd.DataFrame(rows)
 if len(everything):
     gap = everything["dec_share_small"] - everything["hungarian_share"]
     worst = everything.loc[gap.idxmax()]
-    glue("match_gap_mean", float(gap.mean()), display=False)
-    glue("match_gap_max", float(gap.max()), display=False)
+    glue("match_gap_mean", 100 * float(gap.mean()), display=False)  # percentage points
+    glue("match_gap_max", 100 * float(gap.max()), display=False)
     glue("match_gap_pair", f"{worst['a']} / {worst['b']}", display=False)
     glue("match_enc_mean", float(everything["enc_share"].mean()), display=False)
     glue("match_dec_mean", float(everything["dec_share"].mean()), display=False)
@@ -414,8 +414,8 @@ if len(everything):
 # SAEs are far smaller than gpt2-small's, live in 128 dimensions instead of 768 and saw about a million training tokens
 # each, and the corpus groups are not the study's datasets. Best match overstates: averaged over all
 # pairs, the best-match share of the features Hungarian pairs (the smaller dictionary's, or both directions' mean for
-# equal sizes) exceeds their one-to-one share by {glue:text}`match_gap_mean:.1%` (at most
-# {glue:text}`match_gap_max:.1%`, for {glue:text}`match_gap_pair`), and the MMCS exceeds the Hungarian mean cosine by
+# equal sizes) exceeds their one-to-one share by {glue:text}`match_gap_mean:.1f` percentage points (at most
+# {glue:text}`match_gap_max:.1f`, for {glue:text}`match_gap_pair`), and the MMCS exceeds the Hungarian mean cosine by
 # {glue:text}`match_mmcs_gap:.3f`. Encoder directions match in {glue:text}`match_enc_mean:.1%` of cases against
 # {glue:text}`match_dec_mean:.1%` for decoder directions, on average over all pairs: an encoder direction also has to
 # suppress interference from the features near it, so two SAEs that write the same direction may read it differently.
@@ -429,6 +429,6 @@ if len(everything):
 # - Width: {glue:text}`match_w_in:.1%` of the smallest dictionary's features have a partner in the largest, and
 #   {glue:text}`match_w_rev:.1%` the other way round.
 # - Hungarian matching is the one-to-one count when features may split or merge; best match overstates it by
-#   {glue:text}`match_gap_mean:.1%` on average here.
+#   {glue:text}`match_gap_mean:.1f` percentage points on average here.
 # - To run the same comparisons on gpt2-small, pass `sae_release="gpt2-small-res-jb"`: its layers, the layer-8
 #   feature-splitting widths and OpenAI's TopK SAE at the same point are compared; groups with no SAEs are skipped.
