@@ -410,3 +410,18 @@ def test_exact_bounded_memory_groups_agree(budget):
     bf = layer0_stats(W_E, W_pos, sae, token_weights=w, method="brute_force", progress=False)
     assert ex.firing_rate[:, :4].min() > 0.9
     assert_same_stats(ex, bf)
+
+
+def test_benchmark_frame_reads_the_recorded_run(tmp_path):
+    import json
+
+    from possae.benchmark_results import LAYER0_BENCHMARK, layer0_benchmark_frame
+
+    recorded = json.loads(LAYER0_BENCHMARK.read_text())
+    frame = layer0_benchmark_frame()
+    assert len(frame) == len(recorded["sections"])
+    first = recorded["sections"][0]
+    assert frame.loc[0, "exact (s)"] == first["exact_seconds"]
+    assert frame.loc[0, "speed-up vs brute force"] == first["speedup_vs_brute_force"]
+    with pytest.raises(FileNotFoundError, match="bench_layer0_stats.py"):
+        layer0_benchmark_frame(tmp_path / "missing.json")
