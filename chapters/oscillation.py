@@ -100,22 +100,23 @@ for sid, sae in saes.items():
     rows.append({"SAE": sid, "layer": layer_of[sid], "training context": ctx, "position 0": c.loc[0],
                  f"positions 1..{ctx - 1}": c.loc[1 : ctx - 1].mean(),
                  "past the training context": c.loc[ctx:].mean() if ctx < n_ctx else np.nan,
-                 "nMSE 1..ctx-1": curve(sid, value="nmse").loc[1 : ctx - 1].mean(),
-                 "nMSE past ctx": curve(sid, value="nmse").loc[ctx:].mean() if ctx < n_ctx else np.nan})
+                 "rel. error 1..ctx-1": curve(sid, value="rel_err").loc[1 : ctx - 1].mean(),
+                 "rel. error past ctx": curve(sid, value="rel_err").loc[ctx:].mean() if ctx < n_ctx else np.nan})
 overview = pd.DataFrame(rows)
 ref_row = overview.set_index("SAE").loc[ref0]
 glue("osc_pos0_ratio", float(ref_row["position 0"] / ref_row.iloc[3]), display=False)
 glue("osc_past_ratio", float(ref_row["past the training context"] / ref_row.iloc[3]), display=False)
-glue("osc_nmse_in", float(ref_row["nMSE 1..ctx-1"]), display=False)
-glue("osc_nmse_past", float(ref_row["nMSE past ctx"]), display=False)
+glue("osc_rel_err_in", float(ref_row["rel. error 1..ctx-1"]), display=False)
+glue("osc_rel_err_past", float(ref_row["rel. error past ctx"]), display=False)
 overview.style.format(precision=4).hide(axis="index")
 
 # %% [markdown]
 # Position 0 always holds the BOS token and is an outlier: for the layer-0 SAE ({glue:text}`osc_ref0`) its average
 # activation is {glue:text}`osc_pos0_ratio:.1f` times the average over the rest of the training context, so the curves
 # are drawn both with it and without it. Past the training context the short-context SAE's average activation is
-# {glue:text}`osc_past_ratio:.1f` times its in-context level and its normalised reconstruction error (squared error
-# over squared norm) goes from {glue:text}`osc_nmse_in:.3f` to {glue:text}`osc_nmse_past:.3g`: the
+# {glue:text}`osc_past_ratio:.1f` times its in-context level and its relative reconstruction error (squared error
+# over squared norm, the length chapter's `rel_err`) goes from {glue:text}`osc_rel_err_in:.3f` to
+# {glue:text}`osc_rel_err_past:.3g`: the
 # length-generalisation failure of the [length chapter](length_generalization), seen in the average.
 
 # %% tags=["remove-input"]
@@ -218,10 +219,11 @@ loss_by_position_figure(loss, title="Cross-entropy per position by W_pos conditi
 # `W_pos` leaves the model without positions (causal attention still leaks some, through how many tokens each position
 # attends to); a shuffled one hands it confident but wrong positions.
 #
-# And each SAE's normalised reconstruction error per position under each condition (log scale):
+# And each SAE's relative reconstruction error (squared error over squared norm) per position under each condition (log scale):
 
 # %% tags=["remove-input"]
-position_curves_figure(positions, "nmse", first=1, log_y=True, title="Normalised MSE of the SAE reconstruction per position")
+position_curves_figure(positions, "rel_err", first=1, log_y=True,
+                       title="Relative error of the SAE reconstruction per position")
 
 # %% [markdown]
 # ## 4. Splicing the SAEs into the model

@@ -87,7 +87,7 @@ def per_feature_quantiles(values: Float[Tensor, "n"], features: Int[Tensor, "n"]
 class PositionPass(NamedTuple):
     """One pass of the model over held-out windows under one W_pos condition."""
 
-    positions: pd.DataFrame  # per (SAE, position): mean_act, mean_nonzero, l0, nmse
+    positions: pd.DataFrame  # per (SAE, position): mean_act, mean_nonzero, l0, rel_err
     loss: pd.DataFrame  # per position: the model's cross-entropy predicting the next token
     features: dict[str, pd.DataFrame]  # per SAE id asked for: per-feature mean, std, density, deciles
 
@@ -142,7 +142,7 @@ def position_pass(model, tokens: Int[Tensor, "n_windows pos"], saes: dict[str, o
             "context_size": sae.cfg.metadata.context_size or n_pos, "position": np.arange(n_pos),
             "mean_act": (a["act"] / (n_win * sae.cfg.d_sae)).numpy(),
             "mean_nonzero": (a["act"] / a["nnz"].clamp(min=1)).numpy(),
-            "l0": (a["nnz"] / n_win).numpy(), "nmse": (a["err"] / a["x2"].clamp(min=1e-30)).numpy()}))
+            "l0": (a["nnz"] / n_win).numpy(), "rel_err": (a["err"] / a["x2"].clamp(min=1e-30)).numpy()}))
     positions = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
     loss = pd.DataFrame({"ablation": ablation, "position": np.arange(n_pos - 1), "ce": (loss_sum / n_win).numpy()})
     features = {sid: _feature_frame(feat[sid], n_win * n_pos, saes[sid].cfg.d_sae) for sid in feat}

@@ -99,8 +99,8 @@ def test_position_pass_matches_brute_force(model):
         nz = torch.where(f > 0, f, torch.nan)
         np.testing.assert_allclose(got["mean_nonzero"], nz.nanmean((0, 2)).numpy(), rtol=1e-5)
         np.testing.assert_allclose(got["l0"], (f > 0).sum(-1).double().mean(0).numpy(), rtol=1e-6)
-        nmse = (sae.decode(f) - x).pow(2).sum((0, 2)) / x.pow(2).sum((0, 2))
-        np.testing.assert_allclose(got["nmse"], nmse.detach().numpy(), rtol=1e-4)
+        rel_err = (sae.decode(f) - x).pow(2).sum((0, 2)) / x.pow(2).sum((0, 2))
+        np.testing.assert_allclose(got["rel_err"], rel_err.detach().numpy(), rtol=1e-4)
         assert got["layer"].iloc[0] == int(sae.cfg.metadata.hook_name.split(".")[1])
     assert set(res.positions["family"]) == {"ReLU", "TopK"}
     ce = model.loss_fn(logits, toks, per_token=True).mean(0)
