@@ -9,6 +9,7 @@ from __future__ import annotations
 import plotly.io as pio
 
 RENDERER = "possae_offline"
+CONTEXT_COLOR = "gray"  # the line marking the end of an SAE's training context, in every chapter
 
 
 class _OfflineHTML(pio.base_renderers.MimetypeRenderer):
@@ -24,3 +25,17 @@ def use_offline_renderer() -> None:
     """Make plotly figures render without any external script (the book's default)."""
     pio.renderers[RENDERER] = _OfflineHTML()
     pio.renderers.default = RENDERER
+
+
+def mark_context(fig, context_size: int, n_pos: int | None = None, label: bool = True, row: int | None = None,
+                 col: int | None = None):
+    """Return fig with a dashed line between the SAE's last trained position and the first unseen one.
+
+    Nothing is drawn when n_pos is given and the context covers all n_pos positions; `label` adds "SAE context".
+    """
+    if n_pos is not None and context_size >= n_pos:
+        return fig
+    kw = {} if row is None else dict(row=row, col=col)
+    if label:
+        kw.update(annotation_text="SAE context", annotation_position="top left")
+    return fig.add_vline(x=context_size - 0.5, line_dash="dash", line_color=CONTEXT_COLOR, **kw)

@@ -6,15 +6,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-CONTEXT_COLOR = "gray"
-
-
-def _mark_context(fig: go.Figure, context_size: int, row: int | None = None, col: int | None = None) -> go.Figure:
-    """Return fig with a dashed vertical line between the last trained position and the first unseen one."""
-    kw = {} if row is None else dict(row=row, col=col)
-    return fig.add_vline(x=context_size - 0.5, line_dash="dash", line_color=CONTEXT_COLOR, annotation_text="SAE context",
-                         annotation_position="top left", **kw)
-
+from possae.figures import mark_context
 
 METRIC_TITLES = {"nmse": "normalised MSE", "mse": "MSE per dimension", "rel_err": "relative error"}
 
@@ -41,7 +33,7 @@ def error_vs_position_figure(frames: dict[str, pd.DataFrame], context_size: int,
                 fig.add_scatter(x=d["position"], y=d[metric], mode="lines", name=method, legendgroup=method,
                                 line=dict(color=color, dash="dot" if "random" in method else None), showlegend=first,
                                 row=row, col=col)
-            _mark_context(fig, context_size, row, col)
+            mark_context(fig, context_size, row=row, col=col)
         fig.update_yaxes(title_text=METRIC_TITLES.get(metric, metric), row=row, col=1)
     for col in range(1, len(frames) + 1):
         fig.update_xaxes(title_text="position", row=len(metrics), col=col)
@@ -54,7 +46,7 @@ def positional_profiles_figure(profiles: pd.DataFrame, context_size: int, value:
     fig = go.Figure()
     for feature, d in profiles.groupby("feature", sort=False):
         fig.add_scatter(x=d["position"], y=d[value], mode="lines", name=f"feature {feature}")
-    _mark_context(fig, context_size)
+    mark_context(fig, context_size)
     return fig.update_layout(height=400, xaxis_title="position", yaxis_title=f"{value} activation over all tokens",
                              title="Positional features inside and past the SAE's context")
 
@@ -62,7 +54,7 @@ def positional_profiles_figure(profiles: pd.DataFrame, context_size: int, value:
 def firing_by_kind_figure(df: pd.DataFrame, context_size: int) -> go.Figure:
     """Return the expected number of firing features per token vs position, one line per column of df (log scale)."""
     fig = go.Figure([go.Scatter(x=df.index, y=df[c], mode="lines", name=c) for c in df.columns])
-    _mark_context(fig, context_size)
+    mark_context(fig, context_size)
     return fig.update_layout(height=380, xaxis_title="position", yaxis_title="firing features per token (all tokens)",
                              yaxis_type="log", title="Active features per token vs position")
 
@@ -76,7 +68,7 @@ def spurious_rate_figure(df: pd.DataFrame, context_size: int) -> go.Figure:
         fig.add_scatter(x=df.index, y=df["spurious_share_of_l0"], mode="lines", name="spurious / L0",
                         line=dict(color="black"), row=1, col=2)
     for col in (1, 2):
-        _mark_context(fig, context_size, 1, col)
+        mark_context(fig, context_size, row=1, col=col)
         fig.update_xaxes(title_text="position", row=1, col=col)
     fig.update_yaxes(type="log", title_text="per token (log scale)", row=1, col=1)
     fig.update_yaxes(tickformat=".0%", row=1, col=2)
@@ -88,6 +80,6 @@ def example_profile_figure(df: pd.DataFrame, labels: dict[int, str], context_siz
     fig = go.Figure()
     for token, d in df.groupby("token", sort=False):
         fig.add_scatter(x=d["position"], y=d["activation"], mode="lines", name=labels.get(int(token), str(token)))
-    _mark_context(fig, context_size)
+    mark_context(fig, context_size)
     return fig.update_layout(height=380, xaxis_title="position", yaxis_title="activation",
                              title=f"Feature {feature} on W_E[t] + W_pos[p]")

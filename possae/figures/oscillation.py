@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
+from possae.figures import mark_context
 from possae.oscillation import amplitude_spectrum
 
 FAMILIES = ("ReLU", "TopK")
@@ -32,9 +33,9 @@ def position_curves_figure(positions: pd.DataFrame, value: str = "mean_act", fir
                                 line=dict(color=ABLATION_COLORS.get(ablation), width=1.3),
                                 showlegend=(r == 1 and c == 1), row=r, col=c)
             g = positions[(positions["family"] == fam) & (positions["layer"] == layer)]
-            if len(g) and int(g["context_size"].iloc[0]) < int(g["position"].max()) + 1:
-                fig.add_vline(x=int(g["context_size"].iloc[0]) - 0.5, line_dash="dash", line_color="gray",
-                              row=r, col=c)
+            if len(g):
+                mark_context(fig, int(g["context_size"].iloc[0]), int(g["position"].max()) + 1, label=False,
+                             row=r, col=c)
     fig.update_xaxes(title_text="position", row=len(layers))
     if log_y:
         fig.update_yaxes(type="log")

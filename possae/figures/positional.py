@@ -11,16 +11,7 @@ from jaxtyping import Float, Int
 from plotly.subplots import make_subplots
 from torch import Tensor
 
-CONTEXT_COLOR = "gray"
-
-
-def _mark_context(fig: go.Figure, context_size: int, n_pos: int, row: int | None = None, col: int | None = None) -> go.Figure:
-    """Return fig with a dashed line between the SAE's last trained position and the first unseen one (if any)."""
-    if context_size >= n_pos:
-        return fig
-    kw = {} if row is None else dict(row=row, col=col)
-    return fig.add_vline(x=context_size - 0.5, line_dash="dash", line_color=CONTEXT_COLOR, **kw)
-
+from possae.figures import CONTEXT_COLOR, mark_context
 
 def sorted_scores_figure(r2_pos: Float[Tensor, " d_sae"], threshold: float) -> go.Figure:
     """Return every feature's R2_pos sorted in decreasing order (log rank axis), the threshold marked."""
@@ -56,7 +47,7 @@ def profile_grid_figure(profiles: pd.DataFrame, preacts: pd.DataFrame, context_s
         fig.add_scatter(x=[0, n_pos - 1], y=[p["fire_some"].iloc[0]] * 2, mode="lines",
                         line=dict(color="#d62728", width=1, dash="dot"), name="c above this: some token fires",
                         legendgroup="floor", showlegend=j == 0, row=r, col=c, secondary_y=True)
-        _mark_context(fig, context_size, n_pos, r, c)
+        mark_context(fig, context_size, n_pos, label=False, row=r, col=c)
     fig.update_xaxes(title_text="position", row=n_rows)
     return fig.update_layout(height=260 * n_rows + 120, legend=dict(orientation="h", y=-0.12),
                              title="Top positional features: mean ± std over all tokens (blue), c_i(p) (red, right axis)")
@@ -138,7 +129,7 @@ def neuron_profiles_figure(profiles: pd.DataFrame, context_size: int) -> go.Figu
                         line=dict(width=0), hoverinfo="skip", showlegend=False, legendgroup=str(n))
         fig.add_scatter(x=x, y=d["mean"], mode="lines", line=dict(color=col), name=f"neuron {n}", legendgroup=str(n))
     n_pos = int(profiles["position"].max()) + 1 if len(profiles) else context_size
-    _mark_context(fig, context_size, n_pos)
+    mark_context(fig, context_size, n_pos, label=False)
     return fig.update_layout(height=380, xaxis_title="position", yaxis_title="activation (mean ± std over windows)",
                              title="The most positional layer-0 MLP neurons on held-out text")
 

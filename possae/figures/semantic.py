@@ -7,15 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-CONTEXT_COLOR = "gray"
-
-
-def _mark_context(fig: go.Figure, context_size: int, row: int | None = None, col: int | None = None) -> go.Figure:
-    """Return fig with a dashed vertical line between the last trained position and the first unseen one."""
-    kw = {} if row is None else dict(row=row, col=col)
-    return fig.add_vline(x=context_size - 0.5, line_dash="dash", line_color=CONTEXT_COLOR,
-                         annotation_text="SAE context", annotation_position="top left", **kw)
-
+from possae.figures import CONTEXT_COLOR, mark_context
 
 def score_curve_figure(curve: pd.DataFrame, scores: pd.DataFrame, threshold: float, max_points: int = 2000) -> go.Figure:
     """Return sorted R2_tok and R2_pos vs rank (threshold marked) beside a 2-D histogram of (R2_pos, R2_tok) per feature.
@@ -63,7 +55,7 @@ def token_profiles_figure(profiles: pd.DataFrame, labels: dict[int, str], contex
             fig.add_scatter(x=g["position"], y=g["activation"], mode="lines", name=f"feature {feature}",
                             legendgroup=str(token), showlegend=False, row=row, col=col,
                             hovertemplate=f"feature {feature}<br>position %{{x}}<br>activation %{{y:.3f}}<extra></extra>")
-        _mark_context(fig, context_size, row, col)
+        mark_context(fig, context_size, row=row, col=col)
         fig.update_xaxes(title_text="position", row=row, col=col)
         fig.update_yaxes(title_text="activation", row=row, col=col)
     return fig.update_layout(height=320 * n_rows, title="Each token's top features, activation vs position "
@@ -89,7 +81,7 @@ def invariant_profiles_figure(profiles: pd.DataFrame, labels: dict[int, str], co
     fig = go.Figure()
     for feature, d in profiles.groupby("feature", sort=False):
         fig.add_scatter(x=d["position"], y=d["activation"], mode="lines", name=labels.get(int(feature), str(feature)))
-    _mark_context(fig, context_size)
+    mark_context(fig, context_size)
     return fig.update_layout(height=420, xaxis_title="position", yaxis_title="activation on the top token",
                              legend=dict(font=dict(size=10)),
                              title="The most position-invariant features, on their top tokens, at every position")
