@@ -218,12 +218,16 @@ def expected_model(release: str, sae_id: str | None = None, sae=None) -> tuple[s
 # ---------------------------------------------------------------- checks
 
 
-def sae_layer(sae) -> int:
-    """Return the block index of an SAE's hook (e.g. 0 for blocks.0.hook_resid_pre)."""
-    hook = sae.cfg.metadata.hook_name
+def hook_block(hook: str | None) -> int:
+    """Return the block index L of a hook name 'blocks.L.<hook>'."""
     if not hook or not hook.startswith("blocks."):
         raise ValueError(f"SAE hook {hook!r} is not inside a transformer block (expected 'blocks.L.<hook>').")
     return int(hook.split(".")[1])
+
+
+def sae_layer(sae) -> int:
+    """Return the block index of an SAE's hook (e.g. 0 for blocks.0.hook_resid_pre)."""
+    return hook_block(sae.cfg.metadata.hook_name)
 
 
 @torch.no_grad()

@@ -80,10 +80,9 @@ class Dictionary:
     @property
     def layer(self) -> int:
         """Block index of the hook, counting blocks.L.hook_resid_post as entering block L+1."""
-        parts = self.hook_name.split(".")
-        if len(parts) < 3 or parts[0] != "blocks":
-            raise ValueError(f"{self.label}: hook {self.hook_name!r} is not inside a transformer block.")
-        return int(parts[1]) + (1 if parts[2] == "hook_resid_post" else 0)
+        from possae.loaders import hook_block
+
+        return hook_block(self.hook_name) + (1 if self.hook_name.endswith(".hook_resid_post") else 0)
 
 
 def dictionary_from_sae(sae, label: str, release: str = "", sae_id: str = "") -> Dictionary:
