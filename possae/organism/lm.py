@@ -11,9 +11,12 @@ import numpy as np
 import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
+from jaxtyping import Float, Int
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from possae.corpora import CORPUS_NAMES
+from possae.devices import default_device
 from possae.organism.data import TOKENIZER_DIR, EpochSampler, load_stream, load_tokenizer, windows
 from possae.organism.recipe import ARTIFACTS, ORGANISM_MODEL_NAME, LMRecipe, build_dir
 from possae.tokenizer import BOS, load_hf_tokenizer
@@ -69,12 +72,24 @@ def load_saved_model(folder: Path, tokenizer_dir: Path | None = None, device: st
     return model.eval()
 
 
+def freeze_all_but_last_wpos_row(model) -> None:
+    """Make W_pos[n_ctx - 1] the model's only trainable weights (other parameters frozen, other W_pos rows' gradient zeroed)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.W_pos.requires_grad_(True)
+    mask = torch.zeros_like(model.W_pos)
+    mask[-1] = 1.0
+    model.W_pos.register_hook(lambda grad: grad * mask)
+
+
 def _param_groups(model, weight_decay: float) -> list[dict]:
     """Weight decay on matrices except W_pos: decay would cap how many steps of noisy positional
     gradient W_pos averages over, and W_pos's structure is what the book studies."""
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and n != "pos_embed.W_pos"]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or n == "pos_embed.W_pos"]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in trainable if p.ndim >= 2 and n != "pos_embed.W_pos"]
+    no_decay = [p for n, p in trainable if p.ndim < 2 or n == "pos_embed.W_pos"]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
 
 
 def lr_at(step: int, recipe: LMRecipe) -> float:
@@ -85,10 +100,18 @@ def lr_at(step: int, recipe: LMRecipe) -> float:
     return recipe.lr * (recipe.min_lr_ratio + (1 - recipe.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
 
-def next_token_loss(model, tokens: torch.Tensor) -> torch.Tensor:
-    """Return the mean next-token cross-entropy of a batch of sequences (batch x pos)."""
-    logits = model(tokens, return_type="logits")
-    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
+def next_token_losses(model, tokens: Int[Tensor, "batch n_plus_1"]) -> Float[Tensor, "batch n"]:
+    """Return the cross-entropy of every next-token prediction in windows of n + 1 tokens.
+
+    The model reads the first n tokens and each of its n positions is scored against the next token, so with
+    n = n_ctx the loss reaches every row of W_pos (windows of n_ctx tokens would leave W_pos[n_ctx - 1] untrained)."""
+    logits = model(tokens[:, :-1], return_type="logits")
+    return torch.nn.functional.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], reduction="none")
+
+
+def next_token_loss(model, tokens: Int[Tensor, "batch n_plus_1"]) -> Float[Tensor, ""]:
+    """Return the mean of next_token_losses: the training loss."""
+    return next_token_losses(model, tokens).mean()
 
 
 def train_stream(corpora=CORPUS_NAMES, cache: Path | None = None) -> np.ndarray:
@@ -108,26 +131,34 @@ def train_language_model(
     log_file: Path | None = None,
     compile: bool = True,
     stop_at: int | None = None,
+    init_from: Path | None = None,
 ) -> dict:
     """Train (or resume) the organism's language model; save it to out_dir/model; return training facts.
 
-    With `stop_at`, stop after that step with a checkpoint in work_dir (a later call resumes from it)."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    With `stop_at`, stop after that step with a checkpoint in work_dir (a later call resumes from it).
+    With `init_from` (a folder holding model/ as save_model writes it), continue from those weights; the facts
+    then name them (sha256) and carry the facts of their own training (init_from/lm_training.json) as "init"."""
+    init = init_facts(Path(init_from)) if init_from is not None else None  # fail before any work
+    device = str(default_device(device))
     work_dir = work_dir or build_dir()
     tok = load_tokenizer(out_dir / TOKENIZER_DIR)
     bos = tok.token_to_id(BOS)
     torch.manual_seed(recipe.seed)
     model = build_model(lm_config(recipe), out_dir / TOKENIZER_DIR, device)
-    if recipe.zero_init_wpos:
+    if init_from is not None:
+        model.load_state_dict(load_saved_model(Path(init_from) / MODEL_DIR, device=device).state_dict())
+    elif recipe.zero_init_wpos:
         with torch.no_grad():
             model.W_pos.zero_()
+    if recipe.trainable == "last_wpos_row":
+        freeze_all_but_last_wpos_row(model)
     opt = torch.optim.AdamW(_param_groups(model, recipe.weight_decay), lr=recipe.lr, betas=recipe.betas)
-    sampler = EpochSampler(train_stream(corpora, work_dir / "tokens"), recipe.n_ctx, recipe.batch_size, bos, recipe.seed)
+    sampler = EpochSampler(train_stream(corpora, work_dir / "tokens"), recipe.n_ctx + 1, recipe.batch_size, bos, recipe.seed)
     ckpt_path = work_dir / "lm_checkpoint.pt"
     start, elapsed, history = 0, 0.0, []
     if ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ckpt["recipe"] == recipe.to_dict():
+        if ckpt["recipe"] == recipe.to_dict() and ckpt.get("init") == init:
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["opt"])
             start, elapsed, history = ckpt["step"], ckpt["elapsed"], ckpt["history"]
@@ -136,7 +167,7 @@ def train_language_model(
     log = open(log_file, "a") if log_file else None
 
     def save_checkpoint(step: int) -> None:
-        torch.save({"recipe": recipe.to_dict(), "model": model.state_dict(), "opt": opt.state_dict(),
+        torch.save({"recipe": recipe.to_dict(), "init": init, "model": model.state_dict(), "opt": opt.state_dict(),
                     "step": step, "elapsed": elapsed, "history": history}, ckpt_path)
 
     model.train()
@@ -177,9 +208,23 @@ def train_language_model(
     facts = {
         "recipe": recipe.to_dict(), "steps": recipe.total_steps, "tokens_seen": recipe.total_steps * tokens_per_step,
         "train_stream_tokens": int(len(sampler.stream)), "epochs": recipe.total_steps * tokens_per_step / len(sampler.stream),
-        "train_seconds": elapsed, "device": device_name(device), "history": history,
+        "train_seconds": elapsed, "device": device_name(device), "positions_scored": recipe.n_ctx,
+        "history": history, **({"init": init} if init else {}),
     }
     (work_dir / "lm_training.json").write_text(json.dumps(facts, indent=2))
+    return facts
+
+
+def init_facts(folder: Path) -> dict:
+    """Return what identifies a starting point: its weights' sha256 and, when saved beside them, its training facts."""
+    import hashlib
+
+    weights = folder / MODEL_DIR / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"No {weights}: init_from must be a folder holding {MODEL_DIR}/ as save_model writes it.")
+    facts = {"sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+    if (folder / "lm_training.json").is_file():
+        facts["training"] = json.loads((folder / "lm_training.json").read_text())
     return facts
 
 
@@ -192,8 +237,10 @@ def device_name(device: str) -> str:
 
 
 @torch.no_grad()
-def evaluate_lm(model, corpora=CORPUS_NAMES, cache: Path | None = None, max_windows: int = 64, batch_size: int = 16) -> pd.DataFrame:
-    """Return held-out cross-entropy per corpus beside a unigram baseline fitted on the training split (nats/token)."""
+def evaluate_lm(model, corpora=CORPUS_NAMES, cache: Path | None = None, max_windows: int = 64, batch_size: int = 16,
+                near_end: int = 16) -> pd.DataFrame:
+    """Return held-out cross-entropy per corpus beside a unigram baseline fitted on the training split (nats/token),
+    with the loss at the last position and the mean over the `near_end` positions before it."""
     bos = model.tokenizer.bos_token_id
     counts = np.zeros(model.cfg.d_vocab, dtype=np.float64)
     for c in corpora:
@@ -202,12 +249,14 @@ def evaluate_lm(model, corpora=CORPUS_NAMES, cache: Path | None = None, max_wind
     rows = []
     device = model.cfg.device
     for c in corpora:
-        seqs = windows(load_stream(c, "heldout", cache), model.cfg.n_ctx, bos, max_windows=max_windows)
-        losses = torch.cat([model(seqs[i : i + batch_size].to(device), return_type="loss", loss_per_token=True).cpu()
+        seqs = windows(load_stream(c, "heldout", cache), model.cfg.n_ctx + 1, bos, max_windows=max_windows)
+        losses = torch.cat([next_token_losses(model, seqs[i : i + batch_size].to(device)).cpu()
                             for i in range(0, len(seqs), batch_size)])
         targets = seqs[:, 1:]
         rows.append({"corpus": c, "heldout_tokens": targets.numel(), "loss": losses.mean().item(),
-                     "unigram_loss": (-log_unigram[targets]).mean().item()})
+                     "unigram_loss": (-log_unigram[targets]).mean().item(),
+                     "last_position_loss": losses[:, -1].mean().item(),
+                     "near_end_loss": losses[:, -1 - near_end : -1].mean().item()})
     df = pd.DataFrame(rows)
     df["loss_over_unigram"] = df["loss"] / df["unigram_loss"]
     return df

@@ -33,16 +33,21 @@ class LMRecipe:
     d_mlp: int = 512
     n_ctx: int = 256
     act_fn: str = "gelu_new"
-    train_tokens: int = 10_500_000
-    batch_size: int = 16  # sequences of n_ctx tokens per step
-    lr: float = 1.5e-3
+    train_tokens: int = 180_000_000  # about 25 epochs of the 7.2M-token training stream; about 2 min on an H200
+    batch_size: int = 256  # windows of n_ctx + 1 tokens per step (every one of the n_ctx positions is scored)
+    lr: float = 2e-3
     min_lr_ratio: float = 0.05
-    warmup_steps: int = 200
+    warmup_steps: int = 300
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
     zero_init_wpos: bool = True  # W_pos starts at 0, so all of its structure is learned
+    trainable: str = "all"  # or "last_wpos_row": every weight frozen but W_pos[n_ctx - 1]
     seed: int = 0
+
+    def __post_init__(self):
+        if self.trainable not in ("all", "last_wpos_row"):
+            raise ValueError(f"LMRecipe.trainable is 'all' or 'last_wpos_row', not {self.trainable!r}")
 
     @property
     def total_steps(self) -> int:
@@ -52,6 +57,32 @@ class LMRecipe:
     def to_dict(self) -> dict:
         """Return the recipe as a JSON-ready dict."""
         return asdict(self)
+
+
+CPU_LM_TOKENS_PER_SECOND = 2_750  # measured: AdamW on 2 CPU cores, d_model 128, 4 layers, n_ctx 256
+LM_RECIPES: dict[str, LMRecipe] = {
+    # the recorded recipe: what the shipped model's first stage ran on an H200 (`possae organism model --device cuda`)
+    "gpu": LMRecipe(),
+    # a fallback that fits a laptop: about 70 min on 2 CPU cores; W_pos reaches about 0.89 top-3 share, 0.84 adjacent cosine
+    "cpu": LMRecipe(train_tokens=10_500_000, batch_size=16, lr=1.5e-3, warmup_steps=200),
+    # the shipped model's second stage, on a CPU: its first stage scored only n_ctx - 1 positions, so W_pos[n_ctx - 1]
+    # was never trained. This continues from it with every position scored and only that row free: continuing all
+    # weights at batch 32 (lr 3e-4) made the trained rows noisier (top-3 share 0.9946 -> 0.9927 in 50 steps)
+    "continue": LMRecipe(train_tokens=3_276_800, batch_size=32, lr=1e-3, min_lr_ratio=1.0, warmup_steps=0,
+                         zero_init_wpos=False, trainable="last_wpos_row"),
+}
+
+
+def lm_recipe(name: str) -> LMRecipe:
+    """Return the named language-model recipe, or raise listing the names."""
+    if name not in LM_RECIPES:
+        raise ValueError(f"Unknown language-model recipe {name!r}; recipes: {', '.join(LM_RECIPES)}")
+    return LM_RECIPES[name]
+
+
+def cpu_hours(recipe: LMRecipe) -> float:
+    """Return the hours the recipe would take on 2 CPU cores at the measured training throughput."""
+    return recipe.train_tokens / CPU_LM_TOKENS_PER_SECOND / 3600
 
 
 @dataclass(frozen=True)
@@ -69,8 +100,23 @@ class SAERecipe:
     corpora: tuple[str, ...] | None = None  # training corpora (None: all of them, mixed)
     lr: float = 2e-3
     batch_size_tokens: int = 1024
+    # a latent that has not fired for this many tokens counts as dead, and sae_lens's dead-latent losses (TopK's
+    # auxiliary loss, JumpReLU's pre-activation loss) act on it; sae_lens's default of 1,000 steps (1M tokens here)
+    # is as long as a whole run, so they would never fire
+    dead_window_tokens: int = 100_000
+    pre_act_loss_coefficient: float = 3e-6  # JumpReLU only: Anthropic's pre-activation loss on dead latents
     seed: int = 42
     description: str = ""
+
+    @property
+    def steps(self) -> int:
+        """Number of training steps (batches of batch_size_tokens activations)."""
+        return self.training_tokens // self.batch_size_tokens
+
+    @property
+    def dead_feature_window(self) -> int:
+        """sae_lens's dead_feature_window: dead_window_tokens in steps."""
+        return max(1, self.dead_window_tokens // self.batch_size_tokens)
 
     def to_dict(self) -> dict:
         """Return the recipe as a JSON-ready dict."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from possae.corpora import CORPUS_NAMES
+from possae.devices import default_device
 from possae.metrics import sae_metrics
 from possae.organism.data import load_stream, windows
 from possae.organism.lm import MODEL_DIR, device_name, load_saved_model, train_stream
@@ -27,7 +29,7 @@ def _training_sae_config(r: SAERecipe, d_in: int):
     common = dict(d_in=d_in, d_sae=d_in * r.expansion, normalize_activations="expected_average_only_in")
     if r.architecture == "standard":
         return StandardTrainingSAEConfig(**common, l1_coefficient=r.l1_coefficient,
-                                         l1_warm_up_steps=_steps(r) // 10)
+                                         l1_warm_up_steps=r.steps // 10)
     if r.architecture == "topk":
         return TopKTrainingSAEConfig(**common, k=r.k)
     if r.architecture == "batchtopk":
@@ -36,20 +38,16 @@ def _training_sae_config(r: SAERecipe, d_in: int):
         # the straight-through gradient also reaches the encoder: with it alone on the thresholds, 1M tokens
         # leave L0 far above the target
         return JumpReLUTrainingSAEConfig(**common, jumprelu_sparsity_loss_mode="quadratic", target_l0=float(r.k),
-                                         l0_warm_up_steps=_steps(r) // 10, jumprelu_ste_to_input=True,
-                                         jumprelu_bandwidth=0.1)
+                                         l0_warm_up_steps=r.steps // 10, jumprelu_ste_to_input=True,
+                                         jumprelu_bandwidth=0.1, pre_act_loss_coefficient=r.pre_act_loss_coefficient)
     raise ValueError(f"SAE recipe {r.sae_id!r}: architecture {r.architecture!r} is not one possae trains")
-
-
-def _steps(r: SAERecipe) -> int:
-    return r.training_tokens // r.batch_size_tokens
 
 
 def runner_config(r: SAERecipe, d_in: int, out_path: Path, device: str):
     """Return the sae_lens LanguageModelSAERunnerConfig that trains recipe r on the organism."""
     from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
 
-    steps = _steps(r)
+    steps = r.steps
     return LanguageModelSAERunnerConfig(
         sae=_training_sae_config(r, d_in),
         model_name=ORGANISM_MODEL_NAME,
@@ -67,6 +65,7 @@ def runner_config(r: SAERecipe, d_in: int, out_path: Path, device: str):
         lr=r.lr,
         lr_warm_up_steps=steps // 20,
         lr_decay_steps=steps // 5,
+        dead_feature_window=r.dead_feature_window,
         device=device,
         seed=r.seed,
         model_from_pretrained_kwargs={},
@@ -100,19 +99,63 @@ def train_sae(r: SAERecipe, device: str | None = None, out_dir: Path = ARTIFACTS
     """Train one SAE of the suite with sae_lens on the shipped organism; save it to out_dir/saes/<id>; return facts."""
     from sae_lens import LanguageModelSAETrainingRunner
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(default_device(device))
     model = load_saved_model(out_dir / MODEL_DIR, out_dir / "tokenizer", device=device)
     folder = out_dir / SAE_DIR / r.sae_id
-    cfg = runner_config(r, model.cfg.d_model, folder, device)
+    staging = folder.with_name(f"{r.sae_id}.training")  # the old SAE stays in place until the new one is complete
+    shutil.rmtree(staging, ignore_errors=True)
+    cfg = runner_config(r, model.cfg.d_model, staging, device)
     ds = token_dataset(r.context_size, model.tokenizer.bos_token_id, r.seed, r.corpora or corpora,
                        (work_dir or build_dir()) / "tokens")
     t0 = time.perf_counter()
-    LanguageModelSAETrainingRunner(cfg, override_model=model, override_dataset=ds).run()
+    with DeadLatentLossRecorder() as dead_losses:
+        LanguageModelSAETrainingRunner(cfg, override_model=model, override_dataset=ds).run()
     seconds = time.perf_counter() - t0
-    store_fp16(folder)
-    facts = {"sae_id": r.sae_id, "train_seconds": seconds, "device": device_name(device), "recipe": r.to_dict()}
-    (folder / "training.json").write_text(json.dumps(facts, indent=2))
+    store_fp16(staging)
+    facts = {"sae_id": r.sae_id, "train_seconds": seconds, "device": device_name(device), "recipe": r.to_dict(),
+             "dead_latent_loss": dead_losses.summary(r.steps)}
+    (staging / "training.json").write_text(json.dumps(facts, indent=2))
+    shutil.rmtree(folder, ignore_errors=True)
+    staging.rename(folder)
     return facts
+
+
+class DeadLatentLossRecorder:
+    """Records, while active, every step's dead-latent loss of sae_lens's training SAEs (TopK/BatchTopK auxiliary
+    loss, JumpReLU pre-activation loss), to show whether it fired during a run."""
+
+    TERMS = ("auxiliary_reconstruction_loss", "pre_act_loss")
+
+    def __init__(self):
+        self.values: list[float] = []
+
+    def __enter__(self) -> "DeadLatentLossRecorder":
+        from sae_lens import JumpReLUTrainingSAE, TopKTrainingSAE
+
+        self._patched = []
+        for cls in (TopKTrainingSAE, JumpReLUTrainingSAE):  # BatchTopK inherits TopK's
+            original = cls.calculate_aux_loss
+
+            def recording(sae, *args, _original=original, **kwargs):
+                out = _original(sae, *args, **kwargs)
+                terms = out if isinstance(out, dict) else {"auxiliary_reconstruction_loss": out}
+                self.values.append(sum(float(v.detach()) for k, v in terms.items() if k in self.TERMS))
+                return out
+
+            cls.calculate_aux_loss = recording
+            self._patched.append((cls, original))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for cls, original in self._patched:
+            cls.calculate_aux_loss = original
+
+    def summary(self, steps: int) -> dict:
+        """Return {steps, steps_recorded, steps_fired, first_fired_step, mean_when_fired} (None when no SAE computed it)."""
+        fired = [i for i, v in enumerate(self.values) if v > 0]
+        return {"steps": steps, "steps_recorded": len(self.values), "steps_fired": len(fired),
+                "first_fired_step": fired[0] if fired else None,
+                "mean_when_fired": float(np.mean([self.values[i] for i in fired])) if fired else None}
 
 
 def evaluate_sae(model, sae, context_size: int, corpora=CORPUS_NAMES, cache: Path | None = None,
