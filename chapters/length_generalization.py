@@ -111,7 +111,7 @@ glue("len_n_ctx", int(n_ctx), display=False)
 # uniformly on the unit sphere, independently for each input, so it has the SAE's output norm and no direction.
 #
 # **Two distributions.** (1) *Held-out text* ({glue:text}`len_heldout_tokens` tokens from the held-out documents of
-# every corpus), in windows of the model's full `n_ctx` = {glue:text}`len_n_ctx` tokens, read at
+# every corpus in the evaluation pack), in windows of the model's full `n_ctx` = {glue:text}`len_n_ctx` tokens, read at
 # `blocks.0.hook_resid_pre` and streamed through the SAE batch by batch; (2) *all tokens*: `x = W_E[t] + W_pos[p]`
 # for {glue:text}`len_vocab_sample` tokens `t` drawn uniformly from the vocabulary and every position `p`.
 

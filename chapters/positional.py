@@ -311,7 +311,7 @@ pd.DataFrame({"R²_pos": ext_pos, "R²_tok": ext_tok}).T.rename(
 # ## Positional neurons in the layer-0 MLP
 #
 # The SAE reads the residual stream *before* the MLP. Does the MLP itself have positional units? On held-out text
-# ({glue:text}`pos_neuron_tokens` tokens from every corpus's held-out documents, in windows of the model's full
+# ({glue:text}`pos_neuron_tokens` tokens from the evaluation pack's held-out documents, in windows of the model's full
 # `n_ctx` = {glue:text}`pos_n_ctx` tokens), each neuron's activation at `blocks.0.mlp.hook_post` is split into its
 # variance between positions and its total variance: the share `η² = SS_between / SS_total`, over positions 1 to
 # `n_ctx - 1` (position 0 always holds BOS, so its activation is the same in every window). A neuron with no

@@ -27,7 +27,7 @@ sae_release = "organism"  # 'organism', a sae_lens release, or a local sae_lens 
 sae_id = "relu-short"
 device = None  # None picks CUDA when present
 n_heldout_tokens = 16384  # held-out tokens per corpus for the reconstruction metrics
-gpt2_wpos_path = None  # GPT-2 small's W_pos as .npy; None: the shared data folder's copy, if there is one
+gpt2_wpos_path = None  # GPT-2 small's W_pos as .npy; None: the copy in possae's evaluation pack
 
 # %% tags=["remove-cell"]
 import pandas as pd
@@ -60,7 +60,8 @@ config
 # %% [markdown]
 # ## Reconstruction on held-out text
 #
-# Measured on the held-out tail of every corpus (text the model and the SAE never trained on), in
+# Measured on the held-out tail of every corpus in possae's evaluation pack (text the model and the SAE never
+# trained on; the pack holds every corpus but the OpenWebText sample, whose license is unclear), in
 # windows of the SAE's own context size.
 
 # %% tags=["remove-input"]
@@ -116,20 +117,16 @@ position_cosine_figure(W_pos[: model.cfg.n_ctx])
 # %% [markdown]
 # ### Beside GPT-2 small
 #
-# GPT-2 small's `W_pos` (read from a local copy, or from the model itself on the `gpt2` profile) is
+# GPT-2 small's `W_pos` (from the evaluation pack shipped with possae, or the model itself on the `gpt2` profile) is
 # the object the original study found to trace a helix. The same measures over its rows
 # 1..127 (its SAE's context of 128) and 1..1023:
 
 # %% tags=["remove-input"]
 gpt2_W_pos = W_pos if model.cfg.d_model == 768 and model.cfg.n_ctx == 1024 else load_gpt2_wpos(gpt2_wpos_path)
-if gpt2_W_pos is None:
-    print("GPT-2 small's W_pos is not available here (no network and no local copy): comparison skipped. "
-          "Pass -p gpt2_wpos_path PATH/W_pos.npy to show it.")
-else:
-    gpt2_geometry = pd.DataFrame({f"GPT-2 rows 1..{last - 1}": wpos_geometry(gpt2_W_pos, 1, last)
-                                  for last in (128, 1024)}).T
-    display(pd.concat([geometry.rename(index=lambda r: f"{model.cfg.model_name} {r}"), gpt2_geometry]))
-    display(wpos_pca_figure(gpt2_W_pos[:128]).update_layout(title="GPT-2 small's W_pos, rows 1..127"))
+gpt2_geometry = pd.DataFrame({f"GPT-2 rows 1..{last - 1}": wpos_geometry(gpt2_W_pos, 1, last)
+                              for last in (128, 1024)}).T
+display(pd.concat([geometry.rename(index=lambda r: f"{model.cfg.model_name} {r}"), gpt2_geometry]))
+display(wpos_pca_figure(gpt2_W_pos[:128]).update_layout(title="GPT-2 small's W_pos, rows 1..127"))
 
 # %% [markdown]
 # ## Summary

@@ -38,14 +38,10 @@ def wpos_geometry(W_pos: Float[Tensor, "n_ctx d_model"], first: int = 1, last: i
     return {f"top{k}_share": top_k_variance_share(rows, k), "adjacent_cosine": adjacent_cosine(rows)}
 
 
-def load_gpt2_wpos(path=None) -> Float[Tensor, "1024 768"] | None:
-    """Return GPT-2 small's raw W_pos from `path` (a .npy file) or the shared data folder, or None if absent."""
+def load_gpt2_wpos(path=None) -> Float[Tensor, "1024 768"]:
+    """Return GPT-2 small's raw W_pos: from `path` (a .npy file) if given, else from the evaluation pack."""
     import numpy as np
 
-    from possae.data_paths import MissingDataError, data_file
+    from possae.evalpack import gpt2_wpos
 
-    try:
-        f = path if path is not None else data_file("gpt2-small/W_pos.npy")
-    except MissingDataError:
-        return None
-    return torch.from_numpy(np.load(f)).float()
+    return torch.from_numpy(np.load(path) if path is not None else gpt2_wpos()).float()

@@ -1,6 +1,7 @@
 """A tiny end-to-end run of the organism recipe: tokenizer, a 2-layer model and one SAE on a small text sample."""
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,26 +14,18 @@ from possae.organism.lm import evaluate_lm, load_saved_model, train_language_mod
 from possae.organism.recipe import LMRecipe, SAERecipe
 from possae.organism.saes import evaluate_sae, train_sae
 
+SAMPLE = Path(__file__).parent / "data"  # 400 TinyStories, shipped for these tests (see tests/data/README.md)
 CORPUS = ("tinystories",)
 RECIPE = LMRecipe(d_vocab=512, d_model=32, n_layers=2, n_heads=2, d_mlp=128, n_ctx=64, train_tokens=8 * 64 * 200,
                   batch_size=8, warmup_steps=5, lr=3e-3)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, request):
-    from possae.data_paths import MissingDataError, data_dir
-
-    try:
-        shared = data_dir()
-    except MissingDataError as e:
-        pytest.skip(str(e))
+def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("organism")
-    (root / "data" / "corpora").mkdir(parents=True)
-    lines = (shared / "corpora" / "tinystories_5k.jsonl").read_text().splitlines()[:400]
-    (root / "data" / "corpora" / "tinystories_5k.jsonl").write_text("\n".join(lines) + "\n")
     out, work = root / "out", root / "work"
-    build_tokenizer(root / "data", vocab_size=RECIPE.d_vocab, out_dir=out, corpora=CORPUS)
-    build_token_streams(root / "data", cache=work / "tokens", tokenizer_dir=out / "tokenizer", corpora=CORPUS)
+    build_tokenizer(SAMPLE, vocab_size=RECIPE.d_vocab, out_dir=out, corpora=CORPUS)
+    build_token_streams(SAMPLE, cache=work / "tokens", tokenizer_dir=out / "tokenizer", corpora=CORPUS)
     facts = train_language_model(RECIPE, out_dir=out, work_dir=work, corpora=CORPUS, compile=False, log_every=10,
                                  geometry_every=40, checkpoint_every=1000)
     return root, out, work, facts

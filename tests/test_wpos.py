@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import torch
 
 from possae.wpos import adjacent_cosine, load_gpt2_wpos, position_cosine_matrix, top_k_variance_share, wpos_geometry
@@ -33,8 +34,11 @@ def test_noise_has_neither_low_rank_nor_smoothness():
     assert g["top3_share"] < 0.1 and abs(g["adjacent_cosine"]) < 0.05
 
 
-def test_gpt2_wpos_reads_as_documented(shared_data):
+def test_gpt2_wpos_reads_from_the_pack_as_documented(tmp_path):
     W = load_gpt2_wpos()
-    assert W.shape == (1024, 768)
+    assert W.shape == (1024, 768) and W.dtype == torch.float32
+    assert torch.allclose(W[0, :3], torch.tensor([-0.01882, -0.19742, 0.00403]), atol=5e-6)
     assert abs(wpos_geometry(W, 1, 128)["top3_share"] - 0.957) < 0.001
     assert abs(wpos_geometry(W, 1, 256)["adjacent_cosine"] - 0.998) < 0.001
+    np.save(tmp_path / "w.npy", W[:5].numpy())
+    assert torch.equal(load_gpt2_wpos(tmp_path / "w.npy"), W[:5])
