@@ -55,10 +55,10 @@ import torch
 from jaxtyping import Float, Int
 from sae_lens import SAE, GatedSAE, JumpReLUSAE, StandardSAE
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 from transformer_lens.hook_points import HookPoint
 
 from possae.devices import default_device
+from possae.progress import tqdm
 
 LAYER0_HOOK = "blocks.0.hook_resid_pre"
 METHODS = ("auto", "exact", "brute_force")

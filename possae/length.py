@@ -30,7 +30,6 @@ import torch
 from jaxtyping import Bool, Float, Int
 from sae_lens import SAE
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from possae.devices import default_device
 from possae.layer0_stats import (
@@ -42,6 +41,7 @@ from possae.layer0_stats import (
     round_down,
 )
 from possae.positional import POSITIONAL_R2, peak_positions, positional_features, r2_pos_inside
+from possae.progress import tqdm
 
 SAE_LABEL = "SAE"
 RANDOM_LABEL = "random, equal norm"

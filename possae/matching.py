@@ -16,9 +16,9 @@ import torch
 from jaxtyping import Float, Int
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from possae.devices import default_device
+from possae.progress import tqdm
 
 THRESHOLD = 0.7  # the study's cosine threshold for "a feature has a match"
 TOP_K = 4  # each feature's 1st..4th best cosines are kept

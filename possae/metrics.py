@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from jaxtyping import Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from possae.loaders import sae_layer
+from possae.progress import tqdm
 
 
 @torch.no_grad()

@@ -10,9 +10,9 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from possae.loaders import sae_layer
+from possae.progress import tqdm
 
 ABLATIONS = ("normal", "zero", "shuffle")  # what hook_pos_embed outputs: itself, zeros, rows of a fixed permutation
 POS_HOOK = "hook_pos_embed"

@@ -9,10 +9,10 @@ import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from possae.devices import default_device
 from possae.layer0_stats import ZERO_VAR_RTOL, Layer0Stats, encoder_parts, layer0_stats_from_model
+from possae.progress import tqdm
 from possae.wpos import pca
 
 POSITIONAL_R2 = 0.5
