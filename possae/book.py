@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
 
 from possae.data_paths import REPO_ROOT
+from possae.progress import DISABLE_ENV
 
 PROFILES: dict[str, dict] = {
     "organism": {},  # the offline default: every chapter's own defaults
@@ -22,6 +28,8 @@ PROFILES: dict[str, dict] = {
              "all_layer_pairs": False, "hungarian_max_features": 16384},
 }
 STAGE = REPO_ROOT / "build" / "book"
+FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" '
+           'fill="#2f5d8a"/><path d="M3 11 Q5 3 8 8 T13 5" stroke="#fff" stroke-width="1.6" fill="none"/></svg>\n')
 
 
 class ChapterFailed(RuntimeError):
@@ -57,8 +65,35 @@ def chapter_parameters(chapter: Path) -> set[str]:
             if "=" in line and not line.lstrip().startswith("#")}
 
 
+def parse_parameters(chapter: Path, pairs: list[tuple[str, str]]) -> dict:
+    """Return {name: value} from (name, text) pairs, values read as YAML; raise naming the valid parameters."""
+    known = chapter_parameters(chapter)
+    unknown = sorted({name for name, _ in pairs} - known)
+    if unknown:
+        raise ValueError(f"Chapter {chapter.stem} has no parameter {', '.join(map(repr, unknown))}; "
+                         f"its parameters: {', '.join(sorted(known))}")
+    return {name: None if text in ("None", "none", "null", "~") else yaml.safe_load(text) for name, text in pairs}
+
+
+@contextmanager
+def _quiet_progress():
+    """Set $TQDM_DISABLE while a chapter's kernel starts (it inherits it), so no bar lands in the notebook."""
+    old = os.environ.get(DISABLE_ENV)
+    os.environ[DISABLE_ENV] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(DISABLE_ENV, None)
+        else:
+            os.environ[DISABLE_ENV] = old
+
+
 def execute_chapter(chapter: Path, out: Path, parameters: dict, cwd: Path = REPO_ROOT) -> Path:
-    """Execute one jupytext chapter with papermill into `out` (.ipynb); hide the injected parameters cell."""
+    """Execute one jupytext chapter with papermill into `out` (.ipynb); hide the injected parameters cell.
+
+    `out` is replaced only when the chapter succeeds; a failed run is kept beside it as `<name>.failed.ipynb`.
+    """
     import jupytext
     import nbformat
     import papermill as pm
@@ -66,28 +101,37 @@ def execute_chapter(chapter: Path, out: Path, parameters: dict, cwd: Path = REPO
     nb = jupytext.read(chapter)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     out.parent.mkdir(parents=True, exist_ok=True)
-    raw = out.with_suffix(".src.ipynb")
+    raw = out.with_name(f".{out.stem}.src.ipynb")
+    tmp = out.with_name(f".{out.stem}.running.ipynb")
     nbformat.write(nb, raw)
     known = chapter_parameters(chapter)
+    failed = out.with_name(f"{out.stem}.failed.ipynb")
     try:
-        pm.execute_notebook(raw, out, parameters={k: v for k, v in parameters.items() if k in known},
-                            kernel_name="python3", cwd=str(cwd), progress_bar=False)
+        with _quiet_progress():
+            pm.execute_notebook(raw, tmp, parameters={k: v for k, v in parameters.items() if k in known},
+                                kernel_name="python3", cwd=str(cwd), progress_bar=sys.stderr.isatty())
     except pm.PapermillExecutionError as e:
+        os.replace(tmp, failed)
         raise ChapterFailed(f"Chapter {chapter.name} failed in cell {e.cell_index} "
-                            f"(execution count {e.exec_count}): {e.ename}: {e.evalue}") from None
+                            f"(execution count {e.exec_count}): {e.ename}: {e.evalue} (notebook: {failed})") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     finally:
         raw.unlink(missing_ok=True)
-    done = nbformat.read(out, as_version=4)
+    done = nbformat.read(tmp, as_version=4)
     for cell in done.cells:
         tags = cell.metadata.get("tags", [])
         if "injected-parameters" in tags and "remove-cell" not in tags:
             tags.append("remove-cell")
-    nbformat.write(done, out)
+    nbformat.write(done, tmp)
+    os.replace(tmp, out)
+    failed.unlink(missing_ok=True)
     return out
 
 
 def stage_site(stage: Path = STAGE, root: Path = REPO_ROOT) -> None:
-    """Copy the book's configuration and a local plotly.js into the staging folder."""
+    """Copy the book's configuration, a local plotly.js and the favicon into the staging folder."""
     import plotly
 
     stage.mkdir(parents=True, exist_ok=True)
@@ -96,6 +140,19 @@ def stage_site(stage: Path = STAGE, root: Path = REPO_ROOT) -> None:
     static = stage / "_static"
     static.mkdir(exist_ok=True)
     shutil.copy(Path(plotly.__file__).parent / "package_data" / "plotly.min.js", static / "plotly.min.js")
+    (static / "favicon.svg").write_text(FAVICON)
+
+
+def _jupyter_book(stage: Path, out: Path) -> Path:
+    """Build the Jupyter Book staged in `stage` into out/_build/html; return that folder."""
+    subprocess.run([str(Path(sys.executable).parent / "jupyter-book"), "build", str(stage), "--path-output", str(out)],
+                   check=True)
+    return out / "_build" / "html"
+
+
+def _log(message: str) -> None:
+    """Print one progress line of the build to the terminal."""
+    print(f"[possae] {message}", file=sys.stderr, flush=True)
 
 
 def build(profile: str = "organism", only: str | None = None, root: Path = REPO_ROOT, stage: Path = STAGE,
@@ -110,14 +167,66 @@ def build(profile: str = "organism", only: str | None = None, root: Path = REPO_
         target = stage / name
         if src.suffix == ".py":
             if only in (None, src.stem):
-                print(f"[possae build] executing {src.relative_to(root)} ({profile})", flush=True)
+                _log(f"executing {src.relative_to(root)} ({profile} profile)")
+                t0 = time.perf_counter()
                 execute_chapter(src, target.with_suffix(".ipynb"), params, cwd=root)
+                _log(f"{src.relative_to(root)} done in {time.perf_counter() - t0:.0f} s")
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, target.with_suffix(src.suffix))
     if not html:
         return stage
-    out = out or root
-    subprocess.run([str(Path(sys.executable).parent / "jupyter-book"), "build", str(stage), "--path-output", str(out)],
-                   check=True)
-    return out / "_build" / "html"
+    _log("building the HTML with jupyter-book")
+    return _jupyter_book(stage, out or root)
+
+
+RUNS = REPO_ROOT / "build" / "runs"
+
+
+def chapter_names(root: Path = REPO_ROOT) -> list[str]:
+    """Return the names of the executable chapters (the .py files of the toc), in reading order."""
+    return [Path(n).name for n in toc_files(root) if _source(root, n).suffix == ".py"]
+
+
+def run_folder_name(chapter: str, parameters: dict) -> str:
+    """Return the folder name of one run: the chapter and its parameters, e.g. 'positional-sae_id-relu-full'."""
+    parts = [chapter] + [f"{k}-{v}" for k, v in sorted(parameters.items())]
+    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", "-".join(parts))[:150]
+
+
+def run_chapter(chapter: str, pairs: list[tuple[str, str]], profile: str = "organism", root: Path = REPO_ROOT,
+                runs: Path = RUNS) -> Path:
+    """Execute one chapter with `-p` parameters into runs/<chapter>-<params>/ and render it; return its HTML page.
+
+    The run goes to a temporary folder that replaces the run's folder only once the page is rendered: a failure
+    leaves an earlier output as it was (the failed notebook is kept as runs/<folder>.failed.ipynb).
+    """
+    if chapter not in chapter_names(root):
+        raise ValueError(f"Unknown chapter {chapter!r}; chapters: {', '.join(chapter_names(root))}")
+    if profile not in PROFILES:
+        raise ValueError(f"Unknown profile {profile!r}; profiles: {', '.join(PROFILES)}")
+    src = _source(root, f"chapters/{chapter}")
+    params = parse_parameters(src, pairs)
+    final = runs / run_folder_name(chapter, params)
+    runs.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=runs))
+    try:
+        _log(f"executing {src.relative_to(root)} into {final}")
+        try:
+            execute_chapter(src, tmp / f"{chapter}.ipynb", {**PROFILES[profile], **params}, cwd=root)
+        except ChapterFailed:
+            os.replace(tmp / f"{chapter}.failed.ipynb", runs / f"{final.name}.failed.ipynb")
+            raise
+        stage_site(tmp, root)
+        (tmp / "_toc.yml").write_text(yaml.safe_dump({"format": "jb-book", "root": chapter}))
+        _log("rendering the page with jupyter-book")
+        _jupyter_book(tmp, tmp)
+        old = runs / f".{final.name}.old"
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+        (runs / f"{final.name}.failed.ipynb").unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final / "_build" / "html" / f"{chapter}.html"

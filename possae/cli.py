@@ -1,4 +1,5 @@
-"""Command line: `possae organism STEP` rebuilds the offline model organism; `possae build` builds the book."""
+"""Command line: `possae build` builds the book, `possae run` re-runs one chapter, `possae data pack` makes the
+evaluation pack, `possae organism STEP` rebuilds the offline model organism."""
 
 from __future__ import annotations
 
@@ -53,6 +54,20 @@ def _build(args: argparse.Namespace) -> None:
     print("book ->", build(args.profile, args.only, html=not args.no_html))
 
 
+def _run(args: argparse.Namespace) -> None:
+    from possae.book import run_chapter
+
+    print("page ->", run_chapter(args.chapter, [tuple(p) for p in args.param or []], profile=args.profile))
+
+
+def _data(args: argparse.Namespace) -> None:
+    from possae.evalpack import build_pack, pack_bytes, read_manifest
+
+    out = build_pack(args.data, tokens_per_corpus=args.tokens)
+    print(json.dumps(read_manifest(out), indent=1))
+    print(f"evaluation pack -> {out} ({pack_bytes(out) / 2**20:.2f} MiB)")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and run it."""
     parser = argparse.ArgumentParser(prog="possae", description=__doc__)
@@ -69,6 +84,17 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--only", default=None, help="execute only this chapter (its file name without .py)")
     b.add_argument("--no-html", action="store_true", help="execute chapters without building the HTML")
     b.set_defaults(func=_build)
+    r = sub.add_parser("run", help="execute one chapter with papermill parameters into build/runs/ and render its page")
+    r.add_argument("chapter", help="the chapter's file name without .py, e.g. positional")
+    r.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                   help="a parameter of the chapter (VALUE read as YAML: 3, 0.5, [a, b], None); repeatable")
+    r.add_argument("--profile", default="organism", help="profile whose parameters come first: organism, quick or gpt2")
+    r.set_defaults(func=_run)
+    d = sub.add_parser("data", help="derive the evaluation pack (possae/artifacts/evalpack) from the full data")
+    d.add_argument("step", choices=("pack",))
+    d.add_argument("--data", help="shared data folder (default: $POSSAE_DATA or ../shared/data)")
+    d.add_argument("--tokens", type=int, default=32_768, help="held-out tokens per corpus and tokenizer")
+    d.set_defaults(func=_data)
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -3,6 +3,8 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "disabled"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the tests use only what the repository ships: no shared data folder, even where one exists beside it
+os.environ["POSSAE_DATA"] = os.path.join(os.path.dirname(__file__), "no-shared-data")
 
 import pytest  # noqa: E402
 
@@ -21,14 +23,12 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def shared_data():
-    """The shared data folder; tests that need it skip, naming the fix, where it is absent."""
-    from possae.data_paths import MissingDataError, data_dir
+def quick_book(tmp_path_factory):
+    """The book built once under the quick profile (from the package alone); return its HTML folder."""
+    from possae.book import build
 
-    try:
-        return data_dir()
-    except MissingDataError as e:
-        pytest.skip(str(e))
+    tmp = tmp_path_factory.mktemp("book")
+    return build("quick", stage=tmp / "stage", out=tmp)
 
 
 @pytest.fixture(autouse=True, scope="session")

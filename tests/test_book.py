@@ -1,20 +1,26 @@
-"""The book builds offline: chapters execute under papermill, the HTML loads nothing from outside the site."""
+"""The book builds offline from the package alone; executed pages are clean; one chapter re-runs into its own page."""
 
 import re
+import shutil
 
+import nbformat
 import pytest
 
-from possae.book import ChapterFailed, PROFILES, build, chapter_parameters, execute_chapter, toc_files
+from possae.book import (
+    ChapterFailed,
+    PROFILES,
+    build,
+    chapter_names,
+    chapter_parameters,
+    execute_chapter,
+    parse_parameters,
+    run_chapter,
+    run_folder_name,
+    toc_files,
+)
 from possae.data_paths import REPO_ROOT
 
 EXTERNAL = re.compile(r"""<(?:script|img|iframe)[^>]+src=["'](?:https?:)?//|<link[^>]+href=["'](?:https?:)?//""")
-
-
-@pytest.fixture(scope="module")
-def quick_book(tmp_path_factory, request):
-    request.getfixturevalue("shared_data")
-    tmp = tmp_path_factory.mktemp("book")
-    return build("quick", stage=tmp / "stage", out=tmp)
 
 
 def test_every_toc_page_is_built(quick_book):
@@ -24,15 +30,35 @@ def test_every_toc_page_is_built(quick_book):
 
 def test_figures_render_from_the_local_plotly(quick_book):
     setup = (quick_book / "chapters" / "setup.html").read_text()
-    assert setup.count('class="plotly-graph-div"') >= 3
+    assert setup.count('class="plotly-graph-div"') >= 4  # two of the organism's W_pos, one of GPT-2's, the loss
+    assert "GPT-2 small&#39;s W_pos, rows 1..127" in setup or "GPT-2 small's W_pos, rows 1..127" in setup
     assert (quick_book / "_static" / "plotly.min.js").is_file() and "plotly.min.js" in setup
     assert "parameters" not in re.findall(r'class="cell tag_([a-z-]+)', setup)  # the parameters cell is hidden
 
 
-def test_no_page_loads_anything_from_outside_the_site(quick_book):
+def test_no_page_loads_anything_from_outside_the_site_or_thebe(quick_book):
     for page in quick_book.rglob("*.html"):
-        found = EXTERNAL.findall(page.read_text())
+        text = page.read_text()
+        found = EXTERNAL.findall(text)
         assert not found, (page.name, found[:3])
+        assert "THEBE" not in text and "thebe" not in text.lower(), page.name
+
+
+def test_executed_pages_hold_no_progress_bars_warnings_or_empty_outputs(quick_book):
+    notebooks = sorted((quick_book.parent.parent / "stage").rglob("*.ipynb"))
+    assert [nb.stem for nb in notebooks] == sorted(chapter_names())
+    for path in notebooks:
+        for i, cell in enumerate(nbformat.read(path, as_version=4).cells):
+            for out in cell.get("outputs", []):
+                where = f"{path.name} cell {i}"
+                if out.output_type == "stream":
+                    assert out.name == "stdout", (where, out.text[:200])
+                    assert out.text.strip() and "\r" not in out.text, (where, out.text[:200])
+                    assert not re.search(r"\w+Warning\b|it/s\]|%\|", out.text), (where, out.text[:200])
+                elif out.output_type in ("display_data", "execute_result"):
+                    assert any(str(v).strip() for v in out.data.values()), where
+                else:
+                    assert out.output_type != "error", where
 
 
 def test_every_chapter_declares_the_profile_parameters():
@@ -41,21 +67,72 @@ def test_every_chapter_declares_the_profile_parameters():
         if src.is_file():
             assert {"model_name", "sae_release", "sae_id", "device"} <= chapter_parameters(src), name
     assert set(PROFILES) == {"organism", "quick", "gpt2"}
+    assert chapter_names() == ["setup", "positional", "semantic", "length_generalization", "oscillation", "matching"]
 
 
-def test_papermill_reexecution_with_another_sae(tmp_path, shared_data):
-    out = execute_chapter(REPO_ROOT / "chapters" / "setup.py", tmp_path / "setup.ipynb",
-                          {"sae_id": "relu-full", "n_heldout_tokens": 2048})
-    text = out.read_text()
-    assert "organism / relu-full" in text and '"remove-cell"' in text
-
-
-def test_bad_parameters_fail_naming_chapter_and_cause(tmp_path):
+def test_a_failing_chapter_names_itself_and_its_cause_and_keeps_the_earlier_notebook(tmp_path):
+    earlier = tmp_path / "bad.ipynb"
+    earlier.write_text("an earlier good notebook")
     with pytest.raises(ChapterFailed, match=r"setup\.py failed in cell .*Unknown organism SAE id 'relu-nope'"):
-        execute_chapter(REPO_ROOT / "chapters" / "setup.py", tmp_path / "bad.ipynb", {"sae_id": "relu-nope"})
+        execute_chapter(REPO_ROOT / "chapters" / "setup.py", earlier, {"sae_id": "relu-nope"})
+    assert earlier.read_text() == "an earlier good notebook"
+    assert "relu-nope" in (tmp_path / "bad.failed.ipynb").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.failed.ipynb", "bad.ipynb"]
     for chapter in ("positional", "semantic", "length_generalization"):
         with pytest.raises(ChapterFailed, match=rf"{chapter}\.py failed in cell .*studies layer-0 SAEs.*reads "
                                                 rf"'blocks\.1\.hook_resid_pre'"):
             execute_chapter(REPO_ROOT / "chapters" / f"{chapter}.py", tmp_path / f"{chapter}.ipynb", {"sae_id": "relu-L1"})
     with pytest.raises(ValueError, match="Unknown profile 'huge'"):
         build("huge")
+
+
+def test_run_parameters_are_read_as_yaml_and_unknown_names_are_refused(tmp_path):
+    setup = REPO_ROOT / "chapters" / "setup.py"
+    assert parse_parameters(setup, [("sae_id", "relu-full"), ("n_heldout_tokens", "2048"), ("device", "None")]) == {
+        "sae_id": "relu-full", "n_heldout_tokens": 2048, "device": None}
+    with pytest.raises(ValueError, match=r"Chapter setup has no parameter 'sae_idd'; its parameters: device, "
+                                         r"gpt2_wpos_path, model_name, n_heldout_tokens, sae_id, sae_release$"):
+        run_chapter("setup", [("sae_idd", "relu-full")], runs=tmp_path)
+    with pytest.raises(ValueError, match="Unknown chapter 'nope'; chapters: setup, positional"):
+        run_chapter("nope", [], runs=tmp_path)
+    assert not list(tmp_path.iterdir())
+    assert run_folder_name("positional", {"sae_id": "relu-full", "seed": 3}) == "positional-sae_id-relu-full-seed-3"
+
+
+@pytest.fixture(scope="module")
+def setup_run(tmp_path_factory):
+    """A copy of the book's sources and one successful `possae run setup` in it: (root, runs, page)."""
+    root = tmp_path_factory.mktemp("root")
+    for f in ("_config.yml", "_toc.yml"):
+        shutil.copy(REPO_ROOT / f, root / f)
+    shutil.copytree(REPO_ROOT / "chapters", root / "chapters")
+    runs = root / "build" / "runs"
+    page = run_chapter("setup", [("sae_id", "relu-full"), ("n_heldout_tokens", "1024")], profile="quick", root=root,
+                       runs=runs)
+    return root, runs, page
+
+
+def test_a_run_renders_its_page_with_every_glued_value_resolved(setup_run):
+    _, runs, page = setup_run
+    assert page == runs / "setup-n_heldout_tokens-1024-sae_id-relu-full" / "_build" / "html" / "setup.html"
+    html = page.read_text()
+    assert "{glue:" not in html and "glue:text" not in html
+    assert "organism / relu-full" in html
+    nb = nbformat.read(page.parents[2] / "setup.ipynb", as_version=4)
+    glued = {o.metadata["scrapbook"]["name"]: o.data["application/papermill.record/text/plain"]
+             for c in nb.cells for o in c.get("outputs", []) if "scrapbook" in o.get("metadata", {})}
+    assert f"{float(glued['explained_variance']):.1%}" in html and f"{float(glued['adjcos']):.3f}" in html
+
+
+def test_a_failed_run_leaves_the_earlier_output_intact(setup_run):
+    root, runs, page = setup_run
+    before = page.read_bytes()
+    chapter = root / "chapters" / "setup.py"
+    chapter.write_text(chapter.read_text().replace("use_offline_renderer()\n",
+                                                   "use_offline_renderer()\nraise RuntimeError('broken on purpose')\n", 1))
+    with pytest.raises(ChapterFailed, match="broken on purpose"):
+        run_chapter("setup", [("sae_id", "relu-full"), ("n_heldout_tokens", "1024")], profile="quick", root=root,
+                    runs=runs)
+    assert page.read_bytes() == before
+    assert sorted(p.name for p in runs.iterdir()) == ["setup-n_heldout_tokens-1024-sae_id-relu-full",
+                                                     "setup-n_heldout_tokens-1024-sae_id-relu-full.failed.ipynb"]
