@@ -78,6 +78,7 @@ from possae.loaders import check_sae_fits, load_model_and_sae, load_sae, require
 from possae.positional import positional_profile_frame, top_positional_features
 from possae.semantic import token_activation_vs_position
 from possae.tokenizer import decode_tokens
+from possae.wpos import last_row
 
 use_offline_renderer()
 model, sae = load_model_and_sae(sae_release, sae_id, device=device, model_name=model_name)
@@ -199,7 +200,8 @@ past_near = near[near.index >= context_size]
 glue("len_min_cos", float(past_near.cosine.min()), display=False)
 glue("len_min_cos_pos", int(past_near.cosine.idxmin()), display=False)
 glue("len_far_share", float((past_near.cosine < 0.5).mean()), display=False)
-glue("len_last_norm", float(model.W_pos[-1].detach().norm()), display=False)
+for key, value in last_row(model.W_pos.detach()).items():
+    glue(f"len_last_{key}", value, display=False)
 display(near.iloc[sorted({context_size - 1, context_size, (context_size + n_ctx) // 2, int(past_near.cosine.idxmin()),
                           n_ctx - 1})])
 by_kind = firing_by_kind_frame(stats, positional)
@@ -212,8 +214,9 @@ firing_by_kind_figure(by_kind, context_size)
 # For {glue:text}`len_far_share:.0%` of the positions past the context, no in-context row has a cosine above 0.5
 # with `W_pos[p]`; at position {glue:text}`len_min_cos_pos` the best cosine is {glue:text}`len_min_cos:.2f`: the row
 # points away from everything the SAE saw. (The last row, `W_pos[n_ctx - 1]`, has norm
-# {glue:text}`len_last_norm:.3f`: in training windows of `n_ctx` tokens the last position's output has no next token
-# to predict, so no loss trains that row; a zero row has cosine 0 by convention.)
+# {glue:text}`len_last_norm:.3f` against its neighbour's {glue:text}`len_last_previous_norm:.3f`, and cosine
+# {glue:text}`len_last_cosine_to_previous:.3f` with it. A trainer that feeds windows of `n_ctx` tokens scores only
+# `n_ctx - 1` predictions and never trains that row: it would read 0 here.)
 # The figure counts the expected number of active features per token over all tokens. On average over the
 # positions, positional features account for {glue:text}`len_l0_positional_in:.1f` active features per token inside
 # the context and {glue:text}`len_l0_positional_past:.1f` past it; non-positional features for

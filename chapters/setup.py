@@ -31,7 +31,7 @@ gpt2_wpos_path = None  # GPT-2 small's W_pos as .npy; None: the copy in possae's
 
 # %% tags=["remove-cell"]
 import pandas as pd
-from IPython.display import display
+from IPython.display import Markdown, display
 from myst_nb import glue
 
 from possae.heldout import heldout_windows
@@ -39,7 +39,7 @@ from possae.loaders import load_model_and_sae
 from possae.metrics import sae_metrics
 from possae.figures import use_offline_renderer
 from possae.figures.setup import heldout_loss_figure, position_cosine_figure, wpos_pca_figure
-from possae.wpos import load_gpt2_wpos, wpos_geometry
+from possae.wpos import last_row, load_gpt2_wpos, wpos_geometry
 
 use_offline_renderer()
 model, sae = load_model_and_sae(sae_release, sae_id, device=device, model_name=model_name)
@@ -84,7 +84,7 @@ pd.DataFrame([metrics])
 
 # %% tags=["remove-input"]
 if model_name == "organism":
-    from possae.organism.card import read_model_card
+    from possae.organism.card import organism_training_note, read_model_card, stages_frame
 
     card = read_model_card()
     heldout = pd.DataFrame(card["heldout"])
@@ -107,6 +107,23 @@ geometry = pd.DataFrame({f"rows 1..{last - 1}": wpos_geometry(W_pos, 1, last)
 glue("top3", float(geometry["top3_share"].iloc[-1]), display=False)
 glue("adjcos", float(geometry["adjacent_cosine"].iloc[-1]), display=False)
 geometry
+
+# %% [markdown]
+# ### The last row
+#
+# A language-model trainer that feeds windows of `n_ctx` tokens scores only `n_ctx - 1` next-token predictions:
+# the output at the last position has nothing to predict, so no loss reaches `W_pos[n_ctx - 1]` and it keeps its
+# initial value (zero for the organism's first stage). Every per-position curve in this book would then drop at the
+# last position for that reason alone. possae's trainer feeds windows of `n_ctx + 1` tokens, so every position is
+# scored. Here the last row has norm {glue:text}`last_norm:.3f` against {glue:text}`last_previous_norm:.3f` for
+# its neighbour, and a cosine of {glue:text}`last_cosine_to_previous:.3f` with it.
+
+# %% tags=["remove-input"]
+for key, value in last_row(W_pos).items():
+    glue(f"last_{key}", value, display=False)
+if model_name == "organism":
+    display(Markdown(organism_training_note(card)))
+    display(stages_frame(card))
 
 # %% tags=["remove-input"]
 wpos_pca_figure(W_pos[: model.cfg.n_ctx])

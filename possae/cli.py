@@ -16,7 +16,9 @@ def _organism(args: argparse.Namespace) -> None:
 
     if args.data:
         os.environ["POSSAE_DATA"] = args.data
-    recipe = OrganismRecipe()
+    from possae.organism.recipe import cpu_hours, lm_recipe
+
+    recipe = OrganismRecipe(lm=lm_recipe(args.recipe))
     if args.tokens:
         recipe = dataclasses.replace(recipe, lm=dataclasses.replace(recipe.lm, train_tokens=args.tokens))
     steps = STEPS if args.step == "all" else (args.step,)
@@ -31,9 +33,18 @@ def _organism(args: argparse.Namespace) -> None:
             paths = data.build_token_streams()
             print(json.dumps({c: {s: str(p) for s, p in d.items()} for c, d in paths.items()}, indent=1))
         elif step == "model":
+            from possae.devices import default_device
             from possae.organism import lm
 
-            facts = lm.train_language_model(recipe.lm, device=args.device, log_file=build_dir() / "lm_training.log")
+            device = str(default_device(args.device))
+            if device == "cpu" and args.recipe == "gpu" and not args.force:
+                raise SystemExit(f"The gpu recipe trains on {recipe.lm.train_tokens:,} tokens: about "
+                                 f"{cpu_hours(recipe.lm):.0f} h on 2 CPU cores. Use a GPU (--device cuda), the CPU "
+                                 f"fallback (--recipe cpu: about {cpu_hours(lm_recipe('cpu')) * 60:.0f} min), or --force.")
+            if args.recipe == "continue" and not args.init_from:
+                raise SystemExit("--recipe continue continues a trained model: give its folder with --init-from.")
+            facts = lm.train_language_model(recipe.lm, device=device, log_file=build_dir() / "lm_training.log",
+                                            init_from=args.init_from, compile=device != "cpu")
             print(json.dumps({k: v for k, v in facts.items() if k != "history"}, indent=1))
         elif step == "saes":
             from possae.organism import saes
@@ -76,6 +87,11 @@ def main(argv: list[str] | None = None) -> None:
     org.add_argument("step", choices=(*STEPS, "all"))
     org.add_argument("--data", help="shared data folder (default: $POSSAE_DATA or ../shared/data)")
     org.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    org.add_argument("--recipe", default="gpu", choices=("gpu", "cpu", "continue"),
+                     help="language-model recipe: gpu (recorded, default), cpu (laptop fallback), continue (resume "
+                          "a trained model with every position scored; needs --init-from)")
+    org.add_argument("--init-from", default=None, help="folder holding model/ to continue from (--recipe continue)")
+    org.add_argument("--force", action="store_true", help="train the gpu recipe on a CPU anyway")
     org.add_argument("--tokens", type=int, default=None, help="override the language model's training tokens")
     org.add_argument("--only", default=None, help="comma-separated SAE ids to (re)train")
     org.set_defaults(func=_organism)

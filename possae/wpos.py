@@ -45,3 +45,10 @@ def load_gpt2_wpos(path=None) -> Float[Tensor, "1024 768"]:
     from possae.evalpack import gpt2_wpos
 
     return torch.from_numpy(np.load(path) if path is not None else gpt2_wpos()).float()
+
+
+def last_row(W_pos: Float[Tensor, "n_ctx d_model"]) -> dict[str, float]:
+    """Return the last row's norm, its neighbour's norm and their cosine (a row no loss reached stays at its init)."""
+    last, prev = W_pos[-1].double(), W_pos[-2].double()
+    return {"norm": last.norm().item(), "previous_norm": prev.norm().item(),
+            "cosine_to_previous": torch.nn.functional.cosine_similarity(last, prev, dim=0).item()}

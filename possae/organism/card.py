@@ -6,16 +6,13 @@ import json
 from pathlib import Path
 
 import pandas as pd
-import torch
-from jaxtyping import Float
-from torch import Tensor
 
 from possae.corpora import CORPORA, HELD_OUT_FRACTION
 from possae.organism.data import load_stream
 from possae.organism.lm import evaluate_lm
 from possae.organism.recipe import ARTIFACTS, OrganismRecipe, build_dir
 from possae.organism.saes import SAE_DIR, evaluate_sae
-from possae.wpos import wpos_geometry
+from possae.wpos import last_row, wpos_geometry
 
 CARD_JSON = "model_card.json"
 CARD_MD = "MODEL_CARD.md"
@@ -60,13 +57,6 @@ def training_stages(facts: dict) -> list[dict]:
     return earlier + [stage]
 
 
-def last_wpos_row(W_pos: Float[Tensor, "n_ctx d_model"]) -> dict[str, float]:
-    """Return the last W_pos row's norm, its neighbour's norm and their cosine."""
-    last, prev = W_pos[-1].double(), W_pos[-2].double()
-    return {"norm": last.norm().item(), "previous_norm": prev.norm().item(),
-            "cosine_to_previous": torch.nn.functional.cosine_similarity(last, prev, dim=0).item()}
-
-
 def collect_model_card(recipe: OrganismRecipe = OrganismRecipe(), device: str = "cpu", folder: Path = ARTIFACTS) -> dict:
     """Measure everything the model card reports, on held-out text, and return it as a dict."""
     from possae.loaders import load_model, load_sae
@@ -94,7 +84,7 @@ def collect_model_card(recipe: OrganismRecipe = OrganismRecipe(), device: str = 
         "wpos_geometry": {
             f"rows_1_{n_ctx - 1}": wpos_geometry(W_pos, 1, n_ctx),
             f"rows_1_{n_ctx // 4 - 1}": wpos_geometry(W_pos, 1, n_ctx // 4),
-            "last_row": last_wpos_row(W_pos),
+            "last_row": last_row(W_pos),
             "targets": WPOS_TARGETS,
         },
         "saes": {},
@@ -118,15 +108,40 @@ def collect_model_card(recipe: OrganismRecipe = OrganismRecipe(), device: str = 
     return card
 
 
-def _stage_line(i: int, st: dict) -> str:
-    """Return one markdown bullet describing a training stage."""
-    r = st["recipe"]
-    what = ("every weight frozen but W_pos[n_ctx - 1]" if r.get("trainable") == "last_wpos_row" else "all weights")
-    start = f"from the stage-{i} weights (sha256 {st['init_sha256'][:12]}...)" if "init_sha256" in st else "from scratch"
-    return (f"- Stage {i + 1}, {start}, {what}: {st['steps']:,} steps of {r['batch_size']} windows, "
-            f"{st['tokens_seen']:,} tokens ({st['epochs']:.2f} epochs of {st['train_stream_tokens']:,} training tokens), "
-            f"{st['positions_scored']} of {r['n_ctx']} positions scored, {st['train_seconds']:.0f} s on {st['device']}. "
-            f"Recipe: `{json.dumps(r)}`.")
+def stages_frame(card: dict) -> pd.DataFrame:
+    """Return one row per training stage of the language model: where it started, what trained, on what and how long."""
+    rows = []
+    for i, st in enumerate(card["training_stages"]):
+        r = st["recipe"]
+        rows.append({
+            "stage": i + 1,
+            "started from": f"stage {i} (sha256 {st['init_sha256'][:12]}...)" if "init_sha256" in st else "scratch",
+            "trained": "W_pos[n_ctx - 1] only" if r.get("trainable") == "last_wpos_row" else "all weights",
+            "steps": st["steps"], "batch": r["batch_size"], "tokens": st["tokens_seen"], "epochs": st["epochs"],
+            "lr": r["lr"], "positions scored": f"{st['positions_scored']} of {r['n_ctx']}",
+            "seconds": st["train_seconds"], "device": st["device"]})
+    return pd.DataFrame(rows)
+
+
+def organism_training_note(card: dict) -> str:
+    """Return a paragraph saying how the language model was trained, stage by stage, and what that did to its last position."""
+    stages, n_ctx = card["training_stages"], card["architecture"]["n_ctx"]
+    parts = []
+    for i, st in enumerate(stages):
+        trained = ("only W_pos[n_ctx - 1]" if st["recipe"].get("trainable") == "last_wpos_row" else "every weight")
+        parts.append(f"stage {i + 1} trained {trained} on {st['tokens_seen']:,} tokens ({st['epochs']:.2f} epochs) in "
+                     f"{st['train_seconds']:.0f} s on {st['device']}, scoring {st['positions_scored']} of {n_ctx} positions")
+    text = f"The organism's language model was trained in {len(stages)} stage{'s' if len(stages) > 1 else ''}: " + "; ".join(parts) + "."
+    if any(st["positions_scored"] < n_ctx for st in stages[:-1]) and stages[-1]["positions_scored"] == n_ctx:
+        text += (f" The first stage's trainer never scored position {n_ctx - 1}, so W_pos[{n_ctx - 1}] stayed zero; the "
+                 "last stage trained that row with every position scored and every other weight frozen "
+                 "(`possae organism model --recipe continue --init-from FOLDER`). Today's trainer scores every position "
+                 "from the start.")
+    heldout = pd.DataFrame(card["heldout"])
+    if "last_position_loss" in heldout:
+        text += (f" Held-out loss at position {n_ctx - 1}: {heldout['last_position_loss'].mean():.3f} nats, against "
+                 f"{heldout['near_end_loss'].mean():.3f} over the 16 positions before it (mean of the corpora).")
+    return text
 
 
 def card_markdown(card: dict) -> str:
@@ -147,14 +162,10 @@ def card_markdown(card: dict) -> str:
         f"Held out: {card['data']['held_out_fraction']:.0%} of every corpus ({card['data']['held_out_rule']}).", "",
         pd.DataFrame(card["data"]["corpora"]).drop(columns="files").to_markdown(index=False), "",
         "## Training", "",
-        *[_stage_line(i, st) for i, st in enumerate(stages)], "",
+        stages_frame(card).to_markdown(index=False, floatfmt=".4g"), "",
+        *[f"Stage {i + 1} recipe: `{json.dumps(st['recipe'])}`" for i, st in enumerate(stages)], "",
     ]
-    if len(stages) > 1 and stages[0]["positions_scored"] < stages[0]["recipe"]["n_ctx"]:
-        lines += ["The first stage's trainer fed windows of n_ctx tokens and scored only the first n_ctx - 1 "
-                  "predictions, so no loss reached W_pos[n_ctx - 1] and it stayed exactly zero. The trainer now feeds "
-                  "windows of n_ctx + 1 tokens; the last stage trained that row alone with every position scored "
-                  "(`possae organism model --recipe continue --init-from FOLDER`), leaving every other weight as the "
-                  "first stage left it. Retraining with `--recipe gpu` today trains every row from the start.", ""]
+    lines += [organism_training_note(card), ""]
     heldout = pd.DataFrame(card["heldout"])
     lines += [
         "## Held-out loss (nats/token) vs a unigram baseline", "",
