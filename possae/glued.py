@@ -1,0 +1,54 @@
+"""The values a chapter glued (myst_nb.glue) into its prose, read back from its executed notebook."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import nbformat
+
+
+def glued_values(notebook: Path | str) -> dict[str, object]:
+    """Return {glue name: value} for every value an executed notebook glued (plain-text values parsed as Python literals)."""
+    nb = nbformat.read(notebook, as_version=4)
+    values: dict[str, object] = {}
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            scrap = out.get("metadata", {}).get("scrapbook")
+            if not scrap:
+                continue
+            prefix = scrap.get("mime_prefix", "")
+            text = out.get("data", {}).get(f"{prefix}text/plain")
+            if text is None:
+                continue
+            try:
+                values[scrap["name"]] = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                values[scrap["name"]] = _numpy_scalar(text)
+    return values
+
+
+def _numpy_scalar(text: str) -> object:
+    """Return the number inside a numpy scalar's repr (e.g. 'np.float64(0.5)'), else the text itself."""
+    if text.startswith("np.") and text.endswith(")") and "(" in text:
+        try:
+            return ast.literal_eval(text[text.index("(") + 1 : -1])
+        except (ValueError, SyntaxError):
+            return text
+    return text
+
+
+def book_values(stage: Path | str) -> "pd.DataFrame":
+    """Return every glued value of every executed chapter under a book's staging folder (chapter, name, value)."""
+    import pandas as pd
+
+    rows = [{"chapter": nb.stem, "name": k, "value": v}
+            for nb in sorted(Path(stage).rglob("*.ipynb")) for k, v in glued_values(nb).items()]
+    return pd.DataFrame(rows, columns=["chapter", "name", "value"])
+
+
+def compare_books(before: Path | str, after: Path | str) -> "pd.DataFrame":
+    """Return the glued values of two builds side by side (chapter, name, before, after); a name absent from one is NaN."""
+    b, a = book_values(before), book_values(after)
+    return b.merge(a, on=["chapter", "name"], how="outer", suffixes=("_before", "_after")).rename(
+        columns={"value_before": "before", "value_after": "after"})
