@@ -1,4 +1,7 @@
-"""Where possae finds the read-only shared data (corpora, GPT-2's W_pos and tokenizer)."""
+"""Where possae finds the read-only shared data (corpora, GPT-2's W_pos and tokenizer).
+
+Only retraining the organism and rebuilding the evaluation pack read it; the book reads possae/artifacts/evalpack.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +30,8 @@ def data_dir(path: str | os.PathLike | None = None) -> Path:
     if not candidate.is_dir():
         raise MissingDataError(
             f"Shared data folder {candidate} ({source}) does not exist. Point ${DATA_ENV} "
-            "(or the data_dir option) at the folder holding corpora/ and gpt2-small/."
+            "(or the --data option) at the folder holding corpora/ and gpt2-small/ (needed only to retrain the "
+            "organism or rebuild the evaluation pack)."
         )
     return candidate
 
