@@ -214,9 +214,10 @@ def run_chapter(chapter: str, pairs: list[tuple[str, str]], profile: str = "orga
         _log(f"executing {src.relative_to(root)} into {final}")
         try:
             execute_chapter(src, tmp / f"{chapter}.ipynb", {**PROFILES[profile], **params}, cwd=root)
-        except ChapterFailed:
-            os.replace(tmp / f"{chapter}.failed.ipynb", runs / f"{final.name}.failed.ipynb")
-            raise
+        except ChapterFailed as e:
+            kept = runs / f"{final.name}.failed.ipynb"
+            os.replace(tmp / f"{chapter}.failed.ipynb", kept)
+            raise ChapterFailed(str(e).replace(str(tmp / f"{chapter}.failed.ipynb"), str(kept))) from None
         stage_site(tmp, root)
         (tmp / "_toc.yml").write_text(yaml.safe_dump({"format": "jb-book", "root": chapter}))
         _log("rendering the page with jupyter-book")

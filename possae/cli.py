@@ -60,15 +60,21 @@ def _organism(args: argparse.Namespace) -> None:
 
 
 def _build(args: argparse.Namespace) -> None:
-    from possae.book import build
+    from possae.book import ChapterFailed, build
 
-    print("book ->", build(args.profile, args.only, html=not args.no_html))
+    try:
+        print("book ->", build(args.profile, args.only, html=not args.no_html))
+    except ChapterFailed as e:
+        raise SystemExit(f"possae build: {e}") from None
 
 
 def _run(args: argparse.Namespace) -> None:
-    from possae.book import run_chapter
+    from possae.book import ChapterFailed, run_chapter
 
-    print("page ->", run_chapter(args.chapter, [tuple(p) for p in args.param or []], profile=args.profile))
+    try:
+        print("page ->", run_chapter(args.chapter, [tuple(p) for p in args.param or []], profile=args.profile))
+    except (ChapterFailed, ValueError) as e:
+        raise SystemExit(f"possae run: {e}") from None
 
 
 def _data(args: argparse.Namespace) -> None:

@@ -130,9 +130,10 @@ def test_a_failed_run_leaves_the_earlier_output_intact(setup_run):
     chapter = root / "chapters" / "setup.py"
     chapter.write_text(chapter.read_text().replace("use_offline_renderer()\n",
                                                    "use_offline_renderer()\nraise RuntimeError('broken on purpose')\n", 1))
-    with pytest.raises(ChapterFailed, match="broken on purpose"):
+    kept = runs / "setup-n_heldout_tokens-1024-sae_id-relu-full.failed.ipynb"
+    with pytest.raises(ChapterFailed, match=f"broken on purpose \\(notebook: {re.escape(str(kept))}\\)"):
         run_chapter("setup", [("sae_id", "relu-full"), ("n_heldout_tokens", "1024")], profile="quick", root=root,
                     runs=runs)
-    assert page.read_bytes() == before
+    assert page.read_bytes() == before and "broken on purpose" in kept.read_text()
     assert sorted(p.name for p in runs.iterdir()) == ["setup-n_heldout_tokens-1024-sae_id-relu-full",
                                                      "setup-n_heldout_tokens-1024-sae_id-relu-full.failed.ipynb"]
