@@ -25,7 +25,8 @@ test-all: install
 book: install
 	$(VENV)/bin/possae build --profile $(PROFILE)
 
-# Rebuild the model organism from the corpora (about 1.5 h on 2 CPU cores; minutes on a GPU).
+# Rebuild the model organism from the corpora (minutes on a GPU; on a CPU the language model step stops and
+# names the CPU fallback: possae organism model --recipe cpu).
 organism: install
 	$(VENV)/bin/possae organism all
 
