@@ -58,6 +58,7 @@ from possae.length import (
     SAE_LABEL,
     SWAP_LABEL,
     TOKEN_ONLY_LABEL,
+    bos_slot_firing_sentence,
     all_token_position_errors,
     feature_top_tokens,
     firing_by_kind_frame,
@@ -119,7 +120,7 @@ glue("len_n_ctx", int(n_ctx), display=False)
 # %% tags=["remove-input"]
 tokens = heldout_windows(model.tokenizer, n_ctx, n_heldout_tokens)
 gap = layer0_input_gap(model, tokens[:4])
-print(f"max |hook_resid_pre(0) - (hook_embed + hook_pos_embed)| on held-out text: {gap:.2e}")
+glue("len_input_gap", float(gap), display=False)
 heldout = heldout_position_errors(model, sae, tokens, fixes=fixes, control=control, seed=seed, progress=False)
 vocab = sample_tokens(model.cfg.d_vocab, n_vocab_sample, seed)
 all_tokens = all_token_position_errors(model.W_E[vocab.to(model.W_E.device)], model.W_pos, sae, seed=seed,
@@ -146,7 +147,8 @@ error_vs_position_figure(frames, context_size, metrics=("mse", "nmse"), methods=
                          title="Reconstruction error vs position (log scale)")
 
 # %% [markdown]
-# At layer 0 the hook's input is exactly `W_E[t] + W_pos[p]` (the printed gap). Inside its context the SAE leaves
+# At layer 0 the hook's input is exactly `W_E[t] + W_pos[p]`: on this text the largest gap between
+# `hook_resid_pre` and `hook_embed + hook_pos_embed` is {glue:text}`len_input_gap:.1e`. Inside its context the SAE leaves
 # an nMSE of {glue:text}`len_heldout_in:.3f` on held-out text (MSE {glue:text}`len_heldout_mse_in:.3g`); past it
 # the mean nMSE over the positions is {glue:text}`len_heldout_past:.3g`, {glue:text}`len_heldout_ratio:.3g` times
 # larger (MSE {glue:text}`len_heldout_mse_past:.3g`). Over the all-token distribution the nMSE is
@@ -177,10 +179,10 @@ if len(top):
     display(behaviour.rename_axis("peak position inside the context"))
 else:
     print("This SAE has no feature with R²_pos >= 0.5 inside its context.")
-for key, row in (("all", "all"), ("p0", 0)):
-    has = behaviour is not None and row in behaviour.index
-    for col in ("features", "silent", "overshoot", "firing_rate_inside", "firing_rate_past"):
-        glue(f"len_pos_{key}_{col}", float(behaviour.loc[row, col]) if has else float("nan"), display=False)
+has = behaviour is not None and "all" in behaviour.index
+for col in ("features", "silent", "overshoot", "firing_rate_inside", "firing_rate_past"):
+    glue(f"len_pos_all_{col}", float(behaviour.loc["all", col]) if has else float("nan"), display=False)
+glue("len_pos_p0_sentence", bos_slot_firing_sentence(behaviour), display=False)
 
 # %% [markdown]
 # Of the {glue:text}`len_n_positional` positional features, a share of {glue:text}`len_pos_all_silent:.0%` fall
@@ -188,9 +190,7 @@ for key, row in (("all", "all"), ("p0", 0)):
 # {glue:text}`len_pos_all_overshoot:.0%` reach a higher mean activation past the context than anywhere inside it; on
 # average they fire on {glue:text}`len_pos_all_firing_rate_inside:.1%` of the (token, position) inputs inside the
 # context and on {glue:text}`len_pos_all_firing_rate_past:.1%` past it. The table groups them by the in-context
-# position where they peak. Position 0 holds the BOS token in every training window; the
-# {glue:text}`len_pos_p0_features:.0f` features that peak there fire on {glue:text}`len_pos_p0_firing_rate_inside:.1%`
-# of the inputs inside the context and on {glue:text}`len_pos_p0_firing_rate_past:.1%` past it. A positional feature
+# position where they peak. {glue:text}`len_pos_p0_sentence` A positional feature
 # past the context responds to how much the new row `W_pos[p]` resembles the rows it was tuned on; the table below
 # gives, for a few positions, the in-context row with the highest cosine and that cosine.
 

@@ -60,6 +60,7 @@ from possae.heldout import heldout_windows
 from possae.layer0_stats import layer0_stats_from_model
 from possae.loaders import check_sae_fits, load_model_and_sae, load_sae, require_layer0
 from possae.positional import (
+    bos_slot_sentence,
     chance_share,
     decoder_alignment,
     feature_scores,
@@ -253,11 +254,10 @@ glue("pos_align_n", int(len(later)), display=False)
 glue("pos_align_cos", float(later.cos_at_peak.mean()) if len(later) else float("nan"), display=False)
 glue("pos_align_rank0", float((later.rank_of_peak == 0).mean()) if len(later) else float("nan"), display=False)
 p0 = align[align.peak_position == 0]
-glue("pos_align_cos0", float(p0.cos_at_peak.mean()) if len(p0) else float("nan"), display=False)
 bos = model.tokenizer.bos_token_id
 bos_input = model.W_E[bos] + model.W_pos[0]  # the one input the SAE saw at position 0 in training
 bos_cos = decoder_input_cosine(sae.W_dec[feats[peaks == 0].to(sae.W_dec.device)], bos_input, sae.b_dec)
-glue("pos_bos_cos", float(bos_cos.mean()) if len(bos_cos) else float("nan"), display=False)
+glue("pos_bos_slot", bos_slot_sentence(torch.tensor(p0.cos_at_peak.to_numpy()), bos_cos.detach().cpu()), display=False)
 align.assign(feature=feats.numpy()).groupby("peak_position").agg(
     features=("feature", "size"), mean_cos_at_peak=("cos_at_peak", "mean"),
     peak_is_closest_row=("rank_of_peak", lambda r: float((r == 0).mean())))
@@ -266,11 +266,7 @@ align.assign(feature=feats.numpy()).groupby("peak_position").agg(
 # The top three components hold {glue:text}`pos_top3:.1%` of the variance of rows 1 to `context_size - 1`. For the
 # {glue:text}`pos_align_n` positional features peaking at positions ≥ 1, the decoder direction has a mean cosine of
 # {glue:text}`pos_align_cos:.3f` with the centred `W_pos` row at its peak, and for {glue:text}`pos_align_rank0:.0%` of
-# them that row is the closest of all context positions. Features peaking at position 0 are different: their mean
-# cosine with the centred `W_pos[0]` is only {glue:text}`pos_align_cos0:.3f`, but with the one input they saw there in
-# training, the BOS token's `W_E[BOS] + W_pos[0] - b_dec`, it is {glue:text}`pos_bos_cos:.3f`. They reconstruct the
-# BOS input as a whole; that they also fire on other tokens at position 0 (which training never showed them) is what
-# makes them look positional over the all-token distribution.
+# them that row is the closest of all context positions. {glue:text}`pos_bos_slot`
 
 # %% [markdown]
 # ## Position vs token, for every feature
@@ -389,7 +385,7 @@ else:
           "is available for it, so this section is skipped.")
 
 # %% [markdown]
-# When the sweep runs, the counts across its {glue:text}`pos_sweep_n` widths fit a power law
+# The counts across its {glue:text}`pos_sweep_n` widths fit a power law
 # `positional ∝ d_sae^k` with `k =` {glue:text}`pos_sweep_slope:.2f` (R² of the log-log fit
 # {glue:text}`pos_sweep_fit_r2:.3f`): from {glue:text}`pos_sweep_pos_min` positional features at `d_sae =`
 # {glue:text}`pos_sweep_min` to {glue:text}`pos_sweep_pos_max` at {glue:text}`pos_sweep_max`. An exponent near 1 with a

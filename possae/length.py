@@ -552,3 +552,13 @@ def feature_top_tokens(W_E: Float[Tensor, "d_vocab d_model"], W_pos: Float[Tenso
     v, t = act.topk(min(k, len(act)))
     return pd.DataFrame({"token": t.cpu().numpy(), "max_activation_inside": v.cpu().numpy(),
                          "at_position": int(p_in)})
+
+
+def bos_slot_firing_sentence(behaviour: pd.DataFrame | None) -> str:
+    """Return the sentence on the positional features peaking at position 0 (from past_context_summary), or that there are none."""
+    if behaviour is None or 0 not in behaviour.index:
+        return "No positional feature peaks at position 0, the slot that holds the BOS token in every training window."
+    row = behaviour.loc[0]
+    return (f"Position 0 holds the BOS token in every training window; the {row['features']:.0f} features that peak "
+            f"there fire on {row['firing_rate_inside']:.1%} of the inputs inside the context and on "
+            f"{row['firing_rate_past']:.1%} past it.")

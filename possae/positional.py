@@ -410,3 +410,15 @@ def preact_profile_frame(W_E: Float[Tensor, "d_vocab d_model"], W_pos: Float[Ten
     return pd.concat([pd.DataFrame({"feature": int(f), "position": pos.numpy(), "preact_pos": c[:, j].numpy(),
                                     "fire_some": float(thr[j] - a[:, j].max()), "fire_all": float(thr[j] - a[:, j].min())})
                       for j, f in enumerate(idx.tolist())], ignore_index=True)
+
+
+def bos_slot_sentence(cos_to_wpos0: Float[Tensor, " k"], cos_to_bos_input: Float[Tensor, " k"]) -> str:
+    """Return the sentence comparing position-0 features' decoders with W_pos[0] and with the BOS input (or saying there are none)."""
+    if len(cos_to_wpos0) == 0:
+        return ("No positional feature peaks at position 0 here, so none of them specialises in the BOS slot, the one "
+                "input the SAE saw there in training.")
+    return (f"Features peaking at position 0 are different: their mean cosine with the centred `W_pos[0]` is only "
+            f"{float(cos_to_wpos0.mean()):.3f}, but with the one input they saw there in training, the BOS token's "
+            f"`W_E[BOS] + W_pos[0] - b_dec`, it is {float(cos_to_bos_input.mean()):.3f}. They reconstruct the BOS input "
+            "as a whole; that they also fire on other tokens at position 0 (which training never showed them) is what "
+            "makes them look positional over the all-token distribution.")

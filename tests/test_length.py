@@ -341,3 +341,16 @@ def test_error_figure_grid_and_spurious_figure():
     fig = spurious_rate_figure(rates, 1)
     assert [t.name for t in fig.data] == ["non-positional features", "positional features", "spurious / L0"]
     assert list(fig.data[2].y) == [0.0, 0.5]
+
+
+def test_bos_slot_firing_sentence_reports_position0_or_says_there_is_none():
+    import pandas as pd
+
+    from possae.length import bos_slot_firing_sentence
+
+    frame = pd.DataFrame({"features": [2.0, 5.0], "firing_rate_inside": [0.5, 0.2], "firing_rate_past": [0.25, 0.1]},
+                         index=pd.Index([0, "all"], dtype=object))
+    assert bos_slot_firing_sentence(frame).endswith("the 2 features that peak there fire on 50.0% of the inputs inside "
+                                                    "the context and on 25.0% past it.")
+    for empty in (None, frame.drop(index=0)):
+        assert bos_slot_firing_sentence(empty).startswith("No positional feature peaks at position 0")

@@ -384,3 +384,12 @@ def test_loglog_fit():
     assert P.loglog_fit([1, 2, 4], [0, 2, 8])["slope"] == pytest.approx(2.0)  # the zero is left out
     assert math.isnan(P.loglog_fit([1, 2], [0, 5])["slope"])
     assert P.loglog_fit([1, 2, 4], [1, 4, 2])["r2"] < 1
+
+
+def test_bos_slot_sentence_states_the_cosines_or_that_there_are_no_position0_features():
+    from possae.positional import bos_slot_sentence
+
+    text = bos_slot_sentence(torch.tensor([0.2, 0.4]), torch.tensor([0.9, 1.0]))
+    assert "only 0.300" in text and "it is 0.950" in text
+    empty = bos_slot_sentence(torch.tensor([]), torch.tensor([]))
+    assert empty.startswith("No positional feature peaks at position 0") and "nan" not in empty
