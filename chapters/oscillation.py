@@ -52,7 +52,14 @@ from possae.figures.oscillation import (
 )
 from possae.heldout import heldout_windows
 from possae.loaders import check_sae_fits, load_model, load_sae, sae_layer
-from possae.oscillation import ABLATIONS, frequency_table, oscillation_amplitude, position_pass, spliced_loss
+from possae.oscillation import (
+    ABLATIONS,
+    frequency_sentence,
+    frequency_table,
+    oscillation_amplitude,
+    position_pass,
+    spliced_loss,
+)
 
 use_offline_renderer()
 model = load_model(model_name, device=device)
@@ -152,19 +159,12 @@ freq_full[cols].style.format(precision=2).hide(axis="index")
 
 # %% tags=["remove-input"]
 freq = frequency_table(normal, n_ctx, first=1, within_context=True, detrend="linear")
-by_layer = freq[freq["family"] == ref_family].set_index("layer")
-glue("osc_f0", float(by_layer["dominant_cycles_per_n_ctx"].iloc[0]), display=False)
-glue("osc_p0", float(by_layer["dominant_period"].iloc[0]), display=False)
-early = by_layer.loc[[layer for layer in by_layer.index if 1 <= layer <= 3], "ratio_to_base"]
-glue("osc_ratio_min", float(early.min()) if len(early) else float("nan"), display=False)
-glue("osc_ratio_max", float(early.max()) if len(early) else float("nan"), display=False)
-freq[cols].style.format(precision=2).hide(axis="index")
+glue("osc_freq_sentence", frequency_sentence(freq, ref_family), display=False)
+freq[cols + ["cycles_in_window", "resolved"]].style.format(precision=2).hide(axis="index")
 
 # %% [markdown]
-# Within the training context the layer-0 {glue:text}`osc_ref_family` SAE's curve peaks at
-# {glue:text}`osc_f0:.1f` cycles per {glue:text}`osc_n_ctx:.0f` positions (a period of {glue:text}`osc_p0:.1f`
-# positions). Layers 1-3 peak at {glue:text}`osc_ratio_min:.2f` to {glue:text}`osc_ratio_max:.2f` times that
-# frequency: compare with the 2x of GPT-2 small. Spectra (each normalised to its largest peak):
+# A peak counts as *resolved* when it completes at least 1.5 cycles over the window (above the lowest bin).
+# {glue:text}`osc_freq_sentence` Spectra (each normalised to its largest peak):
 
 # %% tags=["remove-input"]
 glue("osc_ref_family", ref_family, display=False)

@@ -237,6 +237,46 @@ def dominant_frequencies(curve: Float[Tensor, "n"], n_ctx: int, top: int = 3, de
                          "period": (n / cand.double()).numpy(), "power_share": (power[cand] / power[1:].sum()).numpy()})
 
 
+MIN_RESOLVED_CYCLES = 1.5  # a dominant peak under 1.5 cycles per window is the lowest bin: a trend, not an oscillation
+
+
+def _layers(index) -> str:
+    """Return 'Layer 3' or 'Layers 1, 2'."""
+    return ("Layer " if len(index) == 1 else "Layers ") + ", ".join(str(i) for i in index)
+
+
+def frequency_sentence(freq: pd.DataFrame, family: str, base_layer: int = 0) -> str:
+    """Return what frequency_table supports for one SAE family: the base layer's resolved period and the later
+    layers' frequency ratios, or that no oscillation is resolved (a lowest-bin peak is a trend, not a period)."""
+    g = freq[freq["family"] == family].set_index("layer").sort_index()
+    base = g.loc[base_layer]
+    later = g[g.index != base_layer]
+    resolved = later[later["resolved"]]
+    if not base["resolved"]:
+        text = (f"Within its training context (positions {base['positions']}), the layer-{base_layer} {family} SAE's "
+                f"curve has no resolved oscillation: its spectral peak, {base['cycles_in_window']:.2f} cycles over the "
+                "window, sits in the lowest bin, which a trend or a bend produces as well as a period would. ")
+        if len(resolved):
+            text += ("Layers with a resolved peak: " + ", ".join(
+                f"{layer} (period {row['dominant_period']:.1f} positions)" for layer, row in resolved.iterrows()) +
+                "; without a layer-0 period, the frequency doubling reported for GPT-2 small cannot be tested here.")
+        else:
+            text += "No later layer resolves one either, so the frequency doubling reported for GPT-2 small cannot be tested here."
+        return text
+    text = (f"Within its training context (positions {base['positions']}), the layer-{base_layer} {family} SAE's curve "
+            f"peaks at {base['dominant_cycles_per_n_ctx']:.1f} cycles per n_ctx positions (a period of "
+            f"{base['dominant_period']:.1f} positions, {base['cycles_in_window']:.1f} cycles over the window). ")
+    if len(resolved):
+        text += (f"{_layers(resolved.index)} peak{'s' if len(resolved) == 1 else ''} at {resolved['ratio_to_base'].min():.2f} to "
+                 f"{resolved['ratio_to_base'].max():.2f} times that frequency (GPT-2 small: about 2).")
+    else:
+        text += "No later layer resolves a peak inside its window, so there is no frequency ratio to compare with GPT-2 small's 2."
+    unresolved = later[~later["resolved"]]
+    if len(resolved) and len(unresolved):
+        text += f" {_layers(unresolved.index)} {'has' if len(unresolved) == 1 else 'have'} no resolved peak (lowest bin)."
+    return text
+
+
 def frequency_table(positions: pd.DataFrame, n_ctx: int, value: str = "mean_act", first: int = 1,
                     within_context: bool = False, detrend: str = "mean", base_layer: int = 0, top: int = 3) -> pd.DataFrame:
     """Return per SAE the top spectral peaks of its curve over positions first.. (n_ctx or its training context) and the
@@ -246,8 +286,10 @@ def frequency_table(positions: pd.DataFrame, n_ctx: int, value: str = "mean_act"
         last = min(int(g["context_size"].iloc[0]), n_ctx) if within_context else n_ctx
         g = g[(g["position"] >= first) & (g["position"] < last)].sort_values("position")
         curve = torch.tensor(g[value].to_numpy())
+        f = dominant_frequency(curve, detrend)
         row = {"family": family, "sae_id": sid, "layer": layer, "positions": f"{first}..{last - 1}",
-               "dominant_cycles_per_n_ctx": dominant_frequency(curve, detrend) * n_ctx}
+               "dominant_cycles_per_n_ctx": f * n_ctx, "cycles_in_window": f * len(curve),
+               "resolved": f * len(curve) >= MIN_RESOLVED_CYCLES}
         row["dominant_period"] = n_ctx / row["dominant_cycles_per_n_ctx"]
         for r in dominant_frequencies(curve, n_ctx, top=top, detrend=detrend).itertuples():
             row[f"peak{r.rank}_cycles"] = r.cycles_per_n_ctx

@@ -201,3 +201,40 @@ def test_figures_build(model):
     assert len(loss_by_position_figure(pd.concat([r.loss for r in res.values()])).data) == 2
     assert len(feature_scatter_figure(res["normal"].features, {"r0": 0}).data) == 1
     assert len(decile_figure(res["normal"].features, {"r0": 0}).data) == 1
+
+
+def _freq_rows(rows):
+    import pandas as pd
+
+    return pd.DataFrame([{"family": "ReLU", "sae_id": f"s{l}", "layer": l, "positions": "1..63",
+                          "dominant_cycles_per_n_ctx": c * 256 / 63, "cycles_in_window": c,
+                          "resolved": c >= 1.5, "dominant_period": 63 / c, "ratio_to_base": r} for l, c, r in rows])
+
+
+def test_a_trend_in_the_lowest_bin_is_not_reported_as_a_period():
+    import pandas as pd
+
+    from possae.oscillation import frequency_sentence, frequency_table
+
+    # a pure straight trend plus a bend: no oscillation; its peak sits in the lowest bin
+    pos = torch.arange(0, 64, dtype=torch.float64)
+    frame = pd.DataFrame({"family": "ReLU", "sae_id": "s0", "layer": 0, "position": pos.numpy(), "context_size": 64,
+                          "mean_act": (0.01 * (pos - 30) ** 2).numpy()})
+    table = frequency_table(frame, 256, first=1, within_context=True, detrend="linear")
+    assert not table.loc[0, "resolved"] and table.loc[0, "cycles_in_window"] < 1.5
+    text = frequency_sentence(table, "ReLU")
+    assert "no resolved oscillation" in text and "cannot be tested" in text
+    # a real period of 16 positions inside the window is resolved and reported
+    frame["mean_act"] = torch.sin(2 * torch.pi * pos / 16).numpy()
+    table = frequency_table(frame, 256, first=1, within_context=True, detrend="linear")
+    assert table.loc[0, "resolved"] and abs(table.loc[0, "dominant_period"] - 16) < 0.5
+
+
+def test_frequency_sentence_gives_ratios_of_resolved_layers_only():
+    from possae.oscillation import frequency_sentence
+
+    text = frequency_sentence(_freq_rows([(0, 4.0, 1.0), (1, 8.0, 2.0), (2, 7.6, 1.9), (3, 1.0, 0.25)]), "ReLU")
+    assert "a period of 15.8 positions" in text and "Layers 1, 2 peak at 1.90 to 2.00 times" in text
+    assert text.endswith("Layer 3 has no resolved peak (lowest bin).")
+    text = frequency_sentence(_freq_rows([(0, 1.0, 1.0), (1, 3.0, 3.0)]), "ReLU")
+    assert "no resolved oscillation" in text and "1 (period 21.0 positions)" in text
