@@ -208,10 +208,28 @@ def card_markdown(card: dict) -> str:
                   "auxiliary reconstruction loss; JumpReLU: the pre-activation loss) pushes it back: "
                   "`dead-latent loss steps` counts the steps where that loss was non-zero.", "",
                   pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4g"), ""]
-        over = [r["sae_id"] for r in rows if r["dead_share"] > DEAD_SHARE_TARGET]
+        over = {k: v for k, v in card["saes"].items() if v["heldout"]["dead_share"] > DEAD_SHARE_TARGET}
         lines += [f"Above the target of {DEAD_SHARE_TARGET:.0%} dead: " + (", ".join(over) if over else "none") + ".", ""]
+        lines += [f"- {k}: {_why_dead(v)}" for k, v in over.items()] + ([""] if over else [])
     lines += [f"Artifacts: {card['artifact_mb']:.1f} MB (weights stored in float16, loaded as float32).", ""]
     return "\n".join(lines)
+
+
+def _why_dead(sae: dict) -> str:
+    """Return what the record says about an SAE with too many dead latents."""
+    d = sae.get("dead_latent_loss")
+    share = f"{sae['heldout']['dead_share']:.1%} of its latents never fire on the held-out text"
+    if not d or not d["steps_recorded"]:
+        return f"{share}; its architecture has no dead-latent loss in sae_lens."
+    if not d["steps_fired"]:
+        return f"{share}; its dead-latent loss never fired (window {sae.get('dead_window_tokens')} tokens)."
+    text = (f"{share}, although its dead-latent loss fired on {d['steps_fired']} of {d['steps_recorded']} steps "
+            f"(from step {d['first_fired_step']}, mean value {d['mean_when_fired']:.2g} when it fired).")
+    if sae["architecture"] == "jumprelu":
+        text += (" That loss is sae_lens's pre-activation loss at Anthropic's coefficient (3e-6): at this scale it stays "
+                 "small and does not bring the latents back within the run; a larger coefficient or more tokens are "
+                 "the next things to try.")
+    return text
 
 
 def _fired(d: dict | None) -> str:
