@@ -123,7 +123,8 @@ for key, value in last_row(W_pos).items():
     glue(f"last_{key}", value, display=False)
 if model_name == "organism":
     display(Markdown(organism_training_note(card)))
-    display(stages_frame(card))
+    display(stages_frame(card)[["stage", "trained", "tokens", "epochs", "positions scored", "seconds", "device"]]
+            .style.format({"tokens": "{:,}", "epochs": "{:.2f}", "seconds": "{:.0f}"}).hide(axis="index"))
 
 # %% tags=["remove-input"]
 wpos_pca_figure(W_pos[: model.cfg.n_ctx])
