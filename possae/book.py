@@ -143,11 +143,29 @@ def stage_site(stage: Path = STAGE, root: Path = REPO_ROOT) -> None:
     (static / "favicon.svg").write_text(FAVICON)
 
 
+def favicon_ico(rgb: tuple[int, int, int] = (37, 99, 235), size: int = 16) -> bytes:
+    """Return a one-colour square icon as .ico bytes (one embedded PNG)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    rows = b"".join(b"\x00" + bytes(rgb) * size for _ in range(size))
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    return struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", size, size, 0, 0, 1, 32, len(png), 22) + png
+
+
 def _jupyter_book(stage: Path, out: Path) -> Path:
     """Build the Jupyter Book staged in `stage` into out/_build/html; return that folder."""
     subprocess.run([str(Path(sys.executable).parent / "jupyter-book"), "build", str(stage), "--path-output", str(out)],
                    check=True)
-    return out / "_build" / "html"
+    html = out / "_build" / "html"
+    # pages without a <link rel="icon">, such as the root index.html that only redirects, make the browser ask for
+    # /favicon.ico
+    (html / "favicon.ico").write_bytes(favicon_ico())
+    return html
 
 
 def _log(message: str) -> None:

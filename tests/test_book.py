@@ -137,3 +137,20 @@ def test_a_failed_run_leaves_the_earlier_output_intact(setup_run):
     assert page.read_bytes() == before and "broken on purpose" in kept.read_text()
     assert sorted(p.name for p in runs.iterdir()) == ["setup-n_heldout_tokens-1024-sae_id-relu-full",
                                                      "setup-n_heldout_tokens-1024-sae_id-relu-full.failed.ipynb"]
+
+
+def test_favicon_ico_is_a_valid_icon_holding_a_png():
+    import struct
+    import zlib
+
+    from possae.book import favicon_ico
+
+    ico = favicon_ico((1, 2, 3), size=4)
+    reserved, kind, count = struct.unpack("<HHH", ico[:6])
+    width, height, _, _, _, bpp, size, offset = struct.unpack("<BBBBHHII", ico[6:22])
+    assert (reserved, kind, count, width, height, bpp, offset) == (0, 1, 1, 4, 4, 32, 22)
+    png = ico[offset:]
+    assert len(png) == size and png[:8] == b"\x89PNG\r\n\x1a\n"
+    idat = png.index(b"IDAT")
+    length = struct.unpack(">I", png[idat - 4 : idat])[0]
+    assert zlib.decompress(png[idat + 4 : idat + 4 + length]) == (b"\x00" + bytes((1, 2, 3)) * 4) * 4
