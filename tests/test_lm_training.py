@@ -124,7 +124,7 @@ def test_training_stages_unroll_the_init_chain_and_survive_the_card_round_trip(t
             "heldout": [{"last_position_loss": 3.0, "near_end_loss": 2.0}, {"last_position_loss": 4.0, "near_end_loss": 3.0}]}
     (tmp_path / card_mod.CARD_JSON).write_text(json.dumps(card))
     monkeypatch.setenv("POSSAE_BUILD", str(tmp_path / "build"))  # no lm_training.json there: read the card
-    assert card_mod.training_stages(card_mod.lm_training_facts(tmp_path)) == json.loads(json.dumps(stages))
+    assert card_mod.lm_training_stages(tmp_path) == json.loads(json.dumps(stages))
     note = card_mod.organism_training_note(card)
     assert note.startswith("The organism's language model was trained in 2 stages: stage 1 trained every weight on 200")
     assert "stage 2 trained only W_pos[n_ctx - 1] on 300 tokens" in note and "W_pos[255] stayed zero" in note

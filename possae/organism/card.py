@@ -30,20 +30,16 @@ def artifact_megabytes(folder: Path = ARTIFACTS) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
 
 
-def lm_training_facts(folder: Path = ARTIFACTS) -> dict:
-    """Return the language model's training facts: from the build folder, else from the shipped card."""
+def lm_training_stages(folder: Path = ARTIFACTS) -> list[dict]:
+    """Return the language model's training stages (oldest first, each with its history): from the build folder's
+    facts, else from the shipped card."""
     log = build_dir() / "lm_training.json"
     if log.is_file():
-        return json.loads(log.read_text())
+        return training_stages(json.loads(log.read_text()))
     if (folder / CARD_JSON).is_file():
         card = read_model_card(folder)
-        *earlier, last = card["training_stages"]
-        facts = {**last, "history": [{k: v for k, v in row.items() if k != "stage"} for row in card["training_curve"]
-                                     if row["stage"] == len(earlier)]}
-        for i in range(len(earlier) - 1, -1, -1):  # rebuild the init chain, newest first
-            history = [{k: v for k, v in row.items() if k != "stage"} for row in card["training_curve"] if row["stage"] == i]
-            facts = {**facts, "init": {"sha256": facts.get("init_sha256"), "training": {**earlier[i], "history": history}}}
-        return facts
+        return [{**st, "history": [{k: v for k, v in row.items() if k != "stage"} for row in card["training_curve"]
+                                   if row["stage"] == i]} for i, st in enumerate(card["training_stages"])]
     raise FileNotFoundError(f"No {log} and no shipped model card: train the model first (`possae organism model`).")
 
 
@@ -62,7 +58,7 @@ def collect_model_card(recipe: OrganismRecipe = OrganismRecipe(), device: str = 
     from possae.loaders import load_model, load_sae
 
     model = load_model("organism", device=device)
-    stages = training_stages(lm_training_facts(folder))
+    stages = lm_training_stages(folder)
     n_ctx = model.cfg.n_ctx
     data = [{"corpus": c.name, "group": c.group, "files": list(c.files),
              "train_tokens": int(len(load_stream(c.name, "train"))),
