@@ -29,7 +29,8 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 import torch  # noqa: E402
 from sae_lens import StandardSAE, StandardSAEConfig  # noqa: E402
 
-from possae.layer0_stats import LAYER0_HOOK, exact_stats, layer0_stats, resolve_token_weights  # noqa: E402
+from possae.hooks import LAYER0_INPUT as LAYER0_HOOK
+from possae.layer0_stats import exact_stats, layer0_stats, resolve_token_weights  # noqa: E402
 
 GPT2 = dict(d_vocab=50_257, n_ctx=1_024, d_model=768, d_sae=24_576)
 RESULTS = Path(__file__).resolve().parent / "results" / "layer0_stats.json"

@@ -75,7 +75,8 @@ from possae.length import (
     spurious_rate_frame,
     summary_frame,
 )
-from possae.loaders import check_sae_fits, load_model_and_sae, load_sae, require_layer0
+from possae.loaders import check_sae_fits, load_model_and_sae, load_sae
+from possae.hooks import require_layer0
 from possae.positional import positional_profile_frame, top_positional_features
 from possae.semantic import token_activation_vs_position
 from possae.tokenizer import decode_tokens

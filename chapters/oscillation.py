@@ -51,7 +51,8 @@ from possae.figures.oscillation import (
     spectrum_figure,
 )
 from possae.heldout import heldout_windows
-from possae.loaders import check_sae_fits, load_model, load_sae, sae_layer
+from possae.hooks import sae_layer
+from possae.loaders import check_sae_fits, load_model, load_sae
 from possae.oscillation import (
     ABLATIONS,
     frequency_sentence,

@@ -58,7 +58,8 @@ from possae.figures.positional import (
 )
 from possae.heldout import heldout_windows
 from possae.layer0_stats import layer0_stats_from_model
-from possae.loaders import check_sae_fits, load_model_and_sae, load_sae, require_layer0
+from possae.loaders import check_sae_fits, load_model_and_sae, load_sae
+from possae.hooks import require_layer0
 from possae.positional import (
     bos_slot_sentence,
     chance_share,

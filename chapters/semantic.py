@@ -46,7 +46,8 @@ from possae.figures.semantic import (
 )
 from possae.layer0_stats import layer0_stats_from_model
 from possae.tokenizer import decode_tokens
-from possae.loaders import load_model_and_sae, require_layer0
+from possae.loaders import load_model_and_sae
+from possae.hooks import require_layer0
 from possae.positional import POSITIONAL_R2
 from possae.semantic import (
     alive_features,

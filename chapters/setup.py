@@ -36,7 +36,7 @@ from myst_nb import glue
 
 from possae.heldout import heldout_windows
 from possae.loaders import load_model_and_sae
-from possae.metrics import sae_metrics
+from possae.metrics import sae_quality
 from possae.figures import use_offline_renderer
 from possae.figures.setup import heldout_loss_figure, position_cosine_figure, wpos_pca_figure
 from possae.wpos import last_row, load_gpt2_wpos, wpos_geometry
@@ -66,7 +66,7 @@ config
 
 # %% tags=["remove-input"]
 tokens = heldout_windows(model.tokenizer, context_size, n_heldout_tokens)
-metrics = sae_metrics(model, sae, tokens)
+metrics = sae_quality(model, sae, tokens)
 for k in ("l0", "explained_variance", "dead_share"):
     glue(k, metrics[k], display=False)
 pd.DataFrame([metrics])

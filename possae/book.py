@@ -103,12 +103,16 @@ def execute_chapter(chapter: Path, out: Path, parameters: dict, cwd: Path = REPO
     out.parent.mkdir(parents=True, exist_ok=True)
     raw = out.with_name(f".{out.stem}.src.ipynb")
     tmp = out.with_name(f".{out.stem}.running.ipynb")
-    nbformat.write(nb, raw)
     known = chapter_parameters(chapter)
+    unknown = sorted(set(parameters) - known)
+    if unknown:
+        raise ValueError(f"Chapter {chapter.stem} has no parameter {', '.join(map(repr, unknown))}; "
+                         f"its parameters: {', '.join(sorted(known))}")
+    nbformat.write(nb, raw)
     failed = out.with_name(f"{out.stem}.failed.ipynb")
     try:
         with _quiet_progress():
-            pm.execute_notebook(raw, tmp, parameters={k: v for k, v in parameters.items() if k in known},
+            pm.execute_notebook(raw, tmp, parameters=parameters,
                                 kernel_name="python3", cwd=str(cwd), progress_bar=sys.stderr.isatty())
     except pm.PapermillExecutionError as e:
         os.replace(tmp, failed)
@@ -178,16 +182,28 @@ def build(profile: str = "organism", only: str | None = None, root: Path = REPO_
     """Execute the chapters (all, or `only`) under a profile and build the HTML into out/_build/html; return it."""
     if profile not in PROFILES:
         raise ValueError(f"Unknown profile {profile!r}; profiles: {', '.join(PROFILES)}")
+    chapters = {name: _source(root, name) for name in toc_files(root)}
+    declared = {name: chapter_parameters(src) for name, src in chapters.items() if src.suffix == ".py"}
+    if only is not None and only not in {Path(n).name for n in declared}:
+        raise ValueError(f"Unknown chapter {only!r}; chapters: {', '.join(Path(n).name for n in declared)}")
+    run = {name for name in declared if only in (None, Path(name).name)}
+    # a profile's names must belong to some chapter; names given for this build to a chapter that runs
+    for given, among, what in ((PROFILES[profile], declared, f"profile {profile!r}"), (extra or {}, run, "this build")):
+        unknown = sorted(set(given) - set().union(*(declared[n] for n in among)))
+        if unknown:
+            raise ValueError(f"{what} sets {', '.join(map(repr, unknown))}, which no chapter it runs declares; "
+                             f"their parameters: {', '.join(sorted(set().union(*(declared[n] for n in among))))}")
     params = {**PROFILES[profile], **(extra or {})}
     stage_site(stage, root)
     for name in toc_files(root):
         src = _source(root, name)
         target = stage / name
         if src.suffix == ".py":
-            if only in (None, src.stem):
+            if name in run:
                 _log(f"executing {src.relative_to(root)} ({profile} profile)")
                 t0 = time.perf_counter()
-                execute_chapter(src, target.with_suffix(".ipynb"), params, cwd=root)
+                execute_chapter(src, target.with_suffix(".ipynb"),
+                                {k: v for k, v in params.items() if k in declared[name]}, cwd=root)
                 _log(f"{src.relative_to(root)} done in {time.perf_counter() - t0:.0f} s")
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -231,7 +247,9 @@ def run_chapter(chapter: str, pairs: list[tuple[str, str]], profile: str = "orga
     try:
         _log(f"executing {src.relative_to(root)} into {final}")
         try:
-            execute_chapter(src, tmp / f"{chapter}.ipynb", {**PROFILES[profile], **params}, cwd=root)
+            known = chapter_parameters(src)
+            profile_params = {k: v for k, v in PROFILES[profile].items() if k in known}
+            execute_chapter(src, tmp / f"{chapter}.ipynb", {**profile_params, **params}, cwd=root)
         except ChapterFailed as e:
             kept = runs / f"{final.name}.failed.ipynb"
             os.replace(tmp / f"{chapter}.failed.ipynb", kept)

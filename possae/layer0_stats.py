@@ -58,12 +58,12 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
 from possae.devices import default_device
+from possae.hooks import require_layer0
+from possae.metrics import ZERO_VAR_RTOL, r2_pos as r2_pos_of
 from possae.progress import tqdm
 
-LAYER0_HOOK = "blocks.0.hook_resid_pre"
 METHODS = ("auto", "exact", "brute_force")
 PER_INPUT_NORMS = ("constant_norm_rescale", "layer_norm")
-ZERO_VAR_RTOL = 1e-12
 EXACT_CLASSES = (StandardSAE, JumpReLUSAE, GatedSAE)
 
 
@@ -132,23 +132,9 @@ class Layer0Stats:
 # ----------------------------------------------------------------------------------------------
 
 
-def sae_hook_name(sae: SAE) -> str | None:
-    """Return the SAE's hook name (sae_lens 6 keeps it in cfg.metadata.hook_name), or None."""
-    meta = getattr(sae.cfg, "metadata", None)
-    name = getattr(meta, "hook_name", None) if meta is not None else None
-    return name if name is not None else getattr(sae.cfg, "hook_name", None)
-
-
 def check_layer0_inputs(W_E: Tensor, W_pos: Tensor, sae: SAE) -> None:
     """Raise ValueError unless the SAE reads blocks.0.hook_resid_pre and its d_in matches W_E, W_pos."""
-    name = sae_hook_name(sae)
-    if name != LAYER0_HOOK:
-        raise ValueError(
-            f"SAE hook is {name!r}, but these statistics are exact only at layer 0's resid_pre "
-            f"({LAYER0_HOOK!r}), where the SAE input is exactly W_E[token] + W_pos[position]. "
-            f"Pick a layer-0 SAE at {LAYER0_HOOK!r} (if yours is one whose metadata lacks the hook, "
-            f"set sae.cfg.metadata.hook_name = {LAYER0_HOOK!r})."
-        )
+    require_layer0(sae, "Exact layer-0 statistics (possae.layer0_stats)")
     if W_E.ndim != 2 or W_pos.ndim != 2:
         raise ValueError(f"W_E and W_pos must be 2-D (rows x d_model); got shapes {tuple(W_E.shape)}, {tuple(W_pos.shape)}.")
     if W_E.shape[1] != W_pos.shape[1]:
@@ -443,12 +429,10 @@ def _finalize(
 ) -> Layer0Stats:
     """Return Layer0Stats from per-position means and variances and the per-feature token variance."""
     f_mean = mean.mean(0)
-    var_pos = ((mean - f_mean) ** 2).mean(0)
-    var = var_pos + var_within.mean(0)
-    second = var + f_mean**2
-    ok = var > ZERO_VAR_RTOL * second
+    var = ((mean - f_mean) ** 2).mean(0) + var_within.mean(0)
+    ok = var > ZERO_VAR_RTOL * (var + f_mean**2)
     safe = torch.where(ok, var, torch.ones_like(var))
-    r2_pos = torch.where(ok, var_pos / safe, torch.zeros_like(var)).clamp(0.0, 1.0)
+    r2_pos = r2_pos_of(mean, var_within)
     r2_tok = torch.where(ok, var_tok / safe, torch.zeros_like(var)).clamp(0.0, 1.0)
     score, arg = mean.max(0)
     return Layer0Stats(

@@ -32,8 +32,8 @@ from sae_lens import SAE
 from torch import Tensor
 
 from possae.devices import default_device
+from possae.hooks import LAYER0_INPUT as LAYER0_HOOK
 from possae.layer0_stats import (
-    LAYER0_HOOK,
     Layer0Stats,
     check_layer0_inputs,
     choose_method,

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from possae.devices import default_device
+from possae.hooks import sae_layer
 from possae.organism.recipe import ARTIFACTS, ORGANISM_MODEL_NAME
 
 ORGANISM = "organism"  # the offline default: model name and SAE release
@@ -25,6 +26,35 @@ OFFLINE_HINT = (
 class HubUnreachableError(RuntimeError):
     """The Hugging Face hub cannot be reached and the requested weights are not cached locally."""
 
+
+class CorruptFileError(RuntimeError):
+    """A weights or config file is truncated or unreadable; the message names the file and how to get a good copy."""
+
+
+def check_readable(folder: Path, files: tuple[str, ...], fix: str) -> None:
+    """Raise FileNotFoundError or CorruptFileError unless each file in `folder` exists and parses (safetensors, json)."""
+    import json
+
+    from safetensors import SafetensorError, safe_open
+
+    for name in files:
+        path = Path(folder) / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing. {fix}")
+        try:
+            if path.suffix == ".safetensors":
+                with safe_open(str(path), framework="pt"):  # checks the header and that the data cover the file
+                    pass
+            elif path.suffix == ".json":
+                json.loads(path.read_text())
+        except (SafetensorError, ValueError, UnicodeDecodeError, OSError) as e:
+            raise CorruptFileError(f"{path} is truncated or corrupt ({type(e).__name__}: {e}). {fix}") from None
+
+
+def _organism_fix(what: str) -> str:
+    """Return how to get a good copy of a shipped organism file."""
+    return (f"Restore the shipped copy with `git checkout -- {ARTIFACTS.relative_to(ARTIFACTS.parents[2])}` "
+            f"(or rebuild it with `possae organism {what}`).")
 
 
 def organism_sae_ids() -> list[str]:
@@ -111,6 +141,7 @@ def _load_organism_model(device: str):
     folder = ARTIFACTS / MODEL_DIR
     if not (folder / "model.safetensors").is_file():
         raise FileNotFoundError(f"The organism's model is missing from {folder}: rebuild it with `possae organism model`.")
+    check_readable(folder, ("config.json", "model.safetensors"), _organism_fix("model"))
     return load_saved_model(folder, ARTIFACTS / "tokenizer", device=device)
 
 
@@ -123,6 +154,8 @@ def _load_local_model(path: Path, device: str, **from_pretrained_kwargs: Any):
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{path} has no config.json: give a Hugging Face model folder or a possae model folder.")
+    weights = [f.name for f in path.glob("*.safetensors")]
+    check_readable(path, ("config.json", *weights), "Copy or save the model there again.")
     hf_cfg = json.loads(cfg_file.read_text())
     if "positional_embedding_type" in hf_cfg:
         tok = path.parent / "tokenizer"
@@ -170,13 +203,17 @@ def load_sae(release: str = ORGANISM, sae_id: str | None = None, device: str | N
         ids = organism_sae_ids()
         if sae_id not in ids:
             raise ValueError(f"Unknown organism SAE id {sae_id!r}; valid ids: {', '.join(ids) or 'none built yet'}.")
-        return SAE.load_from_disk(ARTIFACTS / "saes" / sae_id, device=device)
+        folder = ARTIFACTS / "saes" / sae_id
+        check_readable(folder, ("cfg.json", "sae_weights.safetensors"), _organism_fix("saes"))
+        return SAE.load_from_disk(folder, device=device)
     path = Path(release)
     if path.is_dir():
         folder = path / sae_id if sae_id else path
         if not (folder / "cfg.json").is_file():
             subs = sorted(p.name for p in path.iterdir() if (p / "cfg.json").is_file())
             raise FileNotFoundError(f"{folder} is not a sae_lens SAE folder (no cfg.json); SAE folders in {path}: {subs}")
+        check_readable(folder, ("cfg.json", "sae_weights.safetensors"),
+                       "Copy or save the SAE there again (sae_lens's SAE.save_model writes both files).")
         return SAE.load_from_disk(folder, device=device)
     lookup = _pretrained_lookup(release, sae_id)
     return _from_hub(f"SAE {release!r} / {sae_id!r} (hub repo {lookup.repo_id})",
@@ -218,18 +255,6 @@ def expected_model(release: str, sae_id: str | None = None, sae=None) -> tuple[s
 # ---------------------------------------------------------------- checks
 
 
-def hook_block(hook: str | None) -> int:
-    """Return the block index L of a hook name 'blocks.L.<hook>'."""
-    if not hook or not hook.startswith("blocks."):
-        raise ValueError(f"SAE hook {hook!r} is not inside a transformer block (expected 'blocks.L.<hook>').")
-    return int(hook.split(".")[1])
-
-
-def sae_layer(sae) -> int:
-    """Return the block index of an SAE's hook (e.g. 0 for blocks.0.hook_resid_pre)."""
-    return hook_block(sae.cfg.metadata.hook_name)
-
-
 @torch.no_grad()
 def check_sae_fits(model, sae) -> None:
     """Raise ValueError if the SAE's hook is not in the model or its d_in differs from the hook's width."""
@@ -258,14 +283,3 @@ def load_model_and_sae(release: str = ORGANISM, sae_id: str = "relu-short", devi
         model = load_model(model_name or name, device=str(default_device(device)), **kwargs)
     check_sae_fits(model, sae)
     return model, sae
-
-
-def require_layer0(sae, chapter: str = "this chapter") -> None:
-    """Raise ValueError unless the SAE reads blocks.0.hook_resid_pre, where its input is W_E[token] + W_pos[position]."""
-    hook = sae.cfg.metadata.hook_name
-    if hook != "blocks.0.hook_resid_pre":
-        raise ValueError(
-            f"{chapter} studies layer-0 SAEs at 'blocks.0.hook_resid_pre' (input W_E[token] + W_pos[position]), "
-            f"but this SAE reads {hook!r}. Pass a layer-0 SAE, e.g. -p sae_release organism -p sae_id relu-short, "
-            "or -p sae_release gpt2-small-res-jb -p sae_id blocks.0.hook_resid_pre."
-        )

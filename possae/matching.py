@@ -80,9 +80,9 @@ class Dictionary:
     @property
     def layer(self) -> int:
         """Block index of the hook, counting blocks.L.hook_resid_post as entering block L+1."""
-        from possae.loaders import hook_block
+        from possae.hooks import hook_layer
 
-        return hook_block(self.hook_name) + (1 if self.hook_name.endswith(".hook_resid_post") else 0)
+        return hook_layer(self.hook_name) + (1 if self.hook_name.endswith(".hook_resid_post") else 0)
 
 
 def dictionary_from_sae(sae, label: str, release: str = "", sae_id: str = "") -> Dictionary:

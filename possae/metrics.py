@@ -1,34 +1,198 @@
-"""Reconstruction metrics of an SAE on a model's activations."""
+"""Reconstruction measures and the one per-position accumulator.
+
+Definitions used by every chapter (the same names as SAELens's evals):
+
+* ``mse``: the mean over inputs of ``||x - x_hat||^2`` (summed over the d_in dimensions, as sae_lens reports it);
+* ``explained_variance``: ``1 - sum ||x - x_hat||^2 / sum ||x - x_bar||^2`` over a set of inputs, ``x_bar`` their
+  mean (sae_lens's ``ExplainedVarianceCalculator``);
+* ``nmse``: ``1 - explained_variance``, i.e. the MSE over the inputs' total variance. Per position, the MSE at that
+  position over the variance of a reference set of inputs (:func:`nmse_by_position`), so that the input-weighted
+  mean of the curve over the reference positions is exactly the pooled nMSE there (:func:`pooled_nmse`).
+
+SAE quality figures (L0, explained variance, MSE, dead share, loss with the SAE spliced in) come from sae_lens's own
+evals (:func:`sae_quality`); possae's own code covers what they lack: per-position curves (:class:`PositionSums`).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
-from jaxtyping import Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from possae.loaders import sae_layer
-from possae.progress import tqdm
+from possae.hooks import sae_hook
+
+ZERO_VAR_RTOL = 1e-12  # a variance below this share of the second moment counts as zero
+
+
+# ----------------------------------------------------------------------------------------------
+# One per-position accumulator
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PositionSums:
+    """Per-position input counts and sums (float64, CPU) of named quantities, accumulated batch by batch."""
+
+    n: Float[Tensor, " n_pos"]
+    totals: dict[str, Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, n_pos: int) -> PositionSums:
+        """Return zeroed sums over n_pos positions."""
+        return cls(torch.zeros(n_pos, dtype=torch.float64))
+
+    @property
+    def n_pos(self) -> int:
+        """Return the number of positions."""
+        return self.n.shape[0]
+
+    def add(self, positions: Int[Tensor, " batch"], **values: Float[Tensor, "batch ..."]) -> PositionSums:
+        """Return self after adding one batch: each input's position and its named values (one row per input).
+
+        Every call must carry the same names (the counts are shared).
+        """
+        pos = positions.long().cpu().reshape(-1)
+        if pos.numel() and (int(pos.min()) < 0 or int(pos.max()) >= self.n_pos):
+            raise ValueError(f"positions must lie in 0..{self.n_pos - 1}; got {int(pos.min())}..{int(pos.max())}.")
+        if self.totals and set(values) != set(self.totals):
+            raise ValueError(f"every batch must carry the same quantities: {sorted(self.totals)} vs {sorted(values)}.")
+        self.n += torch.bincount(pos, minlength=self.n_pos).double()
+        for name, v in values.items():
+            if v.shape[0] != pos.shape[0]:
+                raise ValueError(f"{name}: {v.shape[0]} rows but {pos.shape[0]} positions.")
+            v = v.detach().double()
+            part = torch.zeros(self.n_pos, *v.shape[1:], dtype=v.dtype, device=v.device).index_add_(0, pos.to(v.device), v)
+            self.totals[name] = self.totals[name] + part.cpu() if name in self.totals else part.cpu()
+        return self
+
+    def add_windows(self, **values: Float[Tensor, "batch pos ..."]) -> PositionSums:
+        """Return self after adding windows whose second axis is the position 0..pos-1."""
+        shapes = {v.shape[:2] for v in values.values()}
+        if len(shapes) != 1:
+            raise ValueError(f"every quantity needs the same (batch, pos) shape; got {sorted(shapes)}.")
+        b, p = shapes.pop()
+        if p > self.n_pos:
+            raise ValueError(f"windows of {p} positions but the sums hold {self.n_pos}.")
+        positions = torch.arange(p).repeat(b)
+        return self.add(positions, **{k: v.flatten(0, 1) for k, v in values.items()})
+
+    def mean(self, name: str) -> Float[Tensor, "n_pos ..."]:
+        """Return the mean of a quantity at each position (NaN where no input was seen)."""
+        n = self.n.reshape(-1, *([1] * (self.totals[name].ndim - 1)))
+        return self.totals[name] / n
+
+    def mask(self, first: int = 0, last: int | None = None) -> Bool[Tensor, " n_pos"]:
+        """Return the mask of positions first..last-1 that hold at least one input."""
+        m = torch.zeros(self.n_pos, dtype=torch.bool)
+        m[first:last] = True
+        return m & (self.n > 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Error measures over PositionSums holding x (sum of inputs), x2 (sum of ||x||^2) and sse:<name>
+# ----------------------------------------------------------------------------------------------
+
+
+def reconstruction_sums(x: Float[Tensor, "batch d_in"], recons: dict[str, Float[Tensor, "batch d_in"]]) -> dict[str, Tensor]:
+    """Return the quantities the error measures need for one batch: x, x2 and sse:<method> per reconstruction."""
+    x = x.detach()
+    out = {"x": x, "x2": x.pow(2).sum(-1)}
+    for name, x_hat in recons.items():
+        out[f"sse:{name}"] = (x - x_hat.detach().to(x.device, x.dtype)).pow(2).sum(-1)
+    return out
+
+
+def total_variance(sums: PositionSums, where: Bool[Tensor, " n_pos"]) -> float:
+    """Return the total variance (summed over dimensions, per input) of the inputs at the positions `where`."""
+    n = float(sums.n[where].sum())
+    if n == 0:
+        raise ValueError("no inputs at the requested positions.")
+    sx, sxx = sums.totals["x"][where].sum(0), float(sums.totals["x2"][where].sum())
+    return (sxx - float(sx @ sx) / n) / n
+
+
+def mse_by_position(sums: PositionSums, method: str) -> Float[Tensor, " n_pos"]:
+    """Return the MSE (mean of ||x - x_hat||^2) of one reconstruction method at each position."""
+    return sums.mean(f"sse:{method}")
+
+
+def nmse_by_position(sums: PositionSums, method: str, reference: Bool[Tensor, " n_pos"]) -> Float[Tensor, " n_pos"]:
+    """Return the MSE at each position over the total variance of the inputs at the reference positions."""
+    return mse_by_position(sums, method) / total_variance(sums, reference)
+
+
+def pooled_nmse(sums: PositionSums, method: str, where: Bool[Tensor, " n_pos"]) -> float:
+    """Return 1 - explained variance of one method over all inputs at the positions `where` (sae_lens's definition)."""
+    n = float(sums.n[where].sum())
+    return float(sums.totals[f"sse:{method}"][where].sum()) / n / total_variance(sums, where)
+
+
+def r2_pos(mean: Float[Tensor, "n_pos d"], var_within: Float[Tensor, "n_pos d"],
+           weights: Float[Tensor, " n_pos"] | None = None) -> Float[Tensor, " d"]:
+    """Return per unit the share of its variance explained by position, Var_p(E[f|p]) / Var(f) (0 where Var(f) = 0).
+
+    ``mean`` and ``var_within`` are each unit's mean and variance at each position; positions are weighted by
+    ``weights`` (their input counts; uniform when None), so that this is eta^2 = SS_between / SS_total.
+    """
+    w = torch.ones(mean.shape[0], dtype=mean.dtype) if weights is None else weights.to(mean.dtype)
+    w = (w / w.sum())[:, None].to(mean.device)
+    grand = (w * mean).sum(0)
+    var_pos = (w * (mean - grand) ** 2).sum(0)
+    var = var_pos + (w * var_within).sum(0)
+    ok = var > ZERO_VAR_RTOL * (var + grand**2)
+    return torch.where(ok, var_pos / torch.where(ok, var, torch.ones_like(var)), torch.zeros_like(var)).clamp(0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# SAE quality, from sae_lens's evals
+# ----------------------------------------------------------------------------------------------
+
+
+class WindowStore:
+    """The part of sae_lens's ActivationsStore its evals read (get_batch_tokens): fixed token windows, in order."""
+
+    def __init__(self, tokens: Int[Tensor, "n_windows pos"], device: str | torch.device = "cpu"):
+        self.tokens, self.device, self.next = tokens, device, 0
+
+    def get_batch_tokens(self, batch_size: int | None = None, raise_at_epoch_end: bool = False) -> Int[Tensor, "b pos"]:
+        """Return the next batch_size windows (cycling through them)."""
+        n = len(self.tokens)
+        idx = torch.arange(self.next, self.next + (batch_size or n)) % n
+        self.next = int(idx[-1]) + 1
+        return self.tokens[idx].to(self.device)
 
 
 @torch.no_grad()
-def sae_metrics(model, sae, tokens: Int[Tensor, "batch pos"], batch_size: int = 64) -> dict[str, float]:
-    """Return L0, explained variance, MSE per dimension and dead-feature share of an SAE over `tokens`."""
-    hook = sae.cfg.metadata.hook_name
-    l0 = sq_err = sum_x2 = 0.0
-    n = 0
-    sum_x = torch.zeros(sae.cfg.d_in, dtype=torch.float64)
-    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
-    for i in tqdm(range(0, len(tokens), batch_size), desc="SAE metrics", leave=False):
-        _, cache = model.run_with_cache(tokens[i : i + batch_size].to(model.cfg.device), names_filter=hook,
-                                        stop_at_layer=sae_layer(sae) + 1)
-        x = cache[hook].flatten(0, 1).to(sae.device)
-        f = sae.encode(x)
-        sq_err += (sae.decode(f) - x).double().pow(2).sum().item()
-        l0 += (f > 0).sum().item()
-        sum_x += x.double().sum(0).cpu()
-        sum_x2 += x.double().pow(2).sum().item()
-        fired |= (f > 0).any(0).cpu()
-        n += x.shape[0]
-    total_var = sum_x2 - (sum_x**2).sum().item() / n
-    return {"tokens": n, "l0": l0 / n, "explained_variance": 1 - sq_err / total_var,
-            "mse": sq_err / (n * sae.cfg.d_in), "dead_share": 1 - fired.float().mean().item()}
+def sae_quality(model, sae, tokens: Int[Tensor, "n_windows pos"], batch_size: int = 16,
+                spliced_loss: bool = True) -> dict[str, float]:
+    """Return sae_lens's eval metrics of an SAE over every window of `tokens` (special tokens excluded, as sae_lens).
+
+    Keys: tokens, l0, explained_variance, nmse, mse, dead_share and, with spliced_loss, ce_loss_without_sae,
+    ce_loss_with_sae, ce_loss_with_ablation, ce_loss_score, kl_div_with_sae.
+    """
+    from sae_lens.evals import get_downstream_reconstruction_metrics, get_sparsity_and_variance_metrics, get_special_token_ids
+    from sae_lens.training.activation_scaler import ActivationScaler
+
+    if sae_hook(sae) not in model.hook_dict:
+        raise ValueError(f"SAE hook {sae_hook(sae)!r} is not a hook of model {model.cfg.model_name!r}.")
+    ignore = sorted(get_special_token_ids(model.tokenizer)) if model.tokenizer is not None else []
+    bs = max(d for d in range(1, min(batch_size, len(tokens)) + 1) if len(tokens) % d == 0)  # every window, once
+    n_batches = len(tokens) // bs
+    kept = int((~torch.isin(tokens, torch.tensor(ignore, dtype=tokens.dtype))).sum()) if ignore else tokens.numel()
+    scaler = ActivationScaler()
+    m, f = get_sparsity_and_variance_metrics(
+        sae, model, WindowStore(tokens, model.cfg.device), scaler, n_batches=n_batches, compute_l2_norms=False,
+        compute_sparsity_metrics=True, compute_variance_metrics=True, compute_featurewise_density_statistics=True,
+        eval_batch_size_prompts=bs, model_kwargs={}, ignore_tokens=ignore)
+    out = {"tokens": int(kept), "l0": m["l0"], "explained_variance": m["explained_variance"],
+           "nmse": 1.0 - m["explained_variance"], "mse": m["mse"],
+           "dead_share": float((torch.tensor(f["feature_density"]) == 0).double().mean())}
+    if spliced_loss:
+        d = get_downstream_reconstruction_metrics(
+            sae, model, WindowStore(tokens, model.cfg.device), scaler, compute_kl=True, compute_ce_loss=True,
+            n_batches=n_batches, eval_batch_size_prompts=bs, ignore_tokens=ignore)
+        out.update({k: d[k] for k in ("ce_loss_without_sae", "ce_loss_with_sae", "ce_loss_with_ablation",
+                                        "ce_loss_score", "kl_div_with_sae")})
+    return out

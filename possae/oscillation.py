@@ -11,11 +11,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from possae.loaders import sae_layer
+from possae.hooks import POS_EMBED as POS_HOOK, sae_family, sae_layer
 from possae.progress import tqdm
 
 ABLATIONS = ("normal", "zero", "shuffle")  # what hook_pos_embed outputs: itself, zeros, rows of a fixed permutation
-POS_HOOK = "hook_pos_embed"
 DECILES = tuple(round(0.1 * i, 1) for i in range(1, 10))
 
 
@@ -49,12 +48,6 @@ def splice_hook(sae) -> Callable:
         return sae.decode(sae.encode(act.to(sae.dtype))).to(act.dtype)
 
     return splice
-
-
-def sae_family(sae) -> str:
-    """Return 'ReLU' for standard (L1) SAEs, 'TopK' for TopK ones, else the architecture's name."""
-    arch = sae.cfg.architecture()
-    return {"standard": "ReLU", "topk": "TopK", "batchtopk": "TopK"}.get(arch, arch)
 
 
 # ---------------------------------------------------------------- quantiles

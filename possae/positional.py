@@ -11,7 +11,8 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from possae.devices import default_device
-from possae.layer0_stats import ZERO_VAR_RTOL, Layer0Stats, encoder_parts, layer0_stats_from_model
+from possae.metrics import ZERO_VAR_RTOL, r2_pos
+from possae.layer0_stats import Layer0Stats, encoder_parts, layer0_stats_from_model
 from possae.progress import tqdm
 from possae.wpos import pca
 
@@ -36,12 +37,7 @@ def r2_pos_inside(stats: Layer0Stats, context_size: int | None = None) -> Float[
     if context_size is None:
         return stats.r2_pos
     inside = _inside(stats, context_size)
-    m, sd = stats.mean[inside], stats.std[inside]
-    f_mean = m.mean(0)
-    var_pos = ((m - f_mean) ** 2).mean(0)
-    var = var_pos + (sd**2).mean(0)
-    ok = var > ZERO_VAR_RTOL * (var + f_mean**2)
-    return torch.where(ok, var_pos / torch.where(ok, var, torch.ones_like(var)), torch.zeros_like(var)).clamp(0.0, 1.0)
+    return r2_pos(stats.mean[inside], stats.std[inside] ** 2)
 
 
 def fires_inside(stats: Layer0Stats, context_size: int | None = None) -> Bool[Tensor, " d_sae"]:

@@ -12,7 +12,7 @@ from sae_lens import (
     TopKSAEConfig,
 )
 
-from possae.layer0_stats import LAYER0_HOOK
+from possae.hooks import LAYER0_INPUT as LAYER0_HOOK
 
 KINDS = {
     "standard": (StandardSAE, StandardSAEConfig),

@@ -40,3 +40,11 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def organism_model_and_sae():
+    """The shipped organism language model and its layer-0 relu-short SAE, loaded once, on the CPU."""
+    from possae.loaders import load_model_and_sae
+
+    return load_model_and_sae("organism", "relu-short", device="cpu")

@@ -86,6 +86,23 @@ def test_a_failing_chapter_names_itself_and_its_cause_and_keeps_the_earlier_note
         build("huge")
 
 
+def test_build_refuses_parameter_names_no_running_chapter_declares(tmp_path, monkeypatch):
+    """`possae build` raises on a name the chapters it runs do not declare, instead of dropping it silently."""
+    import possae.book as book
+
+    with pytest.raises(ValueError, match=r"this build sets 'threshhold', which no chapter it runs declares"):
+        build("quick", only="positional", extra={"threshhold": 0.3}, stage=tmp_path / "stage", html=False)
+    with pytest.raises(ValueError, match=r"this build sets 'width_sweep_ids', which no chapter it runs declares"):
+        build("quick", only="setup", extra={"width_sweep_ids": []}, stage=tmp_path / "stage", html=False)
+    monkeypatch.setitem(book.PROFILES, "typo", {"n_heldout_token": 10})
+    with pytest.raises(ValueError, match=r"profile 'typo' sets 'n_heldout_token'"):
+        build("typo", stage=tmp_path / "stage", html=False)
+    with pytest.raises(ValueError, match=r"Chapter setup has no parameter 'width_sweep_ids'"):
+        execute_chapter(REPO_ROOT / "chapters" / "setup.py", tmp_path / "x.ipynb", {"width_sweep_ids": []})
+    with pytest.raises(ValueError, match=r"Unknown chapter 'positionl'"):
+        build("quick", only="positionl", stage=tmp_path / "stage", html=False)
+
+
 def test_run_parameters_are_read_as_yaml_and_unknown_names_are_refused(tmp_path):
     setup = REPO_ROOT / "chapters" / "setup.py"
     assert parse_parameters(setup, [("sae_id", "relu-full"), ("n_heldout_tokens", "2048"), ("device", "None")]) == {

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from builders import KINDS, make_sae, make_weights
+from possae.hooks import LAYER0_INPUT as LAYER0_HOOK
 from possae.layer0_stats import (
-    LAYER0_HOOK,
     choose_method,
     input_scale,
     layer0_stats,
@@ -333,9 +333,9 @@ def test_error_sae_not_at_layer0_resid_pre():
     W_E, W_pos = make_weights(10, 6, 3)
     for hook in ("blocks.1.hook_resid_pre", "blocks.0.hook_resid_post", None):
         sae = make_sae("standard", 6, 5, hook=hook)
-        with pytest.raises(ValueError, match=r"exact only at layer 0's resid_pre.*Pick a layer-0 SAE"):
+        with pytest.raises(ValueError, match=r"Exact layer-0 statistics \(possae.layer0_stats\) studies layer-0 SAEs.*Pass a layer-0 SAE"):
             layer0_stats(W_E, W_pos, sae)
-        with pytest.raises(ValueError, match="layer 0's resid_pre"):
+        with pytest.raises(ValueError, match="studies layer-0 SAEs at 'blocks.0.hook_resid_pre'"):
             token_feature_means(W_E, W_pos, sae)  # validated at the call, not at the first next()
 
 

@@ -160,8 +160,39 @@ def test_mismatched_sae_and_model_raise():
 
 
 def test_layer0_chapters_refuse_other_hooks():
-    from possae.loaders import require_layer0
+    from possae.hooks import require_layer0
 
     require_layer0(_sae(16, "blocks.0.hook_resid_pre"))
     with pytest.raises(ValueError, match=r"positional chapter studies layer-0 SAEs.*reads 'blocks.1.hook_resid_pre'.*relu-short"):
         require_layer0(_sae(16, "blocks.1.hook_resid_pre"), "The positional chapter")
+
+
+def test_truncated_sae_weights_raise_a_possae_error_naming_the_file(tmp_path):
+    """A cut-off sae_weights.safetensors raises CorruptFileError naming the file, not a raw SafetensorError."""
+    import shutil
+
+    from possae.loaders import ARTIFACTS, CorruptFileError, load_sae
+
+    folder = tmp_path / "relu-short"
+    shutil.copytree(ARTIFACTS / "saes" / "relu-short", folder)
+    weights = folder / "sae_weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(CorruptFileError, match=r"sae_weights\.safetensors is truncated or corrupt.*save the SAE there again"):
+        load_sae(str(tmp_path), "relu-short", device="cpu")
+    (folder / "cfg.json").write_text('{"d_in": ')
+    with pytest.raises(CorruptFileError, match=r"cfg\.json is truncated or corrupt"):
+        load_sae(str(tmp_path), "relu-short", device="cpu")
+
+
+def test_corrupt_organism_file_names_the_git_restore(monkeypatch, tmp_path):
+    """A corrupt shipped organism SAE names `git checkout` of the artifacts and the rebuild command."""
+    import shutil
+
+    import possae.loaders as loaders
+
+    art = tmp_path / "possae" / "artifacts" / "organism"
+    shutil.copytree(loaders.ARTIFACTS / "saes" / "relu-short", art / "saes" / "relu-short")
+    (art / "saes" / "relu-short" / "sae_weights.safetensors").write_bytes(b"\x05\x00")
+    monkeypatch.setattr(loaders, "ARTIFACTS", art)
+    with pytest.raises(loaders.CorruptFileError, match=r"git checkout -- possae/artifacts/organism.*possae organism saes"):
+        loaders.load_sae("organism", "relu-short", device="cpu")

@@ -12,7 +12,8 @@ from sae_lens import StandardSAE, StandardSAEConfig
 from builders import make_sae as make_random_sae
 from builders import make_weights
 from possae import positional as P
-from possae.layer0_stats import LAYER0_HOOK, Layer0Stats, layer0_stats
+from possae.hooks import LAYER0_INPUT as LAYER0_HOOK
+from possae.layer0_stats import Layer0Stats, layer0_stats
 
 
 def f64(x):

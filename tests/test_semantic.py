@@ -7,7 +7,8 @@ import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 
 from builders import make_sae, make_weights
-from possae.layer0_stats import LAYER0_HOOK, layer0_stats, layer0_stats_from_model, token_feature_mean_matrix
+from possae.hooks import LAYER0_INPUT as LAYER0_HOOK
+from possae.layer0_stats import layer0_stats, layer0_stats_from_model, token_feature_mean_matrix
 from possae.semantic import (
     chosen_token_means,
     in_context_positions,

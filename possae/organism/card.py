@@ -55,9 +55,12 @@ def training_stages(facts: dict) -> list[dict]:
 
 def collect_model_card(recipe: OrganismRecipe = OrganismRecipe(), device: str = "cpu", folder: Path = ARTIFACTS) -> dict:
     """Measure everything the model card reports, on held-out text, and return it as a dict."""
-    from possae.loaders import load_model, load_sae
+    from sae_lens import SAE
 
-    model = load_model("organism", device=device)
+    from possae.organism.data import TOKENIZER_DIR
+    from possae.organism.lm import MODEL_DIR, load_saved_model
+
+    model = load_saved_model(folder / MODEL_DIR, folder / TOKENIZER_DIR, device=device)
     stages = lm_training_stages(folder)
     n_ctx = model.cfg.n_ctx
     data = [{"corpus": c.name, "group": c.group, "files": list(c.files),
@@ -89,7 +92,7 @@ def collect_model_card(recipe: OrganismRecipe = OrganismRecipe(), device: str = 
         sae_folder = folder / SAE_DIR / r.sae_id
         if not (sae_folder / "cfg.json").is_file():
             continue
-        sae = load_sae("organism", r.sae_id, device=device)
+        sae = SAE.load_from_disk(sae_folder, device=device)
         facts = json.loads((sae_folder / "training.json").read_text())
         card["saes"][r.sae_id] = {
             "description": r.description, "hook_name": r.hook_name, "architecture": r.architecture,

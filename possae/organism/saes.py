@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from possae.corpora import CORPUS_NAMES
 from possae.devices import default_device
-from possae.metrics import sae_metrics
+from possae.metrics import sae_quality
 from possae.organism.data import load_stream, windows
 from possae.organism.lm import MODEL_DIR, device_name, load_saved_model, train_stream
 from possae.organism.recipe import ARTIFACTS, ORGANISM_MODEL_NAME, SAERecipe, build_dir
@@ -160,8 +160,8 @@ class DeadLatentLossRecorder:
 
 def evaluate_sae(model, sae, context_size: int, corpora=CORPUS_NAMES, cache: Path | None = None,
                  tokens_per_corpus: int = 32_768) -> dict[str, float]:
-    """Return L0, explained variance, MSE and dead-feature share of an SAE on held-out text at its context size."""
+    """Return sae_lens's L0, explained variance, MSE and dead-feature share of an SAE on held-out text at its context size."""
     bos = model.tokenizer.bos_token_id
     n = max(1, tokens_per_corpus // context_size)
     tokens = torch.cat([windows(load_stream(c, "heldout", cache), context_size, bos, max_windows=n) for c in corpora])
-    return sae_metrics(model, sae, tokens)
+    return sae_quality(model, sae, tokens, spliced_loss=False)
