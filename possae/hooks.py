@@ -70,3 +70,18 @@ def require_layer0(sae, chapter: str = "this chapter") -> None:
             f"but this SAE reads {sae_hook(sae)!r}. Pass a layer-0 SAE, e.g. -p sae_release organism -p sae_id "
             "relu-short, or -p sae_release gpt2-small-res-jb -p sae_id blocks.0.hook_resid_pre."
         )
+
+
+FIRST_TEXT_POSITION = 1  # position 0 always holds BOS in possae's (and sae_lens's) BOS-prefixed windows
+
+
+def in_context_positions(context_size: int, n_ctx: int, first: int = FIRST_TEXT_POSITION) -> range:
+    """Return range(first, context_size): the positions inside an SAE's training context that held ordinary tokens.
+
+    This is the one definition of "inside the context" for every count of positional or semantic features.
+    """
+    if not 1 <= context_size <= n_ctx:
+        raise ValueError(f"context_size must lie in 1..n_ctx={n_ctx}; got {context_size}.")
+    if not 0 <= first < context_size:
+        raise ValueError(f"first must lie in 0..context_size-1={context_size - 1}; got {first}.")
+    return range(first, context_size)

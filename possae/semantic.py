@@ -48,24 +48,15 @@ from possae.layer0_stats import (
     token_feature_mean_matrix,
     token_feature_means,
 )
+from possae.hooks import in_context_positions  # noqa: F401  (re-exported for the chapter until it imports from hooks)
 from possae.positional import POSITIONAL_R2
 
 SEMANTIC_R2 = 0.5
-FIRST_POSITION = 1  # position 0 always holds BOS in BOS-prefixed training windows
 
 
 # ----------------------------------------------------------------------------------------------
 # Positions and token scores
 # ----------------------------------------------------------------------------------------------
-
-
-def in_context_positions(context_size: int, n_ctx: int, first: int = FIRST_POSITION) -> range:
-    """Return range(first, context_size): the positions inside the SAE's context that held ordinary tokens."""
-    if not 1 <= context_size <= n_ctx:
-        raise ValueError(f"context_size must lie in 1..n_ctx={n_ctx}; got {context_size}.")
-    if not 0 <= first < context_size:
-        raise ValueError(f"first must lie in 0..context_size-1={context_size - 1}; got {first}.")
-    return range(first, context_size)
 
 
 def _check_threshold(threshold: float) -> None:

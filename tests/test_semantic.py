@@ -9,9 +9,9 @@ from sae_lens import StandardSAE, StandardSAEConfig
 from builders import make_sae, make_weights
 from possae.hooks import LAYER0_INPUT as LAYER0_HOOK
 from possae.layer0_stats import layer0_stats, layer0_stats_from_model, token_feature_mean_matrix
+from possae.hooks import in_context_positions
 from possae.semantic import (
     chosen_token_means,
-    in_context_positions,
     most_invariant_features,
     pair_profiles,
     position_invariance_frame,
