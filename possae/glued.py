@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ast
+import math
+import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import nbformat
@@ -52,3 +55,25 @@ def compare_books(before: Path | str, after: Path | str) -> "pd.DataFrame":
     b, a = book_values(before), book_values(after)
     return b.merge(a, on=["chapter", "name"], how="outer", suffixes=("_before", "_after")).rename(
         columns={"value_before": "before", "value_after": "after"})
+
+
+PROSE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def check_prose_values(values: Mapping[str, object]) -> None:
+    """Raise ValueError if a value meant for prose is None, NaN, infinite, or its name is not a plain identifier."""
+    for name, v in values.items():
+        if not PROSE_NAME.match(name):
+            raise ValueError(f"glue name {name!r} must be lower-case letters, digits and underscores.")
+        if v is None or (isinstance(v, float) and not math.isfinite(v)):
+            raise ValueError(f"the prose value {name!r} is {v!r}: the result must give a number or a sentence, "
+                             "and the chapter must not cite a missing value.")
+
+
+def glue_all(values: Mapping[str, object]) -> None:
+    """Glue every value of a chapter's result under its name for the prose (not displayed), after check_prose_values."""
+    from myst_nb import glue
+
+    check_prose_values(values)
+    for name, v in values.items():
+        glue(name, v.item() if hasattr(v, "item") else v, display=False)

@@ -1,4 +1,5 @@
 """Glued values are read back from an executed notebook exactly as myst_nb wrote them."""
+import pytest
 
 import nbformat
 import numpy as np
@@ -34,3 +35,17 @@ def test_compare_books_lines_up_values_by_chapter_and_name(tmp_path):
     assert df.loc["x", ["before", "after"]].tolist() == [1.0, 3.5]
     assert df.loc["gone", "after"] != df.loc["gone", "after"] and df.loc["added", "after"] == "y"  # NaN where absent
     assert set(df["chapter"]) == {"setup"}
+
+
+def test_check_prose_values_refuses_missing_numbers():
+    """A NaN, an infinity or None meant for prose raises, naming the value; plain numbers and sentences pass."""
+    import math
+
+    from possae.glued import check_prose_values
+
+    check_prose_values({"pos_n": 3, "pos_share": 0.25, "pos_sentence": "No oscillation is resolved."})
+    for bad in (math.nan, math.inf, None):
+        with pytest.raises(ValueError, match="the prose value 'pos_x'"):
+            check_prose_values({"pos_x": bad})
+    with pytest.raises(ValueError, match="must be lower-case"):
+        check_prose_values({"Pos X": 1})
