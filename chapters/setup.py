@@ -11,6 +11,7 @@
 #     name: python3
 # ---
 
+
 # %% [markdown]
 # # Setup: the model, its SAE and its positional embedding
 #
@@ -26,129 +27,96 @@ model_name = "organism"  # 'organism' (offline default), a transformer_lens name
 sae_release = "organism"  # 'organism', a sae_lens release, or a local sae_lens folder
 sae_id = "relu-short"
 device = None  # None picks CUDA when present
-n_heldout_tokens = 16384  # held-out tokens per corpus for the reconstruction metrics
+n_heldout_tokens = 16384  # held-out tokens per corpus for the SAE's quality figures
 gpt2_wpos_path = None  # GPT-2 small's W_pos as .npy; None: the copy in possae's evaluation pack
 
 # %% tags=["remove-cell"]
-import pandas as pd
-from IPython.display import Markdown, display
-from myst_nb import glue
+from IPython.display import display
 
-from possae.heldout import heldout_windows
-from possae.loaders import load_model_and_sae
-from possae.metrics import sae_quality
 from possae.figures import use_offline_renderer
-from possae.figures.setup import heldout_loss_figure, position_cosine_figure, wpos_pca_figure
-from possae.wpos import last_row, load_gpt2_wpos, wpos_geometry
+from possae.figures.setup import position_cosine_figure, wpos_pca_figure
+from possae.glued import glue_all
+from possae.loaders import load_model_and_sae
+from possae.setup import GPT2_SAE_CONTEXT, SetupParams, analyze
 
 use_offline_renderer()
-model, sae = load_model_and_sae(sae_release, sae_id, device=device, model_name=model_name)
-context_size = sae.cfg.metadata.context_size or model.cfg.n_ctx
+params = SetupParams.from_namespace(globals())
+model, sae = load_model_and_sae(params.sae_release, params.sae_id, device=params.device, model_name=params.model_name)
+result = analyze(model, sae, params)
+glue_all(result.glued())
 
 # %% [markdown]
 # ## The model and the SAE
 
 # %% tags=["remove-input"]
-config = pd.DataFrame({
-    "model": [model.cfg.model_name], "layers": [model.cfg.n_layers], "d_model": [model.cfg.d_model],
-    "n_ctx": [model.cfg.n_ctx], "d_vocab": [model.cfg.d_vocab], "SAE": [f"{sae_release} / {sae_id}"],
-    "architecture": [sae.cfg.architecture()], "hook": [sae.cfg.metadata.hook_name], "d_sae": [sae.cfg.d_sae],
-    "SAE context_size": [context_size],
-}).T.rename(columns={0: ""})
-config
+result.config
 
 # %% [markdown]
 # ## Reconstruction on held-out text
 #
-# Measured on the held-out tail of every corpus in possae's evaluation pack (text the model and the SAE never
-# trained on; the pack holds every corpus but the OpenWebText sample, whose license is unclear), in
-# windows of the SAE's own context size.
+# Measured with sae_lens's own evaluation functions (`sae_lens.evals`), so the figures compare with what SAELens
+# users and Neuronpedia report, on the held-out tail of every corpus in possae's evaluation pack (text the model and
+# the SAE never trained on; the pack holds every corpus but the OpenWebText sample, whose license is unclear), in
+# windows of the SAE's own context size ({glue:text}`setup_context` tokens). As in sae_lens, BOS and other special
+# tokens are left out: {glue:text}`heldout_tokens:,` tokens count. The explained variance is
+# `1 - Σ‖x - x̂‖² / Σ‖x - x̄‖²` over those tokens; the MSE is the mean of `‖x - x̂‖²`; "CE loss recovered" compares
+# the next-token loss with the SAE's reconstruction spliced into the residual stream against the clean loss and
+# against zero-ablating that activation.
 
 # %% tags=["remove-input"]
-tokens = heldout_windows(model.tokenizer, context_size, n_heldout_tokens)
-metrics = sae_quality(model, sae, tokens)
-for k in ("l0", "explained_variance", "dead_share"):
-    glue(k, metrics[k], display=False)
-pd.DataFrame([metrics])
+result.quality_table()
 
 # %% [markdown]
-# On {glue:text}`l0:.0f`-odd active features per token the SAE explains
-# {glue:text}`explained_variance:.1%` of the activations' variance, with {glue:text}`dead_share:.1%`
-# of its features never firing on this sample.
+# On {glue:text}`l0:.1f` active features per token the SAE explains {glue:text}`explained_variance:.1%` of the
+# activations' variance, with {glue:text}`dead_share:.1%` of its features never firing on this sample. Spliced into
+# the model, it raises the next-token loss from {glue:text}`ce_clean:.3f` to {glue:text}`ce_spliced:.3f` nats
+# ({glue:text}`ce_score:.1%` of the loss that zero-ablating the activation costs is recovered). Every later chapter
+# that cites the SAE's explained variance cites this number.
 
 # %% [markdown]
 # ## The model organism's card
 #
-# Shown when the subject is the organism: where its training data came from and how it compares
-# with a unigram model on held-out text.
+# {glue:text}`card_sentence`
 
 # %% tags=["remove-input"]
-if model_name == "organism":
-    from possae.organism.card import organism_training_note, read_model_card, stages_frame
-
-    card = read_model_card()
-    heldout = pd.DataFrame(card["heldout"])
-    display(heldout_loss_figure(heldout))
-    display(pd.DataFrame(card["data"]["corpora"]).drop(columns="files"))
-else:
-    print(f"{model_name} is not the organism: no model card.")
+for item in result.card_items():
+    display(item)
 
 # %% [markdown]
 # ## The geometry of W_pos
 #
-# Rows 1 to `context_size - 1` (position 0 is special: it always holds the BOS token), and all rows
-# up to `n_ctx - 1`: the share of variance in the top three principal components, and the mean cosine
-# between adjacent positions.
+# Rows 1 to `context_size - 1` (position 0 is special: it always holds the BOS token), and all rows up to
+# `n_ctx - 1`: the share of variance in the top three principal components, and the mean cosine between adjacent
+# positions. The same measures for GPT-2 small's `W_pos` (from the evaluation pack shipped with possae), the object
+# the original study found to trace a helix, over its rows 1..{glue:text}`gpt2_context_last` (its SAEs' context) and
+# all its rows.
 
 # %% tags=["remove-input"]
-W_pos = model.W_pos.detach().cpu()
-geometry = pd.DataFrame({f"rows 1..{last - 1}": wpos_geometry(W_pos, 1, last)
-                         for last in sorted({context_size, model.cfg.n_ctx})}).T
-glue("top3", float(geometry["top3_share"].iloc[-1]), display=False)
-glue("adjcos", float(geometry["adjacent_cosine"].iloc[-1]), display=False)
-geometry
+result.geometry.style.format("{:.3f}")
 
 # %% [markdown]
 # ### The last row
 #
 # A language-model trainer that feeds windows of `n_ctx` tokens scores only `n_ctx - 1` next-token predictions:
 # the output at the last position has nothing to predict, so no loss reaches `W_pos[n_ctx - 1]` and it keeps its
-# initial value (zero for the organism's first stage). Every per-position curve in this book would then drop at the
-# last position for that reason alone. possae's trainer feeds windows of `n_ctx + 1` tokens, so every position is
-# scored. Here the last row has norm {glue:text}`last_norm:.3f` against {glue:text}`last_previous_norm:.3f` for
-# its neighbour, and a cosine of {glue:text}`last_cosine_to_previous:.3f` with it.
+# initial value. Every per-position curve in this book would then drop at the last position for that reason alone.
+# possae's trainer feeds windows of `n_ctx + 1` tokens, so every position is scored. Here the last row has norm
+# {glue:text}`last_norm:.3f` against {glue:text}`last_previous_norm:.3f` for its neighbour, and a cosine of
+# {glue:text}`last_cosine_to_previous:.3f` with it.
 
 # %% tags=["remove-input"]
-for key, value in last_row(W_pos).items():
-    glue(f"last_{key}", value, display=False)
-if model_name == "organism":
-    display(Markdown(organism_training_note(card)))
-    display(stages_frame(card)[["stage", "trained", "tokens", "epochs", "positions scored", "seconds", "device"]]
-            .style.format({"tokens": "{:,}", "epochs": "{:.2f}", "seconds": "{:.0f}"}).hide(axis="index"))
+wpos_pca_figure(result.W_pos)
 
 # %% tags=["remove-input"]
-wpos_pca_figure(W_pos[: model.cfg.n_ctx])
+position_cosine_figure(result.W_pos)
 
 # %% tags=["remove-input"]
-position_cosine_figure(W_pos[: model.cfg.n_ctx])
-
-# %% [markdown]
-# ### Beside GPT-2 small
-#
-# GPT-2 small's `W_pos` (from the evaluation pack shipped with possae, or the model itself on the `gpt2` profile) is
-# the object the original study found to trace a helix. The same measures over its rows
-# 1..127 (its SAE's context of 128) and 1..1023:
-
-# %% tags=["remove-input"]
-gpt2_W_pos = W_pos if model.cfg.d_model == 768 and model.cfg.n_ctx == 1024 else load_gpt2_wpos(gpt2_wpos_path)
-gpt2_geometry = pd.DataFrame({f"GPT-2 rows 1..{last - 1}": wpos_geometry(gpt2_W_pos, 1, last)
-                              for last in (128, 1024)}).T
-display(pd.concat([geometry.rename(index=lambda r: f"{model.cfg.model_name} {r}"), gpt2_geometry]))
-display(wpos_pca_figure(gpt2_W_pos[:128]).update_layout(title="GPT-2 small's W_pos, rows 1..127"))
+wpos_pca_figure(result.gpt2_W_pos[:GPT2_SAE_CONTEXT], title=f"GPT-2 small's W_pos, rows 1..{GPT2_SAE_CONTEXT - 1}")
 
 # %% [markdown]
 # ## Summary
 #
 # Over all its positions, the three top principal components of this model's `W_pos` hold
 # {glue:text}`top3:.1%` of its variance, and adjacent positions have a mean cosine of
-# {glue:text}`adjcos:.3f`. The next chapters ask which SAE features read this structure.
+# {glue:text}`adjcos:.3f`; GPT-2 small's rows 1..{glue:text}`gpt2_context_last` hold
+# {glue:text}`gpt2_top3_ctx:.1%` in theirs. The next chapters ask which SAE features read this structure.

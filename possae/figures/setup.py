@@ -20,7 +20,8 @@ def heldout_loss_figure(df: pd.DataFrame) -> go.Figure:
                              title="Held-out loss per corpus")
 
 
-def wpos_pca_figure(W_pos: Float[Tensor, "n_pos d_model"], first: int = 1, n_components: int = 6) -> go.Figure:
+def wpos_pca_figure(W_pos: Float[Tensor, "n_pos d_model"], first: int = 1, n_components: int = 6,
+                    title: str | None = None) -> go.Figure:
     """Return W_pos's explained-variance ratios beside its rows projected on the top 3 PCs (3-D, coloured by position)."""
     scores, ratios, _ = pca(W_pos[first:])
     pos = torch.arange(first, W_pos.shape[0])
@@ -32,7 +33,8 @@ def wpos_pca_figure(W_pos: Float[Tensor, "n_pos d_model"], first: int = 1, n_com
                       marker=dict(size=2.5, color=pos.tolist(), colorscale="Viridis", colorbar=dict(title="position")),
                       line=dict(color="lightgray"), text=[f"position {p}" for p in pos.tolist()], showlegend=False,
                       row=1, col=2)
-    return fig.update_layout(height=450, yaxis_tickformat=".0%")
+    title = title or f"W_pos, rows {first}..{W_pos.shape[0] - 1}"
+    return fig.update_layout(height=450, yaxis_tickformat=".0%", title=title)
 
 
 def position_cosine_figure(W_pos: Float[Tensor, "n_pos d_model"], first: int = 1) -> go.Figure:
