@@ -28,6 +28,24 @@ PROFILES: dict[str, dict] = {
              "all_layer_pairs": False, "hungarian_max_features": 16384},
 }
 STAGE = REPO_ROOT / "build" / "book"
+
+
+def profile_saes(profile: str) -> list[tuple[str, str]]:
+    """Return every (release, sae id) a profile names: `sae_id` and each `*_sae_id(s)`/`*_ids` with its release.
+
+    An id list `X_ids` (or id `X_id`) reads its release from `X_release` when the profile sets one, else `sae_release`.
+    """
+    params = PROFILES[profile]
+    pairs: list[tuple[str, str]] = []
+    for key, value in params.items():
+        if not (key.endswith("_id") or key.endswith("_ids")) or value is None:
+            continue
+        stem = key.rsplit("_", 1)[0].removesuffix("_sae")
+        release = params.get(f"{stem}_release", params.get("sae_release"))
+        for sae_id in [value] if isinstance(value, str) else value:
+            if (release, sae_id) not in pairs:
+                pairs.append((release, sae_id))
+    return pairs
 FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" '
            'fill="#2f5d8a"/><path d="M3 11 Q5 3 8 8 T13 5" stroke="#fff" stroke-width="1.6" fill="none"/></svg>\n')
 

@@ -63,16 +63,25 @@ def organism_sae_ids() -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / "cfg.json").is_file()) if root.is_dir() else []
 
 
-@lru_cache(maxsize=1)
-def hub_reachable(host: str = "huggingface.co", timeout: float = 2.0) -> bool:
-    """Return whether a TCP connection to the hub opens within `timeout` seconds (False under HF_HUB_OFFLINE)."""
+def hub_address() -> tuple[str, int]:
+    """Return (host, port) of the hub huggingface_hub talks to: $HF_ENDPOINT (a mirror) when set, else huggingface.co."""
+    from urllib.parse import urlsplit
+
+    url = urlsplit(os.environ.get("HF_ENDPOINT", "").strip() or "https://huggingface.co")
+    return url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+
+
+@lru_cache(maxsize=4)
+def hub_reachable(address: tuple[str, int] | None = None, timeout: float = 2.0) -> bool:
+    """Return whether a TCP connection to the hub (or its $HF_ENDPOINT mirror) opens within `timeout` s (False offline)."""
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         return False
+    host, port = address or hub_address()
     ok: list[bool] = []
 
     def probe() -> None:
         try:
-            socket.create_connection((host, 443), timeout=timeout).close()
+            socket.create_connection((host, port), timeout=timeout).close()
             ok.append(True)
         except OSError:
             pass
@@ -98,7 +107,7 @@ def _hub_offline():
 
 def _from_hub(what: str, load):
     """Run `load()`; with no hub connection, try the local cache only and fail fast with a clear message."""
-    if hub_reachable():
+    if hub_reachable(hub_address()):
         return load()
     try:
         with _hub_offline():

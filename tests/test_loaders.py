@@ -196,3 +196,46 @@ def test_corrupt_organism_file_names_the_git_restore(monkeypatch, tmp_path):
     monkeypatch.setattr(loaders, "ARTIFACTS", art)
     with pytest.raises(loaders.CorruptFileError, match=r"git checkout -- possae/artifacts/organism.*possae organism saes"):
         loaders.load_sae("organism", "relu-short", device="cpu")
+
+
+def test_hub_probe_follows_hf_endpoint(monkeypatch):
+    """With $HF_ENDPOINT pointing at a mirror on 127.0.0.1 the probe reaches it; a closed port is unreachable."""
+    import socket
+
+    from possae.loaders import hub_address, hub_reachable
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+        assert hub_address() == ("127.0.0.1", port)
+        assert hub_reachable(hub_address(), timeout=1.0)
+    finally:
+        server.close()
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    free = closed.getsockname()[1]
+    closed.close()
+    assert not hub_reachable(("127.0.0.1", free), timeout=0.5)
+    monkeypatch.delenv("HF_ENDPOINT")
+    assert hub_address() == ("huggingface.co", 443)
+    hub_reachable.cache_clear()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert not hub_reachable(("127.0.0.1", port), timeout=0.5)
+    hub_reachable.cache_clear()
+
+
+def test_every_sae_the_gpt2_profile_names_is_in_the_sae_lens_registry():
+    """Each (release, id) of the gpt2 profile exists in the installed sae_lens's pretrained_saes.yaml."""
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    from possae.book import profile_saes
+
+    directory = get_pretrained_saes_directory()
+    pairs = profile_saes("gpt2")
+    assert ("gpt2-small-res-jb", "blocks.0.hook_resid_pre") in pairs and len(pairs) >= 12
+    for release, sae_id in pairs:
+        assert release in directory and sae_id in directory[release].saes_map, (release, sae_id)
