@@ -1,21 +1,62 @@
-"""Average SAE activation vs token position across layers: streamed per-position statistics, their Fourier spectra,
-W_pos ablations (zeroed, shuffled), spliced-SAE cross-entropy and per-feature activation quantiles."""
+"""Average SAE activation vs token position across layers: streamed per-position statistics, a detrended spectrum
+tested against a shuffled-position null, W_pos ablations (zeroed, shuffled), spliced-SAE cross-entropy and
+per-feature activation statistics inside and past each SAE's training context.
+
+The chapter calls :func:`analyze` once; everything it shows is in the returned :class:`OscillationResult`.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from possae.hooks import POS_EMBED as POS_HOOK, sae_family, sae_layer
+from possae.hooks import POS_EMBED, in_context_positions, sae_context_size, sae_family, sae_hook, sae_layer
+from possae.metrics import PositionSums, mse_by_position, reconstruction_sums, total_variance
+from possae.params import ChapterParams, ParameterError
 from possae.progress import tqdm
 
 ABLATIONS = ("normal", "zero", "shuffle")  # what hook_pos_embed outputs: itself, zeros, rows of a fixed permutation
 DECILES = tuple(round(0.1 * i, 1) for i in range(1, 10))
+IN, PAST = "in context", "past context"  # the two regions of positions of an SAE: 1..C-1 and C..n_ctx-1
+DETREND_DEGREE = 3  # the least-squares polynomial removed from a curve before its spectrum (trend, bend, S-shape)
+MIN_RESOLVED_CYCLES = 2.0  # a spectral peak under 2 cycles per window is left-over trend, not a period
+N_NULL = 1000  # permutations of positions in the shuffled-position null
+NULL_QUANTILE = 0.95  # a peak is significant when its power exceeds this quantile of the null's maximum power
+QUANTILE_TOKENS = 32_768  # tokens per SAE and region whose nonzero activations give the per-feature deciles
+DASH = "—"  # a table cell with nothing to show
+
+
+@dataclass(frozen=True)
+class OscillationParams(ChapterParams):
+    """The oscillation chapter's parameters."""
+
+    model_name: str = "organism"
+    sae_release: str = "organism"
+    device: str | None = None
+    relu_sae_ids: tuple[str, ...] = ("relu-short", "relu-L1", "relu-L2", "relu-L3")
+    topk_sae_ids: tuple[str, ...] = ("topk-L0", "topk-L1", "topk-L2", "topk-L3")
+    n_heldout_tokens: int = 16384
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Raise ParameterError without SAEs, with a repeated SAE id, or without held-out tokens."""
+        if not self.sae_ids:
+            raise ParameterError("give at least one SAE in relu_sae_ids or topk_sae_ids.")
+        if len(set(self.sae_ids)) != len(self.sae_ids):
+            raise ParameterError(f"an SAE id is given twice: {list(self.sae_ids)}.")
+        if self.n_heldout_tokens < 1:
+            raise ParameterError(f"n_heldout_tokens must be >= 1; got {self.n_heldout_tokens}.")
+
+    @property
+    def sae_ids(self) -> tuple[str, ...]:
+        """Return every SAE id, ReLU ones first."""
+        return (*self.relu_sae_ids, *self.topk_sae_ids)
 
 
 # ---------------------------------------------------------------- hooks
@@ -50,7 +91,25 @@ def splice_hook(sae) -> Callable:
     return splice
 
 
-# ---------------------------------------------------------------- quantiles
+# ---------------------------------------------------------------- regions of positions
+
+
+def regions(context_size: int, n_ctx: int) -> dict[str, range]:
+    """Return the SAE's in-context positions (1..C-1) and, when C < n_ctx, the positions past its context."""
+    out = {IN: in_context_positions(context_size, n_ctx)}
+    if context_size < n_ctx:
+        out[PAST] = range(context_size, n_ctx)
+    return out
+
+
+def region_mask(positions: range, n_pos: int) -> Bool[Tensor, "n_pos"]:
+    """Return the mask of a range of positions among 0..n_pos-1."""
+    m = torch.zeros(n_pos, dtype=torch.bool)
+    m[positions.start : positions.stop] = True
+    return m
+
+
+# ---------------------------------------------------------------- per-feature statistics
 
 
 def per_feature_quantiles(values: Float[Tensor, "n"], features: Int[Tensor, "n"], d_sae: int,
@@ -74,226 +133,575 @@ def per_feature_quantiles(values: Float[Tensor, "n"], features: Int[Tensor, "n"]
     return out
 
 
+@dataclass
+class FeatureSums:
+    """Per-feature sums of activations over the tokens of one region, and a sample of nonzero values for deciles."""
+
+    d_sae: int
+    n: int = 0
+    total: Tensor | None = None
+    sq: Tensor | None = None
+    nnz: Tensor | None = None
+    vals: list = field(default_factory=list)
+    idx: list = field(default_factory=list)
+    kept: int = 0
+
+    def add(self, f: Float[Tensor, "n_tok d_sae"], max_kept: int = QUANTILE_TOKENS) -> FeatureSums:
+        """Return self after adding the activations of n_tok tokens."""
+        fired = f > 0
+        parts = (f.sum(0).double().cpu(), f.pow(2).sum(0).double().cpu(), fired.sum(0).double().cpu())
+        if self.total is None:
+            self.total, self.sq, self.nnz = parts
+        else:
+            self.total, self.sq, self.nnz = self.total + parts[0], self.sq + parts[1], self.nnz + parts[2]
+        self.n += f.shape[0]
+        if self.kept < max_kept:
+            n_keep = min(f.shape[0], max_kept - self.kept)
+            tok, feat = torch.nonzero(fired[:n_keep], as_tuple=True)
+            self.vals.append(f[tok, feat].float().cpu())
+            self.idx.append(feat.cpu())
+            self.kept += n_keep
+        return self
+
+    def frame(self) -> pd.DataFrame:
+        """Return per feature: mean, std, firing density, mean of nonzero activations, deciles of nonzero ones."""
+        mean = self.total / self.n
+        std = (self.sq / self.n - mean**2).clamp(min=0).sqrt()
+        vals = torch.cat(self.vals) if self.vals else torch.zeros(0)
+        idx = torch.cat(self.idx) if self.idx else torch.zeros(0, dtype=torch.long)
+        q = per_feature_quantiles(vals, idx, self.d_sae)
+        df = pd.DataFrame({"feature": np.arange(self.d_sae), "mean": mean.numpy(), "std": std.numpy(),
+                           "density": (self.nnz / self.n).numpy(),
+                           "mean_nonzero": (self.total / self.nnz.clamp(min=1)).numpy()})
+        for j, qq in enumerate(DECILES):
+            df[f"q{int(round(qq * 100))}"] = q[:, j].numpy()
+        return df
+
+
 # ---------------------------------------------------------------- streamed pass
 
 
 class PositionPass(NamedTuple):
     """One pass of the model over held-out windows under one W_pos condition."""
 
-    positions: pd.DataFrame  # per (SAE, position): mean_act, mean_nonzero, l0, rel_err
-    loss: pd.DataFrame  # per position: the model's cross-entropy predicting the next token
-    features: dict[str, pd.DataFrame]  # per SAE id asked for: per-feature mean, std, density, deciles
+    sums: dict[str, PositionSums]  # per SAE: act, nnz (summed over features), x, x2, sse:sae per position
+    loss: PositionSums  # ce per position 0..n_pos-2 (predicting the next token)
+    features: dict[str, dict[str, FeatureSums]]  # per SAE and region (when asked for): per-feature sums
 
 
 @torch.no_grad()
 def position_pass(model, tokens: Int[Tensor, "n_windows pos"], saes: dict[str, object], ablation: str = "normal",
-                  seed: int = 0, feature_ids: Sequence[str] = (), max_quantile_tokens: int = 32_768,
-                  batch_size: int = 16) -> PositionPass:
-    """Return per-position SAE statistics and cross-entropy, and per-feature stats, from one streamed pass."""
+                  seed: int = 0, feature_stats: bool = False, batch_size: int = 16) -> PositionPass:
+    """Return per-position SAE sums and cross-entropy (and per-feature sums per region) from one streamed pass."""
     n_win, n_pos = tokens.shape
-    hooks = {sid: sae.cfg.metadata.hook_name for sid, sae in saes.items()}
-    needed = set(hooks.values())
-    acc = {sid: {k: torch.zeros(n_pos, dtype=torch.float64) for k in ("act", "nnz", "err", "x2")} for sid in saes}
-    feat = {sid: {"sum": torch.zeros(saes[sid].cfg.d_sae, dtype=torch.float64), "sq": torch.zeros(
-        saes[sid].cfg.d_sae, dtype=torch.float64), "nnz": torch.zeros(saes[sid].cfg.d_sae, dtype=torch.float64),
-        "vals": [], "idx": [], "seen": 0} for sid in feature_ids}
-    loss_sum = torch.zeros(n_pos - 1, dtype=torch.float64)
+    needed = {sae_hook(sae) for sae in saes.values()}
+    sums = {sid: PositionSums.empty(n_pos) for sid in saes}
+    loss = PositionSums.empty(n_pos - 1)
+    feats = {sid: {r: FeatureSums(sae.cfg.d_sae) for r in regions(sae_context_size(sae, n_pos), n_pos)}
+             for sid, sae in saes.items()} if feature_stats else {}
     hook = pos_embed_ablation(ablation, seed)
-    fwd_hooks = [(POS_HOOK, hook)] if hook is not None else []
+    fwd_hooks = [(POS_EMBED, hook)] if hook is not None else []
     for i in tqdm(range(0, n_win, batch_size), desc=f"pass ({ablation})", leave=False):
         batch = tokens[i : i + batch_size].to(model.cfg.device)
         with model.hooks(fwd_hooks=fwd_hooks):
             logits, cache = model.run_with_cache(batch, names_filter=lambda name: name in needed)
-        loss_sum += model.loss_fn(logits, batch, per_token=True).double().sum(0).cpu()
+        loss.add_windows(ce=model.loss_fn(logits, batch, per_token=True))
         del logits
         for sid, sae in saes.items():
-            x = cache[hooks[sid]].to(sae.device, sae.dtype)
+            x = cache[sae_hook(sae)].to(sae.device, sae.dtype)
             f = sae.encode(x)
-            fired = f > 0
-            a = acc[sid]
-            a["act"] += f.sum(-1).double().sum(0).cpu()
-            a["nnz"] += fired.sum(-1).double().sum(0).cpu()
-            a["err"] += (sae.decode(f) - x).pow(2).sum(-1).double().sum(0).cpu()
-            a["x2"] += x.pow(2).sum(-1).double().sum(0).cpu()
-            if sid in feat:
-                s, flat, flat_fired = feat[sid], f.flatten(0, 1), fired.flatten(0, 1)
-                s["sum"] += flat.sum(0).double().cpu()
-                s["sq"] += flat.pow(2).sum(0).double().cpu()
-                s["nnz"] += flat_fired.sum(0).double().cpu()
-                if s["seen"] < max_quantile_tokens:
-                    n_keep = min(flat.shape[0], max_quantile_tokens - s["seen"])
-                    tok_idx, f_idx = torch.nonzero(flat_fired[:n_keep], as_tuple=True)
-                    s["vals"].append(flat[tok_idx, f_idx].float().cpu())
-                    s["idx"].append(f_idx.cpu())
-                    s["seen"] += n_keep
+            sums[sid].add_windows(act=f.sum(-1), nnz=(f > 0).sum(-1), **reconstruction_sums(x, {"sae": sae.decode(f)}))
+            for r, acc in feats.get(sid, {}).items():
+                pos = regions(sae_context_size(sae, n_pos), n_pos)[r]
+                acc.add(f[:, pos.start : pos.stop].flatten(0, 1))
         del cache
-    rows = []
-    for sid, sae in saes.items():
-        a = acc[sid]
-        rows.append(pd.DataFrame({
-            "ablation": ablation, "sae_id": sid, "layer": sae_layer(sae), "family": sae_family(sae),
-            "context_size": sae.cfg.metadata.context_size or n_pos, "position": np.arange(n_pos),
-            "mean_act": (a["act"] / (n_win * sae.cfg.d_sae)).numpy(),
-            "mean_nonzero": (a["act"] / a["nnz"].clamp(min=1)).numpy(),
-            "l0": (a["nnz"] / n_win).numpy(), "rel_err": (a["err"] / a["x2"].clamp(min=1e-30)).numpy()}))
-    positions = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
-    loss = pd.DataFrame({"ablation": ablation, "position": np.arange(n_pos - 1), "ce": (loss_sum / n_win).numpy()})
-    features = {sid: _feature_frame(feat[sid], n_win * n_pos, saes[sid].cfg.d_sae) for sid in feat}
-    return PositionPass(positions, loss, features)
-
-
-def _feature_frame(s: dict, n_tokens: int, d_sae: int) -> pd.DataFrame:
-    """Return per-feature mean, std, firing density, mean of nonzero activations and deciles of nonzero activations."""
-    mean = s["sum"] / n_tokens
-    std = (s["sq"] / n_tokens - mean**2).clamp(min=0).sqrt()
-    vals = torch.cat(s["vals"]) if s["vals"] else torch.zeros(0)
-    idx = torch.cat(s["idx"]) if s["idx"] else torch.zeros(0, dtype=torch.long)
-    q = per_feature_quantiles(vals, idx, d_sae)
-    df = pd.DataFrame({"feature": np.arange(d_sae), "mean": mean.numpy(), "std": std.numpy(),
-                       "density": (s["nnz"] / n_tokens).numpy(),
-                       "mean_nonzero": (s["sum"] / s["nnz"].clamp(min=1)).numpy()})
-    for j, qq in enumerate(DECILES):
-        df[f"q{int(round(qq * 100))}"] = q[:, j].numpy()
-    return df
+    return PositionPass(sums, loss, feats)
 
 
 @torch.no_grad()
-def spliced_loss(model, tokens: Int[Tensor, "n_windows pos"], sae=None, batch_size: int = 16) -> pd.DataFrame:
+def spliced_loss(model, tokens: Int[Tensor, "n_windows pos"], sae=None,
+                 batch_size: int = 16) -> Float[Tensor, "n_pos_1"]:
     """Return cross-entropy per position with the SAE's reconstruction spliced in at its hook (clean if sae is None)."""
-    n_win, n_pos = tokens.shape
-    fwd_hooks = [] if sae is None else [(sae.cfg.metadata.hook_name, splice_hook(sae))]
-    loss_sum = torch.zeros(n_pos - 1, dtype=torch.float64)
-    for i in tqdm(range(0, n_win, batch_size), desc="spliced loss", leave=False):
+    fwd_hooks = [] if sae is None else [(sae_hook(sae), splice_hook(sae))]
+    ce = PositionSums.empty(tokens.shape[1] - 1)
+    for i in tqdm(range(0, len(tokens), batch_size), desc="spliced loss", leave=False):
         batch = tokens[i : i + batch_size].to(model.cfg.device)
-        loss = model.run_with_hooks(batch, return_type="loss", loss_per_token=True, fwd_hooks=fwd_hooks)
-        loss_sum += loss.double().sum(0).cpu()
-    return pd.DataFrame({"position": np.arange(n_pos - 1), "ce": (loss_sum / n_win).numpy()})
+        ce.add_windows(ce=model.run_with_hooks(batch, return_type="loss", loss_per_token=True, fwd_hooks=fwd_hooks))
+    return ce.mean("ce")
 
 
-# ---------------------------------------------------------------- amplitude and frequency
+# ---------------------------------------------------------------- per-position curves
 
 
-def oscillation_amplitude(positions: pd.DataFrame, value: str = "mean_act", first: int = 1,
-                          within_context: bool = False) -> pd.DataFrame:
-    """Return per (ablation, SAE) the std over positions >= first (and < its training context) of the curve, its mean,
-    and std / mean."""
-    sub = positions[positions["position"] >= first]
-    if within_context:
-        sub = sub[sub["position"] < sub["context_size"]]
-    keys = [k for k in ("ablation", "sae_id", "layer", "family") if k in sub]
-    out = sub.groupby(keys, sort=False)[value].agg(amplitude="std", mean="mean").reset_index()
+def sae_info(saes: dict[str, object], n_ctx: int) -> pd.DataFrame:
+    """Return per SAE (in the order given): sae_id, family, layer, context_size (clamped to n_ctx)."""
+    return pd.DataFrame([{"sae_id": sid, "family": sae_family(sae), "layer": sae_layer(sae),
+                          "context_size": sae_context_size(sae, n_ctx)} for sid, sae in saes.items()])
+
+
+def position_frame(passes: dict[str, PositionPass], info: pd.DataFrame, d_sae: dict[str, int]) -> pd.DataFrame:
+    """Return per (ablation, SAE, position): mean_act (over features and windows), mean_nonzero, l0 and nmse.
+
+    nmse is the MSE at the position over the total variance of the SAE's in-context inputs in the normal pass, so
+    that every condition's curve is divided by the same number.
+    """
+    rows = []
+    for row in info.itertuples():
+        normal = passes["normal"].sums[row.sae_id]
+        inside = region_mask(in_context_positions(row.context_size, normal.n_pos), normal.n_pos)
+        variance = total_variance(normal, inside)
+        for ablation, p in passes.items():
+            s = p.sums[row.sae_id]
+            rows.append(pd.DataFrame({
+                "ablation": ablation, "sae_id": row.sae_id, "family": row.family, "layer": row.layer,
+                "context_size": row.context_size, "position": np.arange(s.n_pos),
+                "mean_act": (s.mean("act") / d_sae[row.sae_id]).numpy(),
+                "mean_nonzero": (s.totals["act"] / s.totals["nnz"].clamp(min=1)).numpy(),
+                "l0": s.mean("nnz").numpy(), "nmse": (mse_by_position(s, "sae") / variance).numpy()}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def curve(positions: pd.DataFrame, sae_id: str, ablation: str = "normal", value: str = "mean_act") -> pd.Series:
+    """Return one SAE's curve over positions under one condition, indexed by position."""
+    g = positions[(positions["sae_id"] == sae_id) & (positions["ablation"] == ablation)]
+    return g.set_index("position")[value]
+
+
+def region_means(positions: pd.DataFrame, info: pd.DataFrame, value: str, ablation: str = "normal") -> pd.DataFrame:
+    """Return per SAE the curve's value at position 0, its mean over 1..C-1 and over C..n_ctx-1 (NaN without)."""
+    rows = []
+    for row in info.itertuples():
+        c = curve(positions, row.sae_id, ablation, value)
+        r = regions(row.context_size, len(c))
+        rows.append({"sae_id": row.sae_id, "position_0": float(c.loc[0]),
+                     IN: float(c.loc[r[IN].start : r[IN].stop - 1].mean()),
+                     PAST: float(c.loc[r[PAST].start :].mean()) if PAST in r else np.nan})
+    return info.merge(pd.DataFrame(rows), on="sae_id")
+
+
+# ---------------------------------------------------------------- spectrum and its null
+
+
+def detrended(curves: Float[Tensor, "... n"], degree: int = DETREND_DEGREE) -> Float[Tensor, "... n"]:
+    """Return the curves minus their least-squares polynomial of the given degree in the position."""
+    c = torch.tensor(np.asarray(curves, dtype=np.float64)) if not isinstance(curves, Tensor) else curves.double()
+    n = c.shape[-1]
+    t = torch.linspace(-1, 1, n, dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.stack([t**j for j in range(min(degree, n - 1) + 1)], 1))
+    return c - (c @ q) @ q.T
+
+
+def power_spectrum(curves: Float[Tensor, "... n"], degree: int = DETREND_DEGREE) -> Float[Tensor, "... n_freq"]:
+    """Return |rfft|^2 of the detrended curves; entry k is the power at k cycles per window (k = 0 is zero)."""
+    return torch.fft.rfft(detrended(curves, degree)).abs().pow(2)
+
+
+def null_max_power(curve: Float[Tensor, "n"], n_null: int = N_NULL, seed: int = 0,
+                   degree: int = DETREND_DEGREE) -> Float[Tensor, "n_null"]:
+    """Return the largest detrended power (bins 1..) of the curve with its positions shuffled, per permutation."""
+    c = torch.tensor(np.asarray(curve, dtype=np.float64))
+    g = torch.Generator().manual_seed(seed)
+    perms = torch.argsort(torch.rand(n_null, len(c), generator=g), dim=1)
+    return power_spectrum(c[perms], degree)[:, 1:].max(1).values
+
+
+def refined_peak(power: Float[Tensor, "n_freq"]) -> tuple[int, float]:
+    """Return the peak bin k >= 1 and its position refined by a parabola through log-powers of k and its neighbours."""
+    k = 1 + int(power[1:].argmax())
+    if not 1 < k < len(power) - 1:
+        return k, float(k)
+    a, b, c = (float(torch.log(power[j] + 1e-300)) for j in (k - 1, k, k + 1))
+    denom = a - 2 * b + c
+    return k, k + (0.5 * (a - c) / denom if denom < 0 else 0.0)
+
+
+def spectral_peak(curve: Float[Tensor, "n"], n_null: int = N_NULL, seed: int = 0, degree: int = DETREND_DEGREE,
+                  min_cycles: float = MIN_RESOLVED_CYCLES, quantile: float = NULL_QUANTILE) -> dict:
+    """Return the detrended curve's spectral peak tested against the shuffled-position null.
+
+    Keys: cycles (per window, refined), period (positions), power_share (of the detrended power), null_threshold
+    (the quantile of the null's maximum power), peak_over_null, p_value, resolved (>= min_cycles), significant
+    (power above the threshold), oscillation (both).
+    """
+    c = torch.tensor(np.asarray(curve, dtype=np.float64))
+    power = power_spectrum(c, degree)
+    k, cycles = refined_peak(power)
+    null = null_max_power(c, n_null, seed, degree)
+    threshold = float(torch.quantile(null, quantile))
+    peak = float(power[k])
+    resolved, significant = cycles >= min_cycles, peak > threshold
+    return {"cycles": cycles, "period": len(c) / cycles, "power_share": peak / max(float(power[1:].sum()), 1e-300),
+            "null_threshold": threshold, "peak_over_null": peak / threshold if threshold > 0 else 0.0,
+            "p_value": (1 + int((null >= peak).sum())) / (1 + n_null), "resolved": resolved,
+            "significant": significant, "oscillation": resolved and significant}
+
+
+def frequency_table(positions: pd.DataFrame, info: pd.DataFrame, n_null: int = N_NULL, seed: int = 0,
+                    value: str = "mean_act") -> pd.DataFrame:
+    """Return per SAE the spectral peak of its normal curve over its in-context positions, tested against the null,
+    and its frequency as a multiple of the lowest layer's in the same family (NaN unless both oscillate)."""
+    rows = []
+    for row in info.itertuples():
+        c = curve(positions, row.sae_id, "normal", value)
+        pos = in_context_positions(row.context_size, len(c))
+        peak = spectral_peak(c.loc[pos.start : pos.stop - 1].to_numpy(), n_null, seed)
+        rows.append({"sae_id": row.sae_id, "family": row.family, "layer": row.layer, "first": pos.start,
+                     "last": pos.stop - 1, "window": len(pos), **peak})
+    df = pd.DataFrame(rows)
+    df["frequency"] = df["cycles"] / df["window"]  # cycles per position
+    df["base_layer"] = df.groupby("family")["layer"].transform("min")
+    base = df[df["layer"] == df["base_layer"]].drop_duplicates("family").set_index("family")
+    base_f = df["family"].map(base["frequency"].where(base["oscillation"]))
+    df["ratio_to_base"] = (df["frequency"] / base_f).where(df["oscillation"])
+    return df
+
+
+def spectrum_frame(positions: pd.DataFrame, frequencies: pd.DataFrame, n_ctx: int,
+                   value: str = "mean_act") -> pd.DataFrame:
+    """Return per SAE and frequency bin (1..) of its in-context curve: cycles per n_ctx and power / null threshold."""
+    rows = []
+    for row in frequencies.itertuples():
+        c = curve(positions, row.sae_id, "normal", value).loc[row.first : row.last].to_numpy()
+        power = power_spectrum(c)[1:].numpy()
+        k = np.arange(1, len(power) + 1)
+        rows.append(pd.DataFrame({"sae_id": row.sae_id, "family": row.family, "layer": row.layer,
+                                  "cycles_per_n_ctx": k * n_ctx / row.window,
+                                  "power_over_null": power / row.null_threshold if row.null_threshold > 0 else 0.0}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def _layers(layers: Sequence[int]) -> str:
+    """Return 'layer 3' or 'layers 1, 2'."""
+    return ("layer " if len(layers) == 1 else "layers ") + ", ".join(str(int(i)) for i in layers)
+
+
+def _no_oscillation_reason(row) -> str:
+    """Return why a spectral peak is not called an oscillation."""
+    if not row["resolved"]:
+        return (f"its detrended spectrum peaks at {row['cycles']:.2f} cycles over the window, under the "
+                f"{MIN_RESOLVED_CYCLES:g} a period needs to be resolved: what remains is trend, not a period")
+    return (f"its detrended spectrum peaks at a period of {row['period']:.1f} positions, but with only "
+            f"{row['peak_over_null']:.2f} times the power that positions shuffled at random reach in "
+            f"{NULL_QUANTILE:.0%} of {N_NULL} draws (p = {row['p_value']:.2f})")
+
+
+def frequency_sentence(freq: pd.DataFrame, family: str) -> str:
+    """Return what the frequency table supports for one SAE family: the lowest layer's oscillation (or why there is
+    none), the later layers' frequency ratios, and whether GPT-2 small's frequency doubling can be tested."""
+    g = freq[freq["family"] == family].sort_values("layer")
+    base = g.iloc[0]
+    later = g.iloc[1:]
+    osc = later[later["oscillation"]]
+    head = (f"Within its training context (positions {base['first']}..{base['last']}), the layer-{base['layer']} "
+            f"{family} SAE's curve ")
+    if not base["oscillation"]:
+        text = head + f"shows no oscillation: {_no_oscillation_reason(base)}."
+        if len(osc):
+            text += (" Later layers that do oscillate: " + ", ".join(
+                f"layer {r['layer']} (period {r['period']:.1f} positions)" for _, r in osc.iterrows()) + ".")
+        elif len(later):
+            text += f" Nor does any later {family} SAE ({_layers(later['layer'])})."
+        return text + (f" Without a layer-{base['layer']} period, the frequency doubling reported for GPT-2 small "
+                       "(layers 1-3 at twice layer 0's frequency) cannot be tested here.")
+    text = head + (f"oscillates with a period of {base['period']:.1f} positions ({base['cycles']:.1f} cycles over the "
+                   f"window, {base['peak_over_null']:.1f} times the shuffled-position threshold, "
+                   f"p = {base['p_value']:.3f}).")
+    if len(osc):
+        text += (f" {_layers(osc['layer']).capitalize()} oscillate{'s' if len(osc) == 1 else ''} at "
+                 f"{osc['ratio_to_base'].min():.2f} to {osc['ratio_to_base'].max():.2f} times that frequency "
+                 "(GPT-2 small: about 2 in layers 1-3).")
+    rest = later[~later["oscillation"]]
+    if len(rest):
+        text += f" {_layers(rest['layer']).capitalize()} show{'s' if len(rest) == 1 else ''} no oscillation."
+    if not len(later):
+        text += f" No later-layer {family} SAE is given, so there is no frequency ratio to compare with GPT-2 small's."
+    elif not len(osc):
+        text += " So there is no frequency ratio to compare with GPT-2 small's doubling."
+    return text
+
+
+# ---------------------------------------------------------------- amplitude
+
+
+def oscillation_amplitude(positions: pd.DataFrame, value: str = "mean_act") -> pd.DataFrame:
+    """Return per (ablation, SAE) the std of the curve over its in-context positions 1..C-1, its mean, and std/mean."""
+    sub = positions[(positions["position"] >= 1) & (positions["position"] < positions["context_size"])]
+    out = sub.groupby(["ablation", "sae_id", "family", "layer"], sort=False)[value].agg(amplitude="std", mean="mean")
+    out = out.reset_index()
     out["relative_amplitude"] = out["amplitude"] / out["mean"].abs()
     return out
 
 
-def detrended(curve: Float[Tensor, "n"], detrend: str = "mean") -> Float[Tensor, "n"]:
-    """Return the curve minus its mean ('mean') or minus its least-squares straight line ('linear')."""
-    c = curve.double() if isinstance(curve, Tensor) else torch.tensor(np.array(curve, dtype=np.float64))
-    if detrend == "mean":
-        return c - c.mean()
-    if detrend == "linear":
-        t = torch.arange(len(c), dtype=torch.float64)
-        t = t - t.mean()
-        return c - c.mean() - t * (t @ (c - c.mean())) / (t @ t)
-    raise ValueError(f"Unknown detrend {detrend!r}; choose 'mean' or 'linear'.")
+# ---------------------------------------------------------------- per-feature summary
 
 
-def amplitude_spectrum(curve: Float[Tensor, "n"], detrend: str = "mean") -> Float[Tensor, "n_freq"]:
-    """Return |rfft| of the detrended curve; entry k is the amplitude at k cycles per len(curve) positions."""
-    return torch.fft.rfft(detrended(curve, detrend)).abs()
+def _log_corr(a: pd.Series, b: pd.Series) -> float:
+    """Return the correlation of log a and log b over entries where both are positive (NaN under 3 of them)."""
+    ok = (a > 0) & (b > 0)
+    return float(np.corrcoef(np.log(a[ok]), np.log(b[ok]))[0, 1]) if ok.sum() >= 3 else np.nan
 
 
-def dominant_frequency(curve: Float[Tensor, "n"], detrend: str = "mean") -> float:
-    """Return the curve's dominant frequency in cycles per position (spectral peak, parabolically refined)."""
-    spec = amplitude_spectrum(curve, detrend)
-    k = 1 + int(spec[1:].argmax())
-    shift = 0.0
-    if 1 < k < len(spec) - 1:  # parabola through the log-amplitudes of the peak bin and its two neighbours
-        a, b, c = (float(torch.log(spec[j] + 1e-300)) for j in (k - 1, k, k + 1))
-        denom = a - 2 * b + c
-        shift = 0.5 * (a - c) / denom if denom < 0 else 0.0
-    return (k + shift) / len(curve)
-
-
-def dominant_frequencies(curve: Float[Tensor, "n"], n_ctx: int, top: int = 3, detrend: str = "mean") -> pd.DataFrame:
-    """Return the `top` spectral peaks: cycles per n_ctx, period in positions and share of the spectrum's power."""
-    spec = amplitude_spectrum(curve, detrend)
-    n = len(curve)
-    power = spec.pow(2)
-    is_peak = torch.ones(len(spec), dtype=torch.bool)
-    is_peak[1:] &= spec[1:] >= spec[:-1]
-    is_peak[:-1] &= spec[:-1] >= spec[1:]
-    is_peak[0] = False
-    cand = torch.arange(len(spec))[is_peak]
-    cand = cand[torch.argsort(spec[cand], descending=True)][:top]
-    return pd.DataFrame({"rank": np.arange(1, len(cand) + 1), "cycles_per_n_ctx": (cand.double() * n_ctx / n).numpy(),
-                         "period": (n / cand.double()).numpy(), "power_share": (power[cand] / power[1:].sum()).numpy()})
-
-
-MIN_RESOLVED_CYCLES = 1.5  # a dominant peak under 1.5 cycles per window is the lowest bin: a trend, not an oscillation
-
-
-def _layers(index) -> str:
-    """Return 'Layer 3' or 'Layers 1, 2'."""
-    return ("Layer " if len(index) == 1 else "Layers ") + ", ".join(str(i) for i in index)
-
-
-def frequency_sentence(freq: pd.DataFrame, family: str, base_layer: int = 0) -> str:
-    """Return what frequency_table supports for one SAE family: the base layer's resolved period and the later
-    layers' frequency ratios, or that no oscillation is resolved (a lowest-bin peak is a trend, not a period)."""
-    g = freq[freq["family"] == family].set_index("layer").sort_index()
-    base = g.loc[base_layer]
-    later = g[g.index != base_layer]
-    resolved = later[later["resolved"]]
-    if not base["resolved"]:
-        text = (f"Within its training context (positions {base['positions']}), the layer-{base_layer} {family} SAE's "
-                f"curve has no resolved oscillation: its spectral peak, {base['cycles_in_window']:.2f} cycles over the "
-                "window, sits in the lowest bin, which a trend or a bend produces as well as a period would. ")
-        if len(resolved):
-            text += ("Layers with a resolved peak: " + ", ".join(
-                f"{layer} (period {row['dominant_period']:.1f} positions)" for layer, row in resolved.iterrows()) +
-                "; without a layer-0 period, the frequency doubling reported for GPT-2 small cannot be tested here.")
-        else:
-            text += "No later layer resolves one either, so the frequency doubling reported for GPT-2 small cannot be tested here."
-        return text
-    text = (f"Within its training context (positions {base['positions']}), the layer-{base_layer} {family} SAE's curve "
-            f"peaks at {base['dominant_cycles_per_n_ctx']:.1f} cycles per n_ctx positions (a period of "
-            f"{base['dominant_period']:.1f} positions, {base['cycles_in_window']:.1f} cycles over the window). ")
-    if len(resolved):
-        text += (f"{_layers(resolved.index)} peak{'s' if len(resolved) == 1 else ''} at {resolved['ratio_to_base'].min():.2f} to "
-                 f"{resolved['ratio_to_base'].max():.2f} times that frequency (GPT-2 small: about 2).")
-    else:
-        text += "No later layer resolves a peak inside its window, so there is no frequency ratio to compare with GPT-2 small's 2."
-    unresolved = later[~later["resolved"]]
-    if len(resolved) and len(unresolved):
-        text += f" {_layers(unresolved.index)} {'has' if len(unresolved) == 1 else 'have'} no resolved peak (lowest bin)."
-    return text
-
-
-def frequency_table(positions: pd.DataFrame, n_ctx: int, value: str = "mean_act", first: int = 1,
-                    within_context: bool = False, detrend: str = "mean", base_layer: int = 0, top: int = 3) -> pd.DataFrame:
-    """Return per SAE the top spectral peaks of its curve over positions first.. (n_ctx or its training context) and the
-    dominant frequency's ratio to the base layer's in the same family."""
+def feature_summary(features: dict[str, dict[str, pd.DataFrame]], info: pd.DataFrame, n_ctx: int) -> pd.DataFrame:
+    """Return per SAE and region: positions, live and dead features, medians over live features of density, mean,
+    std and the deciles' shape (q10/q50, q90/q50), and log-log correlations of mean with std and with density."""
     rows = []
-    for (family, sid, layer), g in positions.groupby(["family", "sae_id", "layer"], sort=False):
-        last = min(int(g["context_size"].iloc[0]), n_ctx) if within_context else n_ctx
-        g = g[(g["position"] >= first) & (g["position"] < last)].sort_values("position")
-        curve = torch.tensor(g[value].to_numpy())
-        f = dominant_frequency(curve, detrend)
-        row = {"family": family, "sae_id": sid, "layer": layer, "positions": f"{first}..{last - 1}",
-               "dominant_cycles_per_n_ctx": f * n_ctx, "cycles_in_window": f * len(curve),
-               "resolved": f * len(curve) >= MIN_RESOLVED_CYCLES}
-        row["dominant_period"] = n_ctx / row["dominant_cycles_per_n_ctx"]
-        for r in dominant_frequencies(curve, n_ctx, top=top, detrend=detrend).itertuples():
-            row[f"peak{r.rank}_cycles"] = r.cycles_per_n_ctx
-            row[f"peak{r.rank}_share"] = r.power_share
-        rows.append(row)
-    df = pd.DataFrame(rows)
-    if df.empty:
-        return df
-    df["ratio_to_base"] = np.nan
-    for family, g in df.groupby("family"):
-        base = g.loc[g["layer"] == base_layer, "dominant_cycles_per_n_ctx"]
-        if len(base):
-            df.loc[g.index, "ratio_to_base"] = g["dominant_cycles_per_n_ctx"] / float(base.iloc[0])
-    return df
+    for row in info.itertuples():
+        for region, df in features[row.sae_id].items():
+            pos = regions(row.context_size, n_ctx)[region]
+            live = df[df["density"] > 0]
+            rows.append({"sae_id": row.sae_id, "family": row.family, "layer": row.layer, "region": region,
+                         "positions": f"{pos.start}..{pos.stop - 1}", "live": len(live), "dead": len(df) - len(live),
+                         "density": live["density"].median(), "mean": live["mean"].median(),
+                         "std": live["std"].median(), "q10_over_q50": (live["q10"] / live["q50"]).median(),
+                         "q90_over_q50": (live["q90"] / live["q50"]).median(),
+                         "corr_mean_std": _log_corr(live["mean"], live["std"]),
+                         "corr_mean_density": _log_corr(live["mean"], live["density"])})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- sentences
+
+
+def past_context_sentence(activation: pd.DataFrame, n_ctx: int) -> str:
+    """Return how the average activation past a short-context SAE's training context compares with inside it."""
+    short = activation[activation["context_size"] < n_ctx]
+    if short.empty:
+        return (f"Every SAE given was trained on the full context of {n_ctx} positions, so no position lies past a "
+                "training context.")
+    ratio = short[PAST] / short[IN]
+    r = short.assign(ratio=ratio).sort_values("layer").iloc[0]
+    return (f"Past its training context of {r['context_size']} positions, the average activation of {r['sae_id']} "
+            f"(layer {r['layer']}) is {r['ratio']:.1f} times its in-context level; over the {len(short)} "
+            f"short-context SAEs the ratio runs from {ratio.min():.1f} to {ratio.max():.1f}.")
+
+
+def ablation_loss_sentence(ce: pd.Series) -> str:
+    """Return what zeroing and shuffling W_pos cost the model's loss, and which costs more."""
+    zero, shuffle = ce["zero"] - ce["normal"], ce["shuffle"] - ce["normal"]
+    text = f"Zeroing `W_pos` adds {zero:.3f} nats to the loss and shuffling it {shuffle:.3f} nats"
+    if shuffle > zero:
+        return text + (": wrong positions cost the model more than none at all (a zeroed `W_pos` still leaves causal "
+                       "attention some sense of position, through how many tokens each position attends to).")
+    return text + ": here no positions cost the model at least as much as wrong ones."
+
+
+def splice_sentence(splice: pd.DataFrame, ref: str, n_ctx: int) -> str:
+    """Return the reference SAE's nMSE and added cross-entropy inside and (if it has one) past its training context."""
+    r = splice.set_index("sae_id").loc[ref]
+    text = (f"Inside its training context {ref} reconstructs its inputs with an nMSE of {r['nmse_' + IN]:.3f} and "
+            f"splicing it in adds {r['dce_' + IN]:.3f} nats")
+    if r["context_size"] >= n_ctx:
+        return text + f"; it was trained on the full context of {n_ctx} positions, so there is no past-context part."
+    return (text + f"; past it, the nMSE is {r['nmse_' + PAST]:.3g} and the added loss {r['dce_' + PAST]:.3f} nats: "
+            "the length-generalisation failure of the [length chapter](length_generalization).")
+
+
+def density_sentence(summary: pd.DataFrame) -> str:
+    """Return how a short-context SAE's median firing density past its context compares with inside it."""
+    wide = summary.pivot_table(index=["sae_id", "layer"], columns="region", values="density").reset_index()
+    if PAST not in wide:
+        return "Every SAE given covers the full context, so all its statistics are in-context ones."
+    wide = wide.dropna(subset=[PAST]).sort_values("layer")
+    ratio = wide[PAST] / wide[IN]
+    r = wide.assign(ratio=ratio).iloc[0]
+    return (f"Past its training context, the median live feature of {r['sae_id']} fires on {r[PAST]:.3g} of tokens, "
+            f"{r['ratio']:.1f} times its in-context rate of {r[IN]:.3g} (over the {len(wide)} short-context SAEs: "
+            f"{ratio.min():.1f} to {ratio.max():.1f} times); those past-context statistics are kept apart.")
+
+
+def correlation_sentence(summary: pd.DataFrame) -> str:
+    """Return how strongly per-feature mean goes with std and with density (log scales, in context)."""
+    s = summary[summary["region"] == IN]
+    ms, md = s["corr_mean_std"].dropna(), s["corr_mean_density"].dropna()
+    if ms.empty or md.empty:
+        return "Too few live features fire to correlate their means, standard deviations and densities."
+
+    def strength(c: pd.Series) -> str:
+        if c.min() >= 0.5:
+            return "go together"
+        return "are at most weakly related" if c.max() < 0.5 else "vary in how they relate"
+
+    text = (f"Inside the training context, on log scales, a feature's mean and standard deviation {strength(ms)} "
+            f"(correlation {ms.min():.2f} to {ms.max():.2f} across the SAEs), and its mean and firing density "
+            f"{strength(md)} ({md.min():.2f} to {md.max():.2f})")
+    if md.min() >= 0.5:
+        return text + ": features that fire often also fire strongly, so the per-position average mixes how many " \
+                      "features fire with how strongly."
+    return text + "."
+
+
+# ---------------------------------------------------------------- display tables
+
+
+def _num(x: float, fmt: str) -> str:
+    """Return x formatted, or a dash for a missing value."""
+    return DASH if x is None or (isinstance(x, float) and not np.isfinite(x)) else format(x, fmt)
+
+
+def activation_table(activation: pd.DataFrame) -> pd.DataFrame:
+    """Return the average activation at position 0, in context and past it, per SAE (for display)."""
+    return pd.DataFrame({"SAE": activation["sae_id"], "layer": activation["layer"],
+                         "training context": activation["context_size"],
+                         "position 0": [_num(v, ".4g") for v in activation["position_0"]],
+                         "in context (1..C-1)": [_num(v, ".4g") for v in activation[IN]],
+                         "past context (C..)": [_num(v, ".4g") for v in activation[PAST]]})
+
+
+def frequency_display(freq: pd.DataFrame) -> pd.DataFrame:
+    """Return the spectral peak of each SAE's curve and the verdict (for display)."""
+    def verdict(r) -> str:
+        if r["oscillation"]:
+            return "yes" if r["layer"] == r["base_layer"] else f"yes, {_num(r['ratio_to_base'], '.2f')}× base freq."
+        return "no (trend)" if not r["resolved"] else "no (not significant)"
+
+    return pd.DataFrame({"SAE (positions)": [f"{r.sae_id} ({r.first}..{r.last})" for r in freq.itertuples()],
+                         "layer": freq["layer"], "peak period": [f"{p:.1f}" for p in freq["period"]],
+                         "cycles in window": [f"{c:.2f}" for c in freq["cycles"]],
+                         "power / null 95%": [f"{v:.2f}" for v in freq["peak_over_null"]],
+                         "p-value": [f"{p:.3f}" for p in freq["p_value"]],
+                         "oscillation": [verdict(r) for _, r in freq.iterrows()]})
+
+
+def amplitude_display(amplitude: pd.DataFrame) -> pd.DataFrame:
+    """Return the relative amplitude (std / mean over positions 1..C-1) per SAE and W_pos condition (for display)."""
+    wide = amplitude.pivot_table(index=["sae_id", "layer"], columns="ablation", values="relative_amplitude",
+                                 sort=False).reset_index()
+    return pd.DataFrame({"SAE": wide["sae_id"], "layer": wide["layer"],
+                         **{f"W_pos {a}": [f"{v:.3f}" for v in wide[a]] for a in ABLATIONS}})
+
+
+def splice_display(splice: pd.DataFrame) -> pd.DataFrame:
+    """Return each SAE's nMSE and added cross-entropy in context and past it (for display)."""
+    return pd.DataFrame({"SAE": splice["sae_id"], "layer": splice["layer"],
+                         "nMSE in context": [_num(v, ".3f") for v in splice["nmse_" + IN]],
+                         "nMSE past context": [_num(v, ".3g") for v in splice["nmse_" + PAST]],
+                         "ΔCE in context (nats)": [_num(v, ".3f") for v in splice["dce_" + IN]],
+                         "ΔCE past context (nats)": [_num(v, ".3f") for v in splice["dce_" + PAST]]})
+
+
+def feature_display(summary: pd.DataFrame) -> pd.DataFrame:
+    """Return per SAE and region the live features and their median density, mean and std (for display)."""
+    return pd.DataFrame({"SAE": summary["sae_id"], "positions": summary["region"] + " (" + summary["positions"] + ")",
+                         "live features": summary["live"], "dead": summary["dead"],
+                         "median density": [_num(v, ".3g") for v in summary["density"]],
+                         "median mean": [_num(v, ".3g") for v in summary["mean"]],
+                         "median std": [_num(v, ".3g") for v in summary["std"]]})
+
+
+def shape_display(summary: pd.DataFrame) -> pd.DataFrame:
+    """Return per SAE (in context) the deciles' shape and the log-log correlations (for display)."""
+    s = summary[summary["region"] == IN]
+    return pd.DataFrame({"SAE": s["sae_id"], "layer": s["layer"],
+                         "median q10 / q50": [_num(v, ".3f") for v in s["q10_over_q50"]],
+                         "median q90 / q50": [_num(v, ".3f") for v in s["q90_over_q50"]],
+                         "corr(log mean, log std)": [_num(v, ".2f") for v in s["corr_mean_std"]],
+                         "corr(log mean, log density)": [_num(v, ".2f") for v in s["corr_mean_density"]]})
+
+
+# ---------------------------------------------------------------- the chapter's one call
+
+
+@dataclass(frozen=True)
+class OscillationResult:
+    """Everything the oscillation chapter shows: prose values, display tables and the frames its figures draw."""
+
+    values: dict[str, float | str]  # the prose's numbers and sentences, glue names prefixed osc_
+    tables: dict[str, pd.DataFrame]  # display tables: activation, frequency, amplitude, splice, features, shape
+    positions: pd.DataFrame  # per (ablation, SAE, position): mean_act, mean_nonzero, l0, nmse
+    spectra: pd.DataFrame  # per (SAE, bin): cycles_per_n_ctx, power_over_null
+    amplitude: pd.DataFrame  # per (ablation, SAE): amplitude, mean, relative_amplitude
+    loss: pd.DataFrame  # per (ablation, position): ce
+    spliced: pd.DataFrame  # per (model, position): ce, model 'clean' or '<sae_id> (layer L)'
+    features: dict[str, pd.DataFrame]  # per SAE: per-feature stats over its in-context positions
+    layers: dict[str, int]  # per SAE: its layer
+    frequencies: pd.DataFrame  # per SAE: the spectral peak and its test against the null
+
+    def glued(self) -> dict[str, float | str]:
+        """Return the prose values (names prefixed osc_)."""
+        return dict(self.values)
+
+
+def load_saes(model, params: OscillationParams) -> dict[str, object]:
+    """Return the SAEs the params name (ReLU ones first), each checked to fit the model."""
+    from possae.loaders import check_sae_fits, load_sae
+
+    saes = {sid: load_sae(params.sae_release, sid, device=params.device) for sid in params.sae_ids}
+    for sae in saes.values():
+        check_sae_fits(model, sae)
+    return saes
+
+
+def _mean_over(values: Float[np.ndarray, "n"], positions: range | None) -> float:
+    """Return the mean of values over the positions that exist among them (NaN without any)."""
+    if positions is None or min(positions.stop, len(values)) <= positions.start:
+        return np.nan
+    return float(values[positions.start : positions.stop].mean())
+
+
+def _splice_frame(model, tokens, saes, info, clean: Float[Tensor, "n_pos_1"]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Return per-position CE of the clean and every spliced model, and per SAE its mean ΔCE in and past context."""
+    n_pos = tokens.shape[1]
+    curves = [pd.DataFrame({"model": "clean", "position": np.arange(n_pos - 1), "ce": clean.numpy()})]
+    rows = []
+    for row in info.itertuples():
+        ce = spliced_loss(model, tokens, saes[row.sae_id])
+        curves.append(pd.DataFrame({"model": f"{row.sae_id} (layer {row.layer})", "position": np.arange(n_pos - 1),
+                                    "ce": ce.numpy()}))
+        delta = (ce - clean).numpy()
+        r = regions(row.context_size, n_pos)
+        rows.append({"sae_id": row.sae_id, **{f"dce_{k}": _mean_over(delta, r.get(k)) for k in (IN, PAST)}})
+    return pd.concat(curves, ignore_index=True), pd.DataFrame(rows)
+
+
+def analyze(model, saes: dict[str, object], params: OscillationParams,
+            tokens: Int[Tensor, "n_windows n_ctx"] | None = None, n_null: int = N_NULL) -> OscillationResult:
+    """Return the chapter's result: streamed passes under each W_pos condition, spectra, splices and feature stats."""
+    if not saes:
+        raise ValueError("analyze needs at least one SAE.")
+    if tokens is None:
+        from possae.heldout import heldout_windows
+
+        tokens = heldout_windows(model.tokenizer, model.cfg.n_ctx, params.n_heldout_tokens)
+    n_win, n_ctx = tokens.shape
+    info = sae_info(saes, n_ctx)
+    passes = {a: position_pass(model, tokens, saes, a, seed=params.seed, feature_stats=a == "normal")
+              for a in ABLATIONS}
+    positions = position_frame(passes, info, {sid: sae.cfg.d_sae for sid, sae in saes.items()})
+    loss = pd.concat([pd.DataFrame({"ablation": a, "position": np.arange(n_ctx - 1), "ce": p.loss.mean("ce").numpy()})
+                      for a, p in passes.items()], ignore_index=True)
+    ce = loss[loss["position"] >= 1].groupby("ablation", sort=False)["ce"].mean()  # position 0 sees BOS alone
+    activation = region_means(positions, info, "mean_act")
+    nmse = region_means(positions, info, "nmse").rename(columns={IN: "nmse_" + IN, PAST: "nmse_" + PAST})
+    freq = frequency_table(positions, info, n_null=n_null, seed=params.seed)
+    amplitude = oscillation_amplitude(positions)
+    spliced, dce = _splice_frame(model, tokens, saes, info, passes["normal"].loss.mean("ce"))
+    splice = nmse.merge(dce, on="sae_id")
+    feats = {sid: {r: s.frame() for r, s in by_region.items()} for sid, by_region in passes["normal"].features.items()}
+    summary = feature_summary(feats, info, n_ctx)
+
+    ref = freq[freq["family"] == info["family"].iloc[0]].sort_values("layer", kind="stable").iloc[0]
+    ref_act = activation.set_index("sae_id").loc[ref["sae_id"]]
+    ref_amp = amplitude[amplitude["sae_id"] == ref["sae_id"]].set_index("ablation")["relative_amplitude"]
+    values: dict[str, float | str] = {
+        "osc_n_tokens": int(tokens.numel()), "osc_n_windows": int(n_win), "osc_n_ctx": int(n_ctx),
+        "osc_seed": int(params.seed), "osc_ref0": str(ref["sae_id"]), "osc_ref_family": str(ref["family"]),
+        "osc_ref_layer": int(ref["layer"]), "osc_pos0_ratio": float(ref_act["position_0"] / ref_act[IN]),
+        "osc_past_sentence": past_context_sentence(activation, n_ctx),
+        "osc_detrend_degree": DETREND_DEGREE, "osc_min_cycles": MIN_RESOLVED_CYCLES, "osc_n_null": n_null,
+        "osc_null_quantile": NULL_QUANTILE,
+        "osc_n_oscillating": int(freq["oscillation"].sum()), "osc_n_saes": len(freq),
+        "osc_freq_sentence": " ".join(frequency_sentence(freq, fam) for fam in freq["family"].unique()),
+        **{f"osc_amp0_{a}": float(ref_amp[a]) for a in ABLATIONS},
+        **{f"osc_ce_{a}": float(ce[a]) for a in ABLATIONS}, "osc_ce_sentence": ablation_loss_sentence(ce),
+        "osc_quantile_tokens": QUANTILE_TOKENS,
+        "osc_splice_sentence": splice_sentence(splice, str(ref["sae_id"]), n_ctx),
+        "osc_density_sentence": density_sentence(summary),
+        "osc_corr_sentence": correlation_sentence(summary),
+    }
+    tables = {"activation": activation_table(activation), "frequency": frequency_display(freq),
+              "amplitude": amplitude_display(amplitude), "splice": splice_display(splice),
+              "features": feature_display(summary), "shape": shape_display(summary)}
+    return OscillationResult(values=values, tables=tables, positions=positions,
+                             spectra=spectrum_frame(positions, freq, n_ctx), amplitude=amplitude, loss=loss,
+                             spliced=spliced, features={sid: f[IN] for sid, f in feats.items()},
+                             layers=dict(zip(info["sae_id"], info["layer"].astype(int))), frequencies=freq)

@@ -1,7 +1,9 @@
-"""Tests of possae.oscillation: W_pos ablation hooks, streamed per-position statistics vs brute force, spectral
-estimators on planted frequencies, per-feature quantiles, and the figure builders."""
+"""Tests of possae.oscillation: parameters, W_pos ablation hooks, streamed per-position statistics vs brute force,
+the detrended spectrum and its shuffled-position null on curves whose answer is known, per-feature statistics inside
+and past the training context, the chapter's result (no NaN, narrow tables) and the figure builders."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,20 +12,31 @@ import torch
 from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from possae.book import chapter_parameters
+from possae.glued import check_prose_values
 from possae.oscillation import (
+    DASH,
     DECILES,
-    dominant_frequencies,
-    dominant_frequency,
+    IN,
+    PAST,
+    OscillationParams,
+    analyze,
+    frequency_sentence,
     frequency_table,
     oscillation_amplitude,
     per_feature_quantiles,
     pos_embed_ablation,
+    position_frame,
     position_pass,
     position_permutation,
+    sae_info,
+    spectral_peak,
     spliced_loss,
 )
+from possae.params import ParameterError
 
-N_CTX, D, V = 32, 16, 50
+N_CTX, D, V, SHORT = 32, 16, 50, 8
+CHAPTER = Path(__file__).resolve().parents[1] / "chapters" / "oscillation.py"
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +51,12 @@ def model():
     return m.eval()
 
 
-def make_sae(kind, layer, F=64, seed=0):
-    """Return a random in-memory SAE reading blocks.<layer>.hook_resid_pre."""
+def make_sae(kind, layer, F=64, seed=0, context=None):
+    """Return a random in-memory SAE reading blocks.<layer>.hook_resid_pre (ReLU ones trained on SHORT positions)."""
     cls, cfg_cls, kw = {"relu": (StandardSAE, StandardSAEConfig, {}), "topk": (TopKSAE, TopKSAEConfig, {"k": 4})}[kind]
     cfg = cfg_cls(d_in=D, d_sae=F, **kw)
     cfg.metadata.hook_name = f"blocks.{layer}.hook_resid_pre"
-    cfg.metadata.context_size = 8 if kind == "relu" else N_CTX
+    cfg.metadata.context_size = context or (SHORT if kind == "relu" else N_CTX)
     sae = cls(cfg)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -55,6 +68,30 @@ def make_sae(kind, layer, F=64, seed=0):
 
 def tokens(n=6, seed=1):
     return torch.randint(0, V, (n, N_CTX), generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------- parameters
+
+
+def test_params_match_the_chapter_parameters_cell():
+    assert set(OscillationParams.names()) == chapter_parameters(CHAPTER)
+    assert "sae_id" not in OscillationParams.names()  # read by no one: removed
+
+
+def test_params_reject_unknown_ill_typed_and_meaningless_values():
+    with pytest.raises(ParameterError, match="no parameter 'sae_id'"):
+        OscillationParams.from_mapping({"sae_id": "relu-short"})
+    with pytest.raises(ParameterError, match="n_heldout_tokens"):
+        OscillationParams.from_mapping({"n_heldout_tokens": "many"})
+    with pytest.raises(ParameterError, match="seed"):
+        OscillationParams.from_mapping({"seed": 1.5})
+    with pytest.raises(ParameterError, match="at least one SAE"):
+        OscillationParams(relu_sae_ids=[], topk_sae_ids=[])
+    with pytest.raises(ParameterError, match="twice"):
+        OscillationParams(relu_sae_ids=["a"], topk_sae_ids=["a"])
+    p = OscillationParams.from_mapping({"relu_sae_ids": [f"blocks.{layer}.hook_resid_pre" for layer in range(12)],
+                                        "topk_sae_ids": []})
+    assert len(p.sae_ids) == 12 and isinstance(p.relu_sae_ids, tuple)
 
 
 # ---------------------------------------------------------------- hooks
@@ -89,78 +126,149 @@ def test_permutation_is_fixed_and_a_permutation():
 def test_position_pass_matches_brute_force(model):
     toks = tokens(5)
     saes = {"r0": make_sae("relu", 0), "t1": make_sae("topk", 1, seed=2)}
-    res = position_pass(model, toks, saes, "normal", feature_ids=["r0"], batch_size=2)
+    res = position_pass(model, toks, saes, "normal", feature_stats=True, batch_size=2)
+    frame = position_frame({"normal": res}, sae_info(saes, N_CTX), {s: 64 for s in saes})
     logits, cache = model.run_with_cache(toks)
     for sid, sae in saes.items():
         x = cache[sae.cfg.metadata.hook_name]
         f = sae.encode(x).detach()
-        got = res.positions[res.positions["sae_id"] == sid].sort_values("position")
+        got = frame[frame["sae_id"] == sid].sort_values("position")
         np.testing.assert_allclose(got["mean_act"], f.mean((0, 2)).numpy(), rtol=1e-5)
         nz = torch.where(f > 0, f, torch.nan)
         np.testing.assert_allclose(got["mean_nonzero"], nz.nanmean((0, 2)).numpy(), rtol=1e-5)
         np.testing.assert_allclose(got["l0"], (f > 0).sum(-1).double().mean(0).numpy(), rtol=1e-6)
-        rel_err = (sae.decode(f) - x).pow(2).sum((0, 2)) / x.pow(2).sum((0, 2))
-        np.testing.assert_allclose(got["rel_err"], rel_err.detach().numpy(), rtol=1e-4)
+        # nmse: MSE at each position over the total variance of the in-context inputs (positions 1..C-1)
+        C = sae.cfg.metadata.context_size
+        xi = x[:, 1:C].reshape(-1, D).double()
+        var = (xi - xi.mean(0)).pow(2).sum(-1).mean()
+        mse = (sae.decode(f) - x).pow(2).sum(-1).double().mean(0)
+        np.testing.assert_allclose(got["nmse"], (mse / var).detach().numpy(), rtol=1e-4)
         assert got["layer"].iloc[0] == int(sae.cfg.metadata.hook_name.split(".")[1])
-    assert set(res.positions["family"]) == {"ReLU", "TopK"}
+    assert set(frame["family"]) == {"ReLU", "TopK"}
     ce = model.loss_fn(logits, toks, per_token=True).mean(0)
-    np.testing.assert_allclose(res.loss["ce"], ce.detach().numpy(), rtol=1e-5)
-    # per-feature statistics of the ReLU SAE
-    f = saes["r0"].encode(cache["blocks.0.hook_resid_pre"]).detach().flatten(0, 1)
-    feats = res.features["r0"]
-    np.testing.assert_allclose(feats["mean"], f.mean(0).numpy(), rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(feats["std"], f.std(0, unbiased=False).numpy(), rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(feats["density"], (f > 0).double().mean(0).numpy())
-    j = int((f > 0).sum(0).argmax())
-    np.testing.assert_allclose(feats.loc[j, "q50"], f[f[:, j] > 0, j].median().item(), rtol=1e-5)
-    assert list(res.features) == ["r0"]
+    np.testing.assert_allclose(res.loss.mean("ce"), ce.detach().numpy(), rtol=1e-5)
+
+
+def test_feature_stats_are_split_at_the_training_context(model):
+    """Per-feature statistics of a short-context SAE are over positions 1..C-1, past-context ones kept apart."""
+    toks = tokens(5)
+    saes = {"r0": make_sae("relu", 0), "t0": make_sae("topk", 0)}
+    res = position_pass(model, toks, saes, "normal", feature_stats=True, batch_size=2)
+    assert set(res.features["r0"]) == {IN, PAST} and set(res.features["t0"]) == {IN}  # full context: nothing past
+    f = saes["r0"].encode(model.run_with_cache(toks)[1]["blocks.0.hook_resid_pre"]).detach()
+    for region, sl in ((IN, slice(1, SHORT)), (PAST, slice(SHORT, N_CTX))):
+        ff = f[:, sl].flatten(0, 1)
+        got = res.features["r0"][region].frame()
+        np.testing.assert_allclose(got["mean"], ff.mean(0).numpy(), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(got["std"], ff.std(0, unbiased=False).numpy(), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(got["density"], (ff > 0).double().mean(0).numpy())
+        j = int((ff > 0).sum(0).argmax())
+        np.testing.assert_allclose(got.loc[j, "q50"], ff[ff[:, j] > 0, j].median().item(), rtol=1e-5)
 
 
 def test_zero_ablation_flattens_layer0_curve(model):
     toks = torch.full((3, N_CTX), 7)  # every position sees the same token: only W_pos varies along positions
-    saes = {"r0": make_sae("relu", 0)}
-    normal = position_pass(model, toks, saes, "normal").positions
-    zero = position_pass(model, toks, saes, "zero").positions
-    amp = oscillation_amplitude(pd.concat([normal, zero])).set_index("ablation")["amplitude"]
+    saes = {"r0": make_sae("relu", 0, context=N_CTX)}
+    passes = {a: position_pass(model, toks, saes, a) for a in ("normal", "zero")}
+    frame = position_frame(passes, sae_info(saes, N_CTX), {"r0": 64})
+    amp = oscillation_amplitude(frame).set_index("ablation")["amplitude"]
     assert amp["zero"] < 1e-6 < 1e-2 < amp["normal"]
 
 
 def test_spliced_loss(model):
     toks = tokens(4)
     clean = spliced_loss(model, toks, None, batch_size=3)
-    np.testing.assert_allclose(clean["ce"], position_pass(model, toks, {}).loss["ce"], rtol=1e-6)
+    np.testing.assert_allclose(clean, position_pass(model, toks, {}).loss.mean("ce"), rtol=1e-6)
     spliced = spliced_loss(model, toks, make_sae("relu", 1), batch_size=3)
-    assert len(spliced) == N_CTX - 1 and not np.allclose(spliced["ce"], clean["ce"])
+    assert len(spliced) == N_CTX - 1 and not np.allclose(spliced, clean)
 
 
-# ---------------------------------------------------------------- frequency estimators
+# ---------------------------------------------------------------- spectrum and its null
 
 
-@pytest.mark.parametrize("cycles", [3.0, 7.3, 18.6])
-def test_dominant_frequency_recovers_planted(cycles):
-    n = 255
-    t = torch.arange(n, dtype=torch.float64)
-    g = torch.Generator().manual_seed(0)
-    curve = 2.0 + torch.sin(2 * math.pi * cycles * t / n + 0.4) + 0.1 * torch.randn(n, generator=g, dtype=torch.float64)
-    assert abs(dominant_frequency(curve) * n - cycles) < 0.25
-    peaks = dominant_frequencies(curve, n_ctx=n, top=2)
-    assert abs(peaks["cycles_per_n_ctx"].iloc[0] - round(cycles)) <= 1 and peaks["power_share"].iloc[0] > 0.5
-    # a steep trend hides the peak from mean removal, but not from linear detrending
-    trended = curve + 0.05 * t
-    assert abs(dominant_frequency(trended, "linear") * n - cycles) < 0.5
-    assert dominant_frequency(trended, "mean") * n < 2
+def test_quadratic_trend_is_no_oscillation():
+    t = np.arange(1, 64, dtype=float)
+    peak = spectral_peak(0.01 * (t - 30) ** 2 + 0.3 * t)
+    assert not peak["significant"] and not peak["oscillation"] and peak["p_value"] > 0.5
 
 
-def test_frequency_table_finds_doubling():
-    n_ctx, rows = 128, []
-    t = np.arange(n_ctx)
-    for layer, mult in [(0, 1), (1, 2), (2, 3)]:
-        rows.append(pd.DataFrame({"family": "ReLU", "sae_id": f"r{layer}", "layer": layer, "context_size": n_ctx,
-                                  "position": t, "mean_act": 1 + np.cos(2 * np.pi * 5 * mult * t / n_ctx)}))
-    table = frequency_table(pd.concat(rows), n_ctx, first=1)
+def test_smooth_trends_are_no_oscillation():
+    """The old finding: a trend's lowest Fourier bin (period 63 over 1..63) was reported as a period."""
+    t = np.arange(1, 64, dtype=float)
+    for c in (np.exp(-t / 15), np.log(t), np.tanh((t - 30) / 5), 2 + 0.05 * t):
+        assert not spectral_peak(c)["oscillation"]
+
+
+def test_sine_of_period_16_with_noise_is_a_significant_oscillation():
+    t = np.arange(1, 64, dtype=float)
+    noise = np.random.default_rng(0).standard_normal(len(t))
+    peak = spectral_peak(3 + np.sin(2 * np.pi * t / 16 + 0.4) + 0.3 * noise)
+    assert peak["oscillation"] and peak["resolved"] and peak["significant"]
+    assert abs(peak["period"] - 16) < 0.5 and peak["p_value"] <= 0.002 and peak["peak_over_null"] > 2
+
+
+def test_white_noise_is_not_significant():
+    noise = np.random.default_rng(1).standard_normal(127)
+    peak = spectral_peak(noise)
+    assert not peak["significant"] and not peak["oscillation"] and peak["p_value"] > 0.05
+
+
+def test_null_is_seeded():
+    c = np.sin(np.arange(63) / 3) + np.random.default_rng(2).standard_normal(63)
+    assert spectral_peak(c, seed=4) == spectral_peak(c, seed=4)
+
+
+def _curves(layers_mult, n_ctx=128, context=128, noise=0.2):
+    """Return a positions frame of ReLU curves (normal condition), a cosine of 5 * mult cycles per n_ctx per layer."""
+    t, rng, rows = np.arange(n_ctx), np.random.default_rng(0), []
+    for layer, mult in layers_mult:
+        rows.append(pd.DataFrame({"ablation": "normal", "family": "ReLU", "sae_id": f"r{layer}", "layer": layer,
+                                  "context_size": context, "position": t,
+                                  "mean_act": 1 + np.cos(2 * np.pi * 5 * mult * t / n_ctx)
+                                  + noise * rng.standard_normal(n_ctx)}))
+    frame = pd.concat(rows, ignore_index=True)
+    return frame, frame.drop_duplicates("sae_id")[["sae_id", "family", "layer", "context_size"]]
+
+
+def test_frequency_table_finds_doubling_in_the_layers_given():
+    frame, info = _curves([(2, 1), (5, 2), (9, 3)])  # layers come from the SAEs, not a hard-coded 1..3
+    table = frequency_table(frame, info, n_null=200)
+    assert table["oscillation"].all()
     np.testing.assert_allclose(table["ratio_to_base"], [1, 2, 3], atol=0.05)
-    np.testing.assert_allclose(table["dominant_cycles_per_n_ctx"], [5, 10, 15], atol=0.2)
-    np.testing.assert_allclose(table["dominant_period"], [25.6, 12.8, 128 / 15], rtol=0.03)
+    np.testing.assert_allclose(table["period"], [25.6, 12.8, 128 / 15], rtol=0.03)
+    text = frequency_sentence(table, "ReLU")
+    assert "layer-2 ReLU SAE's curve oscillates with a period of 25." in text
+    assert "Layers 5, 9 oscillate at 2.0" in text and "to 2.9" in text
+
+
+def test_a_trend_in_the_lowest_bin_is_not_reported_as_a_period():
+    pos = np.arange(0, 64, dtype=float)
+    frame = pd.DataFrame({"ablation": "normal", "family": "ReLU", "sae_id": "s0", "layer": 0, "position": pos,
+                          "context_size": 64, "mean_act": 0.01 * (pos - 30) ** 2 + 0.02 * pos})
+    info = frame.drop_duplicates("sae_id")[["sae_id", "family", "layer", "context_size"]]
+    table = frequency_table(frame, info, n_null=200)
+    assert not table.loc[0, "oscillation"] and np.isnan(table.loc[0, "ratio_to_base"])
+    text = frequency_sentence(table, "ReLU")
+    assert "shows no oscillation" in text and "cannot be tested" in text and "period of 63" not in text
+
+
+def _freq_rows(rows):
+    return pd.DataFrame([{"family": "ReLU", "sae_id": f"s{l}", "layer": l, "first": 1, "last": 63, "window": 63,
+                          "cycles": c, "period": 63 / c, "resolved": c >= 2, "significant": s,
+                          "oscillation": c >= 2 and s,
+                          "peak_over_null": 3.0 if s else 0.5, "p_value": 0.001 if s else 0.4, "base_layer": 0,
+                          "ratio_to_base": r} for l, c, s, r in rows])
+
+
+def test_frequency_sentence_reports_only_what_the_test_supports():
+    text = frequency_sentence(_freq_rows([(0, 4.0, True, 1.0), (1, 8.0, True, 2.0), (2, 7.6, True, 1.9),
+                                          (3, 1.0, False, np.nan)]), "ReLU")
+    assert "a period of 15.8 positions" in text and "Layers 1, 2 oscillate at 1.90 to 2.00 times" in text
+    assert text.endswith("Layer 3 shows no oscillation.")
+    text = frequency_sentence(_freq_rows([(0, 1.0, True, np.nan), (1, 3.0, True, np.nan)]), "ReLU")
+    assert "shows no oscillation" in text and "layer 1 (period 21.0 positions)" in text and "cannot be tested" in text
+    text = frequency_sentence(_freq_rows([(0, 5.0, False, np.nan)]), "ReLU")
+    assert "not" in text.lower() and "p = 0.40" in text and "cannot be tested" in text
 
 
 # ---------------------------------------------------------------- quantiles
@@ -177,10 +285,56 @@ def test_per_feature_quantiles_match_torch():
         torch.testing.assert_close(q[j], torch.quantile(vals[feats == j].double(), torch.tensor(DECILES).double()))
 
 
-# ---------------------------------------------------------------- figures
+# ---------------------------------------------------------------- the chapter's result
 
 
-def test_figures_build(model):
+@pytest.fixture(scope="module")
+def result(model):
+    saes = {"r0": make_sae("relu", 0), "r1": make_sae("relu", 1, seed=3), "t0": make_sae("topk", 0, seed=2)}
+    params = OscillationParams(relu_sae_ids=["r0", "r1"], topk_sae_ids=["t0"], seed=0)
+    return analyze(model, saes, params, tokens=tokens(6), n_null=100), saes
+
+
+def test_result_tables_have_no_nan_and_are_narrow(result):
+    res, _ = result
+    check_prose_values(res.glued())
+    assert all(k.startswith("osc_") for k in res.glued())
+    for name, table in res.tables.items():
+        assert table.shape[1] <= 7, name
+        assert not table.isna().any().any(), name
+        assert not table.astype(str).apply(lambda c: c.str.lower().str.contains("nan")).any().any(), name
+    splice = res.tables["splice"].set_index("SAE")
+    assert splice.loc["t0", "ΔCE past context (nats)"] == DASH and splice.loc["r0", "ΔCE past context (nats)"] != DASH
+    assert res.tables["activation"].set_index("SAE").loc["t0", "past context (C..)"] == DASH
+
+
+def test_result_numbers_match_brute_force(result, model):
+    res, saes = result
+    toks = tokens(6)
+    logits = model(toks).detach()
+    v = res.glued()
+    ce = float(model.loss_fn(logits, toks, per_token=True)[:, 1:].mean())
+    assert v["osc_ce_normal"] == pytest.approx(ce, rel=1e-5)
+    assert v["osc_ref0"] == "r0" and v["osc_ref_layer"] == 0 and v["osc_n_saes"] == 3
+    f = saes["r0"].encode(model.run_with_cache(toks)[1]["blocks.0.hook_resid_pre"]).detach()
+    np.testing.assert_allclose(res.features["r0"]["density"], (f[:, 1:SHORT] > 0).double().mean((0, 1)).numpy())
+    act = f.mean(-1).mean(0)
+    assert v["osc_pos0_ratio"] == pytest.approx(float(act[0] / act[1:SHORT].mean()), rel=1e-5)
+    assert f"{float(act[SHORT:].mean() / act[1:SHORT].mean()):.1f} times" in v["osc_past_sentence"]
+    assert "r0" in v["osc_density_sentence"] and "past" in v["osc_splice_sentence"]
+
+
+def test_result_without_short_context_saes_says_so(model):
+    saes = {"t0": make_sae("topk", 0, seed=2), "t1": make_sae("topk", 1, seed=4)}
+    params = OscillationParams(relu_sae_ids=[], topk_sae_ids=["t0", "t1"])
+    res = analyze(model, saes, params, tokens=tokens(3), n_null=50)
+    v = res.glued()
+    check_prose_values(v)
+    assert "full context" in v["osc_past_sentence"] and "full context" in v["osc_density_sentence"]
+    assert "no past-context part" in v["osc_splice_sentence"] and v["osc_ref_family"] == "TopK"
+
+
+def test_figures_build(result):
     from possae.figures.oscillation import (
         amplitude_figure,
         decile_figure,
@@ -190,51 +344,12 @@ def test_figures_build(model):
         spectrum_figure,
     )
 
-    toks = tokens(3)
-    saes = {"r0": make_sae("relu", 0), "t0": make_sae("topk", 0), "r1": make_sae("relu", 1)}
-    res = {a: position_pass(model, toks, saes, a, feature_ids=["r0"] if a == "normal" else ()) for a in ("normal", "zero")}
-    pos = pd.concat([r.positions for r in res.values()])
-    fig = position_curves_figure(pos, first=1)
-    assert len(fig.data) == 2 * 3 and len(fig.layout.shapes) == 2  # two ReLU panels get a training-context line
-    assert len(spectrum_figure(res["normal"].positions, N_CTX).data) == 3
-    assert len(amplitude_figure(oscillation_amplitude(pos)).data) == 2
-    assert len(loss_by_position_figure(pd.concat([r.loss for r in res.values()])).data) == 2
-    assert len(feature_scatter_figure(res["normal"].features, {"r0": 0}).data) == 1
-    assert len(decile_figure(res["normal"].features, {"r0": 0}).data) == 1
-
-
-def _freq_rows(rows):
-    import pandas as pd
-
-    return pd.DataFrame([{"family": "ReLU", "sae_id": f"s{l}", "layer": l, "positions": "1..63",
-                          "dominant_cycles_per_n_ctx": c * 256 / 63, "cycles_in_window": c,
-                          "resolved": c >= 1.5, "dominant_period": 63 / c, "ratio_to_base": r} for l, c, r in rows])
-
-
-def test_a_trend_in_the_lowest_bin_is_not_reported_as_a_period():
-    import pandas as pd
-
-    from possae.oscillation import frequency_sentence, frequency_table
-
-    # a pure straight trend plus a bend: no oscillation; its peak sits in the lowest bin
-    pos = torch.arange(0, 64, dtype=torch.float64)
-    frame = pd.DataFrame({"family": "ReLU", "sae_id": "s0", "layer": 0, "position": pos.numpy(), "context_size": 64,
-                          "mean_act": (0.01 * (pos - 30) ** 2).numpy()})
-    table = frequency_table(frame, 256, first=1, within_context=True, detrend="linear")
-    assert not table.loc[0, "resolved"] and table.loc[0, "cycles_in_window"] < 1.5
-    text = frequency_sentence(table, "ReLU")
-    assert "no resolved oscillation" in text and "cannot be tested" in text
-    # a real period of 16 positions inside the window is resolved and reported
-    frame["mean_act"] = torch.sin(2 * torch.pi * pos / 16).numpy()
-    table = frequency_table(frame, 256, first=1, within_context=True, detrend="linear")
-    assert table.loc[0, "resolved"] and abs(table.loc[0, "dominant_period"] - 16) < 0.5
-
-
-def test_frequency_sentence_gives_ratios_of_resolved_layers_only():
-    from possae.oscillation import frequency_sentence
-
-    text = frequency_sentence(_freq_rows([(0, 4.0, 1.0), (1, 8.0, 2.0), (2, 7.6, 1.9), (3, 1.0, 0.25)]), "ReLU")
-    assert "a period of 15.8 positions" in text and "Layers 1, 2 peak at 1.90 to 2.00 times" in text
-    assert text.endswith("Layer 3 has no resolved peak (lowest bin).")
-    text = frequency_sentence(_freq_rows([(0, 1.0, 1.0), (1, 3.0, 3.0)]), "ReLU")
-    assert "no resolved oscillation" in text and "1 (period 21.0 positions)" in text
+    res, _ = result
+    fig = position_curves_figure(res.positions, first=1)
+    assert len(fig.data) == 3 * 3 and len(fig.layout.shapes) == 2  # two ReLU panels get a training-context line
+    assert len(spectrum_figure(res.spectra).data) == 3
+    assert len(amplitude_figure(res.amplitude).data) == 3
+    assert len(loss_by_position_figure(res.loss).data) == 3
+    assert len(loss_by_position_figure(res.spliced, color="model").data) == 4
+    assert len(feature_scatter_figure(res.features, res.layers).data) == 3
+    assert len(decile_figure(res.features, res.layers).data) == 3

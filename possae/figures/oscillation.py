@@ -9,7 +9,6 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from possae.figures import mark_context
-from possae.oscillation import amplitude_spectrum
 
 FAMILIES = ("ReLU", "TopK")
 ABLATION_COLORS = {"normal": "#1f77b4", "zero": "#d62728", "shuffle": "#2ca02c"}
@@ -42,25 +41,22 @@ def position_curves_figure(positions: pd.DataFrame, value: str = "mean_act", fir
     return fig.update_layout(height=220 * len(layers) + 80, title=title, legend_title="W_pos")
 
 
-def spectrum_figure(positions: pd.DataFrame, n_ctx: int, value: str = "mean_act", first: int = 1,
-                    within_context: bool = True, detrend: str = "linear", max_cycles: float = 64) -> go.Figure:
-    """Return each SAE's amplitude spectrum (normalised to its peak) against cycles per n_ctx, one panel per family."""
-    fams = _families(positions)
+def spectrum_figure(spectra: pd.DataFrame, max_cycles: float = 64) -> go.Figure:
+    """Return each SAE's detrended power spectrum over the shuffled-position threshold, one panel per family."""
+    fams = _families(spectra)
     fig = make_subplots(1, len(fams), subplot_titles=[f"{f} SAEs" for f in fams], shared_yaxes=True)
     colors = qualitative.Plotly
     for c, fam in enumerate(fams, 1):
-        for (layer, sid), g in positions[positions["family"] == fam].groupby(["layer", "sae_id"]):
-            last = min(int(g["context_size"].iloc[0]), n_ctx) if within_context else n_ctx
-            curve = g[(g["position"] >= first) & (g["position"] < last)].sort_values("position")[value].to_numpy()
-            spec = amplitude_spectrum(curve, detrend).numpy()
-            cycles = np.arange(len(spec)) * n_ctx / len(curve)
-            keep = (cycles > 0) & (cycles <= max_cycles)
-            fig.add_scatter(x=cycles[keep], y=spec[keep] / spec[1:].max(), mode="lines+markers", marker_size=3,
+        for (layer, sid), g in spectra[spectra["family"] == fam].groupby(["layer", "sae_id"]):
+            g = g[g["cycles_per_n_ctx"] <= max_cycles]
+            fig.add_scatter(x=g["cycles_per_n_ctx"], y=g["power_over_null"], mode="lines+markers", marker_size=3,
                             name=f"layer {layer}", legendgroup=f"layer {layer}", showlegend=(c == 1),
                             line=dict(color=colors[int(layer) % len(colors)]), row=1, col=c)
+        fig.add_hline(y=1, line_dash="dash", line_color="gray", row=1, col=c)
     fig.update_xaxes(title_text="cycles per n_ctx positions")
-    fig.update_yaxes(title_text="amplitude / peak", col=1)
-    return fig.update_layout(height=380, title=f"Spectrum of the average activation ({detrend} removed)")
+    fig.update_yaxes(title_text="power / null threshold", type="log", col=1)
+    return fig.update_layout(height=380, title="Detrended spectrum of the average activation, over the "
+                                               "shuffled-position threshold (dashed: 1)")
 
 
 def amplitude_figure(amplitude: pd.DataFrame, y: str = "relative_amplitude") -> go.Figure:
@@ -70,7 +66,7 @@ def amplitude_figure(amplitude: pd.DataFrame, y: str = "relative_amplitude") -> 
         fig.add_bar(x=[f"{f} L{layer}" for f, layer in zip(g["family"], g["layer"])], y=g[y], name=ablation,
                     marker_color=ABLATION_COLORS.get(ablation))
     return fig.update_layout(barmode="group", height=360, yaxis_title=y.replace("_", " "), legend_title="W_pos",
-                             title="Amplitude of the average activation over positions 1..")
+                             title="Relative amplitude of the average activation over positions 1..C-1")
 
 
 def loss_by_position_figure(loss: pd.DataFrame, color: str = "ablation", title: str = "") -> go.Figure:
