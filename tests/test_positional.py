@@ -14,6 +14,7 @@ from builders import make_weights
 from possae import positional as P
 from possae.hooks import LAYER0_INPUT as LAYER0_HOOK
 from possae.layer0_stats import Layer0Stats, layer0_stats
+from possae.metrics import PositionSums
 
 
 def f64(x):
@@ -160,6 +161,7 @@ def test_peak_width_and_positions_on_hand_made_means():
     assert P.peak_width(stats, context_size=2).tolist() == [1, 1, 0, 1]
     assert P.fires_inside(stats).tolist() == [True, True, False, True]
     row = P.sweep_row(hand_stats([[1.0, 0.0], [0.0, 1.0]]), threshold=0.0)
+    assert set(row) == {"d_sae", "positional", "share", "distinct_peaks", "mean_peak_width"}
     assert row["positional"] == 2 and row["distinct_peaks"] == 2 and row["mean_peak_width"] == 1.0
 
 
@@ -192,16 +194,24 @@ def test_peak_histogram_counts():
         P.peak_histogram(torch.tensor([5]), 5)
 
 
-def test_peak_range_frame_counts_per_range():
-    df = P.peak_range_frame(torch.tensor([0, 0, 1, 3, 3, 9]), 12, edges=(1, 8))
-    assert df["positions"].tolist() == ["0", "1-7", "8-11"]
-    assert df["n_positions"].tolist() == [1, 7, 4]
-    assert df["features"].tolist() == [2, 3, 1]
-    assert df["features_per_position"].tolist() == pytest.approx([2.0, 3 / 7, 0.25])
-    assert df["positions_with_a_feature"].tolist() == [1, 2, 1]
-    # edges at or past the context are dropped
-    short = P.peak_range_frame(torch.tensor([2]), 5, edges=(1, 8))
-    assert short["positions"].tolist() == ["0", "1-4"] and short["features"].tolist() == [0, 1]
+def test_peak_range_labels_come_from_the_edges_and_the_context():
+    # finding: "positions 1-7" was typed in the prose next to edges=(1, 8); the labels now come from the edges
+    df = P.peak_range_frame(torch.tensor([1, 3, 3, 9, 11]), range(1, 12), edges=(8,))
+    assert df["positions"].tolist() == ["1-7", "8-11"]
+    assert df["n_positions"].tolist() == [7, 4]
+    assert df["features"].tolist() == [3, 2]
+    assert df["features_per_position"].tolist() == pytest.approx([3 / 7, 0.5])
+    assert df["positions_with_a_feature"].tolist() == [2, 2]
+    other = P.peak_range_frame(torch.tensor([2]), range(1, 10), edges=(4,))
+    assert other["positions"].tolist() == ["1-3", "4-9"]
+    text = P.range_sentence(other)
+    assert "positions 1-3" in text and "positions 4-9" in text and "1-7" not in text
+    # edges at or past the context are dropped: one group
+    short = P.peak_range_frame(torch.tensor([2]), range(1, 5), edges=(8,))
+    assert short["positions"].tolist() == ["1-4"] and short["features"].tolist() == [1]
+    assert P.range_sentence(short) == ("Of the positional features, 1 peak at positions 1-4 (0.25 per position, covering 1 "
+                                       "of those 4 positions).")
+    assert P.range_table(df).shape[1] <= 7
 
 
 def test_detector_peaks_fill_the_histogram():
@@ -260,27 +270,33 @@ def test_decoder_input_cosine():
 # ----------------------------------------------------------------------------------------------
 
 
-def test_positional_share_hand_computation():
+def sums_of(acts):
+    """Return PositionSums of windows of activations (batch, pos, units), as mlp_position_sums accumulates them."""
+    acts = f64(acts)
+    return PositionSums.empty(acts.shape[1]).add_windows(act=acts, act2=acts**2)
+
+
+def test_neuron_r2_pos_hand_computation():
     acts = f64([[1.0, 2.0, 3.0], [3.0, 4.0, 5.0]])[:, :, None]  # 2 windows x 3 positions x 1 unit
-    m = P.PositionMoments.empty(3, 1).add(acts)
+    m = sums_of(acts)
     # positions 0..2: means 2, 3, 4 around 3 -> SS_between 2*(1+0+1) = 4; SS_total 4+1+0+0+1+4 = 10
-    assert float(P.positional_share(m, first=0)) == pytest.approx(0.4)
+    assert float(P.neuron_r2_pos(m, range(0, 3))) == pytest.approx(0.4)
     # positions 1..2: values 2, 4 | 3, 5, means 3, 4 around 3.5 -> SS_between 1, SS_total 5
-    assert float(P.positional_share(m, first=1)) == pytest.approx(0.2)
-    assert float(P.positional_share(m, first=0, last=1)) == 0.0  # one position: nothing between positions
-    torch.testing.assert_close(m.mean()[:, 0], f64([2.0, 3.0, 4.0]))
-    torch.testing.assert_close(m.std()[:, 0], f64([1.0, 1.0, 1.0]))
+    assert float(P.neuron_r2_pos(m, range(1, 3))) == pytest.approx(0.2)
+    assert float(P.neuron_r2_pos(m, range(0, 1))) == 0.0  # one position: nothing between positions
+    frame = P.neuron_profile_frame(m, torch.tensor([0]), range(0, 3))
+    assert frame["mean"].tolist() == pytest.approx([2.0, 3.0, 4.0]) and frame["std"].tolist() == pytest.approx([1.0] * 3)
 
 
-def test_positional_share_matches_scipy_anova_and_batches():
+def test_neuron_r2_pos_matches_scipy_anova_and_batches():
     from scipy.stats import f_oneway
 
     g = torch.Generator().manual_seed(0)
     acts = torch.randn(11, 6, 4, generator=g, dtype=torch.float64) + torch.linspace(0, 1, 6, dtype=torch.float64)[None, :, None] * f64([0.0, 0.5, 2.0, 8.0])
-    one = P.PositionMoments.empty(6, 4).add(acts)
-    two = P.PositionMoments.empty(6, 4).add(acts[:4]).add(acts[4:])
-    share = P.positional_share(one, first=0)
-    torch.testing.assert_close(share, P.positional_share(two, first=0))
+    one = sums_of(acts)
+    two = PositionSums.empty(6).add_windows(act=acts[:4], act2=acts[:4] ** 2).add_windows(act=acts[4:], act2=acts[4:] ** 2)
+    share = P.neuron_r2_pos(one, range(6))
+    torch.testing.assert_close(share, P.neuron_r2_pos(two, range(6)))
     k, N = 6, 66
     for u in range(4):
         F = f_oneway(*[acts[:, p, u].numpy() for p in range(6)]).statistic
@@ -292,19 +308,17 @@ def test_positional_share_matches_scipy_anova_and_batches():
 def test_chance_share_matches_simulation():
     assert P.chance_share(5, 20) == pytest.approx(4 / 19)
     g = torch.Generator().manual_seed(0)
-    m = P.PositionMoments.empty(5, 4000).add(torch.randn(4, 5, 4000, generator=g, dtype=torch.float64))
-    assert float(P.positional_share(m, first=0).mean()) == pytest.approx(4 / 19, abs=0.005)
+    m = sums_of(torch.randn(4, 5, 4000, generator=g, dtype=torch.float64))
+    assert float(P.neuron_r2_pos(m, range(5)).mean()) == pytest.approx(4 / 19, abs=0.005)
     with pytest.raises(ValueError):
         P.chance_share(5, 5)
 
 
 def test_constant_unit_and_errors():
-    m = P.PositionMoments.empty(3, 2).add(torch.ones(4, 3, 2, dtype=torch.float64))
-    assert P.positional_share(m, first=0).tolist() == [0.0, 0.0]
-    with pytest.raises(ValueError, match="acts must be"):
-        m.add(torch.ones(4, 3, 5))
+    m = sums_of(torch.ones(4, 3, 2, dtype=torch.float64))
+    assert P.neuron_r2_pos(m, range(3)).tolist() == [0.0, 0.0]
     with pytest.raises(ValueError, match="at least one sample"):
-        P.positional_share(P.PositionMoments.empty(4, 2).add(torch.ones(1, 3, 2)), first=0)
+        P.neuron_r2_pos(sums_of(torch.ones(1, 3, 2)), range(0, 4))
 
 
 def tiny_model(n_ctx=12, d_vocab=20, seed=0):
@@ -316,26 +330,26 @@ def tiny_model(n_ctx=12, d_vocab=20, seed=0):
     return HookedTransformer(cfg)
 
 
-def test_mlp_moments_match_a_direct_cache_and_position_only_model_scores_one():
+def test_mlp_sums_match_a_direct_cache_and_position_only_model_scores_one():
     model = tiny_model()
     tokens = torch.randint(0, 20, (7, 12), generator=torch.Generator().manual_seed(0))
-    m = P.mlp_position_moments(model, tokens, batch_size=3, progress=False)
+    m = P.mlp_position_sums(model, tokens, batch_size=3, progress=False)
     _, cache = model.run_with_cache(tokens)
     acts = cache["blocks.0.mlp.hook_post"].double()
-    torch.testing.assert_close(m.mean(), acts.mean(0).double())
+    torch.testing.assert_close(m.mean("act"), acts.mean(0).double())
     torch.testing.assert_close(m.n, torch.full((12,), 7.0, dtype=torch.float64))
-    share = P.positional_share(m, first=1)
+    share = P.neuron_r2_pos(m, range(1, 12))
     assert ((share >= 0) & (share <= 1)).all() and share.max() < 0.999
     # with W_E = 0 the residual stream, and so every neuron, is a function of the position alone
     with torch.no_grad():
         model.embed.W_E.zero_()
-    share0 = P.positional_share(P.mlp_position_moments(model, tokens, progress=False), first=1)
+    share0 = P.neuron_r2_pos(P.mlp_position_sums(model, tokens, progress=False), range(1, 12))
     torch.testing.assert_close(share0, torch.ones_like(share0), atol=1e-6, rtol=0)
-    frame = P.neuron_profile_frame(m, torch.tensor([3, 0]), first=1)
+    frame = P.neuron_profile_frame(m, torch.tensor([3, 0]), range(1, 12))
     assert len(frame) == 2 * 11 and frame.position.min() == 1
     np.testing.assert_allclose(frame[frame.neuron == 3]["mean"].to_numpy(), acts[:, 1:, 3].mean(0).numpy(), rtol=1e-6)
     with pytest.raises(ValueError, match="not a hook"):
-        P.mlp_position_moments(model, tokens, layer=3)
+        P.mlp_position_sums(model, tokens, layer=3)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -351,8 +365,9 @@ def test_width_sweep_counts_detectors():
         s.cfg.metadata.context_size = 4  # only positions 0..3 count: the detector at 6 never fires there
     df = P.width_sweep_frame(model, saes, progress=False)
     assert df.index.tolist() == ["narrow", "wide"]  # sorted by d_sae
-    assert df.loc["narrow", "positional"] == 1 and df.loc["wide", "positional"] == 4
-    assert df.loc["wide", "distinct_peaks"] == 3 and df.loc["wide", "mean_peak_width"] == 1.0
+    # only positions 1..3 count: the detector at 0 (the BOS slot) and the one at 6 never fire there
+    assert df.loc["narrow", "positional"] == 1 and df.loc["wide", "positional"] == 3
+    assert df.loc["wide", "distinct_peaks"] == 2 and df.loc["wide", "mean_peak_width"] == 1.0
     assert df.loc["wide", "context_size"] == 4
 
 
@@ -387,10 +402,197 @@ def test_loglog_fit():
     assert P.loglog_fit([1, 2, 4], [1, 4, 2])["r2"] < 1
 
 
-def test_bos_slot_sentence_states_the_cosines_or_that_there_are_no_position0_features():
-    from possae.positional import bos_slot_sentence
-
-    text = bos_slot_sentence(torch.tensor([0.2, 0.4]), torch.tensor([0.9, 1.0]))
+def test_bos_slot_sentence_states_the_cosines_or_that_there_are_no_bos_slot_features():
+    text = P.bos_slot_sentence(torch.tensor([0.2, 0.4]), torch.tensor([0.9, 1.0]), 0.5, 63)
+    assert text.startswith("2 features would look positional") and "positions 0-63" in text
     assert "only 0.300" in text and "it is 0.950" in text
-    empty = bos_slot_sentence(torch.tensor([]), torch.tensor([]))
-    assert empty.startswith("No positional feature peaks at position 0") and "nan" not in empty
+    empty = P.bos_slot_sentence(torch.tensor([]), torch.tensor([]), 0.5, 63)
+    assert empty.startswith("No feature has") and "nan" not in empty
+
+
+# ----------------------------------------------------------------------------------------------
+# Parameters
+# ----------------------------------------------------------------------------------------------
+
+
+def test_params_are_the_chapter_parameters_and_reject_bad_values():
+    from pathlib import Path
+
+    from possae.book import chapter_parameters
+    from possae.params import ParameterError
+
+    assert set(P.PositionalParams.names()) == chapter_parameters(Path("chapters/positional.py"))
+    assert P.PositionalParams().threshold == P.POSITIONAL_R2
+    params = P.PositionalParams.from_mapping({"width_sweep_ids": ["a", "b"], "threshold": 1})
+    assert params.width_sweep_ids == ("a", "b") and params.threshold == 1.0
+    with pytest.raises(ParameterError, match="no parameter 'treshold'"):
+        P.PositionalParams.from_mapping({"treshold": 0.5})
+    with pytest.raises(ParameterError, match="top_k"):
+        P.PositionalParams.from_mapping({"top_k": "8"})
+    with pytest.raises(ParameterError, match="threshold"):
+        P.PositionalParams(threshold=1.5)
+    with pytest.raises(ParameterError, match="n_heldout_tokens"):
+        P.PositionalParams(n_heldout_tokens=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole chapter on a constructed model with known answers
+# ----------------------------------------------------------------------------------------------
+
+
+def circle_transformer(V=30, n=8):
+    """Return a 1-layer float64 HookedTransformer whose W_E, W_pos are circle_model's, with a BOS id."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(n_layers=1, d_model=4, n_ctx=n, d_head=2, n_heads=2, d_mlp=8, d_vocab=V,
+                                  act_fn="gelu", positional_embedding_type="standard", device="cpu", seed=0,
+                                  dtype=torch.float64)
+    model = HookedTransformer(cfg)
+    W_E, W_pos = circle_model(V, n)
+    with torch.no_grad():
+        model.embed.W_E.copy_(W_E)
+        model.pos_embed.W_pos.copy_(W_pos)
+    model.tokenizer = SimpleNamespace(bos_token_id=0, padding_side="right")
+    return model, W_pos
+
+
+@pytest.fixture
+def fake_heldout(monkeypatch):
+    """Replace the evaluation pack's held-out text by random token windows of the requested length."""
+    import possae.heldout
+
+    def windows(tokenizer, context_size, tokens_per_corpus=0, **_):
+        return torch.randint(0, 30, (40, context_size), generator=torch.Generator().manual_seed(0))
+
+    monkeypatch.setattr(possae.heldout, "heldout_windows", windows)
+
+
+def chapter_result(peaks, threshold=0.5, context_size=4, n_token=2, sweep=True):
+    model, W_pos = circle_transformer()
+    sae = detector_sae(W_pos, peaks=peaks, n_token=n_token, n_dead=1)
+    sae.cfg.metadata.context_size = context_size
+    params = P.PositionalParams(model_name="m", sae_release="r", sae_id="s", device="cpu", threshold=threshold,
+                                width_sweep_release="r", width_sweep_ids=("s",) if sweep else (), top_k=8)
+    return P.analyze(model, sae, params), model, sae
+
+
+def assert_displayable(result):
+    """Every table the chapter shows is at most 7 columns wide and has no NaN; every prose value is finite."""
+    from possae.glued import check_prose_values
+
+    check_prose_values(result.glued())
+    for name in ("threshold_table", "bench_table", "top_table", "range_table", "alignment_table", "extremes_table",
+                 "neuron_table", "sweep_table"):
+        table = getattr(result, name)()
+        assert table.shape[1] <= 7, name
+        assert not table.isna().any().any(), name
+        assert "nan" not in table.to_string().lower(), name
+
+
+def test_analyze_counts_only_the_positions_inside_the_context(fake_heldout):
+    # finding: 24 positional features over positions 0..C-1 here against 11 over 1..C-1 in the semantic chapter.
+    # Detectors at 0 (the BOS slot), 1, 2 and 6, context 4: inside the context (positions 1..3) exactly the detectors
+    # at 1 and 2 are positional; the one at 0 would count only if position 0 did; the one at 6 never fires there.
+    result, model, sae = chapter_result(peaks=[0, 1, 2, 6])
+    assert result.positions == range(1, 4)
+    assert result.n_positional == 2 and result.positional.tolist()[:4] == [False, True, True, False]
+    assert P.count_positional(P.context_stats(model, sae)) == 2  # the semantic chapter's call gives the same count
+    assert result.n_with_slot == 3 and result.bos_slot.nonzero().squeeze(1).tolist() == [0]
+    g = result.glued()
+    assert g["pos_n_positional"] == 2 and g["pos_first"] == 1 and g["pos_last"] == 3
+    assert g["pos_slot_count_sentence"] == "Counting position 0 as well would give 3 instead."
+    assert g["pos_bos_slot"].startswith("1 feature would look positional")
+    hist = result.histograms()
+    assert [h.tolist() for h in hist.values()] == [[0, 1, 1, 0], [0, 0, 0, 0], [1, 0, 0, 0]]
+    assert result.ranges["positions"].tolist() == ["1-3"] and result.ranges["features"].tolist() == [2]
+    assert result.alignment["peak_position"].tolist() == [1, 2]
+    assert result.top.tolist() == [1, 2] and set(result.windows) == {1, 2}
+    assert result.sweep["positional"].tolist() == [2]
+    assert_displayable(result)
+
+
+def test_analyze_without_positional_features_or_sweep_has_no_nan(fake_heldout):
+    result, _, _ = chapter_result(peaks=[], n_token=3, sweep=False)
+    assert result.n_positional == 0 and len(result.top) == 0
+    g = result.glued()
+    assert g["pos_width_sentence"].startswith("With no positional feature")
+    assert g["pos_summary_peaks"].startswith("No feature is positional")
+    assert g["pos_sweep_sentence"].startswith("No width sweep")
+    assert g["pos_count_sentence"].startswith("No feature reaches")
+    assert_displayable(result)
+    from possae.figures.positional import profile_grid_figure, width_sweep_figure
+
+    assert profile_grid_figure(result.profiles, result.preacts, result.windows).layout.height == 160
+    assert width_sweep_figure(result.sweep, result.fit["slope"]).layout.height == 160
+
+
+def test_profiles_are_zoomed_onto_early_peaks():
+    # finding: the profiles spanned 256 positions, so a peak at positions 0-3 was a sliver
+    mean = torch.zeros(256, dtype=torch.float64)
+    mean[2], mean[3] = 1.0, 0.4
+    assert P.profile_window(mean) == 15  # at least 16 positions, here 0..15
+    mean[40] = 0.2
+    assert P.profile_window(mean) == 81
+    assert P.profile_window(torch.zeros(10, dtype=torch.float64)) == 9  # clamped to the profile
+    from possae.figures.positional import profile_grid_figure
+
+    profiles = pd.DataFrame({"feature": 7, "position": range(256), "mean": torch.exp(-(torch.arange(256.) - 2) ** 2),
+                             "std": 0.0})
+    preacts = pd.DataFrame({"feature": 7, "position": range(256), "preact_pos": 0.0, "fire_some": -1.0, "fire_all": 0.0})
+    fig = profile_grid_figure(profiles, preacts, {7: P.profile_window(torch.tensor(profiles["mean"].to_numpy()))})
+    assert fig.layout.xaxis.range[1] < 20 and max(fig.data[1].x) == 15
+
+
+# ----------------------------------------------------------------------------------------------
+# Sentences built from the numbers
+# ----------------------------------------------------------------------------------------------
+
+
+def sweep_frame(positional, peaks, widths, d_sae=(1024, 2048, 4096, 8192)):
+    share = [p / d for p, d in zip(positional, d_sae)]
+    return pd.DataFrame({"context_size": 64, "d_sae": d_sae, "positional": positional, "share": share,
+                         "distinct_peaks": peaks, "mean_peak_width": widths},
+                        index=pd.Index([f"w{d}" for d in d_sae], name="sae_id"))
+
+
+def test_sweep_sentence_says_stays_when_nothing_changes():
+    # finding: "go from 4 to 4 distinct peaks ... from 1.20 to 1.20 positions"
+    sweep = sweep_frame([4, 4, 6, 9], [4, 4, 4, 4], [1.2, 1.2, 1.2, 1.2])
+    text = P.sweep_sentence(sweep, P.loglog_fit(sweep.d_sae, sweep.positional),
+                            P.loglog_fit(sweep.d_sae, sweep.distinct_peaks))
+    assert "distinct peak positions stays at 4" in text and "mean peak width stays at 1.20 positions" in text
+    assert "from 4 to 4" not in text and "from 1.20 to 1.20" not in text
+    assert text.startswith("Between d_sae = 1024 and 8192 (4 widths) the number of positional features goes from 4 to 9")
+    assert "`" not in text  # glued as plain text: no markdown
+    assert text.endswith("pile onto positions that already have one rather than tiling new ones.")
+    assert P.change_phrase(1, 2, "{:.0f}", " peaks") == "goes from 1 to 2 peaks"
+
+
+def test_sweep_sentences_without_a_trend():
+    none = P.loglog_fit([], [])
+    assert P.sweep_sentence(sweep_frame([], [], [], d_sae=()), none, none).startswith("No width sweep")
+    one = sweep_frame([3], [2], [1.0], d_sae=(1024,))
+    assert P.sweep_sentence(one, none, none).startswith("The sweep holds one SAE only")
+    zero = sweep_frame([0, 0, 1], [0, 0, 1], [float("nan"), float("nan"), 1.0], d_sae=(1024, 2048, 4096))
+    fit = P.loglog_fit(zero.d_sae, zero.positional)
+    text = P.sweep_sentence(zero, fit, fit)
+    assert "no power law is fitted" in text and "nan" not in text
+    assert P.sweep_summary(zero, fit).startswith("Across SAE widths, too few")
+    assert P.sweep_verdict(1.0, 1.0) == "the extra features spread to new positions"
+    assert P.sweep_verdict(-0.2, 0.0).startswith("the count does not grow")
+
+
+def test_count_norm_and_extremes_sentences_follow_the_numbers():
+    assert P.count_sentence(6, 11, 4096, 0.5).endswith("Either way positional features are a small minority of the dictionary.")
+    assert P.count_sentence(300, 900, 1000, 0.5).endswith("admits 900 features, 90.0% of the dictionary.")
+    assert "falls from 0.80 at position 1 to 0.40" in P.norm_sentence(0.8, 0.4, 0.9, 1, 63)
+    assert "late positions move the input less" in P.norm_sentence(0.8, 0.4, 0.9, 1, 63)
+    rises = P.norm_sentence(0.4, 0.8, 0.5, 1, 63)
+    assert "rises" in rises and "less than the token" not in rises
+    pos, tok = {"near_0": 0.3, "near_1": 0.2, "n_live": 10}, {"near_0": 0.5, "near_1": 0.1, "n_live": 10}
+    text = P.extremes_sentence(pos, tok)
+    assert not text.startswith("Position explains almost nothing") and "Token identity alone" not in text
+    assert P.interaction_sentence(0.05, None).endswith("there is no positional feature to compare with.")
+    assert P.peak_width_sentence(torch.tensor([1, 1, 3, 3])) == (
+        "The 4 positional features have a mean peak width of 2.00 positions, and 50% of them are single-position "
+        "detectors (width 1).")

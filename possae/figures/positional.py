@@ -13,9 +13,10 @@ from torch import Tensor
 
 from possae.figures import CONTEXT_COLOR, mark_context
 
-def sorted_scores_figure(r2_pos: Float[Tensor, " d_sae"], threshold: float) -> go.Figure:
+
+def sorted_scores_figure(r2_pos: Float[np.ndarray, " d_sae"], threshold: float) -> go.Figure:
     """Return every feature's R2_pos sorted in decreasing order (log rank axis), the threshold marked."""
-    y = r2_pos.sort(descending=True).values.numpy()
+    y = np.sort(np.asarray(r2_pos, dtype=float))[::-1]
     fig = go.Figure(go.Scatter(x=np.arange(1, len(y) + 1), y=y, mode="lines+markers", marker=dict(size=3),
                                name="R²_pos", showlegend=False))
     fig.add_hline(y=threshold, line_dash="dash", line_color="firebrick", annotation_text=f"threshold {threshold:g}")
@@ -23,48 +24,61 @@ def sorted_scores_figure(r2_pos: Float[Tensor, " d_sae"], threshold: float) -> g
                              yaxis_range=[0, 1.02], title="Share of each feature's variance explained by position")
 
 
-def profile_grid_figure(profiles: pd.DataFrame, preacts: pd.DataFrame, context_size: int, n_cols: int = 2) -> go.Figure:
-    """Return one panel per feature: mean ± std activation over all tokens vs position, and c_i(p) on a second axis."""
+def note_figure(text: str, title: str) -> go.Figure:
+    """Return a small empty figure that says why there is nothing to draw."""
+    fig = go.Figure().add_annotation(text=text, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    return fig.update_layout(height=160, title=title, xaxis_visible=False, yaxis_visible=False)
+
+
+def profile_grid_figure(profiles: pd.DataFrame, preacts: pd.DataFrame, windows: dict[int, int],
+                        n_cols: int = 2) -> go.Figure:
+    """Return one panel per feature: mean ± std over all tokens vs position and c_i(p) (right axis), zoomed to its peak.
+
+    Each panel shows positions 0..windows[feature]; position 0, the BOS slot, is shaded.
+    """
+    title = "Top positional features: mean ± std over all tokens (blue), c_i(p) (red, right axis)"
     feats = list(dict.fromkeys(profiles["feature"]))
+    if not feats:
+        return note_figure("No positional feature: no profile to draw.", title)
     n_rows = max(1, math.ceil(len(feats) / n_cols))
     fig = make_subplots(n_rows, n_cols, subplot_titles=[f"feature {f}" for f in feats], vertical_spacing=0.25 / n_rows,
                         specs=[[{"secondary_y": True}] * n_cols for _ in range(n_rows)])
-    n_pos = int(profiles["position"].max()) + 1
     for j, f in enumerate(feats):
         r, c = j // n_cols + 1, j % n_cols + 1
-        d = profiles[profiles["feature"] == f]
+        end = windows[f]
+        d = profiles[(profiles["feature"] == f) & (profiles["position"] <= end)]
         x = d["position"].tolist()
         lo, hi = (d["mean"] - d["std"]).tolist(), (d["mean"] + d["std"]).tolist()
         fig.add_scatter(x=x + x[::-1], y=hi + lo[::-1], fill="toself", fillcolor="rgba(31,119,180,0.2)",
                         line=dict(width=0), hoverinfo="skip", name="mean ± std", legendgroup="band",
                         showlegend=j == 0, row=r, col=c)
-        fig.add_scatter(x=x, y=d["mean"], mode="lines", line=dict(color="#1f77b4"), name="mean activation",
-                        legendgroup="mean", showlegend=j == 0, row=r, col=c)
-        p = preacts[preacts["feature"] == f]
+        fig.add_scatter(x=x, y=d["mean"], mode="lines+markers", marker=dict(size=3), line=dict(color="#1f77b4"),
+                        name="mean activation", legendgroup="mean", showlegend=j == 0, row=r, col=c)
+        p = preacts[(preacts["feature"] == f) & (preacts["position"] <= end)]
         fig.add_scatter(x=p["position"], y=p["preact_pos"], mode="lines", line=dict(color="#d62728", width=1),
                         name="c_i(p), positional pre-activation", legendgroup="c", showlegend=j == 0,
                         row=r, col=c, secondary_y=True)
-        fig.add_scatter(x=[0, n_pos - 1], y=[p["fire_some"].iloc[0]] * 2, mode="lines",
+        fig.add_scatter(x=[0, end], y=[p["fire_some"].iloc[0]] * 2, mode="lines",
                         line=dict(color="#d62728", width=1, dash="dot"), name="c above this: some token fires",
                         legendgroup="floor", showlegend=j == 0, row=r, col=c, secondary_y=True)
-        mark_context(fig, context_size, n_pos, label=False, row=r, col=c)
+        fig.add_vrect(x0=-0.5, x1=0.5, fillcolor=CONTEXT_COLOR, opacity=0.15, line_width=0, row=r, col=c)
+        fig.update_xaxes(range=[-0.5, end + 0.5], row=r, col=c)
     fig.update_xaxes(title_text="position", row=n_rows)
-    return fig.update_layout(height=260 * n_rows + 120, legend=dict(orientation="h", y=-0.12),
-                             title="Top positional features: mean ± std over all tokens (blue), c_i(p) (red, right axis)")
+    return fig.update_layout(height=260 * n_rows + 120, legend=dict(orientation="h", y=-0.12), title=title)
 
 
-def peak_histogram_figure(histograms: dict[str, Int[Tensor, " n_pos"]], context_size: int) -> go.Figure:
-    """Return stacked bars: how many features of each group peak at each position < context_size."""
+def peak_histogram_figure(histograms: dict[str, Int[Tensor, " n_pos"]]) -> go.Figure:
+    """Return stacked bars: how many features of each group peak at each position 0..n_pos-1."""
+    n_pos = len(next(iter(histograms.values())))
     fig = go.Figure([go.Bar(x=np.arange(len(h)), y=h.numpy(), name=name) for name, h in histograms.items()])
     return fig.update_layout(barmode="stack", height=360, xaxis_title="peak position", yaxis_title="features",
-                             xaxis_range=[-0.5, context_size - 0.5], legend=dict(orientation="h", y=-0.25),
+                             xaxis_range=[-0.5, n_pos - 0.5], legend=dict(orientation="h", y=-0.25),
                              title="Where positional features peak")
 
 
-def helix_overlay_figure(rows: Float[Tensor, "n_rows 3"], row_positions: Int[Tensor, " n_rows"],
-                         dirs: Float[Tensor, "k 3"], features: Int[Tensor, " k"], peaks: Int[Tensor, " k"],
-                         shares: Float[Tensor, " 3"] | None = None) -> go.Figure:
+def helix_overlay_figure(helix) -> go.Figure:
     """Return two 3-D panels on W_pos's top-3 PCs: its rows (a curve) and the positional features' unit decoder rows."""
+    rows, row_positions, dirs, features, peaks = helix.rows, helix.row_positions, helix.dirs, helix.features, helix.peaks
     cmax = float(max(int(row_positions.max()), int(peaks.max()) if len(peaks) else 0))
     color = dict(colorscale="Viridis", cmin=0, cmax=cmax)
     fig = make_subplots(1, 2, specs=[[{"type": "scene"}, {"type": "scene"}]],
@@ -80,14 +94,14 @@ def helix_overlay_figure(rows: Float[Tensor, "n_rows 3"], row_positions: Int[Ten
                           marker=dict(size=4, color=peaks.tolist(), **color),
                           text=[f"feature {f}, peak {p}" for f, p in zip(features.tolist(), peaks.tolist())],
                           showlegend=False, row=1, col=2)
-    axes = [f"PC{i + 1}" + (f" ({float(shares[i]):.0%})" if shares is not None else "") for i in range(3)]
+    axes = [f"PC{i + 1} ({float(helix.shares[i]):.0%})" for i in range(3)]
     scene = dict(xaxis_title=axes[0], yaxis_title=axes[1], zaxis_title=axes[2])
     return fig.update_layout(height=480, scene=scene, scene2=scene, title="The W_pos helix and the positional features")
 
 
-def r2_scatter_figure(scores: pd.DataFrame, positional, threshold: float, low: float, high: float) -> go.Figure:
-    """Return R2_tok vs R2_pos, one point per (sampled) feature, positional ones highlighted, cut-offs marked."""
-    positional = np.asarray(positional, dtype=bool)
+def r2_scatter_figure(scores: pd.DataFrame, threshold: float, low: float, high: float) -> go.Figure:
+    """Return R2_tok vs R2_pos, one point per (sampled) feature, positional ones (column 'positional') highlighted."""
+    positional = scores["positional"].to_numpy(dtype=bool)
     fig = go.Figure()
     for mask, name, color in ((~positional, "other features", "#7f7f7f"), (positional, "positional", "#d62728")):
         d = scores[mask]
@@ -134,13 +148,16 @@ def neuron_profiles_figure(profiles: pd.DataFrame, context_size: int) -> go.Figu
                              title="The most positional layer-0 MLP neurons on held-out text")
 
 
-def width_sweep_figure(sweep: pd.DataFrame, slope: float | None = None) -> go.Figure:
-    """Return two panels vs d_sae (log axes): positional features, and their mean peak width in positions."""
+def width_sweep_figure(sweep: pd.DataFrame, slope: float) -> go.Figure:
+    """Return two panels vs d_sae (log axes): positional features (with the power-law fit), and their mean peak width."""
+    title = "Positional features vs SAE width"
+    if len(sweep) == 0:
+        return note_figure("No width sweep on this profile.", title)
     fig = make_subplots(1, 2, subplot_titles=("positional features", "mean peak width (positions ≥ half max)"))
     fig.add_scatter(x=sweep["d_sae"], y=sweep["positional"], mode="lines+markers", text=list(sweep.index),
                     name="positional features", row=1, col=1)
     ok = sweep["positional"] > 0
-    if slope is not None and math.isfinite(slope) and ok.sum() >= 2:
+    if math.isfinite(slope) and ok.sum() >= 2:
         x = sweep["d_sae"][ok].to_numpy(float)
         y = sweep["positional"][ok].to_numpy(float)
         b = float(np.mean(np.log(y) - slope * np.log(x)))
@@ -150,4 +167,4 @@ def width_sweep_figure(sweep: pd.DataFrame, slope: float | None = None) -> go.Fi
                     name="mean peak width", row=1, col=2)
     fig.update_xaxes(type="log", title_text="d_sae")
     fig.update_yaxes(type="log", row=1, col=1)
-    return fig.update_layout(height=380, legend=dict(orientation="h", y=-0.3), title="Positional features vs SAE width")
+    return fig.update_layout(height=380, legend=dict(orientation="h", y=-0.3), title=title)
