@@ -85,6 +85,15 @@ def _data(args: argparse.Namespace) -> None:
     print(f"evaluation pack -> {out} ({pack_bytes(out) / 2**20:.2f} MiB)")
 
 
+def _standin(args: argparse.Namespace) -> None:
+    from possae.data_paths import data_dir
+    from possae.standin import write_standin_cache
+
+    cache = write_standin_cache(args.cache, data_dir(args.data), profile=args.profile)
+    print(f"stand-in hub cache -> {cache}\nuse it with: HF_HUB_OFFLINE=1 HF_HUB_CACHE={cache} possae build --profile "
+          f"{args.profile}  (numbers describe random weights, not GPT-2)")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and run it."""
     parser = argparse.ArgumentParser(prog="possae", description=__doc__)
@@ -117,6 +126,11 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--data", help="shared data folder (default: $POSSAE_DATA or ../shared/data)")
     d.add_argument("--tokens", type=int, default=32_768, help="held-out tokens per corpus and tokenizer")
     d.set_defaults(func=_data)
+    s = sub.add_parser("standin", help="write a random-weight stand-in of gpt2-small and its SAEs into a hub cache folder")
+    s.add_argument("cache", help="the Hugging Face hub cache folder to write (use it as $HF_HUB_CACHE)")
+    s.add_argument("--data", help="data folder holding gpt2-small/ (default: $POSSAE_DATA or ../shared/data)")
+    s.add_argument("--profile", default="gpt2", help="the profile whose SAEs to write")
+    s.set_defaults(func=_standin)
     args = parser.parse_args(argv)
     args.func(args)
 
