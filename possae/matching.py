@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,6 +18,8 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from possae.devices import default_device
+from possae.hooks import hook_layer, in_context_positions, resid_pre, sae_context_size, sae_hook
+from possae.params import ChapterParams, ParameterError
 from possae.progress import tqdm
 
 THRESHOLD = 0.7  # the study's cosine threshold for "a feature has a match"
@@ -61,7 +63,7 @@ def random_directions(n: int, d: int, seed: int = 0) -> Float[Tensor, "n d"]:
 
 @dataclass
 class Dictionary:
-    """One SAE's unit decoder and encoder directions and where it reads."""
+    """One SAE's unit decoder and encoder directions, where it reads, and what is known of its features."""
 
     label: str
     release: str
@@ -71,6 +73,8 @@ class Dictionary:
     decoder: Float[Tensor, "d_sae d_in"]
     encoder: Float[Tensor, "d_sae d_in"]
     l0: float | None = None  # active features per token, where the SAE's metadata records it
+    decoder_norm: Float[Tensor, "d_sae"] | None = None  # ||W_dec[i]|| before normalisation
+    firing: Float[Tensor, "d_sae"] | None = None  # share of held-out tokens on which each feature fires, if measured
 
     @property
     def d_sae(self) -> int:
@@ -80,21 +84,24 @@ class Dictionary:
     @property
     def layer(self) -> int:
         """Block index of the hook, counting blocks.L.hook_resid_post as entering block L+1."""
-        from possae.hooks import hook_layer
-
         return hook_layer(self.hook_name) + (1 if self.hook_name.endswith(".hook_resid_post") else 0)
+
+    @property
+    def self_cosine(self) -> Float[Tensor, "d_sae"]:
+        """Return each feature's cosine between its own encoder column and decoder row."""
+        return (self.encoder * self.decoder).sum(1)
 
 
 def dictionary_from_sae(sae, label: str, release: str = "", sae_id: str = "") -> Dictionary:
-    """Return a Dictionary holding an SAE's unit decoder and encoder directions (on the CPU), its trained
-    architecture and L0 where its metadata records them."""
+    """Return a Dictionary holding an SAE's unit decoder and encoder directions (on the CPU), its decoder norms, its
+    trained architecture and L0 where its metadata records them."""
     l0 = getattr(sae.cfg.metadata, "l0", None)
     # sae_lens saves a BatchTopK SAE as JumpReLU for inference: name the architecture it was trained as, where recorded
     arch = getattr(sae.cfg.metadata, "training_architecture", None) or sae.cfg.architecture()
-    return Dictionary(label=label, release=release, sae_id=sae_id or label,
-                      hook_name=str(sae.cfg.metadata.hook_name), architecture=str(arch),
-                      decoder=decoder_directions(sae).cpu(), encoder=encoder_directions(sae).cpu(),
-                      l0=None if l0 is None else float(l0))
+    return Dictionary(label=label, release=release, sae_id=sae_id or label, hook_name=sae_hook(sae),
+                      architecture=str(arch), decoder=decoder_directions(sae).cpu(),
+                      encoder=encoder_directions(sae).cpu(), l0=None if l0 is None else float(l0),
+                      decoder_norm=sae.W_dec.detach().float().norm(dim=1).cpu())
 
 
 # ---------------------------------------------------------------- SAE groups
@@ -159,6 +166,7 @@ def default_groups(release: str) -> dict:
             "architecture_ids": ["match-base", "match-batchtopk", "match-jumprelu"],
             "layer_ids": {"TopK": [f"topk-L{i}" for i in range(4)],
                           "ReLU": ["relu-short", "relu-L1", "relu-L2", "relu-L3"]},
+            "control_pairs": [("relu-short", "relu-full"), ("relu-short", "topk-L0")],
         }
     if release == "gpt2-small-res-jb":
         return {
@@ -168,25 +176,10 @@ def default_groups(release: str) -> dict:
             "k_ids": [],
             "architecture_ids": ["blocks.8.hook_resid_pre", (GPT2_TOPK, "blocks.7.hook_resid_post")],
             "layer_ids": {"ReLU (jb)": [f"blocks.{i}.hook_resid_pre" for i in range(12)]},
+            "control_pairs": [],
         }
     return {"dataset_ids": [], "seed_pairs": [], "width_ids": [], "k_ids": [], "architecture_ids": [],
-            "layer_ids": {}}
-
-
-def load_dictionaries(refs: Iterable[SAERef], release: str, device: str | None = None,
-                      progress: bool = True) -> dict[str, Dictionary]:
-    """Return {label: Dictionary} for each distinct SAE ref, loaded through possae.loaders.load_sae (weights only)."""
-    from possae.loaders import load_sae
-
-    out: dict[str, Dictionary] = {}
-    refs = list(dict.fromkeys(refs))
-    for ref in tqdm(refs, desc="loading SAEs", disable=not progress or len(refs) < 2):
-        label = ref_label(ref, release)
-        if label not in out:
-            sae = load_sae(ref[0], ref[1], device=device or "cpu")
-            out[label] = dictionary_from_sae(sae, label, *ref)
-            del sae
-    return out
+            "layer_ids": {}, "control_pairs": []}
 
 
 # ---------------------------------------------------------------- chunked top-k cosines
@@ -346,35 +339,6 @@ def width_pairs(dictionaries: dict[str, Dictionary], labels: Sequence[str]) -> l
     return [tuple(sorted(p, key=lambda lab: dictionaries[lab].d_sae)) for p in all_pairs(labels)]
 
 
-def containment(table: pd.DataFrame) -> pd.DataFrame:
-    """Return, per (small, large) pair, the share of the small dictionary's features with a decoder match in the large
-    one, the reverse, and the Hungarian share (pairs are oriented so that a is the smaller)."""
-    swap = table["d_sae_a"] > table["d_sae_b"]
-    small = np.where(swap, table["b"], table["a"])
-    large = np.where(swap, table["a"], table["b"])
-    return pd.DataFrame({
-        "small": small, "large": large,
-        "d_sae_small": np.where(swap, table["d_sae_b"], table["d_sae_a"]),
-        "d_sae_large": np.where(swap, table["d_sae_a"], table["d_sae_b"]),
-        "small in large": np.where(swap, table["dec_share_ba"], table["dec_share_ab"]),
-        "large in small": np.where(swap, table["dec_share_ab"], table["dec_share_ba"]),
-        "MMCS small→large": np.where(swap, table["dec_mmcs_ba"], table["dec_mmcs_ab"]),
-        "MMCS large→small": np.where(swap, table["dec_mmcs_ab"], table["dec_mmcs_ba"]),
-        "Hungarian share": table["hungarian_share"],
-    })
-
-
-def top_cosines_long(tops: dict[tuple[str, str], TopCosines], direction: str = "ab") -> pd.DataFrame:
-    """Return a long frame (pair, rank 1..k, cosine) of each feature's k best cosines in the other dictionary."""
-    frames = []
-    for (la, lb), top in tops.items():
-        values = (top.a_values if direction == "ab" else top.b_values).numpy()
-        name = f"{la} → {lb}" if direction == "ab" else f"{lb} → {la}"
-        for r in range(values.shape[1]):
-            frames.append(pd.DataFrame({"pair": name, "rank": r + 1, "cosine": values[:, r]}))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["pair", "rank", "cosine"])
-
-
 def layer_matrix(dictionaries: dict[str, Dictionary], labels: Sequence[str], threshold: float = THRESHOLD,
                  chunk_size: int = CHUNK_SIZE, device: str | None = None, adjacent_only: bool = False,
                  progress: bool = True) -> pd.DataFrame:
@@ -394,22 +358,588 @@ def layer_matrix(dictionaries: dict[str, Dictionary], labels: Sequence[str], thr
     return pd.DataFrame(rows).sort_values(["layer_a", "layer_b"], ignore_index=True)
 
 
-DISPLAY_COLUMNS = {  # column of a match table: its heading in the book
-    "a": "A", "b": "B", "d_sae_a": "d_sae A", "d_sae_b": "d_sae B",
-    "dec_share_ab": "dec share A→B", "dec_share_ba": "dec share B→A", "dec_mmcs": "dec MMCS",
-    "enc_share": "enc share", "enc_mmcs": "enc MMCS",
-    "hungarian_share": "Hungarian share", "hungarian_mean": "Hungarian mean cos",
+def top_cosines_long(tops: dict[tuple[str, str], TopCosines], direction: str = "ab") -> pd.DataFrame:
+    """Return a long frame (pair, rank 1..k, cosine) of each feature's k best cosines in the other dictionary."""
+    frames = []
+    for (la, lb), top in tops.items():
+        values = (top.a_values if direction == "ab" else top.b_values).numpy()
+        name = f"{la} → {lb}" if direction == "ab" else f"{lb} → {la}"
+        for r in range(values.shape[1]):
+            frames.append(pd.DataFrame({"pair": name, "rank": r + 1, "cosine": values[:, r]}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["pair", "rank", "cosine"])
+
+
+# ---------------------------------------------------------------- parameters and groups
+
+COMPARISONS = ("datasets", "seeds", "widths", "k", "architectures")
+WHAT = {  # comparison: (its parameter, what its SAEs are) for the sentence that replaces a skipped section
+    "datasets": ("dataset_ids", "SAEs trained on different datasets"),
+    "seeds": ("seed_pairs", "pairs of SAEs that differ only in their seed"),
+    "widths": ("width_ids", "SAEs of different widths"),
+    "k": ("k_ids", "SAEs with different k"),
+    "architectures": ("architecture_ids", "SAEs of different architectures"),
+    "layers": ("layer_ids", "per-layer SAE families"),
+    "controls": ("control_pairs", "pairs of SAEs at the same hook for the positive control"),
 }
 
 
-def display_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Return a match table's headline columns under readable headings."""
-    cols = [c for c in DISPLAY_COLUMNS if c in table.columns]
-    return table[cols].rename(columns=DISPLAY_COLUMNS)
+@dataclass(frozen=True)
+class MatchingParams(ChapterParams):
+    """Parameters of the matching chapter (the names of its parameters cell)."""
+
+    sae_release: str = "organism"
+    sae_id: str = "match-base"
+    device: str | None = None
+    threshold: float = THRESHOLD
+    dataset_ids: tuple[Any, ...] | None = None
+    seed_pairs: tuple[Any, ...] | None = None
+    width_ids: tuple[Any, ...] | None = None
+    k_ids: tuple[Any, ...] | None = None
+    architecture_ids: tuple[Any, ...] | None = None
+    layer_ids: dict | tuple[Any, ...] | None = None
+    control_pairs: tuple[Any, ...] | None = None
+    all_layer_pairs: bool = True
+    chunk_size: int = CHUNK_SIZE
+    hungarian_max_features: int = HUNGARIAN_MAX_FEATURES
+    n_heldout_tokens: int = 16384
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Raise ParameterError on a threshold outside (0, 1] or non-positive sizes."""
+        if not 0 < self.threshold <= 1:
+            raise ParameterError(f"threshold must lie in (0, 1]; got {self.threshold}.")
+        for name in ("chunk_size", "n_heldout_tokens"):
+            if getattr(self, name) < 1:
+                raise ParameterError(f"{name} must be at least 1; got {getattr(self, name)}.")
+        if self.hungarian_max_features < 0:
+            raise ParameterError(f"hungarian_max_features must be >= 0; got {self.hungarian_max_features}.")
 
 
-def dictionary_table(dictionaries: dict[str, Dictionary], labels: Sequence[str]) -> pd.DataFrame:
-    """Return one row per dictionary: label, architecture, hook, d_sae and L0 (NaN where unrecorded)."""
-    return pd.DataFrame([{"SAE": lab, "architecture": dictionaries[lab].architecture,
-                          "hook": dictionaries[lab].hook_name, "d_sae": dictionaries[lab].d_sae,
-                          "L0": np.nan if dictionaries[lab].l0 is None else dictionaries[lab].l0} for lab in labels])
+@dataclass
+class Groups:
+    """The SAEs of each comparison, as refs that exist in their release."""
+
+    base: SAERef
+    ids: dict[str, list[SAERef]]  # datasets, widths, k, architectures
+    seed_pairs: list[tuple[SAERef, SAERef]]
+    layers: dict[str, list[SAERef]]  # family: one SAE per layer
+    controls: list[tuple[SAERef, SAERef]]
+
+    def refs(self) -> list[SAERef]:
+        """Return every SAE the chapter compares, once, the base first."""
+        pairs = [r for p in self.seed_pairs + self.controls for r in p]
+        return list(dict.fromkeys([self.base, *(r for v in self.ids.values() for r in v), *pairs,
+                                   *(r for v in self.layers.values() for r in v)]))
+
+
+def resolve_groups(params: MatchingParams) -> Groups:
+    """Return the groups the parameters name (None: the release's defaults), SAEs that do not exist dropped."""
+    defaults, rel = default_groups(params.sae_release), params.sae_release
+    pick = lambda name: defaults.get(name, []) if getattr(params, name) is None else getattr(params, name)  # noqa: E731
+    layer_spec = pick("layer_ids")
+    layer_spec = layer_spec if isinstance(layer_spec, dict) else {"layers": layer_spec}
+    layers = {fam: refs for fam, ids in layer_spec.items() if len(refs := resolve_ids(ids, rel)) >= 2}
+    ids = {name: resolve_ids(pick(WHAT[name][0]), rel) for name in ("datasets", "widths", "k", "architectures")}
+    return Groups(as_ref(params.sae_id, rel), ids, resolve_pairs(pick("seed_pairs"), rel), layers,
+                  resolve_pairs(pick("control_pairs"), rel))
+
+
+# ---------------------------------------------------------------- loading and held-out measurements
+
+
+@torch.no_grad()
+def firing_rates(model, sae, tokens: Int[Tensor, "n_windows pos"], batch_size: int = 16) -> Float[Tensor, "d_sae"]:
+    """Return the share of held-out tokens (positions inside the SAE's context, BOS excluded) on which each feature
+    fires."""
+    hook = sae_hook(sae)
+    positions = in_context_positions(sae_context_size(sae, tokens.shape[1]), model.cfg.n_ctx)
+    fired, n = torch.zeros(sae.cfg.d_sae, dtype=torch.float64), 0
+    for start in range(0, len(tokens), batch_size):
+        _, cache = model.run_with_cache(tokens[start : start + batch_size].to(model.cfg.device), names_filter=hook,
+                                        stop_at_layer=hook_layer(hook) + 1)
+        x = cache[hook][:, positions.start : positions.stop].reshape(-1, sae.cfg.d_in).to(sae.W_dec.device)
+        fired += (sae.encode(x.to(sae.W_dec.dtype)) > 0).sum(0).double().cpu()
+        n += x.shape[0]
+    return (fired / n).float()
+
+
+def load_inputs(params: MatchingParams) -> tuple[Any, dict[str, Dictionary], Int[Tensor, "n_windows pos"]]:
+    """Return (the base SAE's model, {label: Dictionary} of every SAE the groups name, held-out windows of the base
+    SAE's context); the architectures' SAEs carry their firing rates on those windows. SAEs load one at a time."""
+    from possae.heldout import heldout_windows
+    from possae.loaders import expected_model, load_model, load_sae
+
+    groups = resolve_groups(params)
+    name, kwargs = expected_model(*groups.base)
+    model = load_model(name, device=str(default_device(params.device)), **kwargs)
+    tokens = None
+    live = set(groups.ids["architectures"])
+    out: dict[str, Dictionary] = {}
+    for ref in groups.refs():
+        sae = load_sae(ref[0], ref[1], device=str(default_device(params.device)))
+        if tokens is None:  # the base SAE comes first: windows of its context
+            tokens = heldout_windows(model.tokenizer, sae_context_size(sae, model.cfg.n_ctx), params.n_heldout_tokens)
+        d = dictionary_from_sae(sae, ref_label(ref, params.sae_release), *ref)
+        if ref in live:
+            d.firing = firing_rates(model, sae, tokens)
+        out[d.label] = d
+        del sae
+    return model, out, tokens
+
+
+@torch.no_grad()
+def block_changes(model, tokens: Int[Tensor, "n_windows pos"], blocks: Sequence[int],
+                  batch_size: int = 16) -> pd.DataFrame:
+    """Return per block L how the residual stream changes from x_L (entering block L) to x_{L+1} on held-out tokens
+    (BOS excluded): the mean cosine of x_L with x_{L+1}, the median ||x_{L+1} - x_L|| / ||x_L||, and the explained
+    variance of x_{L+1} by x_L itself (1 - sum ||x_{L+1} - x_L||^2 / sum ||x_{L+1} - mean||^2)."""
+    from possae.metrics import PositionSums, pooled_nmse, reconstruction_sums
+
+    blocks = sorted(set(blocks))
+    names = {L: resid_pre(L) for L in blocks} | {L + 1: resid_pre(L + 1) for L in blocks}
+    last = model.cfg.n_layers
+    if last in names:
+        names[last] = f"blocks.{last - 1}.hook_resid_post"
+    n_pos = tokens.shape[1]
+    sums = {L: PositionSums.empty(n_pos) for L in blocks}
+    ratios: dict[int, list[Tensor]] = {L: [] for L in blocks}
+    for start in range(0, len(tokens), batch_size):
+        _, cache = model.run_with_cache(tokens[start : start + batch_size].to(model.cfg.device),
+                                        names_filter=sorted(set(names.values())),
+                                        stop_at_layer=max(blocks) + 2 if max(blocks) + 1 < last else None)
+        for L in blocks:
+            x_in, x_out = cache[names[L]][:, 1:].float().cpu(), cache[names[L + 1]][:, 1:].float().cpu()
+            positions = torch.arange(1, n_pos).repeat(x_in.shape[0])
+            x_in, x_out = x_in.reshape(-1, x_in.shape[-1]), x_out.reshape(-1, x_out.shape[-1])
+            cos = torch.nn.functional.cosine_similarity(x_in, x_out, dim=1)
+            sums[L].add(positions, cos=cos, **reconstruction_sums(x_out, {"input": x_in}))
+            ratios[L].append((x_out - x_in).norm(dim=1) / x_in.norm(dim=1).clamp_min(1e-12))
+    rows = []
+    for L in blocks:
+        where = sums[L].mask(1)
+        rows.append({"block": L, "cos": float(sums[L].totals["cos"].sum() / sums[L].n.sum()),
+                     "ratio": float(torch.cat(ratios[L]).median()),
+                     "explained_variance": 1 - pooled_nmse(sums[L], "input", where)})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- display tables and sentences
+
+DASH = "—"
+
+
+def fmt(x: float, spec: str = ".3f") -> str:
+    """Return a number formatted for a table, or a dash where it is missing (NaN or None)."""
+    return DASH if x is None or (isinstance(x, float) and not np.isfinite(x)) else format(x, spec)
+
+
+def pct(x: float) -> str:
+    """Return a share as a percentage with one decimal, e.g. '12.3%'."""
+    return f"{x:.1%}"
+
+
+def pct_range(values: Sequence[float]) -> str:
+    """Return 'a%' or 'a% to b%' for the smallest and largest of some shares."""
+    lo, hi = float(np.min(values)), float(np.max(values))
+    return pct(lo) if pct(lo) == pct(hi) else f"{pct(lo)} to {pct(hi)}"
+
+
+def pair_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Return a match table for display: decoder share both ways, MMCS and the one-to-one (Hungarian) numbers."""
+    return pd.DataFrame({
+        "A": table["a"], "B": table["b"], "share A→B": table["dec_share_ab"].map(fmt),
+        "share B→A": table["dec_share_ba"].map(fmt), "MMCS": table["dec_mmcs"].map(fmt),
+        "one-to-one share": table["hungarian_share"].map(fmt), "one-to-one mean cos": table["hungarian_mean"].map(fmt)})
+
+
+def containment(table: pd.DataFrame) -> pd.DataFrame:
+    """Return, per (small, large) pair, the share of the small dictionary's features with a decoder match in the large
+    one, the reverse, and the Hungarian share (pairs are oriented so that a is the smaller)."""
+    swap = table["d_sae_a"] > table["d_sae_b"]
+    return pd.DataFrame({
+        "small": np.where(swap, table["b"], table["a"]), "large": np.where(swap, table["a"], table["b"]),
+        "d_sae_small": np.where(swap, table["d_sae_b"], table["d_sae_a"]),
+        "d_sae_large": np.where(swap, table["d_sae_a"], table["d_sae_b"]),
+        "small in large": np.where(swap, table["dec_share_ba"], table["dec_share_ab"]),
+        "large in small": np.where(swap, table["dec_share_ab"], table["dec_share_ba"]),
+        "Hungarian share": table["hungarian_share"],
+    })
+
+
+def containment_table(contain: pd.DataFrame) -> pd.DataFrame:
+    """Return the containment frame for display (numbers formatted, a dash where Hungarian was skipped)."""
+    out = contain.copy()
+    for c in ("small in large", "large in small", "Hungarian share"):
+        out[c] = out[c].map(fmt)
+    return out.rename(columns={"d_sae_small": "d_sae small", "d_sae_large": "d_sae large",
+                               "Hungarian share": "one-to-one share"})
+
+
+def architecture_frame(dictionaries: dict[str, Dictionary], labels: Sequence[str]) -> pd.DataFrame:
+    """Return per dictionary its architecture, width, recorded L0, share of features firing on held-out text, and the
+    mean cosine between each feature's encoder column and decoder row, for firing and for silent features."""
+    rows = []
+    for lab in labels:
+        d = dictionaries[lab]
+        live = d.firing > 0 if d.firing is not None else torch.ones(d.d_sae, dtype=torch.bool)
+        cos = d.self_cosine
+        rows.append({"SAE": lab, "architecture": d.architecture, "d_sae": d.d_sae,
+                     "l0": np.nan if d.l0 is None else d.l0, "n_live": int(live.sum()),
+                     "live_share": float(live.float().mean()),
+                     "cos_live": float(cos[live].mean()) if live.any() else np.nan,
+                     "cos_dead": float(cos[~live].mean()) if (~live).any() else np.nan,
+                     "norm_live": float(d.decoder_norm[live].median()) if live.any() else np.nan,
+                     "norm_dead": float(d.decoder_norm[~live].median()) if (~live).any() else np.nan})
+    return pd.DataFrame(rows)
+
+
+def architecture_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Return the architecture frame for display (7 columns, dashes where a value does not exist)."""
+    return pd.DataFrame({
+        "SAE": frame["SAE"], "architecture": frame["architecture"], "d_sae": frame["d_sae"],
+        "L0 (recorded)": frame["l0"].map(lambda v: fmt(v, ".1f")),
+        "features firing": [f"{n} ({pct(s)})" for n, s in zip(frame["n_live"], frame["live_share"])],
+        "enc·dec cos, firing": frame["cos_live"].map(fmt), "enc·dec cos, silent": frame["cos_dead"].map(fmt)})
+
+
+def live_pair_frame(pairs: Sequence[tuple[str, str]], dictionaries: dict[str, Dictionary],
+                    threshold: float = THRESHOLD, chunk_size: int = CHUNK_SIZE, device: str | None = None) -> pd.DataFrame:
+    """Return per pair the decoder and encoder best-match shares (mean of both directions) among features that fire on
+    held-out text only, beside the same over all features."""
+    rows = []
+    for la, lb in pairs:
+        a, b = dictionaries[la], dictionaries[lb]
+        la_live, lb_live = a.firing > 0, b.firing > 0
+        row = {"a": la, "b": lb}
+        for kind in ("decoder", "encoder"):
+            full = best_match_stats(top_cosines(getattr(a, kind), getattr(b, kind), 1, chunk_size, device), threshold)
+            live = best_match_stats(top_cosines(getattr(a, kind)[la_live], getattr(b, kind)[lb_live], 1, chunk_size,
+                                                device), threshold) if la_live.any() and lb_live.any() else {"share": 0.0}
+            row[f"{kind[:3]}_all"], row[f"{kind[:3]}_live"] = full["share"], live["share"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def live_pair_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Return the live-feature match frame for display."""
+    return pd.DataFrame({"A": frame["a"], "B": frame["b"], "decoder, all": frame["dec_all"].map(fmt),
+                         "decoder, firing only": frame["dec_live"].map(fmt), "encoder, all": frame["enc_all"].map(fmt),
+                         "encoder, firing only": frame["enc_live"].map(fmt)})
+
+
+def block_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Return the residual-stream changes per block for display."""
+    return pd.DataFrame({"block": frame["block"], "mean cos(x_L, x_L+1)": frame["cos"].map(fmt),
+                         "median ‖block output‖ / ‖x_L‖": frame["ratio"].map(lambda v: fmt(v, ".2f")),
+                         "variance of x_L+1 explained by x_L": frame["explained_variance"].map(fmt)})
+
+
+def adjacent_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Return the adjacent-layer matches for display: family, layers, shares both ways, MMCS, one-to-one, encoder."""
+    return pd.DataFrame({"family": frame["family"], "layers": frame["layers"],
+                         "share lower→upper": frame["dec_share_ab"].map(fmt),
+                         "share upper→lower": frame["dec_share_ba"].map(fmt), "MMCS": frame["dec_mmcs"].map(fmt),
+                         "one-to-one share": frame["hungarian_share"].map(fmt), "encoder share": frame["enc_share"].map(fmt)})
+
+
+def overview_frame(everything: pd.DataFrame) -> pd.DataFrame:
+    """Return per comparison its number of pairs, the study's range, the ranges of best-match and one-to-one shares, the
+    mean MMCS and the mean encoder share, formatted for display."""
+    rows = []
+    for comp, g in everything.groupby("comparison", sort=False):
+        lo, hi = STUDY_RANGES.get(comp, (None, None))
+        hung = g["hungarian_share"].dropna()
+        rows.append({"comparison": comp, "pairs": len(g), "study (best match)": DASH if lo is None else f"{lo:.0%}-{hi:.0%}",
+                     "best match": pct_range(g["dec_share_small"]), "one-to-one": pct_range(hung) if len(hung) else DASH,
+                     "MMCS, mean": fmt(float(g["dec_mmcs"].mean())), "encoder share, mean": pct(float(g["enc_share"].mean()))})
+    return pd.DataFrame(rows)
+
+
+def skipped_sentence(name: str, release: str) -> str:
+    """Return the sentence that stands in for a comparison without SAEs."""
+    param, what = WHAT[name]
+    return f"No {what} are given for this release ({release}): this comparison is skipped. Pass `{param}` to add some."
+
+
+def share_sentence(name: str, table: pd.DataFrame | None, threshold: float, release: str) -> str:
+    """Return the sentence that sums up one comparison: its range of best-match and one-to-one shares."""
+    if table is None:
+        return skipped_sentence(name, release)
+    lead = {"datasets": "Between corpus groups", "seeds": "Changing only the seed", "widths": "Between widths",
+            "k": "Between values of k", "architectures": "Across architectures"}[name]
+    hung = table["hungarian_share"].dropna()
+    one = f", and {pct_range(hung)} one-to-one" if len(hung) else " (one-to-one matching was skipped: too many features)"
+    return (f"{lead}, {pct_range(table['dec_share_small'])} of features (best match, of the smaller dictionary or the "
+            f"mean of both directions) have a counterpart at cosine {threshold:.2f}{one}.")
+
+
+def containment_sentence(contain: pd.DataFrame | None, release: str) -> str:
+    """Return the containment sentence for the smallest dictionary against the largest."""
+    if contain is None:
+        return skipped_sentence("widths", release)
+    x = contain.sort_values(["d_sae_small", "d_sae_large"], ascending=[True, False]).iloc[0]
+    hung = ("" if not np.isfinite(x["Hungarian share"]) else
+            f"; one-to-one, {pct(x['Hungarian share'])} of the small dictionary's features keep a partner above the threshold")
+    return (f"Containment: {pct(x['small in large'])} of the features of {x['small']} ({x['d_sae_small']} features) have "
+            f"a partner in {x['large']} ({x['d_sae_large']}), against {pct(x['large in small'])} the other way round{hung}.")
+
+
+def architecture_sentence(frame: pd.DataFrame, live: pd.DataFrame, release: str) -> str:
+    """Return what the architecture table shows: how many features fire, and what the silent ones look like."""
+    if frame.empty:
+        return skipped_sentence("architectures", release)
+    x = frame.sort_values("live_share").iloc[0]
+    l0 = frame["l0"].dropna()
+    text = (f"The SAEs' recorded L0s run from {l0.min():.1f} to {l0.max():.1f} active features per token. " if len(l0)
+            else "")
+    if x["live_share"] >= 0.5:
+        return text + (f"Every architecture's features mostly fire on held-out text (at least {pct(x['live_share'])}, "
+                       f"for {x['SAE']}), so silent features do not explain the differences between them.")
+    worst = live[(live["a"] == x["SAE"]) | (live["b"] == x["SAE"])]
+    return text + (
+        f"Only {x['n_live']} of the {x['d_sae']} features of {x['SAE']} ({pct(x['live_share'])}) ever fire on held-out "
+        f"text. Features that never fire add nothing to a reconstruction, and these look untrained: their decoder rows have "
+        f"a median norm of "
+        f"{x['norm_dead']:.3f} (against {x['norm_live']:.3f} for the firing ones) and their encoder columns are nearly "
+        f"orthogonal to their own decoder rows (mean cosine {x['cos_dead']:.3f}, against {x['cos_live']:.3f} for firing "
+        f"features). Such features are not shared with anything, so at most about {pct(x['live_share'])} of "
+        f"{x['SAE']}'s features can find a counterpart, by decoder or by encoder: this, not a difference between "
+        f"encoders and decoders, is why its shares are near zero. Restricted to firing features on both sides, its "
+        f"pairs share {pct_range(worst['dec_live'])} of decoder directions and {pct_range(worst['enc_live'])} of "
+        f"encoder directions.")
+
+
+def second_sentence(second: pd.Series) -> str:
+    """Return the share of features with a second partner above the threshold, at most over the pairs shown."""
+    if second.empty:
+        return "No pairs were compared."
+    return (f"At most {pct(float(second.max()))} of a pair's features (for {second.idxmax()}) have a *second* partner "
+            "above the threshold, so best matching rarely counts several features of one dictionary against one "
+            "feature of the other." if second.max() < 0.05 else
+            f"Up to {pct(float(second.max()))} of a pair's features (for {second.idxmax()}) have a *second* partner "
+            "above the threshold: there best match counts several features of one dictionary against one of the other.")
+
+
+def layer_sentence(adjacent: pd.DataFrame, blocks: pd.DataFrame, controls: pd.DataFrame | None,
+                   rand_mmcs: float, release: str) -> str:
+    """Return what the layer comparison shows: the best and worst adjacent pairs, and for the worst the change of the
+    residual stream across its block and the positive control at its lower layer."""
+    if adjacent.empty:
+        return skipped_sentence("layers", release)
+    best, worst = adjacent.loc[adjacent["dec_share"].idxmax()], adjacent.loc[adjacent["dec_share"].idxmin()]
+    text = (f"Among adjacent layers, {pct(best['dec_share'])} of features match for {best['family']} {best['layers']}, "
+            f"against {pct(worst['dec_share'])} for {worst['family']} {worst['layers']}, whose MMCS of "
+            f"{worst['dec_mmcs']:.3f} compares with the random baseline's {rand_mmcs:.3f}.")
+    block = blocks.set_index("block")
+    L = int(worst["layer_a"])
+    if L in block.index:
+        b, others = block.loc[L], block.drop(index=L)
+        text += (f" Across block {L} the residual stream changes far more than a dictionary can follow: the block "
+                 f"writes an output {b['ratio']:.1f} times the norm of its input (median over held-out tokens), the "
+                 f"input keeps a mean cosine of {b['cos']:.2f} with the output stream, and explains "
+                 f"{b['explained_variance']:.2f} of its variance (negative: worse than its mean)."
+                 if b["explained_variance"] < 0 else
+                 f" Across block {L} the block's output is {b['ratio']:.1f} times the norm of its input, the input "
+                 f"keeps a mean cosine of {b['cos']:.2f} with the output stream and explains "
+                 f"{pct(b['explained_variance'])} of its variance.")
+        if len(others):
+            text += (f" In the other blocks the output is {others['ratio'].min():.2f} to {others['ratio'].max():.2f} "
+                     f"times the input, the cosine {others['cos'].min():.2f} to {others['cos'].max():.2f}, and the "
+                     f"input explains {others['explained_variance'].min():.2f} to "
+                     f"{others['explained_variance'].max():.2f} of the next stream's variance.")
+    ctrl = None if controls is None else controls[controls["layer"] == L]
+    if ctrl is not None and len(ctrl):
+        pairs = "; ".join(f"{a} against {b}: {pct(s)} (MMCS {m:.3f})"
+                          for a, b, s, m in zip(ctrl["a"], ctrl["b"], ctrl["dec_share"], ctrl["dec_mmcs"]))
+        text += (f" Positive control, SAEs at layer {L} against each other: {pairs}. ")
+        text += ("Layer-{L} dictionaries do match each other, so the empty match across block {L} is a property of the "
+                 "stream, not of the SAEs." if ctrl["dec_share"].max() > 2 * max(worst["dec_share"], 0.005) else
+                 "Even layer-{L} SAEs barely match each other, so the control does not separate the stream from the "
+                 "SAEs.").format(L=L)
+    elif L in block.index:
+        text += f" No pair of SAEs at layer {L} is given for a positive control (`control_pairs`)."
+    return text
+
+
+def study_sentence(everything: pd.DataFrame) -> str:
+    """Return the seed-against-dataset comparison with the study, and how much best match overstates one-to-one."""
+    if everything.empty:
+        return "No pairs were compared."
+    mean = everything.groupby("comparison")["dec_share_small"].mean()
+    text = ""
+    if "seeds" in mean and "datasets" in mean:
+        rel = "more" if mean["seeds"] > mean["datasets"] else "fewer"
+        text = (f"In the study, SAEs trained on different datasets matched far fewer features than SAEs differing only "
+                f"in their seed; here the mean seed pair matches {pct(mean['seeds'])} of features and the mean dataset "
+                f"pair {pct(mean['datasets'])}: seeds share {rel}. ")
+    both = everything.dropna(subset=["hungarian_share"])
+    if len(both):
+        gap = both["dec_share_small"] - both["hungarian_share"]
+        worst = both.loc[gap.idxmax()]
+        text += (f"Best match overstates one-to-one matching: averaged over the {len(both)} pairs matched both ways, the "
+                 f"best-match share of the features Hungarian pairs (the smaller dictionary's, or both directions' mean "
+                 f"for equal sizes) exceeds their one-to-one share by {100 * gap.mean():.1f} percentage points (at most "
+                 f"{100 * gap.max():.1f}, for {worst['a']} / {worst['b']}), and the MMCS exceeds the one-to-one mean "
+                 f"cosine by {float((both['dec_mmcs'] - both['hungarian_mean']).mean()):.3f}.")
+    return text
+
+
+def encoder_sentence(everything: pd.DataFrame, base: Dictionary) -> str:
+    """Return how encoder matches compare with decoder matches over all pairs, and how far the base SAE's encoder
+    columns are from its own decoder rows."""
+    own = (f"Within one SAE a feature's encoder column is not its decoder row: in {base.label} their mean cosine is "
+           f"{float(base.self_cosine.mean()):.3f}, so two SAEs that write the same direction may read it differently.")
+    if everything.empty:
+        return own
+    return (f"Encoder directions match in {pct(float(everything['enc_share'].mean()))} of cases against "
+            f"{pct(float(everything['dec_share'].mean()))} for decoder directions, on average over all pairs. " + own)
+
+
+@dataclass
+class MatchingResult:
+    """Everything the matching chapter shows: display tables, figure frames and the values its prose cites."""
+
+    values: dict[str, float | str]
+    tables: dict[str, pd.DataFrame]  # display-ready: formatted, at most 7 columns, no NaN
+    top_long: pd.DataFrame  # (pair, rank, cosine) for the top-cosine figure
+    layer_matrix: pd.DataFrame  # (family, layer_a, layer_b, share, mmcs) for the heatmaps
+    everything: pd.DataFrame  # one row per compared pair, with its comparison, for the comparison figure
+    frames: dict[str, pd.DataFrame]  # the raw per-pair frames behind the tables (numbers, for tests)
+
+    def glued(self) -> dict[str, float | str]:
+        """Return the values the prose cites, by glue name."""
+        return dict(self.values)
+
+    def table(self, name: str):
+        """Return a display table (a pandas Styler without index), or the sentence that replaces a skipped one."""
+        from IPython.display import Markdown
+
+        t = self.tables.get(name)
+        if t is None or t.empty:
+            return Markdown(f"*{self.values.get(f'match_{name}_sentence', 'Nothing to show for this release.')}*")
+        return t.style.hide(axis="index")
+
+
+def summary_sentence(results: dict[str, PairResults], rand_share: float, threshold: float) -> str:
+    """Return the summary's first line: each comparison's range of decoder best-match shares, and the random floor."""
+    what = {"datasets": "across corpus groups", "seeds": "across seeds", "widths": "between widths",
+            "k": "between values of k", "architectures": "across architectures"}
+    parts = [f"{pct_range(r.table['dec_share_small'])} {what[n]}" for n, r in results.items()]
+    listed = "; ".join(parts) if parts else "no pairs compared"
+    return f"Decoder matching at cosine {threshold:.2f}: {listed}; random directions: {pct(rand_share)}."
+
+
+def _labels(refs: Sequence[SAERef], release: str) -> list[str]:
+    return [ref_label(r, release) for r in refs]
+
+
+def comparison_pairs(groups: Groups, dictionaries: dict[str, Dictionary], release: str) -> dict[str, list[tuple[str, str]]]:
+    """Return the pairs of labels each comparison matches (widths oriented small -> large)."""
+    return {"datasets": all_pairs(_labels(groups.ids["datasets"], release)),
+            "seeds": [(ref_label(a, release), ref_label(b, release)) for a, b in groups.seed_pairs],
+            "widths": width_pairs(dictionaries, _labels(groups.ids["widths"], release)),
+            "k": all_pairs(_labels(groups.ids["k"], release)),
+            "architectures": all_pairs(_labels(groups.ids["architectures"], release))}
+
+
+def adjacent_frame(groups: Groups, dictionaries: dict[str, Dictionary], release: str, opts: dict) -> pd.DataFrame:
+    """Return the match statistics of every family's adjacent layers, with family, layer_a and a 'L→L+1' label."""
+    frames = []
+    for fam, refs in groups.layers.items():
+        labels = sorted(_labels(refs, release), key=lambda lab: dictionaries[lab].layer)
+        res = match_pairs(list(zip(labels[:-1], labels[1:])), dictionaries, **opts, progress=False)
+        la = [dictionaries[a].layer for a in res.table["a"]]
+        lb = [dictionaries[b].layer for b in res.table["b"]]
+        frames.append(res.table.assign(family=fam, layer_a=la, layers=[f"{a}→{b}" for a, b in zip(la, lb)]))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def analyze(model, dictionaries: dict[str, Dictionary], tokens: Int[Tensor, "n_windows pos"],
+            params: MatchingParams) -> MatchingResult:
+    """Return the chapter's result: the chance baseline, each comparison's matches, the architectures' firing features,
+    the layer-by-layer matches, the residual stream's change per block and the positive controls."""
+    groups, rel = resolve_groups(params), params.sae_release
+    label = lambda ref: ref_label(ref, rel)  # noqa: E731
+    base = dictionaries[label(groups.base)]
+    opts = dict(threshold=params.threshold, chunk_size=params.chunk_size, device=params.device,
+                hungarian_max_features=params.hungarian_max_features)
+    rand = random_directions(base.d_sae, base.decoder.shape[1], params.seed)
+    rand_row, rand_top = match_pair(base, Dictionary("random", "random", "random", base.hook_name, "random", rand, rand),
+                                    **opts)
+    pairs = comparison_pairs(groups, dictionaries, rel)
+    results = {name: match_pairs(p, dictionaries, **opts, progress=False) for name, p in pairs.items() if p}
+    tables = {name: pair_table(r.table) for name, r in results.items()}
+    tables["random"] = pair_table(pd.DataFrame([rand_row]))
+    contain = containment(results["widths"].table) if "widths" in results else None
+    if contain is not None:
+        tables["containment"] = containment_table(contain)
+
+    arch_labels = _labels(groups.ids["architectures"], rel)
+    arch = architecture_frame(dictionaries, arch_labels)
+    live = live_pair_frame(pairs["architectures"], dictionaries, params.threshold, params.chunk_size, params.device) \
+        if pairs["architectures"] and all(dictionaries[a].firing is not None for a in arch_labels) else \
+        pd.DataFrame(columns=["a", "b", "dec_all", "dec_live", "enc_all", "enc_live"])
+    if len(arch):
+        tables["architecture_info"] = architecture_table(arch)
+    if len(live):
+        tables["architecture_live"] = live_pair_table(live)
+
+    shown = {next(iter(r.top)): r.top[next(iter(r.top))] for r in results.values()}
+    long = pd.concat([top_cosines_long(shown), top_cosines_long({(base.label, "random"): rand_top})], ignore_index=True)
+    second = (long[(long["rank"] == 2) & (long["pair"] != f"{base.label} → random")].groupby("pair", sort=False)["cosine"]
+              .apply(lambda c: float((c >= params.threshold).mean())))
+
+    layer_mat = pd.concat([layer_matrix(dictionaries, _labels(refs, rel), params.threshold, params.chunk_size,
+                                        params.device, adjacent_only=not params.all_layer_pairs, progress=False)
+                           .assign(family=fam) for fam, refs in groups.layers.items()], ignore_index=True) \
+        if groups.layers else pd.DataFrame(columns=["family", "layer_a", "layer_b", "share", "mmcs"])
+    adjacent = adjacent_frame(groups, dictionaries, rel, opts)
+    blocks = block_changes(model, tokens, sorted(set(adjacent["layer_a"]))) if len(adjacent) else pd.DataFrame(
+        columns=["block", "cos", "ratio", "explained_variance"])
+    ctrl_pairs = [(label(a), label(b)) for a, b in groups.controls]
+    controls = match_pairs(ctrl_pairs, dictionaries, **opts, progress=False).table if ctrl_pairs else None
+    if controls is not None:
+        controls = controls.assign(layer=[dictionaries[a].layer for a in controls["a"]])
+        tables["controls"] = pair_table(controls)
+    if len(adjacent):
+        tables["adjacent"] = adjacent_table(adjacent)
+        tables["blocks"] = block_table(blocks)
+
+    frames = [r.table.assign(comparison=name) for name, r in results.items()]
+    if len(adjacent):
+        frames.append(adjacent.drop(columns=["family", "layers", "layer_a"]).assign(
+            comparison=[f"layers ({f})" for f in adjacent["family"]]))
+    everything = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["comparison", "a", "b", "dec_share", "dec_share_small", "dec_mmcs", "enc_share", "hungarian_share",
+                 "hungarian_mean"])
+    if len(everything):
+        tables["overview"] = overview_frame(everything)
+    dist = (layer_mat["layer_a"] - layer_mat["layer_b"]).abs()
+    values: dict[str, float | str] = {
+        "match_n_saes": len(dictionaries), "match_threshold": params.threshold, "match_base": base.label,
+        "match_base_hook": base.hook_name, "match_chunk": params.chunk_size, "match_d_in": base.decoder.shape[1],
+        "match_sigmas": params.threshold * float(np.sqrt(base.decoder.shape[1])), "match_base_d_sae": base.d_sae,
+        "match_rand_mmcs": rand_row["dec_mmcs"], "match_rand_share": rand_row["dec_share"],
+        "match_rand_hmean_sentence": (f"its one-to-one mean cosine {rand_row['hungarian_mean']:.3f}"
+                                      if np.isfinite(rand_row["hungarian_mean"]) else
+                                      "one-to-one matching was skipped (too many features)"),
+        "match_n_tokens": int(tokens[:, 1:].numel()),
+        **{f"match_{name}_sentence": share_sentence(name, results[name].table if name in results else None,
+                                                    params.threshold, rel) for name in COMPARISONS},
+        "match_containment_sentence": containment_sentence(contain, rel),
+        "match_architectures_info_sentence": architecture_sentence(arch, live, rel),
+        "match_second_sentence": second_sentence(second),
+        "match_layers_sentence": layer_sentence(adjacent, blocks, controls, rand_row["dec_mmcs"], rel),
+        "match_distance_sentence": (
+            f"Averaged over families and directions, the share matched is "
+            f"{pct(float(layer_mat.loc[dist == 1, 'share'].mean()))} between adjacent layers and "
+            f"{pct(float(layer_mat.loc[dist == dist.max(), 'share'].mean()))} between the layers farthest apart "
+            f"({int(dist.max())} apart)." if len(layer_mat) and dist.max() > 0 else skipped_sentence("layers", rel)),
+        "match_study_sentence": study_sentence(everything),
+        "match_encoder_sentence": encoder_sentence(everything, base),
+    }
+    values["match_summary_sentence"] = summary_sentence(results, rand_row["dec_share"], params.threshold)
+    return MatchingResult(values, tables, long, layer_mat, everything,
+                          {"random": pd.DataFrame([rand_row]), "architectures": arch, "live": live, "blocks": blocks,
+                           "adjacent": adjacent, "controls": controls if controls is not None else pd.DataFrame(),
+                           **{name: r.table for name, r in results.items()}})

@@ -215,10 +215,6 @@ def test_local_folder_release(tmp_path):
     sae.cfg.metadata.hook_name = "blocks.1.hook_resid_pre"
     sae.save_model(tmp_path / "one")
     assert resolve_ids(["one", "two"], str(tmp_path)) == [(str(tmp_path), "one")]
-    from possae.matching import load_dictionaries
-
-    d = load_dictionaries([(str(tmp_path), "one")], str(tmp_path), device="cpu")
-    assert list(d) == ["one"] and d["one"].layer == 1 and d["one"].d_sae == 16
 
 
 def test_hungarian_never_exceeds_best_match_of_the_smaller_dictionary():
@@ -245,18 +241,160 @@ def test_figures_build():
     m = layer_matrix(dicts, list(dicts), device="cpu", progress=False).assign(family="F")
     heat = layer_heatmap_figure(m)
     assert heat.data[0].z.shape == (3, 3) and np.allclose(np.diag(heat.data[0].z), 1.0)
-    comp = comparison_figure(res.table.assign(comparison="datasets"), {"datasets": (0.06, 0.3)})
+    comp = comparison_figure(res.table.assign(comparison="datasets"), 0.7, {"datasets": (0.06, 0.3)})
     assert len(comp.data) == 2 and len(comp.layout.shapes) == 1
 
 
-def test_dictionary_table_reads_l0_from_metadata():
-    from possae.matching import dictionary_table
+# ---------------------------------------------------------------- the chapter's result (issue 13)
 
-    sae = TopKSAE(TopKSAEConfig(d_in=8, d_sae=16, k=2))
-    sae.cfg.metadata.hook_name = "blocks.0.hook_resid_pre"
-    with_l0 = dictionary_from_sae(sae, "a")
-    sae.cfg.metadata.l0 = 2.0
-    d = {"a": with_l0, "b": dictionary_from_sae(sae, "b")}
-    t = dictionary_table(d, ["a", "b"])
-    assert t["d_sae"].tolist() == [16, 16] and np.isnan(t["L0"].iloc[0]) and t["L0"].iloc[1] == 2.0
-    assert t["architecture"].iloc[0] == "topk"
+from pathlib import Path  # noqa: E402
+
+from possae.book import chapter_parameters  # noqa: E402
+from possae.glued import check_prose_values  # noqa: E402
+from possae.matching import (  # noqa: E402
+    MatchingParams,
+    analyze,
+    architecture_frame,
+    architecture_sentence,
+    block_changes,
+    dictionary_from_sae,
+    live_pair_frame,
+)
+from possae.params import ParameterError  # noqa: E402
+
+
+def test_params_are_the_chapter_cell_and_reject_bad_values():
+    assert set(MatchingParams.names()) == chapter_parameters(Path("chapters/matching.py"))
+    assert "model_name" not in MatchingParams.names()  # read by no one: removed
+    with pytest.raises(ParameterError, match="no parameter"):
+        MatchingParams.from_mapping({"model_name": "organism"})
+    with pytest.raises(ParameterError, match="threshold"):
+        MatchingParams.from_mapping({"threshold": "high"})
+    with pytest.raises(ParameterError, match="threshold"):
+        MatchingParams(threshold=1.5)
+    with pytest.raises(ParameterError, match="chunk_size"):
+        MatchingParams(chunk_size=0)
+    p = MatchingParams.from_mapping({"seed_pairs": [["a", "b"]], "layer_ids": {"F": ["x", "y"]}})
+    assert p.seed_pairs == (["a", "b"],) and p.layer_ids == {"F": ["x", "y"]}
+
+
+def tiny_model(n_layers=2, d_model=16, zero_blocks=False):
+    """Return a tiny random attention+MLP HookedTransformer (blocks writing nothing when zero_blocks)."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    torch.manual_seed(0)
+    cfg = HookedTransformerConfig(n_layers=n_layers, d_model=d_model, n_ctx=8, d_head=4, n_heads=2, d_mlp=32,
+                                  d_vocab=20, act_fn="relu", normalization_type=None, device="cpu")
+    model = HookedTransformer(cfg)
+    if zero_blocks:
+        with torch.no_grad():
+            for block in model.blocks:
+                for name in ("W_O", "b_O"):
+                    getattr(block.attn, name).zero_()
+                block.mlp.W_out.zero_()
+                block.mlp.b_out.zero_()
+    return model
+
+
+def test_block_changes_identity_blocks_and_agrees_with_a_dense_computation():
+    tokens = torch.randint(0, 20, (6, 8), generator=torch.Generator().manual_seed(1))
+    same = block_changes(tiny_model(zero_blocks=True), tokens, [0, 1], batch_size=4)
+    assert np.allclose(same["cos"], 1.0, atol=1e-5) and np.allclose(same["ratio"], 0.0, atol=1e-6)
+    assert np.allclose(same["explained_variance"], 1.0, atol=1e-6)
+    model = tiny_model()
+    got = block_changes(model, tokens, [0, 1], batch_size=4).set_index("block")
+    _, cache = model.run_with_cache(tokens)
+    for L, out in [(0, "blocks.1.hook_resid_pre"), (1, "blocks.1.hook_resid_post")]:
+        x, y = cache[f"blocks.{L}.hook_resid_pre"][:, 1:].reshape(-1, 16), cache[out][:, 1:].reshape(-1, 16)
+        ev = 1 - ((y - x) ** 2).sum() / ((y - y.mean(0)) ** 2).sum()
+        assert got.loc[L, "explained_variance"] == pytest.approx(float(ev), abs=1e-5)
+        assert got.loc[L, "cos"] == pytest.approx(float(torch.cosine_similarity(x, y, dim=1).mean()), abs=1e-5)
+        assert got.loc[L, "ratio"] == pytest.approx(float(((y - x).norm(dim=1) / x.norm(dim=1)).median()), abs=1e-5)
+
+
+def half_dead(label, live_dirs, dead_dec, dead_enc, hook="blocks.1.hook_resid_pre"):
+    """Return a Dictionary whose first features fire (encoder = decoder) and whose others never do."""
+    d = dictionary(label, torch.cat([live_dirs, dead_dec]), torch.cat([live_dirs, dead_enc]), hook=hook)
+    d.decoder_norm = torch.cat([torch.ones(len(live_dirs)), torch.full((len(dead_dec),), 0.05)])
+    d.firing = torch.cat([torch.full((len(live_dirs),), 0.1), torch.zeros(len(dead_dec))])
+    return d
+
+
+def test_silent_features_explain_a_near_zero_encoder_and_decoder_share():
+    """The JumpReLU finding: most features never fire, their encoders are orthogonal to their decoders."""
+    q, _ = torch.linalg.qr(torch.randn(64, 64, generator=torch.Generator().manual_seed(20)))
+    live = q[:4]
+    full = dictionary("full", q[:16])
+    full.firing, full.decoder_norm = torch.full((16,), 0.2), torch.ones(16)
+    jr = half_dead("jr", live, q[16:28], q[40:52])  # 4 of 16 fire; silent ones: encoder orthogonal to decoder
+    frame = architecture_frame({"full": full, "jr": jr}, ["full", "jr"]).set_index("SAE")
+    assert frame.loc["jr", "n_live"] == 4 and frame.loc["jr", "live_share"] == 0.25
+    assert frame.loc["jr", "cos_live"] == pytest.approx(1.0) and frame.loc["jr", "cos_dead"] == pytest.approx(0.0, abs=1e-6)
+    assert frame.loc["jr", "norm_dead"] == pytest.approx(0.05) and np.isnan(frame.loc["full", "cos_dead"])
+    live_frame = live_pair_frame([("full", "jr")], {"full": full, "jr": jr}, device="cpu").iloc[0]
+    # over all features: 4 of 16 match each way; over firing features only: all of jr's 4, 4 of full's 16
+    assert live_frame["dec_all"] == pytest.approx(0.25) and live_frame["enc_all"] == pytest.approx(0.25)
+    assert live_frame["dec_live"] == pytest.approx((1.0 + 0.25) / 2)
+    text = architecture_sentence(frame.reset_index(), live_pair_frame([("full", "jr")], {"full": full, "jr": jr},
+                                                                     device="cpu"), "test")
+    assert "Only 4 of the 16 features of jr (25.0%)" in text and "nan" not in text.lower()
+
+
+def save_sae(folder, name, dec, enc, hook):
+    """Save a standard sae_lens SAE with these decoder rows and encoder columns under folder/name."""
+    sae = StandardSAE(StandardSAEConfig(d_in=dec.shape[1], d_sae=dec.shape[0]))
+    sae.cfg.metadata.hook_name = hook
+    sae.cfg.metadata.context_size = 8
+    with torch.no_grad():
+        sae.W_dec.copy_(dec)
+        sae.W_enc.copy_(enc.T)
+    sae.save_model(folder / name)
+    return sae
+
+
+def test_analyze_layer0_control_and_skipped_sections(tmp_path):
+    """The layer-0 finding: nothing matches across block 0 while the positive control at layer 0 matches fully; the
+    sections without SAEs say so; no prose value or table cell is NaN and no table is wider than 7 columns."""
+    q, _ = torch.linalg.qr(torch.randn(16, 16, generator=torch.Generator().manual_seed(21)))
+    g = torch.Generator().manual_seed(22)
+    perm = torch.randperm(8, generator=g)
+    saes = {"L0a": save_sae(tmp_path, "L0a", q[:8], q[:8], "blocks.0.hook_resid_pre"),
+            "L0b": save_sae(tmp_path, "L0b", q[:8][perm] * 3, q[:8][perm], "blocks.0.hook_resid_pre"),
+            "L1": save_sae(tmp_path, "L1", q[8:], q[8:], "blocks.1.hook_resid_pre"),
+            "A1": save_sae(tmp_path, "A1", q[8:], q[8:], "blocks.1.hook_resid_pre")}
+    params = MatchingParams(sae_release=str(tmp_path), sae_id="L0a", dataset_ids=[], seed_pairs=[], width_ids=[],
+                            k_ids=[], architecture_ids=["L1", "A1"], layer_ids={"F": ["L0a", "L1"]},
+                            control_pairs=[["L0a", "L0b"]], device="cpu", chunk_size=3)
+    dicts = {k: dictionary_from_sae(s, k, str(tmp_path), k) for k, s in saes.items()}
+    for k in ("L1", "A1"):
+        dicts[k].firing = torch.full((8,), 0.5)
+    tokens = torch.randint(0, 20, (4, 8), generator=g)
+    res = analyze(tiny_model(), dicts, tokens, params)
+    adj = res.frames["adjacent"].iloc[0]
+    assert adj["layers"] == "0→1" and adj["dec_share"] == 0.0 and adj["hungarian_share"] == 0.0
+    ctrl = res.frames["controls"].iloc[0]
+    assert ctrl["dec_share"] == 1.0 and ctrl["hungarian_share"] == 1.0 and ctrl["layer"] == 0
+    values = res.glued()
+    check_prose_values(values)
+    assert "property of the stream" in values["match_layers_sentence"]
+    assert "Across block 0" in values["match_layers_sentence"]
+    assert values["match_architectures_sentence"].startswith("Across architectures, 100.0%")
+    for name in ("datasets", "seeds", "widths", "k"):
+        assert "skipped" in values[f"match_{name}_sentence"] and name not in res.tables
+    assert res.frames["blocks"]["block"].tolist() == [0]
+    for name, t in res.tables.items():
+        assert t.shape[1] <= 7, name
+        assert not t.isna().any().any() and "nan" not in t.astype(str).to_string().lower(), name
+    assert "—" in res.tables["overview"]["study (best match)"].tolist()  # layers have no study range
+
+
+def test_figure_legends_stay_clear_of_the_subplot_titles():
+    from possae.figures.matching import comparison_figure, top_cosine_figure
+
+    g = torch.Generator().manual_seed(23)
+    dicts = {f"D{i}": dictionary(f"D{i}", torch.randn(30, 8, generator=g)) for i in range(3)}
+    res = match_pairs(all_pairs(list(dicts)), dicts, device="cpu", progress=False)
+    comp = comparison_figure(res.table.assign(comparison=["datasets", "datasets", "seeds"]), 0.7)
+    assert comp.layout.legend.x >= 1 and comp.layout.legend.xanchor == "left"  # right of every panel
+    top = top_cosine_figure(top_cosines_long(res.top))
+    assert top.layout.legend.y < 0 and top.layout.legend.yanchor == "top"  # below the axes

@@ -8,6 +8,11 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
+from possae.matching import STUDY_RANGES
+
+# legends sit outside every panel and its title: to the right of the plot area, or below the x-axis titles
+RIGHT_LEGEND = dict(orientation="v", x=1.02, xanchor="left", y=1.0, yanchor="top")
+
 
 def top_cosine_figure(long: pd.DataFrame, threshold: float = 0.7, bins: int = 60,
                       title: str = "Each feature's 1st..4th best decoder cosine in the other dictionary") -> go.Figure:
@@ -30,7 +35,8 @@ def top_cosine_figure(long: pd.DataFrame, threshold: float = 0.7, bins: int = 60
             fig.add_vline(x=threshold, line_dash="dash", line_color="gray", row=1, col=c)
             fig.update_xaxes(title_text="cosine", row=1, col=c)
     fig.update_yaxes(title_text="share of features", row=1, col=1)
-    return fig.update_layout(height=380, title=title, legend=dict(orientation="h", y=-0.3))
+    return fig.update_layout(height=420, title=title, margin=dict(b=150),
+                             legend=dict(orientation="h", x=0, xanchor="left", y=-0.3, yanchor="top"))
 
 
 def layer_heatmap_figure(matrix: pd.DataFrame, value: str = "share", threshold: float = 0.7) -> go.Figure:
@@ -50,8 +56,8 @@ def layer_heatmap_figure(matrix: pd.DataFrame, value: str = "share", threshold: 
     return fig.update_layout(height=420, title=f"Layer against layer: {label}")
 
 
-def comparison_figure(results: pd.DataFrame, study_ranges: dict[str, tuple[float, float]] | None = None,
-                      threshold: float = 0.7) -> go.Figure:
+def comparison_figure(results: pd.DataFrame, threshold: float = 0.7,
+                      study_ranges: dict[str, tuple[float, float]] | None = STUDY_RANGES) -> go.Figure:
     """Return the share of features matched per pair, best match (of the smaller dictionary's features; both
     directions' mean when equal) beside Hungarian, pairs grouped by comparison, with the study's reported range as a
     band where it has one."""
@@ -61,14 +67,14 @@ def comparison_figure(results: pd.DataFrame, study_ranges: dict[str, tuple[float
     for c, comp in enumerate(comps, 1):
         g = results[results["comparison"] == comp]
         x = [f"{a} / {b}" for a, b in zip(g["a"], g["b"])]
-        fig.add_bar(x=x, y=g["dec_share_small"], name="best match (of the smaller dictionary)", marker_color="#1f77b4",
+        fig.add_bar(x=x, y=g["dec_share_small"], name="best match", marker_color="#1f77b4",
                     legendgroup="best", showlegend=(c == 1), row=1, col=c)
-        fig.add_bar(x=x, y=g["hungarian_share"], name="Hungarian (one-to-one)", marker_color="#ff7f0e",
+        fig.add_bar(x=x, y=g["hungarian_share"], name="one-to-one", marker_color="#ff7f0e",
                     legendgroup="hung", showlegend=(c == 1), row=1, col=c)
         if study_ranges and comp in study_ranges:
             lo, hi = study_ranges[comp]
             fig.add_hrect(y0=lo, y1=hi, fillcolor="gray", opacity=0.2, line_width=0, row=1, col=c)
         fig.update_xaxes(tickangle=45, row=1, col=c)
     fig.update_yaxes(title_text=f"share of features with cosine ≥ {threshold:g}", range=[0, 1.02], row=1, col=1)
-    return fig.update_layout(height=520, barmode="group", legend=dict(orientation="h", y=1.12),
+    return fig.update_layout(height=520, barmode="group", legend=RIGHT_LEGEND, margin=dict(t=90),
                              title="Share matched per pair (grey band: the study's reported range)")
