@@ -3,13 +3,14 @@
 At ``blocks.0.hook_resid_pre`` an SAE reads ``x(t, p) = W_E[t] + W_pos[p]``, so a feature's activation ``f_i(t, p)``
 is a function of a token and a position, and :mod:`possae.layer0_stats` gives, exactly over every token and the
 chosen positions, the share of its variance explained by the token, ``R2_tok = Var_t(E_p f) / Var(f)``. A feature is
-*semantic* here when ``R2_tok >= threshold`` (default :data:`SEMANTIC_R2`).
+*semantic* here when ``R2_tok >= threshold`` (default :data:`SEMANTIC_R2`); it is *positional* as
+:func:`possae.positional.positional_features` says, over the same positions.
 
-This module adds:
+The chapter calls :func:`analyze`, which returns a :class:`SemanticResult` holding every number the prose cites
+(:meth:`SemanticResult.glued`), every table (formatted for display) and every frame a figure draws. The pieces:
 
-* :func:`in_context_positions`: the positions ``first..context_size-1`` at which an SAE trained on BOS-prefixed
-  windows of ``context_size`` tokens saw ordinary tokens (position 0 always held BOS);
-* :func:`semantic_features`, :func:`semantic_counts`, :func:`sorted_scores_frame`: the token score per feature;
+* :func:`semantic_features`, :func:`semantic_counts`, :func:`sorted_scores_frame`, :func:`scores_frame`: the token
+  score per feature, over the positions :func:`possae.hooks.in_context_positions` (the one definition);
 * :func:`single_token_ids`: strings -> token ids, refusing any string that is not exactly one token;
 * :func:`chosen_token_means`, :func:`token_top_features_frame`: exact mean activation over the positions of every
   feature on a few tokens, and each token's top-k features;
@@ -23,13 +24,16 @@ This module adds:
 * :func:`top_tokens_by_mean`: per feature, its k tokens with the largest mean activation over the positions,
   exact over the whole vocabulary, streamed (no ``d_vocab x d_sae`` matrix is held);
 * :func:`position_invariance_frame` and :func:`most_invariant_features`: per feature, its top tokens and the
-  variation over positions of its activation on them; the semantic features whose activation varies least.
+  variation over positions of its activation on them; the semantic features whose activation varies least;
+* the ``*_table`` functions format frames for display and the ``*_sentence`` functions word the prose's
+  number-dependent sentences.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -44,14 +48,21 @@ from possae.layer0_stats import (
     check_layer0_inputs,
     choose_method,
     encoder_parts,
+    layer0_stats,
     resolve_positions,
     token_feature_mean_matrix,
     token_feature_means,
 )
-from possae.hooks import in_context_positions  # noqa: F401  (re-exported for the chapter until it imports from hooks)
-from possae.positional import POSITIONAL_R2
+from possae.hooks import in_context_positions, require_layer0, sae_context_size
+from possae.params import ChapterParams, ParameterError
+from possae.positional import POSITIONAL_R2, positional_features
+from possae.tokenizer import decode_tokens
 
 SEMANTIC_R2 = 0.5
+N_TOP_TOKENS = 5  # tokens per feature whose cv the invariance table averages
+N_INVARIANT = 12  # rows of the most-invariant table
+N_INVARIANT_PROFILES = 6  # of which the figure draws this many
+LOW_CV = 0.05  # the invariance summary counts the semantic features whose cv is below this
 
 
 # ----------------------------------------------------------------------------------------------
@@ -77,14 +88,17 @@ def alive_features(stats: Layer0Stats) -> Bool[Tensor, " d_sae"]:
 
 def semantic_counts(stats: Layer0Stats, threshold: float = SEMANTIC_R2,
                     positional_threshold: float = POSITIONAL_R2) -> dict[str, float]:
-    """Return counts and shares: features, alive, semantic (R2_tok >= threshold), positional, neither, median R2_tok."""
+    """Return counts and shares over the stats' positions: features, live, semantic, positional, both, neither, medians.
+
+    Positional features are :func:`possae.positional.positional_features` over the same positions (R2_pos >=
+    positional_threshold and firing), so this count is the positional chapter's. The medians (R2_tok and the
+    interaction share ``1 - R2_tok - R2_pos`` over live features) are NaN when no feature is live.
+    """
     sem = semantic_features(stats, threshold)
-    _check_threshold(positional_threshold)
-    pos = stats.r2_pos >= positional_threshold
+    pos = positional_features(stats, None, positional_threshold)
     alive = alive_features(stats)
-    n = int(sem.numel())
-    n_alive = int(alive.sum())
-    n_sem = int(sem.sum())
+    n, n_alive, n_sem = int(sem.numel()), int(alive.sum()), int(sem.sum())
+    interaction = (1 - stats.r2_tok - stats.r2_pos)[alive]
     return {
         "n_features": n,
         "n_alive": n_alive,
@@ -95,6 +109,7 @@ def semantic_counts(stats: Layer0Stats, threshold: float = SEMANTIC_R2,
         "n_both": int((sem & pos).sum()),
         "n_neither_alive": int((alive & ~sem & ~pos).sum()),
         "median_r2_tok_alive": float(stats.r2_tok[alive].median()) if n_alive else math.nan,
+        "median_interaction_alive": float(interaction.median()) if n_alive else math.nan,
     }
 
 
@@ -387,3 +402,364 @@ def most_invariant_features(frame: pd.DataFrame, threshold: float = SEMANTIC_R2,
     _check_threshold(threshold)
     keep = frame[(frame.r2_tok >= threshold) & (frame.top_mean > 0) & frame.cv.notna()]
     return keep.sort_values(["cv", "r2_tok"], ascending=[True, False]).head(n)
+
+
+# ----------------------------------------------------------------------------------------------
+# The chapter: parameters, analysis, tables and sentences
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SemanticParams(ChapterParams):
+    """The semantic-features chapter's parameters (its parameters cell, name for name)."""
+
+    model_name: str = "organism"
+    sae_release: str = "organism"
+    sae_id: str = "relu-short"
+    device: str | None = None
+    tokens_of_interest: tuple[str, ...] = (" the", " and", " said", ".")
+    top_k: int = 5
+    threshold: float = SEMANTIC_R2
+
+    def validate(self) -> None:
+        """Raise ParameterError on a threshold outside (0, 1], top_k < 1 or no token of interest."""
+        if not 0.0 < self.threshold <= 1.0:
+            raise ParameterError(f"threshold is a share of variance and must lie in (0, 1]; got {self.threshold}.")
+        if self.top_k < 1:
+            raise ParameterError(f"top_k must be >= 1; got {self.top_k}.")
+        if not self.tokens_of_interest:
+            raise ParameterError("tokens_of_interest is empty: pass at least one token string, e.g. [' the'].")
+
+
+def _pct(x: float, digits: int = 1) -> str:
+    """Return a share as a percentage string, e.g. 0.9656 -> '96.6%'."""
+    return f"{x:.{digits}%}"
+
+
+def _num(x: float, digits: int = 3) -> str:
+    """Return a number with fixed decimals, or '—' when it is NaN."""
+    return "—" if x is None or not math.isfinite(float(x)) else f"{float(x):.{digits}f}"
+
+
+def _others(n: int) -> str:
+    """Return 'the 1 other' or 'the n others'."""
+    return f"the {n} other" + ("" if n == 1 else "s")
+
+
+def _range_label(positions: range) -> str:
+    """Return 'a..b' for a range of positions."""
+    return f"{positions.start}..{positions.stop - 1}"
+
+
+def position_ranges(context_size: int, n_ctx: int) -> dict[str, range]:
+    """Return {label: positions}: inside the context (the chapter's), with the BOS slot, and up to n_ctx."""
+    inside = in_context_positions(context_size, n_ctx)
+    ranges = {f"{_range_label(inside)} (in context)": inside,
+              f"0..{context_size - 1} (with the BOS slot)": range(0, context_size)}
+    if context_size < n_ctx:
+        ranges[f"0..{n_ctx - 1} (every position)"] = range(0, n_ctx)
+    return ranges
+
+
+def kinds_table(counts: dict[str, float], threshold: float,
+                positional_threshold: float = POSITIONAL_R2) -> pd.DataFrame:
+    """Return the counts of features by kind (all, live, semantic, positional, live and neither) and their shares."""
+    kinds = {"all features": counts["n_features"], "live (fire on some input)": counts["n_alive"],
+             f"semantic (R²_tok ≥ {threshold:g})": counts["n_semantic"],
+             f"positional (R²_pos ≥ {positional_threshold:g})": counts["n_positional"],
+             "live, neither": counts["n_neither_alive"]}
+    return pd.DataFrame({"features": [int(v) for v in kinds.values()],
+                         "share of all": [_pct(v / counts["n_features"]) for v in kinds.values()]},
+                        index=pd.Index(list(kinds), name="kind"))
+
+
+def ranges_table(by_range: dict[str, dict[str, float]]) -> pd.DataFrame:
+    """Return one row per range of positions: semantic count and share, positional count, median R2_tok of live ones."""
+    return pd.DataFrame({
+        "semantic": [int(c["n_semantic"]) for c in by_range.values()],
+        "share semantic": [_pct(c["semantic_share"]) for c in by_range.values()],
+        "positional": [int(c["n_positional"]) for c in by_range.values()],
+        "median R²_tok (live)": [_num(c["median_r2_tok_alive"]) for c in by_range.values()],
+    }, index=pd.Index(list(by_range), name="positions"))
+
+
+def top_features_table(top: pd.DataFrame) -> pd.DataFrame:
+    """Return the tokens' top features for display: indexed by (token, rank), '—' where a cv is undefined."""
+    return pd.DataFrame({
+        "feature": top["feature"].astype(int).values,
+        "mean activation": [_num(v) for v in top["mean_activation"]],
+        "R²_tok": [_num(v) for v in top["r2_tok"]],
+        "R²_pos": [_num(v, 4) for v in top["r2_pos"]],
+        "cv over positions": [_num(v) for v in top["cv"]],
+    }, index=pd.MultiIndex.from_arrays([top["label"].values, top["rank"].astype(int).values], names=["token", "rank"]))
+
+
+def invariant_table(best: pd.DataFrame) -> pd.DataFrame:
+    """Return the most position-invariant features for display, indexed by feature (top tokens decoded in 'labels')."""
+    return pd.DataFrame({
+        "top tokens": [", ".join(t) for t in best["top_labels"]],
+        "R²_tok": [_num(v, 4) for v in best["r2_tok"]],
+        "R²_pos": [_num(v, 5) for v in best["r2_pos"]],
+        "mean on top token": [_num(v) for v in best["top_mean"]],
+        "cv (top token)": [_num(v, 4) for v in best["cv"]],
+        f"mean cv (top {N_TOP_TOKENS})": [_num(v, 4) for v in best["cv_top_n"]],
+    }, index=pd.Index(best.index.astype(int), name="feature"))
+
+
+def counts_sentence(counts: dict[str, float]) -> str:
+    """Return the sentence on live, positional and neither features (no live feature: says so)."""
+    if not counts["n_alive"]:
+        return "None of the features fires on any input, so none is semantic or positional."
+    return (f"{counts['n_alive']} of them fire on some input, so the semantic ones are "
+            f"{_pct(counts['semantic_share_alive'])} of the live features; {counts['n_positional']} are positional "
+            f"and {counts['n_neither_alive']} live features are neither.")
+
+
+def typical_sentence(counts: dict[str, float], threshold: float) -> str:
+    """Return the sentence giving the median token and interaction shares of a live feature, and what that makes it."""
+    if not counts["n_alive"]:
+        return "With no live feature there is no typical one."
+    med = counts["median_r2_tok_alive"]
+    verdict = ("a typical live feature of this SAE is a function of the token" if med >= threshold else
+               f"a typical live feature of this SAE is not semantic (its token score is below {threshold:g})")
+    return (f"The median token score of a live feature is {med:.3f}, and the median share of its variance left to "
+            f"the interaction of token and position is {counts['median_interaction_alive']:.3f}: on the positions "
+            f"inside its context, {verdict}.")
+
+
+def both_sentence(counts: dict[str, float]) -> str:
+    """Return the sentence saying how many features are both semantic and positional."""
+    if not counts["n_both"]:
+        return "No feature is both semantic and positional."
+    return f"{counts['n_both']} features are both semantic and positional."
+
+
+def range_sentence(by_range: dict[str, dict[str, float]], context_size: int, n_ctx: int) -> str:
+    """Return the sentence comparing the widest range of positions with the context's own."""
+    (inside, c0), (widest, c1) = next(iter(by_range.items())), list(by_range.items())[-1]
+    head = (f"Over positions {widest.split(' ')[0]}, {c1['n_semantic']} features ({_pct(c1['semantic_share'])}) are "
+            f"semantic and {c1['n_positional']} positional, against {c0['n_semantic']} and {c0['n_positional']} over "
+            f"the positions {inside.split(' ')[0]} inside the context.")
+    if context_size >= n_ctx:
+        return head + f" The SAE was trained on all {n_ctx} positions, so no range reaches past its context."
+    if c1["n_semantic"] < c0["n_semantic"]:
+        return head + (" So features that are token features on the positions the SAE was trained on stop being so "
+                       "past them, where their position part c_i(p) takes values it never took in training.")
+    return head + " Reaching past the context does not lower the count of semantic features."
+
+
+def pairs_summary(top: pd.DataFrame) -> dict[str, float | int]:
+    """Return the share of semantic pairs, the median cv of semantic and other pairs (NaN when empty), counts."""
+    sem, defined = top["semantic"].astype(bool), top["cv"].notna()
+    return {"n_pairs": len(top), "semantic_share": float(sem.mean()), "n_semantic": int(sem.sum()),
+            "n_other": int((~sem).sum()), "n_undefined": int((~defined).sum()),
+            "cv_sem": float(top["cv"][sem & defined].median()), "cv_other": float(top["cv"][~sem & defined].median())}
+
+
+def _cv_comparison(a: float, b: float, a_name: str, b_name: str) -> str:
+    """Return which of two median cvs (both finite) is the larger, in words."""
+    if a < b:
+        return f"the {b_name} vary more over positions than the {a_name}"
+    if a > b:
+        return f"the {a_name} vary more over positions than the {b_name}"
+    return f"the {a_name} and the {b_name} vary as much over positions"
+
+
+def pairs_sentence(top: pd.DataFrame) -> str:
+    """Return the sentences on the (token, feature) pairs: share semantic, and their cv against the others'."""
+    s = pairs_summary(top)
+    out = f"Of these {s['n_pairs']} (token, feature) pairs, {_pct(s['semantic_share'], 0)} involve a semantic feature."
+    sem_ok, other_ok = math.isfinite(s["cv_sem"]), math.isfinite(s["cv_other"])
+    if sem_ok and other_ok:
+        out += (f" The median cv of the activation over positions is {s['cv_sem']:.3f} for the {s['n_semantic']} "
+                f"semantic ones, against {s['cv_other']:.3f} for {_others(s['n_other'])}: "
+                f"{_cv_comparison(s['cv_sem'], s['cv_other'], 'semantic ones', 'others')}.")
+    elif sem_ok:
+        out += f" The median cv of their activation over positions is {s['cv_sem']:.3f}."
+    elif other_ok:
+        out = (f"Of these {s['n_pairs']} (token, feature) pairs, none involves a semantic feature; the median cv of "
+               f"their activation over positions is {s['cv_other']:.3f}.")
+    if s["n_undefined"]:
+        out += (f" {s['n_undefined']} of the pairs have a mean activation of 0 (the feature does not fire on the "
+                "token at these positions), so no cv.")
+    return out
+
+
+def pairs_summary_sentence(top: pd.DataFrame, top_k: int) -> str:
+    """Return the summary bullet on the tokens of interest's top features."""
+    s = pairs_summary(top)
+    out = f"The top {top_k} features of the tokens of interest are semantic in {_pct(s['semantic_share'], 0)} of cases"
+    if math.isfinite(s["cv_sem"]):
+        out += f", with a median variation over positions (cv) of {s['cv_sem']:.3f} for the semantic ones"
+        if math.isfinite(s["cv_other"]):
+            out += f" and {s['cv_other']:.3f} for the others"
+    return out + "."
+
+
+def invariance_summary(frame: pd.DataFrame, threshold: float) -> dict[str, float | int]:
+    """Return, over features firing on their top token: median cv of semantic and other ones, shares, counts."""
+    fires = frame[(frame["top_mean"] > 0) & frame["cv"].notna()]
+    sem = fires["r2_tok"] >= threshold
+    return {"n_semantic": int(sem.sum()), "n_other": int((~sem).sum()),
+            "cv_sem": float(fires["cv"][sem].median()), "cv_other": float(fires["cv"][~sem].median()),
+            "share_low_cv": float((fires["cv"][sem] < LOW_CV).mean()),
+            "share_everywhere": float(fires["fires_everywhere"][sem].mean())}
+
+
+def invariance_sentence(frame: pd.DataFrame, best: pd.DataFrame, threshold: float) -> str:
+    """Return the sentences on the most invariant feature and the cv of semantic features against the others'."""
+    s = invariance_summary(frame, threshold)
+    if not len(best):
+        out = "No semantic feature fires on its top token, so none is ranked."
+    else:
+        b = best.iloc[0]
+        out = (f"The most position-invariant feature, {int(best.index[0])}, fires on its top token "
+               f"{b['top_labels'][0]} "
+               f"with a mean activation of {b['top_mean']:.3f} and a cv of {b['cv']:.4f} over the positions.")
+    if s["n_semantic"]:
+        out += (f" Over the {s['n_semantic']} semantic features that fire on their top token the median cv is "
+                f"{s['cv_sem']:.3f} ({_pct(s['share_low_cv'], 0)} are below {LOW_CV:g}, and "
+                f"{_pct(s['share_everywhere'], 0)} fire on their top token at every position)")
+        if s["n_other"]:
+            out += (f", against {s['cv_other']:.3f} for {_others(s['n_other'])} that fire on theirs: "
+                    f"{_cv_comparison(s['cv_sem'], s['cv_other'], 'semantic features', 'others')}")
+        out += "."
+    elif s["n_other"]:
+        out += f" The median cv of {_others(s['n_other'])}, which fire on their top token, is {s['cv_other']:.3f}."
+    return out
+
+
+def invariance_summary_sentence(frame: pd.DataFrame, best: pd.DataFrame, threshold: float) -> str:
+    """Return the summary bullet on position invariance."""
+    s = invariance_summary(frame, threshold)
+    if not s["n_semantic"]:
+        return "No semantic feature fires on its top token, so none has a variation over positions to report."
+    out = (f"On its top token, a semantic feature's activation varies by a median cv of {s['cv_sem']:.3f} over "
+           "the positions")
+    if s["n_other"]:
+        out += f" (other features: {s['cv_other']:.3f})"
+    return out + f"; the most invariant, feature {int(best.index[0])}, by {best['cv'].iloc[0]:.4f}."
+
+
+@dataclass(frozen=True)
+class SemanticResult:
+    """Everything the semantic-features chapter shows: numbers for the prose, tables, and frames for the figures."""
+
+    params: SemanticParams
+    context_size: int
+    n_ctx: int
+    d_vocab: int
+    positions: range  # in_context_positions(context_size, n_ctx): every count and score is over these
+    counts: dict[str, float]  # semantic_counts over `positions`
+    by_range: dict[str, dict[str, float]]  # semantic_counts over each of position_ranges(...)
+    curve: pd.DataFrame  # sorted_scores_frame
+    scores: pd.DataFrame  # scores_frame
+    top: pd.DataFrame  # one row per (token of interest, rank): label, feature, mean_activation, r2s, cv, semantic
+    token_profiles: pd.DataFrame  # label, rank, feature, position, activation (every position of W_pos)
+    invariance: pd.DataFrame  # position_invariance_frame
+    best: pd.DataFrame  # most_invariant_features, with top_labels
+    best_profiles: pd.DataFrame  # label, feature, position, activation for the first N_INVARIANT_PROFILES of best
+
+    @property
+    def kinds_table(self) -> pd.DataFrame:
+        """Return the counts of features by kind, for display."""
+        return kinds_table(self.counts, self.params.threshold)
+
+    @property
+    def ranges_table(self) -> pd.DataFrame:
+        """Return the counts over each range of positions, for display."""
+        return ranges_table(self.by_range)
+
+    @property
+    def top_table(self) -> pd.DataFrame:
+        """Return the tokens of interest's top features, for display."""
+        return top_features_table(self.top)
+
+    @property
+    def invariant_table(self) -> pd.DataFrame:
+        """Return the most position-invariant features, for display."""
+        return invariant_table(self.best)
+
+    def glued(self) -> dict[str, float | int | str]:
+        """Return every value the prose cites, under the chapter's 'sem_' names (never NaN)."""
+        c, p = self.counts, self.params
+        widest = list(self.by_range.items())[-1]
+        return {
+            "sem_context": self.context_size, "sem_n_ctx": self.n_ctx, "sem_last_pos": self.positions[-1],
+            "sem_first_pos": self.positions[0], "sem_d_vocab": self.d_vocab, "sem_threshold": p.threshold,
+            "sem_positional_threshold": POSITIONAL_R2, "sem_top_k": p.top_k, "sem_n_top_tokens": N_TOP_TOKENS,
+            "sem_n_features": c["n_features"], "sem_n_semantic": c["n_semantic"],
+            "sem_semantic_share": c["semantic_share"], "sem_n_positional": c["n_positional"],
+            "sem_counts_sentence": counts_sentence(c), "sem_typical_sentence": typical_sentence(c, p.threshold),
+            "sem_both_sentence": both_sentence(c),
+            "sem_all_range": widest[0].split(" ")[0], "sem_all_n_semantic": widest[1]["n_semantic"],
+            "sem_all_share": widest[1]["semantic_share"],
+            "sem_range_sentence": range_sentence(self.by_range, self.context_size, self.n_ctx),
+            "sem_pairs_sentence": pairs_sentence(self.top),
+            "sem_pairs_summary": pairs_summary_sentence(self.top, p.top_k),
+            "sem_inv_sentence": invariance_sentence(self.invariance, self.best, p.threshold),
+            "sem_inv_summary": invariance_summary_sentence(self.invariance, self.best, p.threshold),
+        }
+
+
+def top_features_of_tokens(W_E: Float[Tensor, "d_vocab d_model"], W_pos: Float[Tensor, "n_ctx d_model"], sae: SAE,
+                           stats: Layer0Stats, token_ids: list[int], labels: list[str], top_k: int, threshold: float,
+                           device: str | torch.device | None = None) -> pd.DataFrame:
+    """Return one row per (token, rank): label, feature, mean activation over stats.positions, R2s, cv, semantic."""
+    means = chosen_token_means(W_E, W_pos, sae, token_ids, positions=stats.positions, device=device)
+    top = token_top_features_frame(means, token_ids, top_k)
+    top.insert(1, "label", top["token"].map(dict(zip(token_ids, labels))))
+    feats = torch.tensor(top["feature"].to_numpy(dtype=np.int64, copy=True))
+    top["r2_tok"] = stats.r2_tok[feats].numpy()
+    top["r2_pos"] = stats.r2_pos[feats].numpy()
+    prof = pair_profiles(W_E, W_pos, sae, top["token"].values, top["feature"].values, positions=stats.positions,
+                         device=device)
+    fires = torch.tensor(top["mean_activation"].to_numpy(dtype=np.float64, copy=True)) > 0
+    top["cv"] = torch.where(fires, variation_over_positions(prof), torch.tensor(math.nan, dtype=torch.float64)).numpy()
+    top["semantic"] = top["r2_tok"] >= threshold
+    return top
+
+
+def top_feature_profiles(W_E: Float[Tensor, "d_vocab d_model"], W_pos: Float[Tensor, "n_ctx d_model"], sae: SAE,
+                         top: pd.DataFrame, device: str | torch.device | None = None) -> pd.DataFrame:
+    """Return, for each row of `top`, its feature's activation on its token at every position (label and rank kept)."""
+    prof = pair_profiles(W_E, W_pos, sae, top["token"].values, top["feature"].values, device=device)
+    n_pos = prof.shape[0]
+    return pd.DataFrame({
+        "label": np.repeat(top["label"].values, n_pos),
+        "rank": np.repeat(top["rank"].values, n_pos),
+        "feature": np.repeat(top["feature"].values, n_pos),
+        "position": np.tile(np.arange(n_pos), len(top)),
+        "activation": prof.T.flatten().numpy(),
+    })
+
+
+def analyze(model, sae: SAE, params: SemanticParams) -> SemanticResult:
+    """Return the chapter's result: exact scores over the in-context positions, ranges, top features, invariance."""
+    require_layer0(sae, "The semantic-features chapter")
+    W_E, W_pos, dev = model.W_E, model.W_pos, params.device
+    token_ids = single_token_ids(model.tokenizer, list(params.tokens_of_interest), W_E.shape[0])
+    n_ctx = W_pos.shape[0]
+    context_size = sae_context_size(sae, n_ctx)
+    ranges = position_ranges(context_size, n_ctx)
+    stats_by_range = {name: layer0_stats(W_E, W_pos, sae, positions=r, device=dev, progress=False)
+                      for name, r in ranges.items()}
+    stats = next(iter(stats_by_range.values()))
+    top = top_features_of_tokens(W_E, W_pos, sae, stats, token_ids, decode_tokens(model.tokenizer, token_ids),
+                                 params.top_k, params.threshold, dev)
+    frame = position_invariance_frame(W_E, W_pos, sae, stats, n_top_tokens=N_TOP_TOKENS, device=dev, progress=False)
+    best = most_invariant_features(frame, params.threshold, n=N_INVARIANT)
+    best = best.assign(top_labels=[decode_tokens(model.tokenizer, t) for t in best["top_tokens"]])
+    shown = best.head(N_INVARIANT_PROFILES)
+    pairs = pd.DataFrame({"token": shown["top_token"].values, "feature": shown.index.values, "rank": 1,
+                          "label": [f"feature {i} on {t[0]}" for i, t in zip(shown.index, shown["top_labels"])]})
+    return SemanticResult(
+        params=params, context_size=context_size, n_ctx=n_ctx, d_vocab=W_E.shape[0], 
+        positions=in_context_positions(context_size, n_ctx),
+        counts=semantic_counts(stats, params.threshold),
+        by_range={name: semantic_counts(st, params.threshold) for name, st in stats_by_range.items()},
+        curve=sorted_scores_frame(stats), scores=scores_frame(stats, params.threshold), top=top,
+        token_profiles=top_feature_profiles(W_E, W_pos, sae, top, dev), invariance=frame, best=best,
+        best_profiles=top_feature_profiles(W_E, W_pos, sae, pairs, dev) if len(pairs) else
+        pd.DataFrame(columns=["label", "rank", "feature", "position", "activation"]),
+    )

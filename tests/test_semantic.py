@@ -1,6 +1,7 @@
 """Tests of possae.semantic: hand-built SAEs with known answers, exact vs sae.encode, token lookup errors."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,9 +9,14 @@ from sae_lens import StandardSAE, StandardSAEConfig
 
 from builders import make_sae, make_weights
 from possae.hooks import LAYER0_INPUT as LAYER0_HOOK
-from possae.layer0_stats import layer0_stats, layer0_stats_from_model, token_feature_mean_matrix
+from possae.glued import check_prose_values
 from possae.hooks import in_context_positions
+from possae.layer0_stats import layer0_stats, layer0_stats_from_model, token_feature_mean_matrix
+from possae.params import ParameterError
+from possae.positional import positional_features
 from possae.semantic import (
+    SemanticParams,
+    analyze,
     chosen_token_means,
     most_invariant_features,
     pair_profiles,
@@ -25,10 +31,6 @@ from possae.semantic import (
     top_tokens_by_mean,
     variation_over_positions,
 )
-
-
-
-
 
 
 def hand_built():
@@ -293,12 +295,7 @@ def test_single_token_ids_errors():
 def test_figures_build():
     import plotly.graph_objects as go
 
-    from possae.figures.semantic import (
-        invariant_profiles_figure,
-        score_curve_figure,
-        token_profiles_figure,
-        variation_figure,
-    )
+    from possae.figures.semantic import score_curve_figure, variation_figure
 
     W_E, W_pos, sae = hand_built()
     stats = layer0_stats(W_E, W_pos, sae, positions=range(1, 5), progress=False)
@@ -306,16 +303,204 @@ def test_figures_build():
     assert isinstance(fig, go.Figure) and list(fig.data[0].x) == [1, 3, 4]  # every 2nd rank, and the last
     heat = next(t for t in fig.data if t.type == "heatmap")
     assert sum(map(sum, heat.customdata)) == 3  # the three live features, binned
-    prof = pd_concat([token_activation_vs_position(W_E, W_pos, sae, t, [0, 2]) for t in (1, 3, 4)])
-    fig = token_profiles_figure(prof, {1: "one", 3: "three"}, context_size=5)
-    assert len(fig.data) == 6 and fig.layout.annotations[0].text == "one"
     frame = position_invariance_frame(W_E, W_pos, sae, stats, n_top_tokens=2, progress=False)
     names = [t.name for t in variation_figure(frame, 0.5).data]  # features 0, 2 semantic; 1 positional; 3 dead
     assert names == ["semantic (R²_tok ≥ 0.5): 2", "other: 1"]
-    assert len(invariant_profiles_figure(prof[prof.token == 1], {0: "f0"}, 5).data) == 2
 
 
-def pd_concat(frames):
-    import pandas as pd
+# ----------------------------------------------------------------------------------------------
+# The chapter: params, analyze on a tiny model with known answers, tables, prose, figures
+# ----------------------------------------------------------------------------------------------
 
-    return pd.concat(frames, ignore_index=True)
+CHAPTER = Path(__file__).resolve().parents[1] / "chapters" / "semantic.py"
+VOCAB = ["a", "b", "c", "d", "e"]
+
+
+class CharTokenizer:
+    """A tokenizer whose tokens are the strings of VOCAB (one character each)."""
+
+    padding_side = "right"
+
+    def encode(self, text, add_special_tokens=False):
+        return [VOCAB.index(c) for c in text]
+
+    def decode(self, ids):
+        return "".join(VOCAB[i] for i in ids)
+
+
+def tiny_world(token_features=True):
+    """Return (model, sae): hand_built's weights plus a dim 4 set only at position 0 (the BOS slot), context 5 of 6.
+
+    Feature 4 reads dim 4 (bias -0.5): it fires only at position 0, so it is dead on the in-context positions 1..4
+    and positional once position 0 is counted. Without token_features, features 0 and 2 are zeroed and dead.
+    """
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    W_E4, W_pos4, sae4 = hand_built()
+    W_E = torch.cat([W_E4, torch.zeros(5, 1, dtype=torch.float64)], 1)
+    W_pos = torch.cat([W_pos4, torch.zeros(6, 1, dtype=torch.float64)], 1)
+    W_pos[0, 4] = 3.0
+    cfg = HookedTransformerConfig(n_layers=1, d_model=5, d_head=5, n_heads=1, d_mlp=8, d_vocab=5, n_ctx=6,
+                                  act_fn="gelu", seed=0, dtype=torch.float64)
+    model = HookedTransformer(cfg)
+    with torch.no_grad():
+        model.embed.W_E.copy_(W_E)
+        model.pos_embed.W_pos.copy_(W_pos)
+    model.tokenizer = CharTokenizer()
+    scfg = StandardSAEConfig(d_in=5, d_sae=5, dtype="float64", apply_b_dec_to_input=True)
+    scfg.metadata.hook_name = LAYER0_HOOK
+    scfg.metadata.context_size = 5
+    sae = StandardSAE(scfg)
+    with torch.no_grad():
+        W = torch.zeros(5, 5, dtype=torch.float64)
+        W[:4, :4] = sae4.W_enc
+        W[4, 4] = 1.0
+        b_enc = torch.cat([sae4.b_enc, torch.tensor([-0.5], dtype=torch.float64)])
+        if not token_features:
+            W[:, [0, 2]] = 0.0
+            b_enc[[0, 2]] = -1.0
+        sae.W_enc.copy_(W)
+        sae.b_dec.copy_(torch.cat([sae4.b_dec, torch.zeros(1, dtype=torch.float64)]))
+        sae.b_enc.copy_(b_enc)
+    return model, sae
+
+
+def run(tokens=("d", "e"), top_k=2, **kw):
+    model, sae = tiny_world(**kw)
+    return analyze(model, sae, SemanticParams(tokens_of_interest=tokens, top_k=top_k))
+
+
+def test_params_are_the_chapter_cell_and_reject_bad_values():
+    from possae.book import chapter_parameters
+
+    assert set(SemanticParams.names()) == chapter_parameters(CHAPTER)
+    assert SemanticParams.from_mapping({"tokens_of_interest": [" the"]}).tokens_of_interest == (" the",)
+    with pytest.raises(ParameterError, match="no parameter 'topk'"):
+        SemanticParams.from_mapping({"topk": 3})
+    with pytest.raises(ParameterError, match="'top_k' must be int"):
+        SemanticParams.from_mapping({"top_k": "3"})
+    with pytest.raises(ParameterError, match="'tokens_of_interest'"):
+        SemanticParams.from_mapping({"tokens_of_interest": " the"})
+    for bad in ({"threshold": 0.0}, {"threshold": 1.5}, {"top_k": 0}, {"tokens_of_interest": []}):
+        with pytest.raises(ParameterError):
+            SemanticParams.from_mapping(bad)
+
+
+def test_analyze_counts_over_the_in_context_positions_like_the_positional_chapter():
+    """The finding: this chapter counted positional features over 1..C-1, the positional chapter over 0..C-1."""
+    model, sae = tiny_world()
+    r = analyze(model, sae, SemanticParams(tokens_of_interest=("d", "e"), top_k=2))
+    assert r.positions == in_context_positions(5, 6) == range(1, 5)
+    inside = layer0_stats_from_model(model, sae, positions=in_context_positions(5, 6), progress=False)
+    assert r.counts["n_positional"] == int(positional_features(inside).sum()) == 1  # feature 1 only
+    c = r.counts
+    assert (c["n_features"], c["n_alive"], c["n_semantic"], c["n_both"], c["n_neither_alive"]) == (5, 3, 2, 0, 0)
+    # the BOS slot's feature 4 makes a second positional feature once position 0 is counted: the ranges differ
+    assert list(r.by_range) == ["1..4 (in context)", "0..4 (with the BOS slot)", "0..5 (every position)"]
+    assert [b["n_positional"] for b in r.by_range.values()] == [1, 2, 2]
+    g = r.glued()
+    assert (g["sem_n_positional"], g["sem_n_semantic"], g["sem_first_pos"], g["sem_last_pos"]) == (1, 2, 1, 4)
+    assert g["sem_all_range"] == "0..5" and g["sem_both_sentence"] == "No feature is both semantic and positional."
+    # an independent path: the brute-force statistics through sae.encode give the same counts
+    brute = layer0_stats_from_model(model, sae, positions=range(1, 5), method="brute_force", progress=False)
+    assert semantic_counts(brute, 0.5) == pytest.approx(c, nan_ok=True)
+
+
+def test_analyze_top_features_of_tokens_known_answers_and_hook_agreement():
+    model, sae = tiny_world()
+    r = analyze(model, sae, SemanticParams(tokens_of_interest=("d", "e"), top_k=2))
+    top = r.top
+    # token d = [0.5, 4]: f2 = 4 + mean W_pos[1:5, 3] = 6, f1 = mean W_pos[1:5, 2] = 2.5;
+    # token e = [3, 1.5]: f2 = 3.5, f0 = 3
+    assert list(zip(top.label, top.feature)) == [("'d'", 2), ("'d'", 1), ("'e'", 2), ("'e'", 0)]
+    assert top.mean_activation.tolist() == pytest.approx([6.0, 2.5, 3.5, 3.0])
+    assert top.semantic.tolist() == [True, False, True, True]
+    sd3 = float(torch.tensor([2.0, 2, 1, 3]).std(correction=0))  # W_pos[1:5, 3]
+    sd2 = float(torch.tensor([1.0, 3, 2, 4]).std(correction=0))  # W_pos[1:5, 2]
+    assert top.cv.tolist() == pytest.approx([sd3 / 6, sd2 / 2.5, sd3 / 3.5, 0.0])
+    # the means are those of sae.encode on the hook's activations at positions 1..4
+    toks = (torch.arange(5)[:, None] + torch.arange(6)[None, :]) % 5  # every token at every position once
+    _, cache = model.run_with_cache(toks, names_filter=LAYER0_HOOK)
+    acts = sae.encode(cache[LAYER0_HOOK]).detach()
+    for t, f, m in zip(top.token, top.feature, top.mean_activation):
+        b = (t - torch.arange(1, 5)) % 5
+        assert m == pytest.approx(float(acts[b, torch.arange(1, 5), f].mean()), abs=1e-12)
+    sentence = r.glued()["sem_pairs_sentence"]
+    assert f"{sd3 / 6:.3f} for the 3 semantic ones, against {sd2 / 2.5:.3f} for the 1 other" in sentence
+
+
+def test_prose_values_are_never_nan_whatever_is_found():
+    """The finding: '(NaN when there are none)' stood in the prose; every glued value must be a number or a sentence."""
+    all_semantic = run(tokens=("e",), top_k=2)  # f2 and f0: no 'other' pair
+    g = all_semantic.glued()
+    check_prose_values(g)
+    assert "other" not in g["sem_pairs_sentence"] and "others" not in g["sem_pairs_summary"]
+    nothing = run(token_features=False)  # no semantic feature at all
+    g = nothing.glued()
+    check_prose_values(g)
+    assert nothing.counts["n_semantic"] == 0 and len(nothing.best) == 0
+    assert g["sem_inv_sentence"].startswith("No semantic feature fires on its top token")
+    assert g["sem_inv_summary"].startswith("No semantic feature")
+    assert "none involves a semantic feature" in g["sem_pairs_sentence"]
+    zero_means = run(tokens=("d",), top_k=5)  # f3 and f4 never fire on d at 1..4: no cv
+    g = zero_means.glued()
+    check_prose_values(g)
+    assert "2 of the pairs have a mean activation of 0" in g["sem_pairs_sentence"]
+    for res in (all_semantic, nothing, zero_means):
+        assert not any("nan" in v.lower() for v in res.glued().values() if isinstance(v, str))
+
+
+def test_tables_are_narrow_and_have_no_nan_cells():
+    """The finding: wide tables scrolled sideways and showed nan cells."""
+    for res in (run(tokens=("d",), top_k=5), run(), run(token_features=False)):
+        for table in (res.kinds_table, res.ranges_table, res.top_table, res.invariant_table):
+            assert len(table.columns) + table.index.nlevels <= 7
+            assert not table.isna().any().any()
+            assert not table.astype(str).apply(lambda col: col.str.contains("nan")).any().any()
+    top = run(tokens=("d",), top_k=5).top_table
+    assert top["cv over positions"].tolist()[-2:] == ["—", "—"]  # features 3 and 4: mean 0 on 'd', no cv
+    assert run().kinds_table["features"].tolist() == [5, 3, 2, 1, 0]
+
+
+def test_figure_lines_carry_the_tables_token_and_feature_ids():
+    """The finding: the top-feature panels had no legend a reader could tie to the table."""
+    from possae.figures.semantic import invariant_profiles_figure, token_profiles_figure
+
+    r = run(tokens=("d", "e"), top_k=2)
+    fig = token_profiles_figure(r.token_profiles, r.context_size)
+    table = r.top_table.reset_index()
+    expected = {(f"token {t}", f"#{k} feature {f}") for t, k, f in zip(table.token, table["rank"], table.feature)}
+    assert {(tr.legendgrouptitle.text, tr.name) for tr in fig.data} == expected
+    assert all(tr.showlegend is not False for tr in fig.data)
+    assert [a.text for a in fig.layout.annotations if a.text.startswith("token")] == ["token 'd'", "token 'e'"]
+    colours = {tr.name.split(" ")[0]: set() for tr in fig.data}
+    for tr in fig.data:
+        colours[tr.name.split(" ")[0]].add(tr.line.color)
+    assert all(len(c) == 1 for c in colours.values())  # one colour per rank, in every panel
+    inv = invariant_profiles_figure(r.best_profiles, r.context_size)
+    assert [tr.name for tr in inv.data] == [f"feature {i} on {r.best.top_labels[i][0]}" for i in r.best.index[:6]]
+    assert set(r.invariant_table.index[: len(inv.data)]) == set(r.best.index[: len(inv.data)])
+    assert len(invariant_profiles_figure(run(token_features=False).best_profiles, 5).data) == 0
+
+
+def test_analyze_refuses_a_later_layer_sae():
+    model, sae = tiny_world()
+    sae.cfg.metadata.hook_name = "blocks.1.hook_resid_pre"
+    with pytest.raises(ValueError, match="layer-0"):
+        analyze(model, sae, SemanticParams(tokens_of_interest=("d",)))
+
+
+def test_chapter_holds_no_logic():
+    """The finding: table assembly, verdict rules and NaN fallbacks lived in the chapter."""
+    import ast
+
+    import jupytext
+
+    nb = jupytext.read(CHAPTER)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    banned = (ast.If, ast.IfExp, ast.For, ast.While, ast.ListComp, ast.DictComp, ast.Try, ast.Lambda)
+    tree = ast.parse(code)
+    assert not [type(n).__name__ for n in ast.walk(tree) if isinstance(n, banned)]
+    statements = ast.unparse(tree)  # without comments
+    for text in ("metadata", "hook_resid_pre", "glue(", "nan", "context_size =", ".cfg", "range("):
+        assert text not in statements

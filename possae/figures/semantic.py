@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from possae.figures import CONTEXT_COLOR, mark_context
+
+RANK_COLORS = px.colors.qualitative.Plotly  # the k-th top feature of every token has the same colour
+
 
 def score_curve_figure(curve: pd.DataFrame, scores: pd.DataFrame, threshold: float, max_points: int = 2000) -> go.Figure:
     """Return sorted R2_tok and R2_pos vs rank (threshold marked) beside a 2-D histogram of (R2_pos, R2_tok) per feature.
@@ -41,25 +45,32 @@ def score_curve_figure(curve: pd.DataFrame, scores: pd.DataFrame, threshold: flo
                              title="How much of each feature's variance the token explains")
 
 
-def token_profiles_figure(profiles: pd.DataFrame, labels: dict[int, str], context_size: int,
-                          n_cols: int = 2) -> go.Figure:
-    """Return one panel per token: activation vs position of its top features (one line each), the context marked."""
-    tokens = list(dict.fromkeys(profiles["token"]))
-    n_rows = -(-len(tokens) // n_cols)
-    fig = make_subplots(n_rows, n_cols, subplot_titles=[labels.get(int(t), str(t)) for t in tokens],
-                        vertical_spacing=0.5 / max(n_rows, 1) if n_rows > 1 else 0.1, horizontal_spacing=0.08)
-    for k, token in enumerate(tokens):
+def token_profiles_figure(profiles: pd.DataFrame, context_size: int, n_cols: int = 2) -> go.Figure:
+    """Return one panel per token: activation vs position of its top features, the context marked.
+
+    Each line is named '#rank feature i' under the legend group of its token, and coloured by rank, as in the table
+    of the tokens' top features (columns label, rank, feature, position, activation).
+    """
+    labels = list(dict.fromkeys(profiles["label"]))
+    n_rows = max(1, -(-len(labels) // n_cols))
+    fig = make_subplots(n_rows, n_cols, subplot_titles=[f"token {label}" for label in labels],
+                        vertical_spacing=0.5 / n_rows if n_rows > 1 else 0.1, horizontal_spacing=0.08)
+    for k, label in enumerate(labels):
         row, col = k // n_cols + 1, k % n_cols + 1
-        d = profiles[profiles["token"] == token]
-        for feature, g in d.groupby("feature", sort=False):
-            fig.add_scatter(x=g["position"], y=g["activation"], mode="lines", name=f"feature {feature}",
-                            legendgroup=str(token), showlegend=False, row=row, col=col,
-                            hovertemplate=f"feature {feature}<br>position %{{x}}<br>activation %{{y:.3f}}<extra></extra>")
+        d = profiles[profiles["label"] == label]
+        for (rank, feature), g in d.groupby(["rank", "feature"], sort=True):
+            name = f"#{rank} feature {feature}"
+            colour = RANK_COLORS[(rank - 1) % len(RANK_COLORS)]
+            hover = f"token {label}<br>{name}<br>position %{{x}}<br>activation %{{y:.3f}}<extra></extra>"
+            fig.add_scatter(x=g["position"], y=g["activation"], mode="lines", name=name, legendgroup=label,
+                            legendgrouptitle_text=f"token {label}", line=dict(color=colour), row=row, col=col,
+                            hovertemplate=hover)
         mark_context(fig, context_size, row=row, col=col)
         fig.update_xaxes(title_text="position", row=row, col=col)
         fig.update_yaxes(title_text="activation", row=row, col=col)
-    return fig.update_layout(height=320 * n_rows, title="Each token's top features, activation vs position "
-                                                         "(flat: token feature; bumps: position enters)")
+    return fig.update_layout(height=320 * n_rows, legend=dict(tracegroupgap=12, font=dict(size=10)),
+                             title="Each token's top features, activation vs position "
+                                   "(flat: token feature; bumps: position enters)")
 
 
 def variation_figure(frame: pd.DataFrame, threshold: float) -> go.Figure:
@@ -76,11 +87,14 @@ def variation_figure(frame: pd.DataFrame, threshold: float) -> go.Figure:
                              title="Variation over positions of each feature's activation on its top token")
 
 
-def invariant_profiles_figure(profiles: pd.DataFrame, labels: dict[int, str], context_size: int) -> go.Figure:
-    """Return activation vs position of features on their top tokens (legend: labels[feature]), the context marked."""
+def invariant_profiles_figure(profiles: pd.DataFrame, context_size: int) -> go.Figure:
+    """Return activation vs position of features on their top tokens (one line per label), the context marked."""
     fig = go.Figure()
-    for feature, d in profiles.groupby("feature", sort=False):
-        fig.add_scatter(x=d["position"], y=d["activation"], mode="lines", name=labels.get(int(feature), str(feature)))
+    for label, d in profiles.groupby("label", sort=False):
+        fig.add_scatter(x=d["position"], y=d["activation"], mode="lines", name=label)
+    if not len(profiles):
+        fig.add_annotation(text="no semantic feature fires on its top token", showarrow=False, x=0.5, y=0.5,
+                           xref="paper", yref="paper")
     mark_context(fig, context_size)
     return fig.update_layout(height=420, xaxis_title="position", yaxis_title="activation on the top token",
                              legend=dict(font=dict(size=10)),
