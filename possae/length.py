@@ -1,29 +1,30 @@
 """Length generalization of layer-0 SAEs: reconstruction error vs position, spurious firing past the context, fixes.
 
-A layer-0 SAE reads ``x(t, p) = W_E[t] + W_pos[p]``. Trained on contexts of ``context_size`` tokens, it never saw
-the rows ``W_pos[p]`` for ``p >= context_size``. This module measures what happens there:
+A layer-0 SAE reads ``x(t, p) = W_E[t] + W_pos[p]``. Trained on contexts of ``C = context_size`` tokens, it never saw
+the rows ``W_pos[p]`` for ``p >= C``. :func:`analyze` measures, for one SAE, everything the chapter shows:
 
-* reconstruction error per position, on held-out text (:func:`heldout_position_errors`) and over the all-token
-  distribution (:func:`all_token_position_errors`), beside a random reconstruction of equal norm
-  (:func:`random_equal_norm`). Errors are accumulated per position in one pass (:class:`ErrorSums`) and reported as
-  the MSE per dimension and the normalised MSE ``sum ||x - x_hat||^2 / sum ||x - x_bar||^2`` (sums over the inputs
-  at one position, ``x_bar`` the mean input over the whole sample, all positions), so that ``1 - nmse`` is the
-  variance explained, as in the setup chapter;
+* reconstruction error per position, on held-out text (:func:`heldout_position_sums`) and over the all-token
+  distribution (:func:`all_token_position_sums`), beside a random reconstruction of equal norm
+  (:func:`random_equal_norm`). Errors go into one :class:`possae.metrics.PositionSums` per distribution and are
+  reported with possae.metrics's measures: ``mse`` (mean of ``||x - x_hat||^2``) and ``nmse``, the MSE over the
+  total variance of the inputs inside the context (positions ``possae.hooks.in_context_positions``: 1..C-1), so
+  that the input-weighted mean of the per-position curve inside the context is the pooled nMSE there
+  (``1 - explained_variance``, sae_lens's definition). Special tokens (BOS) are left out, as in sae_lens's evals;
 * spurious firing: with the split ``h_i(t, p) = a_i(t) + c_i(p)`` of :func:`possae.layer0_stats.encoder_parts`,
   feature ``i`` fires on ``(t, p)`` iff ``a_i(t) + c_i(p) > thr_i``. The pair ``(t, i)`` never fires inside the
-  context iff ``a_i(t) + max_{p < context} c_i(p) <= thr_i``, and is *spurious* at ``p >= context`` iff it fires
-  there. :func:`spurious_counts` counts such tokens per (position, feature) over the whole vocabulary, exactly, one
+  context iff ``a_i(t) + max_{p in 1..C-1} c_i(p) <= thr_i``, and is *spurious* at ``p >= C`` iff it fires there.
+  :func:`spurious_counts` counts such tokens per (position, feature) over the whole vocabulary, exactly, one
   feature chunk at a time (sort each feature's ``a`` over the vocabulary, then binary-search the thresholds);
-* fixes (:func:`reconstructions`): (a) encode the token embedding alone and add the true ``W_pos[p]`` back;
-  (a') past the context, read the token at the last trained position ``C - 1`` and move the output to ``p``
-  (:func:`token_tables`); (b) past the context, keep the SAE's output for the token part (non-positional features)
+* four fixes (:func:`reconstructions`): (a) encode the token embedding alone and add the true ``W_pos[p]`` back;
+  (b) past the context, read the token at the last trained position ``C - 1`` and move the output to ``p``
+  (:func:`token_tables`); (c) past the context, keep the SAE's output for the token part (non-positional features)
   and replace the positional part by the true ``W_pos[p]`` (:class:`LengthFixes`, :func:`token_part_offset`);
-  (c) an SAE trained on full contexts as a control.
+  (d) an SAE trained on full contexts as a control.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
@@ -32,108 +33,131 @@ from sae_lens import SAE
 from torch import Tensor
 
 from possae.devices import default_device
-from possae.hooks import LAYER0_INPUT as LAYER0_HOOK
+from possae.hooks import (
+    LAYER0_INPUT,
+    POS_EMBED,
+    TOKEN_EMBED,
+    in_context_positions,
+    require_layer0,
+    sae_context_size,
+)
 from possae.layer0_stats import (
     Layer0Stats,
     check_layer0_inputs,
     choose_method,
     encoder_parts,
+    layer0_stats_from_model,
     round_down,
 )
-from possae.positional import POSITIONAL_R2, peak_positions, positional_features, r2_pos_inside
+from possae.metrics import (
+    PositionSums,
+    mse_by_position,
+    nmse_by_position,
+    pooled_nmse,
+    reconstruction_sums,
+    sae_quality,
+    total_variance,
+)
+from possae.params import ChapterParams, ParameterError
+from possae.positional import (
+    POSITIONAL_R2,
+    fires_inside,
+    peak_positions,
+    positional_features,
+    positional_profile_frame,
+    r2_pos_inside,
+    top_positional_features,
+)
 from possae.progress import tqdm
 
 SAE_LABEL = "SAE"
 RANDOM_LABEL = "random, equal norm"
 TOKEN_ONLY_LABEL = "(a) SAE(W_E[t]) + W_pos[p]"
-CLAMP_LABEL = "(a') token read at position C-1"
-SWAP_LABEL = "(b) positional features -> true W_pos"
-CONTROL_LABEL = "(c) full-context SAE"
+CLAMP_LABEL = "(b) token read at position C-1"
+SWAP_LABEL = "(c) positional features -> true W_pos"
+CONTROL_LABEL = "(d) full-context SAE"
+FIX_LABELS = {"a": TOKEN_ONLY_LABEL, "b": CLAMP_LABEL, "c": SWAP_LABEL, "d": CONTROL_LABEL}
+RESTORE_FACTOR = 2.0  # a fix restores the SAE if its nMSE past the context is within this factor of the SAE's inside
+SAME_BAND = 1.1  # two errors within this factor of each other read as "about the same"
+FAR_COSINE = 0.5  # a row of W_pos is "far" from the context if no in-context row has a higher cosine with it
 ACTS_PER_BATCH = 2**24  # SAE activations held at once by the held-out pass (64 MB in float32)
 
 
 # ----------------------------------------------------------------------------------------------
-# Per-position error accumulators
+# Parameters
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclass
-class ErrorSums:
-    """Per-position sums of a reconstruction pass: input count, sum of x, sum of ||x||^2, squared error per method."""
+@dataclass(frozen=True)
+class LengthParams(ChapterParams):
+    """The length-generalization chapter's parameters (the names of its parameters cell)."""
 
-    n: Float[Tensor, " n_pos"]
-    sx: Float[Tensor, "n_pos d_in"]
-    sxx: Float[Tensor, " n_pos"]
-    sse: dict[str, Float[Tensor, " n_pos"]]
+    model_name: str = "organism"
+    sae_release: str = "organism"
+    sae_id: str = "relu-short"
+    device: str | None = None
+    control_sae_id: str | None = "relu-full"
+    n_heldout_tokens: int = 16384
+    n_vocab_sample: int = 4096
+    seed: int = 0
 
-    @classmethod
-    def empty(cls, n_pos: int, d_in: int) -> ErrorSums:
-        """Return zeroed accumulators (float64, on the CPU) for n_pos positions and inputs of width d_in."""
-        z = dict(dtype=torch.float64)
-        return cls(torch.zeros(n_pos, **z), torch.zeros(n_pos, d_in, **z), torch.zeros(n_pos, **z), {})
-
-    def add(self, x: Float[Tensor, "batch d_in"], positions: Int[Tensor, " batch"],
-            recons: dict[str, Float[Tensor, "batch d_in"]]) -> ErrorSums:
-        """Return self after adding one batch of inputs, their positions and each method's reconstruction."""
-        pos = positions.long().cpu()
-        if pos.shape[0] != x.shape[0]:
-            raise ValueError(f"{x.shape[0]} inputs but {pos.shape[0]} positions.")
-        if pos.numel() and (int(pos.min()) < 0 or int(pos.max()) >= self.n.shape[0]):
-            raise ValueError(f"positions must lie in 0..{self.n.shape[0] - 1}; got {int(pos.min())}..{int(pos.max())}.")
-        if self.sse and set(recons) != set(self.sse):
-            raise ValueError(f"every batch must have the same methods: {sorted(self.sse)} vs {sorted(recons)}.")
-        x = x.detach()
-        idx = pos.to(x.device)
-        n_pos, d = self.sx.shape
-
-        def part(v: Tensor) -> Tensor:
-            return torch.zeros(n_pos, *v.shape[1:], dtype=v.dtype, device=v.device).index_add_(0, idx, v)
-
-        self.n += torch.bincount(pos, minlength=n_pos).double()
-        self.sx += part(x).double().cpu()
-        self.sxx += part(x.pow(2).sum(1)).double().cpu()
-        for name, x_hat in recons.items():
-            err = (x - x_hat.detach().to(x.device, x.dtype)).pow(2).sum(1)
-            self.sse.setdefault(name, torch.zeros_like(self.n)).add_(part(err).double().cpu())
-        return self
+    def validate(self) -> None:
+        """Raise ParameterError unless both sample sizes are positive."""
+        for name in ("n_heldout_tokens", "n_vocab_sample"):
+            if getattr(self, name) < 1:
+                raise ParameterError(f"{name} must be >= 1; got {getattr(self, name)}.")
 
 
-def error_frame(sums: ErrorSums) -> pd.DataFrame:
-    """Return one row per (method, position): n, mse (per dimension), nmse (vs the sample mean) and rel_err (vs ||x||^2)."""
-    n, d = sums.n, sums.sx.shape[1]
-    if float(n.sum()) == 0:
-        raise ValueError("no inputs were accumulated.")
-    mu = sums.sx.sum(0) / n.sum()
-    centred = sums.sxx - 2 * sums.sx @ mu + n * (mu @ mu)  # sum over inputs at p of ||x - mu||^2
-    seen = n > 0
-    rows = []
-    for name, sse in sums.sse.items():
-        rows.append(pd.DataFrame({
-            "method": name,
-            "position": torch.arange(len(n))[seen].numpy(),
-            "n": n[seen].numpy(),
-            "mse": (sse / (n * d))[seen].numpy(),
-            "nmse": (sse / centred)[seen].numpy(),
-            "rel_err": (sse / sums.sxx)[seen].numpy(),
-        }))
-    return pd.concat(rows, ignore_index=True)
+def load_subjects(params: LengthParams):
+    """Return (model, sae, control): the layer-0 SAE, its model, and the full-context control SAE (None if not named)."""
+    from possae.loaders import check_sae_fits, load_model_and_sae, load_sae
+
+    model, sae = load_model_and_sae(params.sae_release, params.sae_id, device=params.device,
+                                    model_name=params.model_name)
+    require_layer0(sae, "The length-generalization chapter")
+    control = None
+    if params.control_sae_id is not None:
+        control = load_sae(params.sae_release, params.control_sae_id, device=params.device)
+        require_layer0(control, "The full-context control")
+        check_sae_fits(model, control)
+    return model, sae, control
 
 
-def summary_frame(errors: pd.DataFrame, context_size: int, metric: str = "nmse") -> pd.DataFrame:
-    """Return the mean of `metric` over positions < context_size and >= context_size, one row per method."""
-    inside = errors[errors.position < context_size].groupby("method", sort=False)[metric].mean()
-    past = errors[errors.position >= context_size].groupby("method", sort=False)[metric].mean()
-    out = pd.DataFrame({f"{metric}, positions < {context_size}": inside, f"{metric}, positions >= {context_size}": past})
-    out["past / inside"] = out.iloc[:, 1] / out.iloc[:, 0]
-    return out
+# ----------------------------------------------------------------------------------------------
+# Number formatting for tables and sentences
+# ----------------------------------------------------------------------------------------------
 
 
-def restores(summary: pd.DataFrame, reference: str = SAE_LABEL, factor: float = 2.0) -> dict[str, bool]:
-    """Return, per method of a summary_frame, whether its mean past the context is within `factor` x the reference's inside it."""
-    if reference not in summary.index:
-        raise ValueError(f"reference {reference!r} is not among the methods {list(summary.index)}.")
-    bound = factor * float(summary.loc[reference].iloc[0])
-    return {m: bool(summary.loc[m].iloc[1] <= bound) for m in summary.index}
+def fmt(x: float) -> str:
+    """Return x with 3 significant digits, or as a whole number with thousands separators from 1,000 up."""
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.3g}"
+
+
+def pct(x: float) -> str:
+    """Return a share as a percentage with one decimal, never rounding a share below 1 up to 100% (or above 0 to 0%)."""
+    if 0.999 <= x < 1:
+        return "more than 99.9%"
+    if 0 < x < 0.001:
+        return "less than 0.1%"
+    return f"{x:.1%}"
+
+
+def times_phrase(past: float, inside: float) -> str:
+    """Return how `past` compares with `inside`: 'N times its value inside' or 'about its value inside'."""
+    if inside <= 0:
+        return "against nothing inside" if past > 0 else "nothing, as inside"
+    r = past / inside
+    return "about its value inside" if 1 / SAME_BAND <= r <= SAME_BAND else f"{fmt(r)} times its value inside"
+
+
+def span(positions: range) -> str:
+    """Return a position range as text, e.g. '1–63' (or '5' for one position)."""
+    return f"{positions.start}" if len(positions) == 1 else f"{positions.start}–{positions.stop - 1}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Reconstructions
+# ----------------------------------------------------------------------------------------------
 
 
 def random_equal_norm(x_hat: Float[Tensor, "batch d_in"], generator: torch.Generator | None = None) -> Float[Tensor, "batch d_in"]:
@@ -142,23 +166,21 @@ def random_equal_norm(x_hat: Float[Tensor, "batch d_in"], generator: torch.Gener
     return u / u.norm(dim=-1, keepdim=True) * x_hat.norm(dim=-1, keepdim=True)
 
 
-def sample_tokens(d_vocab: int, n: int, seed: int = 0) -> Int[Tensor, " n"]:
-    """Return n distinct token ids drawn uniformly from the vocabulary (sorted), or all of them if n >= d_vocab."""
+def sample_tokens(d_vocab: int, n: int, seed: int = 0, exclude: list[int] | tuple[int, ...] = ()) -> Int[Tensor, " n"]:
+    """Return n distinct token ids drawn uniformly from the vocabulary less `exclude` (sorted), or all of them if fewer."""
     if n <= 0:
         raise ValueError(f"n must be positive; got {n}.")
-    if n >= d_vocab:
-        return torch.arange(d_vocab)
-    return torch.randperm(d_vocab, generator=torch.Generator().manual_seed(seed))[:n].sort().values
-
-
-# ----------------------------------------------------------------------------------------------
-# Fixes
-# ----------------------------------------------------------------------------------------------
+    allowed = torch.ones(d_vocab, dtype=torch.bool)
+    allowed[torch.tensor(list(exclude), dtype=torch.long)] = False
+    ids = allowed.nonzero().squeeze(1)
+    if n >= len(ids):
+        return ids
+    return ids[torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed))[:n]].sort().values
 
 
 @dataclass
 class LengthFixes:
-    """What fix (b) needs: the context size, which features are positional, and the token part's offset."""
+    """What fix (c) needs: the context size, which features are positional, and the token part's offset."""
 
     context_size: int
     positional: Bool[Tensor, " d_sae"]
@@ -168,14 +190,12 @@ class LengthFixes:
 @torch.no_grad()
 def token_part_offset(stats: Layer0Stats, sae: SAE, W_E: Float[Tensor, "d_vocab d_model"], context_size: int,
                       positional: Bool[Tensor, " d_sae"]) -> Float[Tensor, " d_model"]:
-    """Return kappa = b_dec + (non-positional mean activation over positions < context) @ W_dec - mean_t W_E[t].
+    """Return kappa = b_dec + (non-positional mean activation over positions 1..C-1) @ W_dec - mean_t W_E[t].
 
-    It is the bias, over all tokens (uniform, as in `stats`) and positions < context_size, of
-    ``f(x)[non-positional] @ W_dec + b_dec`` as an estimate of ``W_E[t]``; fix (b) subtracts it.
+    It is the bias, over all tokens (uniform, as in `stats`) and the positions inside the context, of
+    ``f(x)[non-positional] @ W_dec + b_dec`` as an estimate of ``W_E[t]``; fix (c) subtracts it.
     """
-    inside = stats.positions < context_size
-    if not bool(inside.any()):
-        raise ValueError(f"stats hold no position < context_size={context_size}.")
+    inside = _inside_mask(stats.positions, context_size)
     f_bar = stats.mean[inside].mean(0) * (~positional.cpu()).double()
     W_dec, b_dec = sae.W_dec.detach().double().cpu(), sae.b_dec.detach().double().cpu()
     return b_dec + f_bar @ W_dec - W_E.detach().double().cpu().mean(0)
@@ -197,7 +217,7 @@ def sae_reconstruct(sae: SAE, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "
 
 @dataclass
 class TokenTables:
-    """Per-token reconstructions for fixes (a) and (a'): a map token id -> row (-1: absent) and two tables."""
+    """Per-token reconstructions for fixes (a) and (b): a map token id -> row (-1: absent) and two tables."""
 
     index: Int[Tensor, " d_vocab"]
     alone: Float[Tensor, "n_unique d_in"]  # SAE(W_E[t])
@@ -236,11 +256,11 @@ def reconstructions(
 ) -> dict[str, Float[Tensor, "batch d_in"]]:
     """Return each method's reconstruction of x (on the SAE's device): SAE, random equal norm, the fixes, the control.
 
-    With C = fixes.context_size, and the SAE's own output at p < C for (a') and (b):
+    With C = fixes.context_size, and the SAE's own output at p < C for (b) and (c):
     (a) ``SAE(W_E[t]) + W_pos[p]`` at every position;
-    (a') for ``p >= C``: ``SAE(W_E[t] + W_pos[C-1]) - W_pos[C-1] + W_pos[p]``;
-    (b) for ``p >= C``: ``(f with positional features zeroed) @ W_dec + b_dec - fixes.offset + W_pos[p]``
-    (assumes the decoder is ``f @ W_dec + b_dec``); (c) the control SAE's reconstruction.
+    (b) for ``p >= C``: ``SAE(W_E[t] + W_pos[C-1]) - W_pos[C-1] + W_pos[p]``;
+    (c) for ``p >= C``: ``(f with positional features zeroed) @ W_dec + b_dec - fixes.offset + W_pos[p]``
+    (assumes the decoder is ``f @ W_dec + b_dec``); (d) the control SAE's reconstruction.
     """
     dev, dt = sae.W_enc.device, sae.W_enc.dtype
     x = x.to(dev, dt)
@@ -273,58 +293,69 @@ def reconstructions(
 @torch.no_grad()
 def layer0_input_gap(model, tokens: Int[Tensor, "batch pos"]) -> float:
     """Return max |hook_resid_pre(0) - (hook_embed + hook_pos_embed)| over `tokens` (0 when x = W_E[t] + W_pos[p])."""
-    names = ("hook_embed", "hook_pos_embed", LAYER0_HOOK)
+    names = (TOKEN_EMBED, POS_EMBED, LAYER0_INPUT)
     _, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=lambda n: n in names, stop_at_layer=1)
-    return float((cache[LAYER0_HOOK] - cache["hook_embed"] - cache["hook_pos_embed"]).abs().max())
+    return float((cache[LAYER0_INPUT] - cache[TOKEN_EMBED] - cache[POS_EMBED]).abs().max())
+
+
+def special_token_ids(tokenizer) -> list[int]:
+    """Return the ids sae_lens's evals leave out (BOS, EOS, padding), sorted; none without a tokenizer."""
+    from sae_lens.evals import get_special_token_ids
+
+    return sorted(get_special_token_ids(tokenizer)) if tokenizer is not None else []
 
 
 @torch.no_grad()
-def heldout_position_errors(
+def heldout_position_sums(
     model,
     sae: SAE,
-    tokens: Int[Tensor, "n_windows n_ctx"],
+    tokens: Int[Tensor, "n_windows pos"],
     fixes: LengthFixes | None = None,
     control: SAE | None = None,
     batch_size: int | None = None,
     seed: int = 0,
+    ignore: list[int] | tuple[int, ...] = (),
     progress: bool | None = None,
-) -> pd.DataFrame:
-    """Return error_frame of every method on the model's blocks.0.hook_resid_pre over token windows (position = column).
+) -> PositionSums:
+    """Return PositionSums (x, x2, sse:<method>) of every method on the layer-0 input over token windows.
 
+    The position of an input is its column; inputs whose token is in `ignore` (special tokens) are left out.
     batch_size: windows per batch; None keeps a batch's activations near ACTS_PER_BATCH (window length x d_sae each).
     """
-    if sae.cfg.metadata.hook_name != LAYER0_HOOK:
-        raise ValueError(f"the SAE reads {sae.cfg.metadata.hook_name!r}, not {LAYER0_HOOK!r}.")
+    require_layer0(sae, "heldout_position_sums")
     if tokens.ndim != 2 or tokens.shape[1] > model.cfg.n_ctx:
         raise ValueError(f"tokens must be (n_windows, <= n_ctx={model.cfg.n_ctx}); got {tuple(tokens.shape)}.")
     n = tokens.shape[1]
     if batch_size is None:
         batch_size = max(1, ACTS_PER_BATCH // (n * sae.cfg.d_sae))
+    keep_tokens = ~torch.isin(tokens, torch.tensor(list(ignore), dtype=tokens.dtype))
     tables = token_tables(sae, model.W_E, model.W_pos, tokens, fixes.context_size) if fixes is not None else None
-    sums = ErrorSums.empty(n, sae.cfg.d_in)
+    sums = PositionSums.empty(n)
     gen = torch.Generator(device=sae.W_enc.device).manual_seed(seed)
     starts = range(0, len(tokens), batch_size)
     for i in tqdm(starts, desc="held-out errors", delay=2.0, leave=False, disable=progress is False):
-        batch = tokens[i : i + batch_size].to(model.cfg.device)
-        _, cache = model.run_with_cache(batch, names_filter=LAYER0_HOOK, stop_at_layer=1)
-        x = cache[LAYER0_HOOK].flatten(0, 1)
-        pos = torch.arange(n).repeat(len(batch))
-        recons = reconstructions(x, batch.flatten(), pos, sae, model.W_pos, fixes, tables, control, gen)
-        sums.add(x, pos, recons)
-    return error_frame(sums)
+        batch = tokens[i : i + batch_size]
+        keep = keep_tokens[i : i + batch_size].flatten()
+        _, cache = model.run_with_cache(batch.to(model.cfg.device), names_filter=LAYER0_INPUT, stop_at_layer=1)
+        x = cache[LAYER0_INPUT].flatten(0, 1)[keep.to(cache[LAYER0_INPUT].device)]
+        pos = torch.arange(n).repeat(len(batch))[keep]
+        recons = reconstructions(x, batch.flatten()[keep], pos, sae, model.W_pos, fixes, tables, control, gen)
+        sums.add(pos, **reconstruction_sums(x.to(sae.W_enc.device, sae.W_enc.dtype), recons))
+    return sums
 
 
 @torch.no_grad()
-def all_token_position_errors(
+def all_token_position_sums(
     W_E_rows: Float[Tensor, "n_tokens d_model"],
     W_pos: Float[Tensor, "n_ctx d_model"],
     sae: SAE,
+    first: int = 1,
     seed: int = 0,
     batch_rows: int = 4096,
     method: str = "auto",
     progress: bool | None = None,
-) -> pd.DataFrame:
-    """Return error_frame of the SAE and the random equal-norm reconstruction on x = W_E_rows[t] + W_pos[p], all t, p.
+) -> PositionSums:
+    """Return PositionSums (x, x2, sse:SAE, sse:random) on x = W_E_rows[t] + W_pos[p] for every t and p >= first.
 
     The "exact" method encodes through the split ``a(t) + c(p)`` (one matmul for the tokens, one for the positions);
     "brute_force" calls sae.encode on every input. Both decode with sae.decode.
@@ -339,11 +370,11 @@ def all_token_position_errors(
         A = (E.to(W_enc.dtype) * s) @ W_enc
         c, thr = c.to(W_enc.dtype), thr.to(W_enc.dtype)
         relu = bool((thr == 0).all())
-    sums = ErrorSums.empty(n, sae.cfg.d_in)
+    sums = PositionSums.empty(n)
     gen = torch.Generator(device=dev).manual_seed(seed)
     tc = min(V, batch_rows)
     pc = max(1, batch_rows // tc)
-    blocks = [(p0, t0) for p0 in range(0, n, pc) for t0 in range(0, V, tc)]
+    blocks = [(p0, t0) for p0 in range(first, n, pc) for t0 in range(0, V, tc)]
     buf = torch.empty(pc * tc * sae.cfg.d_sae, dtype=A.dtype, device=dev) if path == "exact" else None
     for p0, t0 in tqdm(blocks, desc="all-token errors", delay=2.0, leave=False, disable=progress is False):
         p1, t1 = min(p0 + pc, n), min(t0 + tc, V)
@@ -357,8 +388,93 @@ def all_token_position_errors(
             f = sae.encode(x)
         x_hat = sae.decode(f)
         pos = torch.arange(p0, p1).repeat_interleave(t1 - t0)
-        sums.add(x, pos, {SAE_LABEL: x_hat, RANDOM_LABEL: random_equal_norm(x_hat, gen)})
-    return error_frame(sums)
+        sums.add(pos, **reconstruction_sums(x, {SAE_LABEL: x_hat, RANDOM_LABEL: random_equal_norm(x_hat, gen)}))
+    return sums
+
+
+def methods_of(sums: PositionSums) -> list[str]:
+    """Return the reconstruction methods a PositionSums holds, in the order they were added."""
+    return [k.removeprefix("sse:") for k in sums.totals if k.startswith("sse:")]
+
+
+def _inside_mask(positions: Int[Tensor, " n_pos"], context_size: int) -> Bool[Tensor, " n_pos"]:
+    """Return the mask of `positions` inside the SAE's context (possae.hooks.in_context_positions), checked non-empty."""
+    inside = in_context_positions(context_size, context_size)
+    mask = (positions >= inside.start) & (positions < inside.stop)
+    if not bool(mask.any()):
+        raise ValueError(f"no position inside the context ({span(inside)}) among the {len(positions)} given.")
+    return mask
+
+
+def context_masks(sums: PositionSums, context_size: int) -> tuple[Bool[Tensor, " n_pos"], Bool[Tensor, " n_pos"]]:
+    """Return the masks of the positions with inputs inside the context (1..C-1) and past it (C..)."""
+    inside = in_context_positions(context_size, sums.n_pos)
+    return sums.mask(inside.start, inside.stop), sums.mask(context_size)
+
+
+def error_curves(sums: PositionSums, context_size: int) -> pd.DataFrame:
+    """Return one row per (method, position with inputs): inputs, mse and nmse (over the in-context inputs' variance)."""
+    reference, _ = context_masks(sums, context_size)
+    seen = sums.n > 0
+    positions = torch.arange(sums.n_pos)[seen].numpy()
+    return pd.concat([pd.DataFrame({
+        "method": m, "position": positions, "inputs": sums.n[seen].numpy(),
+        "mse": mse_by_position(sums, m)[seen].numpy(),
+        "nmse": nmse_by_position(sums, m, reference)[seen].numpy(),
+    }) for m in methods_of(sums)], ignore_index=True)
+
+
+@dataclass(frozen=True)
+class ErrorSummary:
+    """One method's errors inside the context (positions 1..C-1) and past it: MSE, and nMSE over the inside variance.
+
+    nmse_in is the pooled nMSE inside (1 - explained variance there); nmse_past is the MSE past the context over the
+    same in-context variance, i.e. the input-weighted mean of the nMSE curve there.
+    """
+
+    mse_in: float
+    mse_past: float
+    nmse_in: float
+    nmse_past: float
+
+    @property
+    def ratio(self) -> float:
+        """Return nmse_past / nmse_in (= mse_past / mse_in: the same variance divides both)."""
+        return self.nmse_past / self.nmse_in
+
+
+def error_summary(sums: PositionSums, method: str, context_size: int) -> ErrorSummary:
+    """Return a method's ErrorSummary from PositionSums."""
+    inside, past = context_masks(sums, context_size)
+    sse = sums.totals[f"sse:{method}"]
+    mse_in = float(sse[inside].sum() / sums.n[inside].sum())
+    mse_past = float(sse[past].sum() / sums.n[past].sum())
+    var = total_variance(sums, inside)
+    return ErrorSummary(mse_in, mse_past, pooled_nmse(sums, method, inside), mse_past / var)
+
+
+def restores(summary: ErrorSummary, reference: ErrorSummary, factor: float = RESTORE_FACTOR) -> bool:
+    """Return whether a method's nMSE past the context is within `factor` x the reference's nMSE inside it."""
+    return summary.nmse_past <= factor * reference.nmse_in
+
+
+def error_table(summaries: dict[tuple[str, str], ErrorSummary], context_size: int, n_ctx: int) -> pd.DataFrame:
+    """Return the display table of (distribution, method) -> MSE and nMSE inside and past the context, and their ratio."""
+    inside, past = span(in_context_positions(context_size, n_ctx)), span(range(context_size, n_ctx))
+    rows = {key: {f"MSE, positions {inside}": fmt(s.mse_in), f"MSE, positions {past}": fmt(s.mse_past),
+                  f"nMSE, positions {inside}": fmt(s.nmse_in), f"nMSE, positions {past}": fmt(s.nmse_past),
+                  "past / inside": fmt(s.ratio)} for key, s in summaries.items()}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis(["distribution", "method"])
+
+
+def fix_table(summaries: dict[str, ErrorSummary], context_size: int, n_ctx: int) -> pd.DataFrame:
+    """Return the display table of each fix's nMSE inside and past the context on held-out text, and whether it restores."""
+    inside, past = span(in_context_positions(context_size, n_ctx)), span(range(context_size, n_ctx))
+    ref = summaries[SAE_LABEL]
+    rows = {m: {f"nMSE, positions {inside}": fmt(s.nmse_in), f"nMSE, positions {past}": fmt(s.nmse_past),
+                "past / inside": fmt(s.ratio), "restores": "yes" if restores(s, ref) else "no"}
+            for m, s in summaries.items()}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("method")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -368,49 +484,83 @@ def all_token_position_errors(
 
 def past_context_frame(stats: Layer0Stats, features: Int[Tensor, " k"], context_size: int) -> pd.DataFrame:
     """Return per feature: R2_pos inside the context, and mean activation / firing rate (max, mean) inside vs past it."""
-    inside = stats.positions < context_size
-    if not bool(inside.any()) or bool(inside.all()):
-        raise ValueError(f"context_size={context_size} must split the stats' positions into two non-empty parts.")
+    inside, past = _inside_mask(stats.positions, context_size), stats.positions >= context_size
+    if not bool(past.any()):
+        raise ValueError(f"stats hold no position >= context_size={context_size}.")
     idx = features.long()
     m, r = stats.mean[:, idx], stats.firing_rate[:, idx]
     return pd.DataFrame({
         "r2_pos_inside": r2_pos_inside(stats, context_size)[idx].numpy(),
         "peak_inside": peak_positions(stats, context_size)[idx].numpy(),
-        "peak_past": stats.positions[~inside][m[~inside].argmax(0)].numpy(),
         "max_mean_inside": m[inside].max(0).values.numpy(),
-        "max_mean_past": m[~inside].max(0).values.numpy(),
-        "mean_inside": m[inside].mean(0).numpy(),
-        "mean_past": m[~inside].mean(0).numpy(),
+        "max_mean_past": m[past].max(0).values.numpy(),
         "firing_rate_inside": r[inside].mean(0).numpy(),
-        "firing_rate_past": r[~inside].mean(0).numpy(),
+        "firing_rate_past": r[past].mean(0).numpy(),
     }, index=pd.Index(idx.numpy(), name="feature"))
 
 
-def past_context_summary(frame: pd.DataFrame, silent_ratio: float = 0.1) -> pd.DataFrame:
-    """Return, per in-context peak position of a past_context_frame: feature count, and shares silent / overshooting past it.
+@dataclass(frozen=True)
+class PastBehaviour:
+    """How positional features behave past the context: count, shares silent / overshooting, mean firing rates."""
+
+    features: int
+    silent: float
+    overshoot: float
+    firing_rate_inside: float
+    firing_rate_past: float
+
+
+def past_behaviour(frame: pd.DataFrame, silent_ratio: float = 0.1) -> tuple[PastBehaviour | None, pd.DataFrame]:
+    """Return (totals over all features, display table per in-context peak position) of a past_context_frame.
 
     Silent: firing rate past the context < silent_ratio x its rate inside. Overshooting: its largest mean activation
-    past the context exceeds its largest inside.
+    past the context exceeds its largest inside. With no feature: (None, a one-row table of dashes).
     """
+    columns = ["features", "silent past", "overshoot past", "firing rate inside", "firing rate past"]
+    if frame.empty:
+        return None, pd.DataFrame([["0"] + ["—"] * 4], columns=columns,
+                                  index=pd.Index(["none"], name="peak position inside the context"))
     f = frame.assign(silent=frame.firing_rate_past < silent_ratio * frame.firing_rate_inside,
                      overshoot=frame.max_mean_past > frame.max_mean_inside)
-    out = f.groupby("peak_inside").agg(features=("silent", "size"), silent=("silent", "mean"),
-                                       overshoot=("overshoot", "mean"), firing_rate_inside=("firing_rate_inside", "mean"),
-                                       firing_rate_past=("firing_rate_past", "mean"))
-    total = pd.DataFrame({"features": [len(f)], "silent": [f.silent.mean()], "overshoot": [f.overshoot.mean()],
-                          "firing_rate_inside": [f.firing_rate_inside.mean()], "firing_rate_past": [f.firing_rate_past.mean()]},
-                         index=pd.Index(["all"], name="peak_inside"))
-    return pd.concat([out, total])
+    groups = [(str(k), g) for k, g in f.groupby("peak_inside")] + [("all", f)]
+    rows = {k: [len(g), g.silent.mean(), g.overshoot.mean(), g.firing_rate_inside.mean(), g.firing_rate_past.mean()]
+            for k, g in groups}
+    total = PastBehaviour(len(f), *(float(v) for v in rows["all"][1:]))
+    table = pd.DataFrame({k: [str(v[0])] + [f"{x:.0%}" for x in v[1:3]] + [f"{x:.1%}" for x in v[3:]]
+                          for k, v in rows.items()}, index=columns).T
+    return total, table.rename_axis("peak position inside the context")
+
+
+def profiles_of(stats: Layer0Stats, features: Int[Tensor, " k"]) -> pd.DataFrame:
+    """Return positional_profile_frame of some features (feature, position, mean, ...); an empty frame for none."""
+    if len(features) == 0:
+        return pd.DataFrame(columns=["position", "mean", "std", "firing_rate", "mean_preact", "feature"])
+    return positional_profile_frame(stats, features)
 
 
 def nearest_inside(W_pos: Float[Tensor, "n_ctx d_model"], context_size: int) -> pd.DataFrame:
-    """Return per position the in-context position (< context_size) whose W_pos row has the highest cosine with it, and that cosine."""
+    """Return per position the in-context position (1..C-1) whose W_pos row has the highest cosine with it, and that cosine."""
     _check_context(context_size, W_pos.shape[0])
+    inside = in_context_positions(context_size, W_pos.shape[0])
     W = W_pos.detach().double().cpu()
     W = W / W.norm(dim=1, keepdim=True).clamp(min=1e-30)
-    cos, q = (W @ W[:context_size].T).max(1)
-    return pd.DataFrame({"nearest_inside": q.numpy(), "cosine": cos.numpy()},
+    cos, q = (W @ W[inside.start : inside.stop].T).max(1)
+    return pd.DataFrame({"nearest_inside": (q + inside.start).numpy(), "cosine": cos.numpy()},
                         index=pd.Index(range(W.shape[0]), name="position"))
+
+
+def show_positions(context_size: int, n_ctx: int, *extra: int) -> list[int]:
+    """Return the positions a table shows: the last inside the context, the first two past it, the middle, the last."""
+    return sorted({context_size - 1, context_size, min(context_size + 1, n_ctx - 1), (context_size + n_ctx) // 2,
+                   n_ctx - 1, *extra})
+
+
+def nearest_table(near: pd.DataFrame, context_size: int) -> pd.DataFrame:
+    """Return the display table of nearest_inside at a few positions (including the one farthest from the context)."""
+    past = near[near.index >= context_size]
+    rows = near.loc[show_positions(context_size, len(near), int(past.cosine.idxmin()))]
+    return pd.DataFrame({"nearest row inside the context": rows.nearest_inside,
+                         "cosine": rows.cosine.map(lambda c: f"{c:.3f}")})
 
 
 def firing_by_kind_frame(stats: Layer0Stats, positional: Bool[Tensor, " d_sae"]) -> pd.DataFrame:
@@ -427,8 +577,9 @@ def firing_by_kind_frame(stats: Layer0Stats, positional: Bool[Tensor, " d_sae"])
 
 
 def _check_context(context_size: int, n_pos: int) -> None:
-    if not 1 <= context_size < n_pos:
-        raise ValueError(f"context_size must lie in 1..{n_pos - 1} (W_pos has {n_pos} rows); got {context_size}.")
+    if not 2 <= context_size < n_pos:
+        raise ValueError(f"context_size must lie in 2..{n_pos - 1} (W_pos has {n_pos} rows, position 0 holds BOS); "
+                         f"got {context_size}.")
 
 
 @torch.no_grad()
@@ -437,11 +588,12 @@ def _split_parts(W_E, W_pos, sae, context_size, device):
     check_layer0_inputs(W_E, W_pos, sae)
     choose_method(sae, "exact")
     _check_context(context_size, W_pos.shape[0])
+    inside = in_context_positions(context_size, W_pos.shape[0])
     dev = default_device(device)
     s, W_enc, c, thr = encoder_parts(W_pos.detach(), sae, dev)
     E = W_E.detach().to(dev, sae.W_enc.dtype).to(W_enc.dtype) * s
     tau = thr[None, :] - c  # fires at (t, p) iff a(t) > tau(p)
-    tau_in = round_down(tau[:context_size].min(0).values, W_enc.dtype)  # never inside iff a <= tau_in
+    tau_in = round_down(tau[inside.start : inside.stop].min(0).values, W_enc.dtype)  # never inside iff a <= tau_in
     tau_past = round_down(tau[context_size:], W_enc.dtype)
     return E, W_enc, c, thr, tau_in, tau_past
 
@@ -458,7 +610,8 @@ def spurious_counts(
 ) -> Int[Tensor, "n_ctx d_sae"]:
     """Return, per (position, feature), the number of tokens on which the feature fires there but never inside the context.
 
-    Rows p < context_size are 0. Exact over the whole vocabulary; memory: feature_chunk x d_vocab at a time.
+    Inside the context: positions 1..C-1. Rows p < C are 0. Exact over the whole vocabulary; memory: feature_chunk x
+    d_vocab at a time.
     """
     E, W_enc, c, thr, tau_in, tau_past = _split_parts(W_E, W_pos, sae, context_size, device)
     n, F = c.shape
@@ -474,20 +627,33 @@ def spurious_counts(
 
 
 def spurious_rate_frame(counts: Int[Tensor, "n_ctx d_sae"], d_vocab: int, positional: Bool[Tensor, " d_sae"],
-                        l0: Float[Tensor, " n_ctx"] | None = None) -> pd.DataFrame:
-    """Return per position: spurious (token, feature) pairs per token, split positional / not, and their share of L0."""
+                        l0: Float[Tensor, " n_ctx"]) -> pd.DataFrame:
+    """Return per position: spurious (token, feature) pairs per token, split positional / not, L0, and their share of L0.
+
+    The share is 0 where L0 is 0 (no feature fires, so none fires spuriously).
+    """
     per_tok = counts.double() / d_vocab
-    df = pd.DataFrame({"spurious_per_token": per_tok.sum(1).numpy(),
-                       "positional": per_tok[:, positional].sum(1).numpy(),
-                       "non-positional": per_tok[:, ~positional].sum(1).numpy()},
-                      index=pd.Index(range(counts.shape[0]), name="position"))
-    if l0 is not None:
-        df["l0"] = l0.double().numpy()
-        df["spurious_share_of_l0"] = df["spurious_per_token"] / df["l0"]
-    return df
+    total = per_tok.sum(1)
+    l0 = l0.double()
+    share = torch.where(l0 > 0, total / torch.where(l0 > 0, l0, torch.ones_like(l0)), torch.zeros_like(l0))
+    return pd.DataFrame({"spurious_per_token": total.numpy(),
+                         "positional": per_tok[:, positional].sum(1).numpy(),
+                         "non-positional": per_tok[:, ~positional].sum(1).numpy(),
+                         "l0": l0.numpy(), "spurious_share_of_l0": share.numpy()},
+                        index=pd.Index(range(counts.shape[0]), name="position"))
 
 
-@dataclass
+def spurious_table(rates: pd.DataFrame, context_size: int) -> pd.DataFrame:
+    """Return the display table of spurious_rate_frame at a few positions around and past the context."""
+    r = rates.loc[show_positions(context_size, len(rates))]
+    return pd.DataFrame({"spurious pairs per token": r.spurious_per_token.map(fmt),
+                         "of positional features": r.positional.map(fmt),
+                         "of non-positional features": r["non-positional"].map(fmt),
+                         "active features per token (L0)": r.l0.map(fmt),
+                         "spurious share of L0": r.spurious_share_of_l0.map(lambda s: f"{s:.0%}")})
+
+
+@dataclass(frozen=True)
 class SpuriousExample:
     """The (feature, token) pair with the largest spurious activation, where, and at how many positions it fires."""
 
@@ -508,8 +674,9 @@ def spurious_example(
     tokens: Bool[Tensor, " d_vocab"] | None = None,
     feature_chunk: int = 1024,
     device: str | torch.device | None = None,
-) -> SpuriousExample:
-    """Return the spurious (feature, token) pair, among `features` x `tokens` (default all), with the largest activation past the context."""
+) -> SpuriousExample | None:
+    """Return the spurious (feature, token) pair, among `features` x `tokens` (default all), with the largest activation
+    past the context; None if no allowed pair fires spuriously."""
     E, W_enc, c, thr, tau_in, tau_past = _split_parts(W_E, W_pos, sae, context_size, device)
     n, F = c.shape
     allowed_f = torch.ones(F, dtype=torch.bool) if features is None else features.cpu().bool()
@@ -534,7 +701,7 @@ def spurious_example(
         if best is None or float(act[k]) > best[0]:
             best = (float(act[k]), f0 + k, int(t_top[k]), a_top[k])
     if best is None:
-        raise ValueError("no allowed (feature, token) pair fires spuriously past the context.")
+        return None
     act, i, t, a = best
     n_pos = int((a > tau_past[:, i]).sum())
     return SpuriousExample(feature=i, token=t, activation=act, position=context_size + int(p_best[i]), n_positions=n_pos)
@@ -543,22 +710,321 @@ def spurious_example(
 @torch.no_grad()
 def feature_top_tokens(W_E: Float[Tensor, "d_vocab d_model"], W_pos: Float[Tensor, "n_ctx d_model"], sae: SAE,
                        feature: int, context_size: int, k: int = 10) -> pd.DataFrame:
-    """Return the k tokens with the largest activation of `feature` inside the context, and that activation."""
+    """Return the k tokens with the largest activation of `feature` inside the context (1..C-1), that activation and where."""
     E, W_enc, c, thr, _, _ = _split_parts(W_E, W_pos, sae, context_size, None)
+    inside = in_context_positions(context_size, W_pos.shape[0])
     a = (E @ W_enc[:, feature]).double()
-    c_in, p_in = c[:context_size, feature].max(0)
+    c_in, p_in = c[inside.start : inside.stop, feature].max(0)
     act = a + c_in
     act = torch.where(act > thr[feature], act, torch.zeros_like(act))
     v, t = act.topk(min(k, len(act)))
     return pd.DataFrame({"token": t.cpu().numpy(), "max_activation_inside": v.cpu().numpy(),
-                         "at_position": int(p_in)})
+                         "at_position": inside.start + int(p_in)})
 
 
-def bos_slot_firing_sentence(behaviour: pd.DataFrame | None) -> str:
-    """Return the sentence on the positional features peaking at position 0 (from past_context_summary), or that there are none."""
-    if behaviour is None or 0 not in behaviour.index:
-        return "No positional feature peaks at position 0, the slot that holds the BOS token in every training window."
-    row = behaviour.loc[0]
-    return (f"Position 0 holds the BOS token in every training window; the {row['features']:.0f} features that peak "
-            f"there fire on {row['firing_rate_inside']:.1%} of the inputs inside the context and on "
-            f"{row['firing_rate_past']:.1%} past it.")
+# ----------------------------------------------------------------------------------------------
+# Sentences whose wording depends on the numbers
+# ----------------------------------------------------------------------------------------------
+
+
+def random_sentence(sae_past: float, random_past: float) -> str:
+    """Return how the SAE's nMSE past the context compares with a random reconstruction of equal norm."""
+    head = (f"Past the context the SAE's nMSE on held-out text, {fmt(sae_past)}, is ")
+    r = sae_past / random_past
+    if 1 / SAME_BAND <= r <= SAME_BAND:
+        return (head + f"within {SAME_BAND - 1:.0%} of that of a random vector of the same norm ({fmt(random_past)}): its "
+                "output is no closer to its input than a random vector of the same length, so what is left of the "
+                "error is the size of the output, not its direction.")
+    if r > 1:
+        return (head + f"{fmt(r)} times that of a random vector of the same norm ({fmt(random_past)}): its output "
+                "points away from its input.")
+    return (head + f"below that of a random vector of the same norm ({fmt(random_past)}, {fmt(1 / r)} times as large): "
+            "its output keeps part of the input's direction.")
+
+
+def positional_sentence(n_positional: int, behaviour: PastBehaviour | None, context_size: int) -> str:
+    """Return the sentence on what the positional features do past the context, or that there are none."""
+    if behaviour is None or n_positional == 0:
+        return (f"This SAE has no feature with R²_pos >= {POSITIONAL_R2} inside its context, so there is no positional "
+                "feature to follow past it.")
+    return (f"Of the {n_positional} positional features, {behaviour.silent:.0%} fall silent past the context (firing "
+            f"rate below a tenth of their rate inside it) and {behaviour.overshoot:.0%} reach a higher mean activation "
+            f"past the context than anywhere inside it; on average they fire on {behaviour.firing_rate_inside:.1%} of "
+            f"the (token, position) inputs inside the context and on {behaviour.firing_rate_past:.1%} past it.")
+
+
+def nearest_sentence(near: pd.DataFrame, context_size: int, far: float = FAR_COSINE) -> str:
+    """Return the sentence on how far the rows of W_pos past the context are from every row inside it."""
+    past = near[near.index >= context_size]
+    p, cos = int(past.cosine.idxmin()), float(past.cosine.min())
+    share = float((past.cosine < far).mean())
+    if share == 0:
+        return (f"Every row of W_pos past the context has an in-context row with a cosine above {far} (the lowest best "
+                f"cosine is {cos:.2f}, at position {p}): no row points away from everything the SAE saw.")
+    return (f"For {share:.0%} of the positions past the context, no in-context row has a cosine above {far} with "
+            f"W_pos[p]; at position {p} the best cosine is {cos:.2f}: the row points away from everything the SAE saw.")
+
+
+@dataclass(frozen=True)
+class SpuriousSummary:
+    """Spurious pairs per token past the context: mean, max and where, mean share of L0, share of non-positional features."""
+
+    mean: float
+    max: float
+    max_position: int
+    share_of_l0: float
+    non_positional: float
+
+
+def spurious_summary(rates: pd.DataFrame, context_size: int) -> SpuriousSummary:
+    """Return the SpuriousSummary of a spurious_rate_frame over the positions past the context."""
+    past = rates[rates.index >= context_size]
+    total = float(past.spurious_per_token.sum())
+    return SpuriousSummary(float(past.spurious_per_token.mean()), float(past.spurious_per_token.max()),
+                           int(past.spurious_per_token.idxmax()), float(past.spurious_share_of_l0.mean()),
+                           float(past["non-positional"].sum()) / total if total > 0 else 0.0)
+
+
+def spurious_sentence(s: SpuriousSummary) -> str:
+    """Return the sentence on spurious firing past the context, or that there is none."""
+    if s.max == 0:
+        return "No feature fires past the context on a token it never fires on inside it: there is no spurious firing."
+    return (f"Past the context a token fires on average {s.mean:,.1f} features it never fires inside it (at most "
+            f"{s.max:,.1f}, at position {s.max_position}): on average {s.share_of_l0:.0%} of its active features are "
+            f"spurious, and {pct(s.non_positional)} of the spurious pairs belong to non-positional features.")
+
+
+def example_sentence(example: SpuriousExample | None, token: str, top: str, top_act: float, n_past: int) -> str:
+    """Return the sentence describing the example spurious pair, or that the search found none."""
+    if example is None:
+        return ("No non-positional feature that fires inside the context fires spuriously on a token of the held-out "
+                "text: there is no example to show.")
+    return (f"Feature {example.feature} is not positional (R²_pos < {POSITIONAL_R2} inside the context); there it fires "
+            f"most on {top} (activation {top_act:.2f}) and never on {token}. Past the context it fires on {token} at "
+            f"{example.n_positions} of the {n_past} positions, up to {example.activation:.2f} at position "
+            f"{example.position}: the same kind of failure as the arrow feature firing on \"leep\" in the original "
+            "study.")
+
+
+def _verdict(s: ErrorSummary, ref: ErrorSummary) -> str:
+    return "restores the SAE's in-context error" if restores(s, ref) else "does not restore the SAE's in-context error"
+
+
+def fix_sentences(summaries: dict[str, ErrorSummary], non_positional_share: float, control_context: int | None,
+                  n_ctx: int) -> dict[str, str]:
+    """Return one sentence per fix ('a'..'d') on its nMSE inside and past the context and whether it restores the SAE."""
+    ref, (a, b, c) = summaries[SAE_LABEL], (summaries[FIX_LABELS[k]] for k in "abc")
+    out = {}
+    out["a"] = (f"Fix (a) gives {fmt(a.nmse_past)} past the context and {fmt(a.nmse_in)} inside it, and "
+                f"{_verdict(a, ref)}" + (
+                    ": the SAE was trained on inputs that always carry a positional part, so a bare token embedding "
+                    "is itself an input it never saw." if a.nmse_in > RESTORE_FACTOR * ref.nmse_in
+                    else "; inside the context, dropping the position costs little."))
+    out["b"] = (f"Fix (b) gives {fmt(b.nmse_past)} past the context and {_verdict(b, ref)}. By construction its error "
+                "at p >= C is the SAE's error on the same token at position C - 1" + (
+                    ": giving the SAE a position it knows, rather than none, is what (a) lacked."
+                    if restores(b, ref) and not restores(a, ref) else "."))
+    out["c"] = (f"Fix (c) gives {fmt(c.nmse_past)} past the context and {_verdict(c, ref)}" + (
+        ": replacing the positional features' output leaves the spurious non-positional features in place, and they "
+        "are the bulk of the error." if not restores(c, ref) and non_positional_share > 0.5 else "."))
+    if CONTROL_LABEL not in summaries:
+        out["d"] = "Fix (d) is skipped: this profile names no full-context SAE (control_sae_id is None)."
+    else:
+        d = summaries[CONTROL_LABEL]
+        out["d"] = (f"Fix (d), the SAE trained on {control_context} positions, gives {fmt(d.nmse_past)} past the "
+                    f"context and {fmt(d.nmse_in)} inside it, and {_verdict(d, ref)}" + (
+                        ": trained on every position, it has no outside." if control_context == n_ctx else
+                        f": it too stops at position {control_context - 1}."))
+    return out
+
+
+def fix_summary_sentence(summaries: dict[str, ErrorSummary]) -> str:
+    """Return the one-line summary of every fix's nMSE past the context on held-out text."""
+    parts = [f"({k}) {fmt(summaries[label].nmse_past)}" for k, label in FIX_LABELS.items() if label in summaries]
+    missing = "" if CONTROL_LABEL in summaries else "; (d) not available on this profile"
+    return f"Past the context, nMSE on held-out text: {', '.join(parts)}{missing}."
+
+
+# ----------------------------------------------------------------------------------------------
+# The chapter's one call
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LengthResult:
+    """Everything the length-generalization chapter shows: numbers for the prose, frames for figures and tables."""
+
+    context_size: int
+    n_ctx: int
+    setup: dict[str, float]  # sae_quality on windows of context_size tokens, exactly as the setup chapter calls it
+    input_gap: float
+    heldout_inputs: int
+    vocab_sample: int
+    heldout_curves: pd.DataFrame  # error_curves, every method
+    alltok_curves: pd.DataFrame  # error_curves, SAE and random
+    summaries: dict[tuple[str, str], ErrorSummary]  # (distribution, method) -> ErrorSummary
+    error_table: pd.DataFrame
+    fix_table: pd.DataFrame
+    n_positional: int
+    behaviour: PastBehaviour | None
+    behaviour_table: pd.DataFrame
+    positional_profiles: pd.DataFrame  # positional_profile_frame of the top positional features
+    nearest: pd.DataFrame
+    nearest_table: pd.DataFrame
+    last_row: dict[str, float]
+    firing_by_kind: pd.DataFrame
+    spurious_rates: pd.DataFrame
+    spurious_table: pd.DataFrame
+    spurious: SpuriousSummary
+    example: SpuriousExample | None
+    example_top_tokens: pd.DataFrame
+    example_profile: pd.DataFrame  # token_activation_vs_position rows with a 'label' column
+    example_strings: dict[str, str] = field(default_factory=dict)  # 'token', 'top'
+    control_context: int | None = None
+
+    @property
+    def inside(self) -> range:
+        """Return the positions inside the SAE's context (1..C-1)."""
+        return in_context_positions(self.context_size, self.n_ctx)
+
+    def fix_summaries(self) -> dict[str, ErrorSummary]:
+        """Return the held-out ErrorSummary of the SAE, the random baseline and each fix, by method label."""
+        return {m: s for (dist, m), s in self.summaries.items() if dist == "held-out text"}
+
+    def glued(self) -> dict[str, object]:
+        """Return every value the prose cites, by glue name (prefix len_)."""
+        held, allt = self.summaries["held-out text", SAE_LABEL], self.summaries["all tokens", SAE_LABEL]
+        at = self.firing_by_kind.index
+        inside, past = (at >= self.inside.start) & (at < self.inside.stop), at >= self.context_size
+        inside_mean = lambda kind: float(self.firing_by_kind[kind][inside].mean())  # noqa: E731
+        past_mean = lambda kind: float(self.firing_by_kind[kind][past].mean())  # noqa: E731
+        fixes = self.fix_summaries()
+        v = {
+            "len_context": self.context_size, "len_n_ctx": self.n_ctx, "len_inside": span(self.inside),
+            "len_past": span(range(self.context_size, self.n_ctx)),
+            "len_setup_explained_variance": float(self.setup["explained_variance"]),
+            "len_setup_nmse": float(self.setup["nmse"]), "len_setup_tokens": int(self.setup["tokens"]),
+            "len_input_gap": self.input_gap, "len_heldout_inputs": self.heldout_inputs,
+            "len_vocab_sample": self.vocab_sample,
+            "len_heldout_in": held.nmse_in, "len_heldout_past": held.nmse_past,
+            "len_heldout_mse_in": held.mse_in, "len_heldout_mse_past": held.mse_past,
+            "len_heldout_change": times_phrase(held.nmse_past, held.nmse_in),
+            "len_alltok_in": allt.nmse_in, "len_alltok_past": allt.nmse_past,
+            "len_alltok_change": times_phrase(allt.nmse_past, allt.nmse_in),
+            "len_heldout_rand_past": self.summaries["held-out text", RANDOM_LABEL].nmse_past,
+            "len_alltok_rand_past": self.summaries["all tokens", RANDOM_LABEL].nmse_past,
+            "len_random_sentence": random_sentence(held.nmse_past, self.summaries["held-out text", RANDOM_LABEL].nmse_past),
+            "len_n_positional": self.n_positional,
+            "len_positional_sentence": positional_sentence(self.n_positional, self.behaviour, self.context_size),
+            "len_pos_silent": self.behaviour.silent if self.behaviour else 0.0,
+            "len_nearest_sentence": nearest_sentence(self.nearest, self.context_size),
+            **{f"len_last_{k}": float(x) for k, x in self.last_row.items()},
+            "len_l0_positional_in": inside_mean("positional"), "len_l0_positional_past": past_mean("positional"),
+            "len_l0_nonpositional_in": inside_mean("non-positional"),
+            "len_l0_nonpositional_past": past_mean("non-positional"),
+            "len_spurious_sentence": spurious_sentence(self.spurious),
+            "len_spur_mean": self.spurious.mean, "len_spur_share": self.spurious.share_of_l0,
+            "len_spur_nonpos": self.spurious.non_positional,
+            "len_example_sentence": example_sentence(self.example, self.example_strings.get("token", ""),
+                                                     self.example_strings.get("top", ""),
+                                                     float(self.example_top_tokens["max activation inside"].iloc[0])
+                                                     if self.example else 0.0,
+                                                     self.n_ctx - self.context_size),
+            "len_example_short": (f"Feature {self.example.feature} firing on {self.example_strings['token']} is one "
+                                  "example." if self.example else "The search found no example pair on held-out tokens."),
+            "len_control": (f"Here: an SAE of the same release trained on {self.control_context} positions."
+                            if self.control_context else
+                            "This profile names no full-context SAE (control_sae_id is None), so fix (d) is skipped."),
+            "len_fix_sae_in": fixes[SAE_LABEL].nmse_in, "len_fix_sae_past": fixes[SAE_LABEL].nmse_past,
+            "len_restore_factor": RESTORE_FACTOR,
+            **{f"len_fix_{k}_sentence": s for k, s in fix_sentences(
+                fixes, self.spurious.non_positional, self.control_context, self.n_ctx).items()},
+            "len_fix_summary": fix_summary_sentence(fixes),
+        }
+        for name in ("len_heldout_past", "len_heldout_mse_past", "len_alltok_past", "len_heldout_rand_past",
+                     "len_fix_sae_past", "len_l0_nonpositional_past"):
+            v[f"{name}_text"] = fmt(v[name])
+        for k, label in FIX_LABELS.items():
+            if label in fixes:
+                v[f"len_fix_{k}_in"], v[f"len_fix_{k}_past"] = fixes[label].nmse_in, fixes[label].nmse_past
+        return v
+
+
+def _example_parts(model, sae: SAE, stats: Layer0Stats, positional: Bool[Tensor, " d_sae"], context_size: int,
+                   tokens: Int[Tensor, "n_windows pos"]) -> tuple[SpuriousExample | None, pd.DataFrame, pd.DataFrame, dict]:
+    """Return the example spurious pair among non-positional features and held-out tokens, its feature's top tokens
+    (display table), the activation-vs-position profile of the spurious and the top token, and their strings."""
+    from possae.semantic import token_activation_vs_position
+    from possae.tokenizer import decode_tokens
+
+    seen = torch.zeros(model.cfg.d_vocab, dtype=torch.bool)
+    seen[tokens.unique()] = True
+    semantic = (~positional) & fires_inside(stats, context_size)
+    example = spurious_example(model.W_E, model.W_pos, sae, context_size, features=semantic, tokens=seen)
+    if example is None:
+        return None, pd.DataFrame({"string": ["—"], "max activation inside": ["—"], "at position": ["—"]},
+                                  index=pd.Index(["—"], name="token")), pd.DataFrame(columns=["token", "feature", "position", "activation", "label"]), {}
+    top = feature_top_tokens(model.W_E, model.W_pos, sae, example.feature, context_size, k=10)
+    strings = decode_tokens(model.tokenizer, top.token)
+    token_string = decode_tokens(model.tokenizer, [example.token])[0]
+    table = pd.DataFrame({"string": strings,
+                          "max activation inside": top.max_activation_inside.map(lambda a: f"{a:.3f}").values,
+                          "at position": top.at_position.values}, index=pd.Index(top.token.values, name="token"))
+    top_token = int(top.token.iloc[0])
+    labels = {example.token: f"{token_string} (spurious)", top_token: f"{strings[0]} (top token)"}
+    profile = pd.concat([token_activation_vs_position(model.W_E, model.W_pos, sae, t, [example.feature],
+                                                      method="brute_force").assign(label=labels[t])
+                         for t in labels])
+    return example, table, profile, {"token": token_string, "top": strings[0]}
+
+
+@torch.no_grad()
+def analyze(model, sae: SAE, params: LengthParams, control: SAE | None = None) -> LengthResult:
+    """Return the LengthResult of a layer-0 SAE trained on a context shorter than the model's n_ctx."""
+    from possae.heldout import heldout_windows
+    from possae.wpos import last_row
+
+    require_layer0(sae, "The length-generalization chapter")
+    n_ctx = model.cfg.n_ctx
+    C = sae_context_size(sae, n_ctx)
+    if C >= n_ctx:
+        raise ValueError(f"the SAE was trained on {C} >= n_ctx = {n_ctx} positions: nothing lies past its context. "
+                         "Pick an SAE trained on shorter contexts, e.g. -p sae_id relu-short.")
+    _check_context(C, n_ctx)
+    if control is not None:
+        require_layer0(control, "The full-context control")
+    # the setup chapter's call and sample; the spliced-loss part it also runs does not touch explained variance
+    setup = sae_quality(model, sae, heldout_windows(model.tokenizer, C, params.n_heldout_tokens), spliced_loss=False)
+    stats = layer0_stats_from_model(model, sae, progress=False)
+    fixes = length_fixes(stats, sae, model.W_E, C)
+    ignore = special_token_ids(model.tokenizer)
+
+    tokens = heldout_windows(model.tokenizer, n_ctx, params.n_heldout_tokens)
+    held = heldout_position_sums(model, sae, tokens, fixes, control, seed=params.seed, ignore=ignore, progress=False)
+    vocab = sample_tokens(model.cfg.d_vocab, params.n_vocab_sample, params.seed, exclude=ignore)
+    allt = all_token_position_sums(model.W_E[vocab.to(model.W_E.device)], model.W_pos, sae,
+                                   first=in_context_positions(C, n_ctx).start, seed=params.seed, progress=False)
+    summaries = {**{("held-out text", m): error_summary(held, m, C) for m in methods_of(held)},
+                 **{("all tokens", m): error_summary(allt, m, C) for m in methods_of(allt)}}
+    shown = {k: s for k, s in summaries.items() if k[1] in (SAE_LABEL, RANDOM_LABEL)}
+    fix_summ = {m: s for (d, m), s in summaries.items() if d == "held-out text"}
+
+    positional = fixes.positional
+    behaviour, behaviour_table = past_behaviour(past_context_frame(stats, positional.nonzero().squeeze(1), C))
+    near = nearest_inside(model.W_pos, C)
+    rates = spurious_rate_frame(spurious_counts(model.W_E, model.W_pos, sae, C, progress=False), model.cfg.d_vocab,
+                                positional, stats.l0_by_position())
+    example, top_table, profile, strings = _example_parts(model, sae, stats, positional, C, tokens)
+    return LengthResult(
+        context_size=C, n_ctx=n_ctx, setup=setup, input_gap=layer0_input_gap(model, tokens[:4]),
+        heldout_inputs=int(held.n.sum()), vocab_sample=len(vocab),
+        heldout_curves=error_curves(held, C), alltok_curves=error_curves(allt, C), summaries=summaries,
+        error_table=error_table(shown, C, n_ctx), fix_table=fix_table(fix_summ, C, n_ctx),
+        n_positional=int(positional.sum()), behaviour=behaviour, behaviour_table=behaviour_table,
+        positional_profiles=profiles_of(stats, top_positional_features(stats, C, k=8, per_peak=2)),
+        nearest=near, nearest_table=nearest_table(near, C), last_row=last_row(model.W_pos.detach()),
+        firing_by_kind=firing_by_kind_frame(stats, positional), spurious_rates=rates,
+        spurious_table=spurious_table(rates, C), spurious=spurious_summary(rates, C), example=example,
+        example_top_tokens=top_table, example_profile=profile, example_strings=strings,
+        control_context=None if control is None else sae_context_size(control, n_ctx),
+    )

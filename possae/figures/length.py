@@ -8,12 +8,18 @@ from plotly.subplots import make_subplots
 
 from possae.figures import mark_context
 
-METRIC_TITLES = {"nmse": "normalised MSE", "mse": "MSE per dimension", "rel_err": "relative error"}
+METRIC_TITLES = {"nmse": "nMSE", "mse": "MSE"}
+PALETTE = ["#1f77b4", "#7f7f7f", "#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b"]
+
+
+def _empty(fig: go.Figure, text: str) -> go.Figure:
+    """Return fig with a centred note saying why it has no data."""
+    return fig.add_annotation(text=text, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
 
 
 def error_vs_position_figure(frames: dict[str, pd.DataFrame], context_size: int, metrics: tuple[str, ...] = ("nmse",),
                              methods: list[str] | None = None, log_y: bool = True, title: str | None = None) -> go.Figure:
-    """Return a grid of panels, one row per metric and one column per frame (e.g. held-out text, all tokens).
+    """Return a grid of panels, one row per metric and one column per frame of error_curves (e.g. held-out text, all tokens).
 
     Each panel shows the metric vs position, one line per method (random baselines dotted), the context marked.
     """
@@ -21,7 +27,6 @@ def error_vs_position_figure(frames: dict[str, pd.DataFrame], context_size: int,
     fig = make_subplots(len(metrics), len(frames), subplot_titles=titles, shared_xaxes=True, horizontal_spacing=0.06,
                         vertical_spacing=0.08)
     colors: dict[str, str] = {}
-    palette = ["#1f77b4", "#7f7f7f", "#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b"]
     for row, metric in enumerate(metrics, start=1):
         for col, df in enumerate(frames.values(), start=1):
             for method in methods or list(dict.fromkeys(df["method"])):
@@ -29,7 +34,7 @@ def error_vs_position_figure(frames: dict[str, pd.DataFrame], context_size: int,
                 if d.empty:
                     continue
                 first = method not in colors
-                color = colors.setdefault(method, palette[len(colors) % len(palette)])
+                color = colors.setdefault(method, PALETTE[len(colors) % len(PALETTE)])
                 fig.add_scatter(x=d["position"], y=d[metric], mode="lines", name=method, legendgroup=method,
                                 line=dict(color=color, dash="dot" if "random" in method else None), showlegend=first,
                                 row=row, col=col)
@@ -46,6 +51,8 @@ def positional_profiles_figure(profiles: pd.DataFrame, context_size: int, value:
     fig = go.Figure()
     for feature, d in profiles.groupby("feature", sort=False):
         fig.add_scatter(x=d["position"], y=d[value], mode="lines", name=f"feature {feature}")
+    if profiles.empty:
+        _empty(fig, "no positional feature")
     mark_context(fig, context_size)
     return fig.update_layout(height=400, xaxis_title="position", yaxis_title=f"{value} activation over all tokens",
                              title="Positional features inside and past the SAE's context")
@@ -64,9 +71,8 @@ def spurious_rate_figure(df: pd.DataFrame, context_size: int) -> go.Figure:
     fig = make_subplots(1, 2, subplot_titles=("spurious (token, feature) pairs per token", "share of the active features"))
     for c in ("non-positional", "positional"):
         fig.add_scatter(x=df.index, y=df[c], mode="lines", name=f"{c} features", row=1, col=1)
-    if "spurious_share_of_l0" in df:
-        fig.add_scatter(x=df.index, y=df["spurious_share_of_l0"], mode="lines", name="spurious / L0",
-                        line=dict(color="black"), row=1, col=2)
+    fig.add_scatter(x=df.index, y=df["spurious_share_of_l0"], mode="lines", name="spurious / L0",
+                    line=dict(color="black"), row=1, col=2)
     for col in (1, 2):
         mark_context(fig, context_size, row=1, col=col)
         fig.update_xaxes(title_text="position", row=1, col=col)
@@ -75,11 +81,13 @@ def spurious_rate_figure(df: pd.DataFrame, context_size: int) -> go.Figure:
     return fig.update_layout(height=400, title="Features firing past the context on tokens that never fire them inside it")
 
 
-def example_profile_figure(df: pd.DataFrame, labels: dict[int, str], context_size: int, feature: int) -> go.Figure:
-    """Return one feature's activation vs position for a few tokens (legend: labels[token]), the context marked."""
+def example_profile_figure(df: pd.DataFrame, context_size: int) -> go.Figure:
+    """Return one feature's activation vs position for a few tokens (one line per `label`), the context marked."""
     fig = go.Figure()
-    for token, d in df.groupby("token", sort=False):
-        fig.add_scatter(x=d["position"], y=d["activation"], mode="lines", name=labels.get(int(token), str(token)))
+    for label, d in df.groupby("label", sort=False):
+        fig.add_scatter(x=d["position"], y=d["activation"], mode="lines", name=label)
+    if df.empty:
+        _empty(fig, "no spurious example found")
     mark_context(fig, context_size)
-    return fig.update_layout(height=380, xaxis_title="position", yaxis_title="activation",
-                             title=f"Feature {feature} on W_E[t] + W_pos[p]")
+    title = "No example" if df.empty else f"Feature {int(df['feature'].iloc[0])} on W_E[t] + W_pos[p]"
+    return fig.update_layout(height=380, xaxis_title="position", yaxis_title="activation", title=title)
