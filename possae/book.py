@@ -50,6 +50,26 @@ FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect wi
            'fill="#2f5d8a"/><path d="M3 11 Q5 3 8 8 T13 5" stroke="#fff" stroke-width="1.6" fill="none"/></svg>\n')
 
 
+CHAPTER_PARAMS = {  # each chapter's frozen parameters class (module:name), imported only when a chapter runs
+    "setup": "possae.setup:SetupParams",
+    "positional": "possae.positional:PositionalParams",
+    "semantic": "possae.semantic:SemanticParams",
+    "length_generalization": "possae.length:LengthParams",
+    "oscillation": "possae.oscillation:OscillationParams",
+    "matching": "possae.matching:MatchingParams",
+}
+
+
+def params_class(chapter: str):
+    """Return the ChapterParams subclass of a chapter (by its file name without .py)."""
+    import importlib
+
+    if chapter not in CHAPTER_PARAMS:
+        raise ValueError(f"Unknown chapter {chapter!r}; chapters: {', '.join(CHAPTER_PARAMS)}")
+    module, name = CHAPTER_PARAMS[chapter].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
 class ChapterFailed(RuntimeError):
     """A chapter raised while executing; the message names the chapter and the cell."""
 
@@ -126,6 +146,8 @@ def execute_chapter(chapter: Path, out: Path, parameters: dict, cwd: Path = REPO
     if unknown:
         raise ValueError(f"Chapter {chapter.stem} has no parameter {', '.join(map(repr, unknown))}; "
                          f"its parameters: {', '.join(sorted(known))}")
+    if chapter.stem in CHAPTER_PARAMS:  # ill-typed values fail here, before a kernel starts
+        params_class(chapter.stem).from_mapping(parameters)
     nbformat.write(nb, raw)
     failed = out.with_name(f"{out.stem}.failed.ipynb")
     try:

@@ -202,3 +202,33 @@ def test_template_leftover_pattern_catches_the_known_ones():
         assert TEMPLATE_LEFTOVER.search(bad), bad
     for ok in ("go from 4 to 9 distinct peaks", "from 1.20 to 1.25 positions"):
         assert TEMPLATE_LEFTOVER.search(ok) is None, ok
+
+
+def test_each_chapters_parameters_cell_is_its_params_class():
+    """Every executable chapter has a ChapterParams class whose fields are exactly its parameters cell's names,
+    and whose defaults are the cell's values."""
+    import ast
+    import dataclasses
+
+    import jupytext
+
+    from possae.book import CHAPTER_PARAMS, params_class
+
+    assert set(CHAPTER_PARAMS) == set(chapter_names())
+    for name in chapter_names():
+        src = REPO_ROOT / "chapters" / f"{name}.py"
+        cls = params_class(name)
+        assert set(cls.names()) == chapter_parameters(src), name
+        cell = next(c for c in jupytext.read(src).cells if "parameters" in c.metadata.get("tags", []))
+        cell_values = {t.id: ast.literal_eval(node.value) for node in ast.parse(cell.source).body
+                       if isinstance(node, ast.Assign) for t in node.targets}
+        assert cls.from_mapping(cell_values) == cls(), name  # the cell's defaults are the class's
+
+
+def test_ill_typed_parameters_fail_before_a_kernel_starts(tmp_path):
+    """A wrong-typed value raises ParameterError naming the parameter, and no notebook is written."""
+    from possae.params import ParameterError
+
+    with pytest.raises(ParameterError, match="parameter 'threshold' must be float"):
+        execute_chapter(REPO_ROOT / "chapters" / "positional.py", tmp_path / "p.ipynb", {"threshold": "high"})
+    assert list(tmp_path.iterdir()) == []
