@@ -76,17 +76,19 @@ def slot_stats(model, sae, device: str | torch.device | None = None, progress: b
 
 
 def _inside(stats: Layer0Stats, context_size: int | None) -> Bool[Tensor, " n_pos"]:
-    """Return the mask of the stats' positions < context_size (all of them when None), checked non-empty."""
+    """Return the mask of the stats' positions inside a context of context_size (in_context_positions: 1..C-1; all of
+    the stats' positions when None), checked non-empty."""
     if context_size is None:
         return torch.ones_like(stats.positions, dtype=torch.bool)
-    inside = stats.positions < context_size
+    span = in_context_positions(context_size, max(context_size, int(stats.positions.max()) + 1))
+    inside = (stats.positions >= span.start) & (stats.positions < span.stop)
     if not bool(inside.any()):
-        raise ValueError(f"stats hold no position < context_size={context_size}.")
+        raise ValueError(f"stats hold no position inside the context (positions {span.start}..{span.stop - 1}).")
     return inside
 
 
 def r2_pos_inside(stats: Layer0Stats, context_size: int | None = None) -> Float[Tensor, " d_sae"]:
-    """Return each feature's R2_pos over the stats' positions < context_size only (None: all of them), exactly."""
+    """Return each feature's R2_pos over the stats' positions inside the context (1..C-1; None: all of them), exactly."""
     if context_size is None:
         return stats.r2_pos
     inside = _inside(stats, context_size)
@@ -94,7 +96,7 @@ def r2_pos_inside(stats: Layer0Stats, context_size: int | None = None) -> Float[
 
 
 def fires_inside(stats: Layer0Stats, context_size: int | None = None) -> Bool[Tensor, " d_sae"]:
-    """Return, per feature, whether it fires on any (token, position) input with position < context_size."""
+    """Return, per feature, whether it fires on any (token, position) input with a position inside the context (1..C-1)."""
     return stats.firing_rate[_inside(stats, context_size)].amax(0) > 0
 
 

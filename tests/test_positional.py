@@ -115,11 +115,11 @@ def test_pure_position_detector_scores_one_and_token_feature_zero():
     assert counts.loc[0.5, "share of live features"] == pytest.approx(0.5)
 
 
-def test_scores_inside_context_equal_stats_computed_on_the_context_only():
+def test_scores_inside_context_equal_stats_computed_on_positions_1_to_c_minus_1():
     W_E, W_pos = make_weights(V=60, n=12, seed=3)
     sae = make_random_sae(seed=3)
     full = layer0_stats(W_E, W_pos, sae, progress=False)
-    inside = layer0_stats(W_E, W_pos, sae, positions=range(7), progress=False)
+    inside = layer0_stats(W_E, W_pos, sae, positions=range(1, 7), progress=False)  # inside a context of 7: 1..6
     torch.testing.assert_close(P.r2_pos_inside(full, 7), inside.r2_pos, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(P.peak_positions(full, 7), P.peak_positions(inside))
     torch.testing.assert_close(P.peak_width(full, 7), P.peak_width(inside))
@@ -379,8 +379,10 @@ def test_r2_extremes_and_errors():
         P.r2_extremes(r2, fires, low=0.9, high=0.1)
     with pytest.raises(ValueError, match="threshold"):
         P.positional_features(hand_stats([[1.0]]), threshold=1.5)
-    with pytest.raises(ValueError, match="no position"):
+    with pytest.raises(ValueError, match="context_size must lie in 1.."):
         P.peak_positions(hand_stats([[1.0], [0.0]]), context_size=0)
+    with pytest.raises(ValueError, match="no position inside the context"):
+        P.peak_positions(hand_stats([[1.0]]), context_size=2)  # the stats hold position 0 only, the BOS slot
 
 
 def test_scatter_sample_keeps_the_flagged_points():
