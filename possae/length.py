@@ -58,7 +58,7 @@ from possae.metrics import (
     sae_quality,
     total_variance,
 )
-from possae.params import ChapterParams, ParameterError
+from possae.params import ParameterError, SubjectParams
 from possae.positional import (
     POSITIONAL_R2,
     fires_inside,
@@ -89,13 +89,9 @@ ACTS_PER_BATCH = 2**24  # SAE activations held at once by the held-out pass (64 
 
 
 @dataclass(frozen=True)
-class LengthParams(ChapterParams):
+class LengthParams(SubjectParams):
     """The length-generalization chapter's parameters (the names of its parameters cell)."""
 
-    model_name: str = "organism"
-    sae_release: str = "organism"
-    sae_id: str = "relu-short"
-    device: str | None = None
     control_sae_id: str | None = "relu-full"
     n_heldout_tokens: int = 16384
     n_vocab_sample: int = 4096

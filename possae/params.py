@@ -104,3 +104,13 @@ class ChapterParams:
     def replace(self: P, **changes: Any) -> P:
         """Return a copy with some parameters changed (checked)."""
         return type(self).from_mapping({**dataclasses.asdict(self), **changes})
+
+
+@dataclasses.dataclass(frozen=True)
+class SubjectParams(ChapterParams):
+    """Parameters of a chapter that studies one SAE and its model: where to load them from and on which device."""
+
+    model_name: str = "organism"  # 'organism' (offline default), a transformer_lens name, or a local folder
+    sae_release: str = "organism"  # 'organism', a sae_lens release, or a local sae_lens folder
+    sae_id: str = "relu-short"  # the SAE's id in its release (a layer-0 SAE for the layer-0 chapters)
+    device: str | None = None  # None picks CUDA when present

@@ -21,7 +21,7 @@ from possae.devices import default_device
 from possae.hooks import in_context_positions, require_layer0, sae_context_size
 from possae.layer0_stats import Layer0Stats, encoder_parts, layer0_stats_from_model
 from possae.metrics import PositionSums, r2_pos
-from possae.params import ChapterParams, ParameterError
+from possae.params import ParameterError, SubjectParams
 from possae.progress import tqdm
 from possae.wpos import pca
 
@@ -34,13 +34,9 @@ DASH = "—"  # a table cell with no value
 
 
 @dataclass(frozen=True)
-class PositionalParams(ChapterParams):
+class PositionalParams(SubjectParams):
     """Parameters of the positional-features chapter."""
 
-    model_name: str = "organism"  # 'organism' (offline default), a transformer_lens name, or a local folder
-    sae_release: str = "organism"  # 'organism', a sae_lens release, or a local sae_lens folder
-    sae_id: str = "relu-short"  # a layer-0 SAE (blocks.0.hook_resid_pre)
-    device: str | None = None  # None picks CUDA when present
     threshold: float = POSITIONAL_R2  # a feature (or MLP neuron) is positional if position explains this share
     n_heldout_tokens: int = 16384  # held-out text tokens per corpus, for the MLP neurons
     width_sweep_release: str = "organism"  # release of the width sweep's SAEs

@@ -54,7 +54,7 @@ from possae.layer0_stats import (
     token_feature_means,
 )
 from possae.hooks import in_context_positions, require_layer0, sae_context_size
-from possae.params import ChapterParams, ParameterError
+from possae.params import ParameterError, SubjectParams
 from possae.positional import POSITIONAL_R2, positional_features
 from possae.tokenizer import decode_tokens
 
@@ -410,13 +410,9 @@ def most_invariant_features(frame: pd.DataFrame, threshold: float = SEMANTIC_R2,
 
 
 @dataclass(frozen=True)
-class SemanticParams(ChapterParams):
+class SemanticParams(SubjectParams):
     """The semantic-features chapter's parameters (its parameters cell, name for name)."""
 
-    model_name: str = "organism"
-    sae_release: str = "organism"
-    sae_id: str = "relu-short"
-    device: str | None = None
     tokens_of_interest: tuple[str, ...] = (" the", " and", " said", ".")
     top_k: int = 5
     threshold: float = SEMANTIC_R2

@@ -12,7 +12,7 @@ from torch import Tensor
 from possae.heldout import heldout_windows
 from possae.hooks import sae_context_size, sae_hook
 from possae.metrics import sae_quality
-from possae.params import ChapterParams
+from possae.params import ParameterError, SubjectParams
 from possae.wpos import last_row, load_gpt2_wpos, wpos_geometry
 
 GPT2_SAE_CONTEXT = 128  # context_size of the gpt2-small-res-jb SAEs (their cfg.json on the hub)
@@ -22,19 +22,14 @@ QUALITY_COLUMNS = {"l0": "L0", "explained_variance": "explained variance", "mse"
 
 
 @dataclass(frozen=True)
-class SetupParams(ChapterParams):
+class SetupParams(SubjectParams):
     """Parameters of the setup chapter."""
 
-    model_name: str = "organism"  # 'organism' (offline default), a transformer_lens name, or a local folder
-    sae_release: str = "organism"  # 'organism', a sae_lens release, or a local sae_lens folder
-    sae_id: str = "relu-short"
-    device: str | None = None  # None picks CUDA when present
     n_heldout_tokens: int = 16384  # held-out tokens per corpus for the SAE's quality figures
     gpt2_wpos_path: str | None = None  # GPT-2 small's W_pos as .npy; None: the copy in possae's evaluation pack
 
     def validate(self) -> None:
-        from possae.params import ParameterError
-
+        """Raise ParameterError on a sample too small to hold a window."""
         if self.n_heldout_tokens < 2:
             raise ParameterError(f"n_heldout_tokens must be >= 2; got {self.n_heldout_tokens}.")
 
