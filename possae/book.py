@@ -137,6 +137,11 @@ def execute_chapter(chapter: Path, out: Path, parameters: dict, cwd: Path = REPO
     import papermill as pm
 
     nb = jupytext.read(chapter)
+    from possae.standin import BANNER, standin_active
+
+    if standin_active():  # every page built from the stand-in cache says so, under its title
+        banner = nbformat.v4.new_markdown_cell(f"```{{warning}}\n{BANNER}\n```")
+        nb.cells.insert(1 if nb.cells and nb.cells[0].cell_type == "markdown" else 0, banner)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     out.parent.mkdir(parents=True, exist_ok=True)
     raw = out.with_name(f".{out.stem}.src.ipynb")
@@ -172,6 +177,17 @@ def execute_chapter(chapter: Path, out: Path, parameters: dict, cwd: Path = REPO
     os.replace(tmp, out)
     failed.unlink(missing_ok=True)
     return out
+
+
+def with_banner(markdown: str) -> str:
+    """Return a markdown page with the stand-in banner under its first heading when the stand-in cache is in use."""
+    from possae.standin import BANNER, standin_active
+
+    if not standin_active():
+        return markdown
+    lines = markdown.splitlines(keepends=True)
+    at = next((i + 1 for i, line in enumerate(lines) if line.startswith("# ")), 0)
+    return "".join(lines[:at]) + f"\n```{{warning}}\n{BANNER}\n```\n\n" + "".join(lines[at:])
 
 
 def stage_site(stage: Path = STAGE, root: Path = REPO_ROOT) -> None:
@@ -247,7 +263,7 @@ def build(profile: str = "organism", only: str | None = None, root: Path = REPO_
                 _log(f"{src.relative_to(root)} done in {time.perf_counter() - t0:.0f} s")
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(src, target.with_suffix(src.suffix))
+            target.with_suffix(src.suffix).write_text(with_banner(src.read_text()))
     if not html:
         return stage
     _log("building the HTML with jupyter-book")

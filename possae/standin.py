@@ -32,6 +32,25 @@ GPT2_CONFIG = {
 TOKEN_EMBED_STD = 0.14  # about GPT-2 small's wte entry scale
 D_SAE = 24_576
 SAE_CONTEXT = 128
+MARKER = "possae-standin.json"  # written at the cache's root: pages built from this cache say so
+BANNER = ("**Stand-in weights.** This page was built from possae's offline stand-in of the Hugging Face cache "
+          "(`possae standin`): gpt2-small's shapes, its real positional embedding and tokenizer, but every other weight "
+          "of the model and of its SAEs is random. Its numbers describe random weights, not GPT-2; they show that the "
+          "gpt2 profile runs, how long it takes and how much memory it needs.")
+
+
+def hub_cache() -> Path:
+    """Return the Hugging Face hub cache folder huggingface_hub reads ($HF_HUB_CACHE, or its default)."""
+    import os
+
+    from huggingface_hub import constants
+
+    return Path(os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE)
+
+
+def standin_active() -> bool:
+    """Return whether the hub cache in use is possae's stand-in (its marker file is there)."""
+    return (hub_cache() / MARKER).is_file()
 
 
 def snapshot(cache: Path, repo_id: str) -> Path:
@@ -118,6 +137,9 @@ def write_standin_cache(cache: Path, data: Path, profile: str = "gpt2", seed: in
         raise FileNotFoundError(f"GPT-2's tokenizer (encoder.json, vocab.bpe) is not in {tokenizer_dir}: pass the "
                                 "data folder (--data or $POSSAE_DATA) that holds gpt2-small/.")
     write_gpt2(cache, tokenizer_dir, load_gpt2_wpos(), seed)
-    for release, sae_id in profile_saes(profile):
+    saes = profile_saes(profile)
+    for release, sae_id in saes:
         write_sae(cache, release, sae_id, seed)
+    (cache / MARKER).write_text(json.dumps({"profile": profile, "seed": seed, "revision": REVISION,
+                                            "saes": [list(pair) for pair in saes]}, indent=1))
     return cache

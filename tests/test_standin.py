@@ -53,3 +53,23 @@ def test_gpt2_profile_loads_by_name_from_the_standin_cache(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "TQDM_DISABLE": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [12, 1024, 24576, 128, True, [[50256, 15496, 995]]]
+
+
+def test_pages_built_from_the_standin_cache_carry_the_banner(tmp_path, monkeypatch):
+    """With the stand-in's marker in $HF_HUB_CACHE, executed chapters and markdown pages get the warning banner."""
+    import nbformat
+
+    from possae.book import execute_chapter, with_banner
+    from possae.standin import BANNER, MARKER, standin_active
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert not standin_active() and with_banner("# Title\n\ntext\n") == "# Title\n\ntext\n"
+    chapter = tmp_path / "tiny.py"
+    chapter.write_text('# %% [markdown]\n# # Tiny\n\n# %% tags=["parameters"]\nx = 1\n\n# %%\nx + 1\n')
+    (tmp_path / "hub").mkdir()
+    (tmp_path / "hub" / MARKER).write_text("{}")
+    assert standin_active()
+    assert with_banner("# Title\n\ntext\n").startswith("# Title\n\n```{warning}\n**Stand-in weights.**")
+    nb = nbformat.read(execute_chapter(chapter, tmp_path / "tiny.ipynb", {"x": 2}), as_version=4)
+    assert nb.cells[0].source.startswith("# Tiny") and BANNER in nb.cells[1].source
+    assert nb.cells[-1].outputs[0]["data"]["text/plain"] == "3"
