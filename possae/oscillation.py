@@ -358,14 +358,15 @@ def frequency_table(positions: pd.DataFrame, info: pd.DataFrame, n_null: int = N
 
 def spectrum_frame(positions: pd.DataFrame, frequencies: pd.DataFrame, n_ctx: int,
                    value: str = "mean_act") -> pd.DataFrame:
-    """Return per SAE and frequency bin (1..) of its in-context curve: cycles per n_ctx and power / null threshold."""
+    """Return per SAE and frequency bin (1..) of its in-context curve: cycles per n_ctx, period (positions) and
+    power / null threshold."""
     rows = []
     for row in frequencies.itertuples():
         c = curve(positions, row.sae_id, "normal", value).loc[row.first : row.last].to_numpy()
         power = power_spectrum(c)[1:].numpy()
         k = np.arange(1, len(power) + 1)
         rows.append(pd.DataFrame({"sae_id": row.sae_id, "family": row.family, "layer": row.layer,
-                                  "cycles_per_n_ctx": k * n_ctx / row.window,
+                                  "cycles_per_n_ctx": k * n_ctx / row.window, "period": row.window / k,
                                   "power_over_null": power / row.null_threshold if row.null_threshold > 0 else 0.0}))
     return pd.concat(rows, ignore_index=True)
 

@@ -41,19 +41,19 @@ def position_curves_figure(positions: pd.DataFrame, value: str = "mean_act", fir
     return fig.update_layout(height=220 * len(layers) + 80, title=title, legend_title="W_pos")
 
 
-def spectrum_figure(spectra: pd.DataFrame, max_cycles: float = 64) -> go.Figure:
-    """Return each SAE's detrended power spectrum over the shuffled-position threshold, one panel per family."""
+def spectrum_figure(spectra: pd.DataFrame) -> go.Figure:
+    """Return each SAE's detrended power spectrum over the shuffled-position threshold against the period (log axes),
+    one panel per family."""
     fams = _families(spectra)
     fig = make_subplots(1, len(fams), subplot_titles=[f"{f} SAEs" for f in fams], shared_yaxes=True)
     colors = qualitative.Plotly
     for c, fam in enumerate(fams, 1):
         for (layer, sid), g in spectra[spectra["family"] == fam].groupby(["layer", "sae_id"]):
-            g = g[g["cycles_per_n_ctx"] <= max_cycles]
-            fig.add_scatter(x=g["cycles_per_n_ctx"], y=g["power_over_null"], mode="lines+markers", marker_size=3,
+            fig.add_scatter(x=g["period"], y=g["power_over_null"], mode="lines+markers", marker_size=3,
                             name=f"layer {layer}", legendgroup=f"layer {layer}", showlegend=(c == 1),
                             line=dict(color=colors[int(layer) % len(colors)]), row=1, col=c)
         fig.add_hline(y=1, line_dash="dash", line_color="gray", row=1, col=c)
-    fig.update_xaxes(title_text="cycles per n_ctx positions")
+    fig.update_xaxes(title_text="period (positions)", type="log")
     fig.update_yaxes(title_text="power / null threshold", type="log", col=1)
     return fig.update_layout(height=380, title="Detrended spectrum of the average activation, over the "
                                                "shuffled-position threshold (dashed: 1)")
