@@ -172,7 +172,8 @@ result.tables["splice"].style.hide(axis="index")
 loss_by_position_figure(result.spliced, color="model", title="Cross-entropy per position with each SAE spliced in")
 
 # %% [markdown]
-# {glue:text}`osc_splice_sentence`
+# {glue:text}`osc_splice_sentence` The [length chapter](length_generalization) studies what happens past an SAE's
+# training context in detail.
 
 # %% [markdown]
 # ## 5. How each feature's activations are distributed
@@ -202,8 +203,9 @@ decile_figure(result.features, result.layers)
 #
 # ## Summary and what's next
 #
-# - The average SAE activation varies with position at every layer given; whether it *oscillates* inside an SAE's
-#   training context is the test of section 2: {glue:text}`osc_n_oscillating` of {glue:text}`osc_n_saes` curves do.
+# - The average SAE activation is measured position by position at every layer given; whether it *oscillates*
+#   inside an SAE's training context is the test of section 2: {glue:text}`osc_n_oscillating` of
+#   {glue:text}`osc_n_saes` curves do.
 # - Section 3 gives the curve's amplitude and the model's loss with `W_pos` zeroed and shuffled, and each SAE's nMSE
 #   per position; section 4 what splicing each SAE costs the model, inside and past its training context.
 # - Per-feature statistics are computed inside each SAE's training context, and past it separately.

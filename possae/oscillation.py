@@ -479,9 +479,9 @@ def past_context_sentence(activation: pd.DataFrame, n_ctx: int) -> str:
 def ablation_loss_sentence(ce: pd.Series) -> str:
     """Return what zeroing and shuffling W_pos cost the model's loss, and which costs more."""
     zero, shuffle = ce["zero"] - ce["normal"], ce["shuffle"] - ce["normal"]
-    text = f"Zeroing `W_pos` adds {zero:.3f} nats to the loss and shuffling it {shuffle:.3f} nats"
+    text = f"Zeroing W_pos adds {zero:.3f} nats to the loss and shuffling it {shuffle:.3f} nats"
     if shuffle > zero:
-        return text + (": wrong positions cost the model more than none at all (a zeroed `W_pos` still leaves causal "
+        return text + (": wrong positions cost the model more than none at all (a zeroed W_pos still leaves causal "
                        "attention some sense of position, through how many tokens each position attends to).")
     return text + ": here no positions cost the model at least as much as wrong ones."
 
@@ -494,7 +494,7 @@ def splice_sentence(splice: pd.DataFrame, ref: str, n_ctx: int) -> str:
     if r["context_size"] >= n_ctx:
         return text + f"; it was trained on the full context of {n_ctx} positions, so there is no past-context part."
     return (text + f"; past it, the nMSE is {r['nmse_' + PAST]:.3g} and the added loss {r['dce_' + PAST]:.3f} nats: "
-            "the length-generalisation failure of the [length chapter](length_generalization).")
+            "the length-generalisation failure, seen in the model's loss.")
 
 
 def density_sentence(summary: pd.DataFrame) -> str:

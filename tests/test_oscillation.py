@@ -299,6 +299,8 @@ def test_result_tables_have_no_nan_and_are_narrow(result):
     res, _ = result
     check_prose_values(res.glued())
     assert all(k.startswith("osc_") for k in res.glued())
+    texts = [v for v in res.glued().values() if isinstance(v, str)]
+    assert not any("`" in t or "](" in t for t in texts)  # glued text is not parsed as markdown
     for name, table in res.tables.items():
         assert table.shape[1] <= 7, name
         assert not table.isna().any().any(), name
