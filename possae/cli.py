@@ -86,10 +86,11 @@ def _data(args: argparse.Namespace) -> None:
 
 
 def _standin(args: argparse.Namespace) -> None:
+    from possae.book import profile_saes
     from possae.data_paths import data_dir
     from possae.standin import write_standin_cache
 
-    cache = write_standin_cache(args.cache, data_dir(args.data), profile=args.profile)
+    cache = write_standin_cache(args.cache, data_dir(args.data), profile_saes(args.profile))
     print(f"stand-in hub cache -> {cache}\nuse it with: HF_HUB_OFFLINE=1 HF_HUB_CACHE={cache} possae build --profile "
           f"{args.profile}  (numbers describe random weights, not GPT-2)")
 

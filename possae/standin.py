@@ -126,9 +126,9 @@ def write_sae(cache: Path, release: str, sae_id: str, seed: int = 0) -> Path:
     return folder
 
 
-def write_standin_cache(cache: Path, data: Path, profile: str = "gpt2", seed: int = 0) -> Path:
-    """Write the gpt2 stand-in and every SAE `profile` names into the hub cache folder `cache`; return it."""
-    from possae.book import profile_saes
+def write_standin_cache(cache: Path, data: Path, saes: list[tuple[str, str]], seed: int = 0) -> Path:
+    """Write the gpt2 stand-in and the SAEs `saes` ((release, id) pairs, e.g. book.profile_saes('gpt2')) into the
+    hub cache folder `cache`; return it."""
     from possae.wpos import load_gpt2_wpos
 
     cache = Path(cache)
@@ -137,9 +137,8 @@ def write_standin_cache(cache: Path, data: Path, profile: str = "gpt2", seed: in
         raise FileNotFoundError(f"GPT-2's tokenizer (encoder.json, vocab.bpe) is not in {tokenizer_dir}: pass the "
                                 "data folder (--data or $POSSAE_DATA) that holds gpt2-small/.")
     write_gpt2(cache, tokenizer_dir, load_gpt2_wpos(), seed)
-    saes = profile_saes(profile)
     for release, sae_id in saes:
         write_sae(cache, release, sae_id, seed)
-    (cache / MARKER).write_text(json.dumps({"profile": profile, "seed": seed, "revision": REVISION,
+    (cache / MARKER).write_text(json.dumps({"seed": seed, "revision": REVISION,
                                             "saes": [list(pair) for pair in saes]}, indent=1))
     return cache

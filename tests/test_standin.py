@@ -42,9 +42,10 @@ def test_gpt2_profile_loads_by_name_from_the_standin_cache(tmp_path):
     data = data_dir(os.environ.get("POSSAE_STANDIN_DATA") or Path(__file__).parents[2] / "shared" / "data")
     if not (data / "gpt2-small" / "encoder.json").is_file():
         pytest.skip(f"GPT-2's tokenizer files are not in {data / 'gpt2-small'} (set POSSAE_STANDIN_DATA)")
+    from possae.book import profile_saes
     from possae.standin import write_standin_cache
 
-    cache = write_standin_cache(tmp_path / "hub", data)
+    cache = write_standin_cache(tmp_path / "hub", data, profile_saes("gpt2"))
     code = ("import json, torch; from possae.loaders import load_model_and_sae; from possae.wpos import load_gpt2_wpos;"
             "m, s = load_model_and_sae('gpt2-small-res-jb', 'blocks.0.hook_resid_pre', device='cpu');"
             "W = load_gpt2_wpos(); ok = torch.allclose(m.W_pos, W - W.mean(-1, keepdim=True), atol=1e-5);"
