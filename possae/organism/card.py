@@ -200,7 +200,9 @@ def card_markdown(card: dict) -> str:
              "minutes": v["train_seconds"] / 60} for k, v in card["saes"].items()]
     if rows:
         lines += ["Every SAE reads a `hook_resid_pre`, trained with sae_lens's `LanguageModelSAETrainingRunner`; "
-                  "measured on held-out text of every corpus at its own context size. sae_lens stores BatchTopK "
+                  "measured on held-out text of every corpus at its own context size with sae_lens's own evals "
+                  "(special tokens left out; `mse` is the mean of ||x - x_hat||^2 summed over dimensions, "
+                  "`explained_variance` is 1 - sum ||x - x_hat||^2 / sum ||x - mean x||^2). sae_lens stores BatchTopK "
                   "SAEs for inference as JumpReLU SAEs (a threshold per feature). `dead_share` is the share of "
                   "latents that never fire on that text. A latent silent for `dead_window_tokens` training tokens "
                   "counts as dead during training, and sae_lens's dead-latent loss (TopK and BatchTopK: the "
