@@ -25,7 +25,7 @@ PROFILES: dict[str, dict] = {
     "gpt2": {"model_name": "gpt2-small", "sae_release": "gpt2-small-res-jb", "sae_id": "blocks.0.hook_resid_pre",
              "width_sweep_ids": [], "control_sae_id": None,
              "relu_sae_ids": [f"blocks.{layer}.hook_resid_pre" for layer in range(12)], "topk_sae_ids": [],
-             "all_layer_pairs": False, "hungarian_max_features": 16384},
+             "all_layer_pairs": False, "hungarian_max_features": 32768},
 }
 STAGE = REPO_ROOT / "build" / "book"
 

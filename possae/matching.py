@@ -1,6 +1,7 @@
 """Feature matching between SAE dictionaries: each feature's best decoder (or encoder) cosine in another dictionary,
 computed in row chunks that keep only the top-k values, the share matched above a threshold, the mean max cosine
-similarity (MMCS), one-to-one Hungarian matching, and groups of SAEs (datasets, seeds, widths, k, architectures,
+similarity (MMCS), one-to-one matching (dense Hungarian for small pairs, a sparse solver certified optimal against
+every pair for large ones), and groups of SAEs (datasets, seeds, widths, k, architectures,
 layers) resolved against a release."""
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from possae.progress import tqdm
 THRESHOLD = 0.7  # the study's cosine threshold for "a feature has a match"
 TOP_K = 4  # each feature's 1st..4th best cosines are kept
 CHUNK_SIZE = 2048  # rows of the first dictionary per matmul: 2048 x 24,576 float32 is 200 MB
-HUNGARIAN_MAX_FEATURES = 32_768  # Hungarian needs the full (n_a x n_b) float64 matrix: 24,576^2 is 4.8 GB, minutes
+HUNGARIAN_MAX_FEATURES = 32_768  # one-to-one matching is skipped for pairs with a larger dictionary
+# one-to-one matching runs dense (the full float64 matrix: 32 MB per 2048^2) up to this many pairs, sparse above
+DENSE_MAX_CELLS = 4096 * 4096
 
 SAERef = tuple[str, str]  # (release, sae_id)
 
@@ -241,24 +244,281 @@ def cosine_matrix(a: Float[Tensor, "n_a d"], b: Float[Tensor, "n_b d"], chunk_si
 
 @dataclass
 class Assignment:
-    """A one-to-one matching: a's feature rows[i] is paired with b's cols[i] at cosine cosines[i]."""
+    """A one-to-one matching: a's feature rows[i] is paired with b's cols[i] at cosine cosines[i].
+
+    `method` says which solver ran ('dense': scipy's linear_sum_assignment on the full matrix; 'sparse': a min-cost
+    matching on candidate edges, checked against every pair). `certified` is True when the matching is proven to
+    maximise the summed cosine over ALL pairs (the dense problem), up to `tol` per pair; `gap_bound` bounds from above
+    how much the optimal total cosine can exceed this one's (0 for the dense solver, whose optimum is exact)."""
 
     rows: Int[np.ndarray, "n_pairs"]
     cols: Int[np.ndarray, "n_pairs"]
     cosines: Float[np.ndarray, "n_pairs"]
+    method: str = "dense"
+    certified: bool = True
+    gap_bound: float = 0.0
+    n_edges: int = 0  # candidate edges the sparse solver ended with (0 for dense)
+    rounds: int = 0  # sparse solves run (a new one after each growth of k or each set of edges the check added)
+    k: int = 0  # the top-k the sparse candidate graph started from (after any doubling)
+
+    @property
+    def total(self) -> float:
+        """The summed cosine of the matched pairs."""
+        return float(self.cosines.sum())
+
+
+def _flipped(m: Assignment) -> Assignment:
+    """Return the assignment with its two sides exchanged, rows sorted."""
+    order = np.argsort(m.cols, kind="stable")
+    return Assignment(m.cols[order], m.rows[order], m.cosines[order], m.method, m.certified, m.gap_bound, m.n_edges,
+                      m.rounds, m.k)
+
+
+def _check_pair(a: Tensor, b: Tensor, nonempty: bool = False) -> None:
+    """Raise ValueError unless a and b are (n, d) with the same d (and, if nonempty, at least one row each)."""
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"Dictionaries must be (n, d) with the same d; got {tuple(a.shape)} and {tuple(b.shape)}.")
+    if nonempty and (a.shape[0] == 0 or b.shape[0] == 0):
+        raise ValueError(f"Dictionaries must have at least one row; got {tuple(a.shape)} and {tuple(b.shape)}.")
 
 
 def hungarian_match(a: Float[Tensor, "n_a d"], b: Float[Tensor, "n_b d"], chunk_size: int = CHUNK_SIZE,
                     device: str | None = None) -> Assignment:
     """Return the one-to-one matching of min(n_a, n_b) pairs that maximises the summed cosine (scipy's
-    linear_sum_assignment on the full float64 matrix, built with the smaller dictionary as rows)."""
+    linear_sum_assignment on the full float64 matrix, built with the smaller dictionary as rows): exact, but it holds
+    n_a x n_b float64 (24,576^2: 4.8 GB, 5.6 GB peak, 30-100 s on 2 cores); one_to_one_match routes large pairs to
+    sparse_match."""
+    _check_pair(a, b)
     if a.shape[0] > b.shape[0]:
-        m = hungarian_match(b, a, chunk_size, device)
-        order = np.argsort(m.cols, kind="stable")
-        return Assignment(m.cols[order], m.rows[order], m.cosines[order])
+        return _flipped(hungarian_match(b, a, chunk_size, device))
     cost = cosine_matrix(a, b, chunk_size, device, np.float64, negate=True)  # minimise -cos: no copy in scipy
     rows, cols = linear_sum_assignment(cost)
     return Assignment(rows, cols, -cost[rows, cols])
+
+
+def column_potentials(n_b: int, src: np.ndarray, dst: np.ndarray, w: np.ndarray, eps: float = 1e-12,
+                      max_iter: int | None = None) -> np.ndarray:
+    """Return d_j = min(0, shortest path to column j) over arcs src -> dst of length w, from a virtual source joined
+    to every column at length 0 (Bellman-Ford, relaxing only the arcs that leave a column whose label fell).
+
+    With the arcs of sparse_match (M(i) -> j of length cos(i, M(i)) - cos(i, j) for each candidate edge (i, j) off the
+    matching M), no negative cycle exists when M is optimal on the candidate graph; an improvement below eps is
+    ignored so that rounding cannot cycle. Raises RuntimeError when labels still fall after max_iter rounds."""
+    d = np.zeros(n_b)
+    order = np.argsort(src, kind="stable")
+    src, dst, w = src[order], dst[order], w[order]
+    starts = np.searchsorted(src, np.arange(n_b + 1))
+    active = np.unique(src)  # every column's label changed from +inf to 0
+    for _ in range(max_iter or n_b + 1):
+        if not len(active):
+            return d
+        lo, hi = starts[active], starts[active + 1]
+        counts = hi - lo
+        if counts.sum() == 0:
+            return d
+        idx = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+        cand = d[src[idx]] + w[idx]
+        heads = dst[idx]
+        best = np.full(n_b, np.inf)
+        np.minimum.at(best, heads, cand)
+        fell = np.flatnonzero(best < d - eps)
+        d[fell] = best[fell]
+        active = fell
+    raise RuntimeError("column_potentials: labels still fall (a negative cycle: the matching is not optimal on its "
+                       "candidate graph).")
+
+
+def _candidate_edges(top: TopCosines) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return the union of each a-row's and each b-row's top-k edges as (rows, cols, cosines), without duplicates."""
+    n_a, k_a = top.a_values.shape
+    n_b, k_b = top.b_values.shape
+    rows = np.concatenate([np.repeat(np.arange(n_a), k_a), top.b_indices.numpy().ravel()])
+    cols = np.concatenate([top.a_indices.numpy().ravel(), np.repeat(np.arange(n_b), k_b)])
+    vals = np.concatenate([top.a_values.numpy().ravel(), top.b_values.numpy().ravel()]).astype(np.float64)
+    return _dedupe(rows, cols, vals, n_b)
+
+
+def _dedupe(rows, cols, vals, n_b):
+    _, first = np.unique(rows.astype(np.int64) * n_b + cols, return_index=True)
+    return rows[first], cols[first], vals[first]
+
+
+@torch.no_grad()
+def _rebased_bound(a_rows: Tensor, b: Tensor, bound: np.ndarray, d: np.ndarray, delta: np.ndarray, n_cols: int,
+                   chunk_size: int) -> np.ndarray:
+    """Return bounds on max_j cos(i, j) + d_j over non-candidate columns, from bounds taken against potentials d -
+    delta: exact over the n_cols columns whose potential rose most, the old bound + the largest other rise elsewhere."""
+    n_b = len(d)
+    n_cols = min(n_cols, n_b)
+    top = np.argpartition(-delta, n_cols - 1)[:n_cols] if n_cols < n_b else np.arange(n_b)
+    rest = np.ones(n_b, dtype=bool)
+    rest[top] = False
+    out = bound + (delta[rest].max() if rest.any() else -np.inf)
+    cols = b[torch.from_numpy(top).to(b.device)]
+    for start in range(0, len(a_rows), chunk_size):
+        s = (a_rows[start : start + chunk_size] @ cols.T).double().cpu().numpy() + d[top]
+        out[start : start + len(s)] = np.maximum(out[start : start + len(s)], s.max(axis=1))
+    return out
+
+
+@torch.no_grad()
+def sparse_match(a: Float[Tensor, "n_a d"], b: Float[Tensor, "n_b d"], k: int = 2 * TOP_K,
+                 chunk_size: int = CHUNK_SIZE, device: str | None = None, tol: float = 1e-6, max_rounds: int = 20,
+                 scan_k: int = 16, margin: float = 0.02, change_cols: int = 1024,
+                 top: TopCosines | None = None) -> Assignment:
+    """Return the one-to-one matching of min(n_a, n_b) pairs maximising the summed cosine without the dense matrix.
+
+    1. Candidate edges: each row's top-k cosines in both directions (top_cosines, or `top` if given). If they hold no
+       full matching, k doubles.
+    2. scipy.sparse.csgraph.min_weight_full_bipartite_matching on them (cost 2 - cos, never 0: csgraph drops zeros).
+    3. Certificate: LP dual potentials from shortest paths in the residual graph (column_potentials): d_j <= 0 for
+       b's features, d_i = d_M(i) + cos(i, M(i)) for a's, so that cos(i, j) + d_j <= d_i on every candidate edge with
+       equality on the matching (and d_j = 0 on b's unmatched features). The matching is optimal over ALL pairs iff
+       cos(i, j) + d_j <= d_i for every (i, j). Each row keeps a bound R_i >= cos(i, j) + ref_j over its non-candidate
+       columns (from the top-k cosines, ref = 0, or from a scan against earlier potentials ref); R_i + max(d - ref)
+       <= d_i + tol proves the row without a matmul, and so does the bound rebased on d (exact cosines with the
+       change_cols columns whose potential rose most, R_i + the largest rise elsewhere). Rows still unproven are
+       scanned (their cosines with all of b in chunks, top scan_k of cos + d kept): pairs within `margin` of
+       violating join the candidates and, if any violates, step 2 reruns (column generation) until every row is
+       proven or max_rounds solves have run.
+    `tol` (per pair) absorbs float32 rounding (~1e-7): certified means no pair violates dual feasibility by more.
+    The gap bound sum_i max(0, max_j cos(i, j) + d_j - d_i) - sum over b's unmatched d_j is the distance of a
+    feasible dual (a's potentials raised by their violation) from the matching: the optimum exceeds this total by at
+    most that."""
+    _check_pair(a, b, nonempty=True)
+    if k < 1 or scan_k < 1 or max_rounds < 1 or chunk_size < 1:
+        raise ValueError(f"k, scan_k, max_rounds and chunk_size must be positive; got {k}, {scan_k}, {max_rounds}, "
+                         f"{chunk_size}.")
+    if not tol >= 0:
+        raise ValueError(f"tol must be >= 0, got {tol}.")
+    if a.shape[0] > b.shape[0]:
+        return _flipped(sparse_match(b, a, k, chunk_size, device, tol, max_rounds, scan_k, margin, change_cols,
+                                     None if top is None else TopCosines(top.b_values, top.b_indices, top.a_values,
+                                                                         top.a_indices)))
+    from scipy.sparse import csr_array
+    from scipy.sparse.csgraph import min_weight_full_bipartite_matching
+
+    n_a, n_b = a.shape[0], b.shape[0]
+    dev = default_device(device)
+    ua, ub = unit_rows(a).to(dev), unit_rows(b).to(dev)
+    top = top if top is not None else top_cosines(a, b, k, chunk_size, dev)  # the cosines cosine_matrix has
+    k = top.a_values.shape[1]
+
+    def from_top(top: TopCosines):
+        rows, cols, vals = _candidate_edges(top)
+        kth = top.a_values[:, -1].double().numpy() if top.a_values.shape[1] < n_b else np.full(n_a, -np.inf)
+        return rows, cols, vals, kth
+
+    rows, cols, vals, bound = from_top(top)
+    refs = [np.zeros(n_b)]  # potentials each row's bound was taken against
+    ref_of = np.zeros(n_a, dtype=np.int64)
+    rounds, solve, certified, cur = 0, True, False, 0
+    while True:
+        if solve:
+            try:
+                graph = csr_array((2.0 - vals, (rows, cols)), shape=(n_a, n_b))
+                _, match = min_weight_full_bipartite_matching(graph)  # rows come back sorted: match[i] is i's column
+            except ValueError:  # the candidate graph holds no full matching: widen every row's candidates
+                if k >= n_b and top.b_values.shape[1] >= n_a:
+                    raise
+                k = min(2 * k, n_b)
+                top = top_cosines(a, b, k, chunk_size, dev)
+                r2, c2, v2, bound = from_top(top)
+                rows, cols, vals = _dedupe(np.concatenate([rows, r2]), np.concatenate([cols, c2]),
+                                           np.concatenate([vals, v2]), n_b)
+                refs, ref_of = [np.zeros(n_b)], np.zeros(n_a, dtype=np.int64)
+                continue
+            rounds += 1
+            on = match[rows] == cols
+            cos_m = np.empty(n_a)
+            cos_m[rows[on]] = vals[on]
+            off = ~on
+            arcs = (n_b, match[rows[off]], cols[off], cos_m[rows[off]] - vals[off])
+            try:
+                d = column_potentials(*arcs)
+            except RuntimeError:  # a cycle shorter than -1e-12 left by the solver's rounding: ignore it, far below tol
+                d = column_potentials(*arcs, eps=1e-9)
+            du = d[match] + cos_m
+            edge_viol = np.zeros(n_a)
+            np.maximum.at(edge_viol, rows, vals + d[cols] - du[rows])
+            refs.append(d)
+            cur = len(refs) - 1
+        used = np.unique(ref_of)
+        shift = np.zeros(len(refs))
+        shift[used] = [np.max(d - refs[r]) for r in used]
+        row_viol = np.maximum(bound + shift[ref_of] - du, edge_viol)
+        fail = np.flatnonzero(row_viol > tol)
+        stale = fail[ref_of[fail] != cur]
+        if len(stale):  # rebase stale bounds on d: exact cosines with the columns whose potential rose most
+            for r in np.unique(ref_of[stale]):
+                rr = stale[ref_of[stale] == r]
+                bound[rr] = _rebased_bound(ua[torch.from_numpy(rr).to(dev)], ub, bound[rr], d, d - refs[r],
+                                           change_cols, chunk_size)
+                ref_of[rr] = cur
+            row_viol[stale] = np.maximum(bound[stale] - du[stale], edge_viol[stale])
+            fail = np.flatnonzero(row_viol > tol)
+        if not len(fail):
+            certified = True
+            break
+        if rounds >= max_rounds:
+            break
+        # scan the unproven rows against all of b: cos + d, keep the top scan_k, add those that violate
+        dd = torch.from_numpy(d).to(dev, torch.float32)
+        m = min(scan_k, n_b)
+        new_r, new_c, new_v = [], [], []
+        new_bound = np.empty(len(fail))
+        n_viol = 0
+        idx = torch.from_numpy(fail).to(dev)
+        for start in range(0, len(fail), chunk_size):
+            sel = idx[start : start + chunk_size]
+            cos = ua[sel] @ ub.T
+            s, j = (cos + dd).topk(m, dim=1)
+            cj = cos.gather(1, j).double().cpu().numpy()
+            s64 = cj + d[j.cpu().numpy()]  # float64 sums, as the check uses
+            j = j.cpu().numpy()
+            rr = fail[start : start + chunk_size]
+            viol = s64 > du[rr, None] + tol
+            add = s64 > du[rr, None] - margin  # violators and near-violators, which later potentials may push over
+            new_r.append(np.broadcast_to(rr[:, None], j.shape)[add])
+            new_c.append(j[add])
+            new_v.append(cj[add])
+            n_viol += int(viol.sum())
+            # non-candidates after the addition: outside the top m (<= the m-th score, if any column lies outside;
+            # float32 ranking against float64 sums errs by ~1e-7, within tol) or inside it and not added
+            kept = np.where(add, -np.inf, s64).max(axis=1)
+            outside = s64[:, -1] if m < n_b else -np.inf
+            new_bound[start : start + len(rr)] = np.maximum(kept, outside)
+        bound[fail] = new_bound
+        ref_of[fail] = cur
+        added = np.concatenate(new_r)
+        added_c, added_v = np.concatenate(new_c), np.concatenate(new_v)
+        rows, cols, vals = _dedupe(np.concatenate([rows, added]), np.concatenate([cols, added_c]),
+                                   np.concatenate([vals, added_v]), n_b)
+        solve = n_viol > 0  # else the matching and potentials stand: the added edges violate by at most tol
+        if not solve:
+            np.maximum.at(edge_viol, added, added_v + d[added_c] - du[added])
+    free = np.ones(n_b, dtype=bool)
+    free[match] = False
+    gap = float(np.maximum(row_viol, 0).sum() - d[free].sum())
+    return Assignment(np.arange(n_a), match.astype(np.int64), cos_m, "sparse", certified, max(gap, 0.0), len(rows),
+                      rounds, k)
+
+
+def one_to_one_match(a: Float[Tensor, "n_a d"], b: Float[Tensor, "n_b d"], method: str = "auto",
+                     chunk_size: int = CHUNK_SIZE, device: str | None = None,
+                     dense_max_cells: int | None = None, top: TopCosines | None = None, **sparse) -> Assignment:
+    """Return the one-to-one matching of min(n_a, n_b) pairs that maximises the summed cosine: 'dense'
+    (hungarian_match, exact), 'sparse' (sparse_match, certified exact or with a gap bound; `top` and `sparse` are passed
+    to it) or 'auto': dense up to n_a * n_b = dense_max_cells (None: DENSE_MAX_CELLS), sparse above."""
+    if method not in ("auto", "dense", "sparse"):
+        raise ValueError(f"method must be 'auto', 'dense' or 'sparse'; got {method!r}.")
+    _check_pair(a, b)
+    if method == "auto":
+        limit = DENSE_MAX_CELLS if dense_max_cells is None else dense_max_cells
+        method = "dense" if a.shape[0] * b.shape[0] <= limit else "sparse"
+    if method == "dense":
+        return hungarian_match(a, b, chunk_size, device)
+    return sparse_match(a, b, chunk_size=chunk_size, device=device, top=top, **sparse)
 
 
 # ---------------------------------------------------------------- pair statistics
@@ -275,10 +535,17 @@ def best_match_stats(top: TopCosines, threshold: float = THRESHOLD) -> dict[str,
     return out
 
 
-def hungarian_stats(assignment: Assignment, threshold: float = THRESHOLD) -> dict[str, float]:
-    """Return the mean matched cosine and the share of matched pairs at or above the threshold."""
+def hungarian_stats(assignment: Assignment | None, threshold: float = THRESHOLD) -> dict[str, float | str | bool]:
+    """Return the mean matched cosine, the share of matched pairs at or above the threshold, the solver that ran,
+    whether the matching is certified optimal and the bound on its shortfall in total cosine (NaN and 'skipped' for
+    no assignment)."""
+    if assignment is None:
+        return {"hungarian_mean": float("nan"), "hungarian_share": float("nan"), "one_to_one_method": "skipped",
+                "one_to_one_certified": False, "one_to_one_gap": float("nan")}
     c = assignment.cosines
-    return {"hungarian_mean": float(c.mean()), "hungarian_share": float((c >= threshold).mean())}
+    return {"hungarian_mean": float(c.mean()), "hungarian_share": float((c >= threshold).mean()),
+            "one_to_one_method": assignment.method, "one_to_one_certified": bool(assignment.certified),
+            "one_to_one_gap": float(assignment.gap_bound)}
 
 
 def match_pair(a: Dictionary, b: Dictionary, threshold: float = THRESHOLD, k: int = TOP_K,
@@ -286,8 +553,9 @@ def match_pair(a: Dictionary, b: Dictionary, threshold: float = THRESHOLD, k: in
                hungarian_max_features: int | None = HUNGARIAN_MAX_FEATURES) -> tuple[dict, TopCosines]:
     """Return (one row of statistics, the decoder top-k cosines) for a pair of dictionaries: decoder best-match share
     and MMCS both ways and for the smaller dictionary's features (`dec_share_small`, the side Hungarian matching pairs
-    in full, so that `hungarian_share <= dec_share_small`), the same for encoders, and decoder Hungarian matching
-    unless a dictionary exceeds the limit."""
+    in full, so that `hungarian_share <= dec_share_small`), the same for encoders, and the decoders' one-to-one
+    matching (one_to_one_match: dense Hungarian for small pairs, sparse and certified above; with the solver, the
+    certificate and the gap bound in `one_to_one_*`) unless a dictionary exceeds hungarian_max_features."""
     if a.decoder.shape[1] != b.decoder.shape[1]:
         raise ValueError(f"{a.label} (d_in {a.decoder.shape[1]}) and {b.label} (d_in {b.decoder.shape[1]}) "
                          "do not live in the same space.")
@@ -302,9 +570,11 @@ def match_pair(a: Dictionary, b: Dictionary, threshold: float = THRESHOLD, k: in
         enc = top_cosines(a.encoder, b.encoder, 1, chunk_size, device)
         row.update({f"enc_{key}": v for key, v in best_match_stats(enc, threshold).items()})
     if hungarian_max_features is None or max(a.d_sae, b.d_sae) <= hungarian_max_features:
-        row.update(hungarian_stats(hungarian_match(a.decoder, b.decoder, chunk_size, device), threshold))
+        # dense up to DENSE_MAX_CELLS pairs, else sparse on the top-k edges computed above (certified or gap-bounded)
+        row.update(hungarian_stats(one_to_one_match(a.decoder, b.decoder, chunk_size=chunk_size, device=device,
+                                                    top=top), threshold))
     else:
-        row.update({"hungarian_mean": float("nan"), "hungarian_share": float("nan")})
+        row.update(hungarian_stats(None))
     return row, top
 
 

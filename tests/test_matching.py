@@ -4,6 +4,7 @@ Hungarian matching, containment of a small dictionary in a large one, normalisat
 import numpy as np
 import pytest
 import torch
+from scipy.optimize import linear_sum_assignment
 from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
 
 from possae.matching import (
@@ -11,6 +12,7 @@ from possae.matching import (
     all_pairs,
     as_ref,
     best_match_stats,
+    column_potentials,
     containment,
     cosine_matrix,
     default_groups,
@@ -19,9 +21,11 @@ from possae.matching import (
     layer_matrix,
     match_pair,
     match_pairs,
+    one_to_one_match,
     random_directions,
     resolve_ids,
     resolve_pairs,
+    sparse_match,
     top_cosines,
     top_cosines_long,
     unit_rows,
@@ -398,3 +402,143 @@ def test_figure_legends_stay_clear_of_the_subplot_titles():
     assert comp.layout.legend.x >= 1 and comp.layout.legend.xanchor == "left"  # right of every panel
     top = top_cosine_figure(top_cosines_long(res.top))
     assert top.layout.legend.y < 0 and top.layout.legend.yanchor == "top"  # below the axes
+
+
+# ---------------------------------------------------------------- one-to-one matching: sparse against dense
+
+
+def dense_optimum(a, b):
+    """Return (the cosine matrix, scipy's optimal total cosine) for the one-to-one problem, rows a, columns b."""
+    cos = (unit_rows(a) @ unit_rows(b).T).double().numpy()
+    r, c = linear_sum_assignment(cos, maximize=True)
+    return cos, float(cos[r, c].sum())
+
+
+def assert_optimal(m, a, b, certified=True):
+    """Assert m is a one-to-one matching of min(n_a, n_b) pairs whose total cosine is scipy's optimum."""
+    cos, best = dense_optimum(a, b)
+    assert len(m.rows) == min(cos.shape) and len(set(m.rows)) == len(m.rows) and len(set(m.cols)) == len(m.cols)
+    assert np.all(np.diff(m.rows) > 0)
+    assert np.allclose(m.cosines, cos[m.rows, m.cols], atol=1e-6)
+    assert cos[m.rows, m.cols].sum() == pytest.approx(best, abs=1e-5)
+    assert m.certified is certified and 0 <= m.gap_bound <= 1e-4
+
+
+def rows_(n, d, seed):
+    return unit_rows(torch.randn(n, d, generator=torch.Generator().manual_seed(seed)))
+
+
+@pytest.mark.parametrize("n_a,n_b,d,k", [(300, 300, 32, 2), (600, 600, 64, 4), (1000, 1000, 768, 8),
+                                         (400, 700, 32, 4), (700, 400, 32, 2), (2000, 2000, 96, 4)])
+def test_sparse_matching_of_random_dictionaries_is_the_dense_optimum(n_a, n_b, d, k):
+    a, b = rows_(n_a, d, 10), rows_(n_b, d, 11)
+    m = sparse_match(a, b, k=k, chunk_size=128, device="cpu")
+    assert m.method == "sparse"
+    assert_optimal(m, a, b)
+
+
+def test_sparse_matching_of_a_noisy_permutation_needs_one_solve():
+    a = rows_(1500, 64, 12)
+    perm = torch.randperm(1500, generator=torch.Generator().manual_seed(13))
+    b = unit_rows(a[perm] + 0.3 * rows_(1500, 64, 14))
+    m = sparse_match(a, b, k=4, device="cpu")
+    assert_optimal(m, a, b)
+    assert m.rounds == 1 and m.gap_bound == 0.0  # the top-k bound proves every row: no scan, no second solve
+    assert np.array_equal(m.cols, torch.argsort(perm).numpy())
+    dense = hungarian_match(a, b, device="cpu")
+    assert np.array_equal(dense.cols, m.cols) and dense.method == "dense" and dense.certified
+
+
+def test_sparse_matching_grows_k_when_the_top_k_graph_has_no_full_matching():
+    # ten near-copies of e0 in a, four in b; every other row lies in e0's orthogonal complement and has a near-copy
+    # on the other side: a's e0 copies only reach b's four e0 rows through their top-4, which b's other rows ignore
+    g = torch.Generator().manual_seed(15)
+    e0 = torch.eye(32)[0]
+    rest = torch.randn(60, 32, generator=g)
+    rest[:, 0] = 0
+    a = torch.cat([e0 + 1e-3 * torch.randn(10, 32, generator=g), rest[:50]])
+    b = torch.cat([e0 + 1e-3 * torch.randn(4, 32, generator=g), rest[:56] + 0.05 * torch.randn(56, 32, generator=g)])
+    top = top_cosines(a, b, k=4, device="cpu")
+    from scipy.sparse import csr_array
+    from scipy.sparse.csgraph import maximum_bipartite_matching
+
+    r = np.concatenate([np.repeat(np.arange(60), 4), top.b_indices.numpy().ravel()])
+    c = np.concatenate([top.a_indices.numpy().ravel(), np.repeat(np.arange(60), 4)])
+    graph = csr_array((np.ones(len(r)), (r, c)), shape=(60, 60))
+    assert (maximum_bipartite_matching(graph) >= 0).sum() < 60  # the premise: no full matching on the top-4 graph
+    m = sparse_match(a, b, k=4, device="cpu")
+    assert m.k > 4
+    assert_optimal(m, a, b)
+
+
+def test_sparse_matching_adds_edges_when_the_first_sparse_optimum_is_not_the_dense_one():
+    a, b = rows_(300, 32, 10), rows_(300, 32, 11)
+    top = top_cosines(a, b, k=4, device="cpu")
+    first = sparse_match(a, b, device="cpu", top=top, max_rounds=1)  # one solve on the top-4 graph, no more
+    cos, best = dense_optimum(a, b)
+    gap = best - cos[first.rows, first.cols].sum()
+    assert gap > 1e-3 and not first.certified  # the premise: the top-4 optimum is not the dense one
+    assert first.gap_bound >= gap - 1e-6  # and the dual bound covers the true shortfall
+    m = sparse_match(a, b, device="cpu", top=top)
+    assert m.rounds > 1 and m.n_edges > first.n_edges
+    assert_optimal(m, a, b)
+
+
+def test_column_potentials_are_bellman_ford_shortest_paths():
+    from scipy.sparse import csr_array
+    from scipy.sparse.csgraph import bellman_ford
+
+    g = np.random.default_rng(16)
+    n, e = 40, 200
+    src, dst = g.integers(0, n, e), g.integers(0, n, e)
+    keep = src != dst
+    key = np.unique(src[keep] * n + dst[keep])
+    src, dst = key // n, key % n
+    p = g.uniform(0, 2, n)  # positive lengths shifted by p[src] - p[dst]: many negative arcs, no negative cycle
+    w = g.uniform(0.05, 1.0, len(src)) + p[src] - p[dst]
+    assert (w < 0).sum() > 20
+    d = column_potentials(n, src, dst, w)
+    # independent: scipy's Bellman-Ford from a virtual source joined to every node at length 0 (csgraph drops
+    # explicit zeros, so the source arcs weigh 1 and every distance is shifted by 1)
+    s = np.concatenate([src, np.full(n, n)]), np.concatenate([dst, np.arange(n)])
+    graph = csr_array((np.concatenate([w, np.ones(n)]), s), shape=(n + 1, n + 1))
+    ref = bellman_ford(graph, indices=n)[:n] - 1.0
+    assert np.allclose(d, np.minimum(ref, 0.0), atol=1e-12)
+    with pytest.raises(RuntimeError, match="negative cycle"):
+        column_potentials(2, np.array([0, 1]), np.array([1, 0]), np.array([-1.0, 0.5]))
+
+
+def test_one_to_one_match_routes_by_size_and_rejects_bad_input():
+    a, b = rows_(200, 16, 17), rows_(250, 16, 18)
+    assert one_to_one_match(a, b, device="cpu").method == "dense"  # 50,000 pairs: dense
+    m = one_to_one_match(a, b, device="cpu", dense_max_cells=200 * 250 - 1)
+    assert m.method == "sparse"
+    assert_optimal(m, a, b)
+    assert one_to_one_match(a, b, method="sparse", device="cpu", k=3).method == "sparse"
+    with pytest.raises(ValueError, match="method"):
+        one_to_one_match(a, b, method="auction")
+    with pytest.raises(ValueError, match="same d"):
+        one_to_one_match(a, rows_(5, 8, 0), method="sparse")
+    with pytest.raises(ValueError, match="at least one row"):
+        sparse_match(a[:0], b)
+    with pytest.raises(ValueError, match="positive"):
+        sparse_match(a, b, k=0)
+    with pytest.raises(ValueError, match="tol"):
+        sparse_match(a, b, tol=float("nan"))
+
+
+def test_match_pair_reports_the_one_to_one_solver(monkeypatch):
+    import possae.matching
+
+    a, b = dictionary("a", rows_(300, 32, 19)), dictionary("b", rows_(300, 32, 20))
+    row, _ = match_pair(a, b, device="cpu")
+    assert row["one_to_one_method"] == "dense" and row["one_to_one_certified"] and row["one_to_one_gap"] == 0.0
+    _, best = dense_optimum(a.decoder, b.decoder)
+    assert row["hungarian_mean"] == pytest.approx(best / 300, abs=1e-8)
+    monkeypatch.setattr(possae.matching, "DENSE_MAX_CELLS", 300 * 300 - 1)  # as a gpt2-size pair: sparse, from top-4
+    sparse_row, _ = match_pair(a, b, device="cpu")
+    assert sparse_row["one_to_one_method"] == "sparse" and sparse_row["one_to_one_certified"]
+    assert sparse_row["hungarian_mean"] == pytest.approx(best / 300, abs=1e-8)
+    assert sparse_row["hungarian_share"] == row["hungarian_share"]
+    row, _ = match_pair(a, b, device="cpu", hungarian_max_features=1)
+    assert row["one_to_one_method"] == "skipped" and np.isnan(row["hungarian_share"])
