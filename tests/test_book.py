@@ -187,6 +187,8 @@ def test_every_value_the_prose_cites_is_glued_finite_and_reads_clean(quick_book)
         for key in cited:
             v = values[key]
             assert v is not None and not (isinstance(v, float) and not math.isfinite(v)), (name, key, v)
+            # glued text is not parsed as markdown: backticks, links, bold or math would show literally
+            assert not (isinstance(v, str) and re.search(r"`|\]\(|\*\*|\$", v)), (name, key, v[:120])
         html = (quick_book / "chapters" / f"{name}.html").read_text()
         body = html[html.find("<main"):html.find("</main>")]
         text = re.sub(r"<script.*?</script>|<style.*?</style>|<[^>]+>", " ", body, flags=re.S)
