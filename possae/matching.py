@@ -125,7 +125,8 @@ def ref_label(ref: SAERef, release: str) -> str:
 
 
 def sae_exists(ref: SAERef) -> bool:
-    """Return whether an SAE id is known in its release: the organism's shipped ids, a local folder, or sae_lens's registry."""
+    """Return whether an SAE id is known in its release: the organism's shipped ids, a local folder, or sae_lens's registry
+    (offline: and held in the hub cache)."""
     from possae.loaders import ORGANISM, organism_sae_ids
 
     release, sae_id = ref
@@ -136,7 +137,29 @@ def sae_exists(ref: SAERef) -> bool:
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
     directory = get_pretrained_saes_directory()
-    return release in directory and sae_id in directory[release].saes_map
+    if release not in directory or sae_id not in directory[release].saes_map:
+        return False
+    return not hub_offline() or sae_cached(directory[release].repo_id, directory[release].saes_map[sae_id])
+
+
+def hub_offline() -> bool:
+    """Return whether huggingface_hub may not reach the network ($HF_HUB_OFFLINE set to a true value)."""
+    import os
+
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def sae_cached(repo_id: str, path: str) -> bool:
+    """Return whether the hub cache holds `path` (an SAE's file or folder) in some snapshot of model repo `repo_id`.
+
+    Offline, an SAE of the registry that the cache lacks cannot load (e.g. the stand-in cache of `possae standin`, which
+    holds only the SAEs its profile names): sae_exists drops it as it drops an id the registry does not know.
+    """
+    from possae.standin import hub_cache
+
+    snapshots = hub_cache() / f"models--{repo_id.replace('/', '--')}" / "snapshots"
+    return snapshots.is_dir() and any((snap / path).exists() or any(snap.glob(f"{path}*"))
+                                      for snap in snapshots.iterdir())
 
 
 def resolve_ids(entries: Iterable | None, release: str) -> list[SAERef]:

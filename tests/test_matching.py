@@ -197,7 +197,8 @@ def test_random_baseline_is_far_below_threshold():
     assert s["share"] == 0.0 and 0.15 < s["mmcs"] < 0.45
 
 
-def test_group_resolution_drops_missing_saes_and_rejects_bad_entries():
+def test_group_resolution_drops_missing_saes_and_rejects_bad_entries(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # online, the registry alone decides
     assert as_ref("x", "organism") == ("organism", "x") and as_ref(("r", "y"), "organism") == ("r", "y")
     with pytest.raises(ValueError):
         as_ref(("a", "b", "c"), "organism")
@@ -212,6 +213,22 @@ def test_group_resolution_drops_missing_saes_and_rejects_bad_entries():
     assert len(resolve_ids(gpt2["layer_ids"]["ReLU (jb)"], "gpt2-small-res-jb")) == 12
     assert len(resolve_ids(gpt2["architecture_ids"], "gpt2-small-res-jb")) == 2
     assert default_groups("some/other")["width_ids"] == []
+
+
+def test_offline_resolution_keeps_only_saes_in_the_hub_cache(monkeypatch, tmp_path):
+    """Offline, a registry SAE the hub cache lacks cannot load, so it is dropped like an unknown id."""
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    entry = get_pretrained_saes_directory()["gpt2-small-res-jb"]
+    snap = tmp_path / f"models--{entry.repo_id.replace('/', '--')}" / "snapshots" / "abc"
+    (snap / entry.saes_map["blocks.3.hook_resid_pre"]).mkdir(parents=True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ids = [f"blocks.{i}.hook_resid_pre" for i in (2, 3)]
+    assert resolve_ids(ids, "gpt2-small-res-jb") == [("gpt2-small-res-jb", "blocks.3.hook_resid_pre")]
+    assert resolve_ids(default_groups("gpt2-small-res-jb")["width_ids"], "gpt2-small-res-jb") == []
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert len(resolve_ids(ids, "gpt2-small-res-jb")) == 2
 
 
 def test_local_folder_release(tmp_path):

@@ -48,3 +48,18 @@ def test_no_card_off_the_organism(result):
 
     other = replace(result, card=None)
     assert other.card_items() == [] and "is not the organism" in other.card_sentence()
+
+
+def test_position_cosine_heatmap_keeps_every_row_up_to_512_then_strides():
+    """The organism's heatmap holds every row pair; GPT-2's 1023 rows are shown every 2nd (a page of 1.5 MB, not 20)."""
+    import numpy as np
+
+    from possae.figures.setup import position_cosine_figure
+    from possae.wpos import position_cosine_matrix
+
+    W = torch.randn(256, 16, generator=torch.Generator().manual_seed(0))
+    small = position_cosine_figure(W).data[0]
+    assert np.allclose(np.asarray(small.z), position_cosine_matrix(W[1:]).numpy()) and list(small.x) == list(range(1, 256))
+    big = position_cosine_figure(torch.randn(1024, 16, generator=torch.Generator().manual_seed(0)))
+    z = np.asarray(big.data[0].z)
+    assert z.shape == (512, 512) and list(big.data[0].x[:3]) == [1, 3, 5] and "every 2nd" in big.layout.title.text

@@ -37,10 +37,21 @@ def wpos_pca_figure(W_pos: Float[Tensor, "n_pos d_model"], first: int = 1, n_com
     return fig.update_layout(height=450, yaxis_tickformat=".0%", title=title)
 
 
-def position_cosine_figure(W_pos: Float[Tensor, "n_pos d_model"], first: int = 1) -> go.Figure:
-    """Return the heatmap of cosine similarity between every pair of positions."""
+MAX_HEATMAP_SIDE = 512  # more positions than this are shown every k-th (GPT-2's 1023 x 1023 would be a 20 MB page)
+
+
+def position_cosine_figure(W_pos: Float[Tensor, "n_pos d_model"], first: int = 1,
+                           max_side: int = MAX_HEATMAP_SIDE) -> go.Figure:
+    """Return the heatmap of cosine similarity between every pair of positions (every k-th past max_side rows)."""
     C = position_cosine_matrix(W_pos[first:])
     pos = list(range(first, W_pos.shape[0]))
-    fig = go.Figure(go.Heatmap(z=C.tolist(), x=pos, y=pos, colorscale="RdBu", zmid=0, zmin=-1, zmax=1))
+    title = "cosine similarity of W_pos rows"
+    if len(pos) > max_side:
+        step = -(-len(pos) // max_side)
+        C, pos = C[::step, ::step].float().numpy(), pos[::step]  # float32 arrays travel base64-encoded
+        title += f" (every {step}th position)" if step > 3 else f" (every {['', '', '2nd', '3rd'][step]} position)"
+    else:
+        C = C.tolist()
+    fig = go.Figure(go.Heatmap(z=C, x=pos, y=pos, colorscale="RdBu", zmid=0, zmin=-1, zmax=1))
     return fig.update_layout(height=450, width=520, xaxis_title="position", yaxis_title="position",
-                             yaxis_autorange="reversed", title="cosine similarity of W_pos rows")
+                             yaxis_autorange="reversed", title=title)
