@@ -21,6 +21,7 @@ from possae.metrics import PositionSums, mse_by_position, reconstruction_sums, t
 from possae.params import ChapterParams, ParameterError
 from possae.progress import tqdm
 
+LOGITS_PER_BATCH = 1 << 26  # logits one forward pass may hold: 64 Mi floats (256 MiB in float32)
 ABLATIONS = ("normal", "zero", "shuffle")  # what hook_pos_embed outputs: itself, zeros, rows of a fixed permutation
 DECILES = tuple(round(0.1 * i, 1) for i in range(1, 10))
 IN, PAST = "in context", "past context"  # the two regions of positions of an SAE: 1..C-1 and C..n_ctx-1
@@ -189,11 +190,21 @@ class PositionPass(NamedTuple):
     features: dict[str, dict[str, FeatureSums]]  # per SAE and region (when asked for): per-feature sums
 
 
+def windows_per_batch(model, n_pos: int, most: int = 16) -> int:
+    """Return how many windows of n_pos tokens one forward pass takes: at most `most`, fewer when their logits
+    (windows x n_pos x d_vocab floats) would pass LOGITS_PER_BATCH (the organism: 16; GPT-2 small at 1024 positions: 1)."""
+    return max(1, min(most, LOGITS_PER_BATCH // (n_pos * model.cfg.d_vocab)))
+
+
 @torch.no_grad()
 def position_pass(model, tokens: Int[Tensor, "n_windows pos"], saes: dict[str, object], ablation: str = "normal",
-                  seed: int = 0, feature_stats: bool = False, batch_size: int = 16) -> PositionPass:
-    """Return per-position SAE sums and cross-entropy (and per-feature sums per region) from one streamed pass."""
+                  seed: int = 0, feature_stats: bool = False, batch_size: int | None = None) -> PositionPass:
+    """Return per-position SAE sums and cross-entropy (and per-feature sums per region) from one streamed pass.
+
+    batch_size: windows per forward pass; None: windows_per_batch.
+    """
     n_win, n_pos = tokens.shape
+    batch_size = batch_size or windows_per_batch(model, n_pos)
     needed = {sae_hook(sae) for sae in saes.values()}
     sums = {sid: PositionSums.empty(n_pos) for sid in saes}
     loss = PositionSums.empty(n_pos - 1)
@@ -220,8 +231,12 @@ def position_pass(model, tokens: Int[Tensor, "n_windows pos"], saes: dict[str, o
 
 @torch.no_grad()
 def spliced_loss(model, tokens: Int[Tensor, "n_windows pos"], sae=None,
-                 batch_size: int = 16) -> Float[Tensor, "n_pos_1"]:
-    """Return cross-entropy per position with the SAE's reconstruction spliced in at its hook (clean if sae is None)."""
+                 batch_size: int | None = None) -> Float[Tensor, "n_pos_1"]:
+    """Return cross-entropy per position with the SAE's reconstruction spliced in at its hook (clean if sae is None).
+
+    batch_size: windows per forward pass; None: windows_per_batch.
+    """
+    batch_size = batch_size or windows_per_batch(model, tokens.shape[1])
     fwd_hooks = [] if sae is None else [(sae_hook(sae), splice_hook(sae))]
     ce = PositionSums.empty(tokens.shape[1] - 1)
     for i in tqdm(range(0, len(tokens), batch_size), desc="spliced loss", leave=False):

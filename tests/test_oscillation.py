@@ -355,3 +355,14 @@ def test_figures_build(result):
     assert len(loss_by_position_figure(res.spliced, color="model").data) == 4
     assert len(feature_scatter_figure(res.features, res.layers).data) == 3
     assert len(decile_figure(res.features, res.layers).data) == 3
+
+
+def test_windows_per_batch_caps_the_logits_of_a_forward_pass():
+    """The organism keeps 16 windows a pass; GPT-2 small at 1024 positions takes one (16 would hold 3.3 GB of logits)."""
+    from types import SimpleNamespace
+
+    from possae.oscillation import LOGITS_PER_BATCH, windows_per_batch
+
+    organism, gpt2 = (SimpleNamespace(cfg=SimpleNamespace(d_vocab=v)) for v in (8192, 50_257))
+    assert windows_per_batch(organism, 256) == 16 and windows_per_batch(gpt2, 1024) == 1
+    assert windows_per_batch(gpt2, 128) * 128 * 50_257 <= LOGITS_PER_BATCH < (windows_per_batch(gpt2, 128) + 1) * 128 * 50_257
