@@ -6,7 +6,7 @@ from here, and so do an SAE's layer, its training context and the layer-0 check.
 
 from __future__ import annotations
 
-from transformer_lens.utils import get_act_name
+from transformer_lens.utilities import get_act_name
 
 TOKEN_EMBED = "hook_embed"  # W_E[token]
 POS_EMBED = "hook_pos_embed"  # W_pos[position]

@@ -19,7 +19,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from possae.devices import default_device
-from possae.hooks import hook_layer, in_context_positions, resid_pre, sae_context_size, sae_hook
+from possae.hooks import act_name, hook_layer, in_context_positions, resid_pre, sae_context_size, sae_hook
 from possae.params import ChapterParams, ParameterError
 from possae.progress import tqdm
 
@@ -792,7 +792,7 @@ def block_changes(model, tokens: Int[Tensor, "n_windows pos"], blocks: Sequence[
     names = {L: resid_pre(L) for L in blocks} | {L + 1: resid_pre(L + 1) for L in blocks}
     last = model.cfg.n_layers
     if last in names:
-        names[last] = f"blocks.{last - 1}.hook_resid_post"
+        names[last] = act_name("resid_post", last - 1)
     n_pos = tokens.shape[1]
     sums = {L: PositionSums.empty(n_pos) for L in blocks}
     ratios: dict[int, list[Tensor]] = {L: [] for L in blocks}

@@ -18,7 +18,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from possae.devices import default_device
-from possae.hooks import in_context_positions, require_layer0, sae_context_size
+from possae.hooks import act_name, in_context_positions, require_layer0, sae_context_size
 from possae.layer0_stats import Layer0Stats, encoder_parts, layer0_stats_from_model
 from possae.metrics import PositionSums, r2_pos
 from possae.params import ParameterError, SubjectParams
@@ -378,9 +378,9 @@ def bos_slot_sentence(cos_to_wpos0: Float[Tensor, " k"], cos_to_bos_input: Float
 
 @torch.no_grad()
 def mlp_position_sums(model, tokens: Int[Tensor, "n_windows pos"], layer: int = 0, batch_size: int = 16,
-                      hook: str = "mlp.hook_post", progress: bool | None = None) -> PositionSums:
-    """Return per-position sums of every neuron's activation ('act') and its square ('act2') at blocks.{layer}.{hook}."""
-    name = f"blocks.{layer}.{hook}"
+                      hook: str = "mlp_post", progress: bool | None = None) -> PositionSums:
+    """Return per-position sums of every neuron's activation ('act') and its square ('act2') at act_name(hook, layer)."""
+    name = act_name(hook, layer)
     if name not in model.hook_dict:
         raise ValueError(f"{name!r} is not a hook of this model.")
     if len(tokens) == 0:
