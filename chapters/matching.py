@@ -72,14 +72,18 @@ glue_all(result.glued())
 # - **MMCS** (mean max cosine similarity): the mean over A's features of their best cosine in B (tables give the mean of
 #   both directions);
 # - the same with **encoder** directions (columns of `W_enc`), which need not agree with the decoder's;
-# - **one-to-one (Hungarian) matching**: the pairing of features that maximises the summed cosine
-#   (`scipy.optimize.linear_sum_assignment`), its share of pairs above the threshold and its mean matched cosine. Best
-#   match lets several features of A claim the same feature of B, so it can only overstate the one-to-one share.
+# - **one-to-one (Hungarian) matching**: the pairing of features that maximises the summed cosine, its share of pairs
+#   above the threshold and its mean matched cosine. Best match lets several features of A claim the same feature of
+#   B, so it can only overstate the one-to-one share.
 #
 # Cosines are signed: a feature that writes `-d` is not the feature that writes `d`, since activations are
 # nonnegative. `C` is never held whole for best matches: it is computed in blocks of {glue:text}`match_chunk` rows,
-# keeping each row's four best cosines and each column's running four best; only the Hungarian step holds the full
-# matrix.
+# keeping each row's four best cosines and each column's running four best. One-to-one matching solves the whole
+# matrix with `scipy.optimize.linear_sum_assignment` for small pairs (up to {glue:text}`match_dense_side` features
+# a side); for larger ones, such as gpt2-small's SAEs, it solves a sparse graph of each feature's best candidates
+# (`scipy.sparse.csgraph.min_weight_full_bipartite_matching`) and proves the result optimal for the whole matrix
+# from the solution's dual potentials, one more pass over `C` in blocks, adding any pair that breaks the proof and
+# solving again.
 #
 # **Chance level.** Random directions in `d_in` = {glue:text}`match_d_in` dimensions have cosines of standard deviation
 # about `1/√d_in`, so the threshold sits {glue:text}`match_sigmas:.1f` such standard deviations out. Matching the base
