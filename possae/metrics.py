@@ -166,11 +166,12 @@ class WindowStore:
 
 @torch.no_grad()
 def sae_quality(model, sae, tokens: Int[Tensor, "n_windows pos"], batch_size: int = 16,
-                spliced_loss: bool = True) -> dict[str, float]:
+                spliced_loss: bool = True, loss_windows: int | None = None) -> dict[str, float]:
     """Return sae_lens's eval metrics of an SAE over every window of `tokens` (special tokens excluded, as sae_lens).
 
     Keys: tokens, l0, explained_variance, nmse, mse, dead_share and, with spliced_loss, ce_loss_without_sae,
-    ce_loss_with_sae, ce_loss_with_ablation, ce_loss_score, kl_div_with_sae.
+    ce_loss_with_sae, ce_loss_with_ablation, ce_loss_score, kl_div_with_sae and loss_tokens, measured on the first
+    `loss_windows` windows (all when None: the spliced loss runs the whole model four times per window).
     """
     from sae_lens.evals import get_downstream_reconstruction_metrics, get_sparsity_and_variance_metrics, get_special_token_ids
     from sae_lens.training.activation_scaler import ActivationScaler
@@ -190,9 +191,12 @@ def sae_quality(model, sae, tokens: Int[Tensor, "n_windows pos"], batch_size: in
            "nmse": 1.0 - m["explained_variance"], "mse": m["mse"],
            "dead_share": float((torch.tensor(f["feature_density"]) == 0).double().mean())}
     if spliced_loss:
+        sub = tokens[:loss_windows] if loss_windows else tokens
+        bs = max(d for d in range(1, min(batch_size, len(sub)) + 1) if len(sub) % d == 0)
         d = get_downstream_reconstruction_metrics(
-            sae, model, WindowStore(tokens, model.cfg.device), scaler, compute_kl=True, compute_ce_loss=True,
-            n_batches=n_batches, eval_batch_size_prompts=bs, ignore_tokens=ignore)
+            sae, model, WindowStore(sub, model.cfg.device), scaler, compute_kl=True, compute_ce_loss=True,
+            n_batches=len(sub) // bs, eval_batch_size_prompts=bs, ignore_tokens=ignore)
         out.update({k: d[k] for k in ("ce_loss_without_sae", "ce_loss_with_sae", "ce_loss_with_ablation",
                                         "ce_loss_score", "kl_div_with_sae")})
+        out["loss_tokens"] = int((~torch.isin(sub, torch.tensor(ignore, dtype=sub.dtype))).sum()) if ignore else sub.numel()
     return out

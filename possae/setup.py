@@ -16,6 +16,7 @@ from possae.params import ParameterError, SubjectParams
 from possae.wpos import last_row, load_gpt2_wpos, wpos_geometry
 
 GPT2_SAE_CONTEXT = 128  # context_size of the gpt2-small-res-jb SAEs (their cfg.json on the hub)
+LOSS_WINDOWS = 256  # windows for the spliced loss (it runs the whole model four times per window)
 QUALITY_COLUMNS = {"l0": "L0", "explained_variance": "explained variance", "mse": "MSE", "dead_share": "dead share",
                    "ce_loss_without_sae": "CE, clean", "ce_loss_with_sae": "CE, SAE spliced in",
                    "ce_loss_score": "CE loss recovered"}
@@ -35,9 +36,11 @@ class SetupParams(SubjectParams):
 
 
 def quality_on_heldout(model, sae, n_heldout_tokens: int) -> dict[str, float]:
-    """Return sae_lens's quality metrics of the SAE on held-out windows of its training context (the book's one sample)."""
+    """Return sae_lens's quality metrics of the SAE on held-out windows of its training context (the book's one sample;
+    the spliced loss on its first LOSS_WINDOWS windows)."""
     context = sae_context_size(sae, model.cfg.n_ctx)
-    return sae_quality(model, sae, heldout_windows(model.tokenizer, context, n_heldout_tokens))
+    return sae_quality(model, sae, heldout_windows(model.tokenizer, context, n_heldout_tokens),
+                       loss_windows=LOSS_WINDOWS)
 
 
 def geometry_frame(W_pos: Float[Tensor, "n_ctx d_model"], context_size: int, label: str) -> pd.DataFrame:
@@ -97,7 +100,8 @@ class SetupResult:
             "l0": self.quality["l0"], "explained_variance": self.quality["explained_variance"],
             "dead_share": self.quality["dead_share"], "heldout_tokens": self.quality["tokens"],
             "ce_clean": self.quality["ce_loss_without_sae"], "ce_spliced": self.quality["ce_loss_with_sae"],
-            "ce_score": self.quality["ce_loss_score"], "setup_context": self.context_size,
+            "ce_score": self.quality["ce_loss_score"], "ce_tokens": self.quality["loss_tokens"],
+            "setup_context": self.context_size,
             "setup_n_ctx": self.W_pos.shape[0], "top3": float(own["top-3 PC share"]),
             "adjcos": float(own["adjacent cosine"]), "gpt2_context_last": GPT2_SAE_CONTEXT - 1,
             "gpt2_top3_ctx": float(gpt2["top-3 PC share"]), "card_sentence": self.card_sentence(),

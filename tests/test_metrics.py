@@ -73,3 +73,15 @@ def test_sae_quality_explained_variance_matches_position_sums(organism_model_and
     assert q["nmse"] == pytest.approx(1 - q["explained_variance"])
     assert q["mse"] == pytest.approx(float(s.totals["sse:SAE"].sum()) / 128, rel=1e-5)
     assert q["l0"] == pytest.approx(float((sae.encode(x) > 0).sum()) / 128, rel=1e-6)
+
+
+def test_spliced_loss_on_the_first_windows_equals_the_loss_of_those_windows(organism_model_and_sae):
+    """loss_windows=n measures the spliced loss on exactly the first n windows; the other metrics use them all."""
+    model, sae = organism_model_and_sae
+    tokens = torch.randint(1, model.cfg.d_vocab, (6, 8), generator=torch.Generator().manual_seed(2))
+    part = sae_quality(model, sae, tokens, batch_size=2, loss_windows=2)
+    first = sae_quality(model, sae, tokens[:2], batch_size=2)
+    whole = sae_quality(model, sae, tokens, batch_size=2, spliced_loss=False)
+    assert part["ce_loss_with_sae"] == pytest.approx(first["ce_loss_with_sae"])
+    assert part["loss_tokens"] == first["tokens"] and part["tokens"] == whole["tokens"]
+    assert part["explained_variance"] == pytest.approx(whole["explained_variance"])
