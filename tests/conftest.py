@@ -24,8 +24,16 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def quick_book(tmp_path_factory):
-    """The book built once under the quick profile (from the package alone); return its HTML folder."""
+    """The book built once under the quick profile (from the package alone); return its HTML folder.
+
+    With $POSSAE_TEST_BOOK set to a built HTML folder (e.g. _build/html), the browser test checks that book instead.
+    """
+    from pathlib import Path
+
     from possae.book import build
+
+    if os.environ.get("POSSAE_TEST_BOOK"):
+        return Path(os.environ["POSSAE_TEST_BOOK"]).resolve()
 
     tmp = tmp_path_factory.mktemp("book")
     return build("quick", stage=tmp / "stage", out=tmp)
