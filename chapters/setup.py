@@ -70,8 +70,9 @@ result.quality_table()
 # On {glue:text}`l0:.1f` active features per token the SAE explains {glue:text}`explained_variance:.1%` of the
 # activations' variance, with {glue:text}`dead_share:.1%` of its features never firing on this sample. Spliced into
 # the model, it raises the next-token loss from {glue:text}`ce_clean:.3f` to {glue:text}`ce_spliced:.3f` nats
-# ({glue:text}`ce_score:.1%` of the loss that zero-ablating the activation costs is recovered; measured on the first
-# {glue:text}`ce_tokens:,` of those tokens, since it runs the whole model four times). Every later chapter
+# ({glue:text}`ce_score:.1%` of the loss that zero-ablating the activation costs is recovered; measured on
+# {glue:text}`ce_tokens:,` of those tokens, windows spread evenly over the corpora, since it runs the whole model four
+# times). Every later chapter
 # that cites the SAE's explained variance cites this number.
 
 # %% [markdown]

@@ -150,6 +150,14 @@ def r2_pos(mean: Float[Tensor, "n_pos d"], var_within: Float[Tensor, "n_pos d"],
 # ----------------------------------------------------------------------------------------------
 
 
+def loss_subset(n_windows: int, loss_windows: int | None) -> Int[Tensor, " k"]:
+    """Return the indices of `loss_windows` windows spread evenly over n_windows (every corpus of a concatenated
+    sample gets its share), or all of them when None or when there are not more."""
+    if not loss_windows or loss_windows >= n_windows:
+        return torch.arange(n_windows)
+    return torch.linspace(0, n_windows - 1, loss_windows).round().long()
+
+
 class WindowStore:
     """The part of sae_lens's ActivationsStore its evals read (get_batch_tokens): fixed token windows, in order."""
 
@@ -170,8 +178,9 @@ def sae_quality(model, sae, tokens: Int[Tensor, "n_windows pos"], batch_size: in
     """Return sae_lens's eval metrics of an SAE over every window of `tokens` (special tokens excluded, as sae_lens).
 
     Keys: tokens, l0, explained_variance, nmse, mse, dead_share and, with spliced_loss, ce_loss_without_sae,
-    ce_loss_with_sae, ce_loss_with_ablation, ce_loss_score, kl_div_with_sae and loss_tokens, measured on the first
-    `loss_windows` windows (all when None: the spliced loss runs the whole model four times per window).
+    ce_loss_with_sae, ce_loss_with_ablation, ce_loss_score, kl_div_with_sae and loss_tokens, measured on
+    `loss_windows` windows spread evenly over `tokens` (loss_subset; all when None: the spliced loss runs the whole
+    model four times per window).
     """
     from sae_lens.evals import get_downstream_reconstruction_metrics, get_sparsity_and_variance_metrics, get_special_token_ids
     from sae_lens.training.activation_scaler import ActivationScaler
@@ -191,7 +200,7 @@ def sae_quality(model, sae, tokens: Int[Tensor, "n_windows pos"], batch_size: in
            "nmse": 1.0 - m["explained_variance"], "mse": m["mse"],
            "dead_share": float((torch.tensor(f["feature_density"]) == 0).double().mean())}
     if spliced_loss:
-        sub = tokens[:loss_windows] if loss_windows else tokens
+        sub = tokens[loss_subset(len(tokens), loss_windows)]
         bs = max(d for d in range(1, min(batch_size, len(sub)) + 1) if len(sub) % d == 0)
         d = get_downstream_reconstruction_metrics(
             sae, model, WindowStore(sub, model.cfg.device), scaler, compute_kl=True, compute_ce_loss=True,

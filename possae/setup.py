@@ -37,7 +37,7 @@ class SetupParams(SubjectParams):
 
 def quality_on_heldout(model, sae, n_heldout_tokens: int) -> dict[str, float]:
     """Return sae_lens's quality metrics of the SAE on held-out windows of its training context (the book's one sample;
-    the spliced loss on its first LOSS_WINDOWS windows)."""
+    the spliced loss on LOSS_WINDOWS of its windows, spread evenly over the corpora)."""
     context = sae_context_size(sae, model.cfg.n_ctx)
     return sae_quality(model, sae, heldout_windows(model.tokenizer, context, n_heldout_tokens),
                        loss_windows=LOSS_WINDOWS)

@@ -75,12 +75,16 @@ def test_sae_quality_explained_variance_matches_position_sums(organism_model_and
     assert q["l0"] == pytest.approx(float((sae.encode(x) > 0).sum()) / 128, rel=1e-6)
 
 
-def test_spliced_loss_on_the_first_windows_equals_the_loss_of_those_windows(organism_model_and_sae):
-    """loss_windows=n measures the spliced loss on exactly the first n windows; the other metrics use them all."""
+def test_spliced_loss_on_evenly_spread_windows_equals_the_loss_of_those_windows(organism_model_and_sae):
+    """loss_windows=n measures the spliced loss on exactly n evenly spread windows; the other metrics use them all."""
+    from possae.metrics import loss_subset
+
+    assert loss_subset(6, 2).tolist() == [0, 5] and loss_subset(9, 3).tolist() == [0, 4, 8]
+    assert loss_subset(4, None).tolist() == [0, 1, 2, 3] and loss_subset(4, 10).tolist() == [0, 1, 2, 3]
     model, sae = organism_model_and_sae
     tokens = torch.randint(1, model.cfg.d_vocab, (6, 8), generator=torch.Generator().manual_seed(2))
     part = sae_quality(model, sae, tokens, batch_size=2, loss_windows=2)
-    first = sae_quality(model, sae, tokens[:2], batch_size=2)
+    first = sae_quality(model, sae, tokens[torch.tensor([0, 5])], batch_size=2)
     whole = sae_quality(model, sae, tokens, batch_size=2, spliced_loss=False)
     assert part["ce_loss_with_sae"] == pytest.approx(first["ce_loss_with_sae"])
     assert part["loss_tokens"] == first["tokens"] and part["tokens"] == whole["tokens"]
