@@ -22,9 +22,9 @@ PROFILES: dict[str, dict] = {
     # organism with small samples, for tests
     "quick": {"n_heldout_tokens": 4096, "n_vocab_sample": 1024},
     # gpt2-small and its jb SAEs (needs a network, or the offline stand-in of `possae standin`): no width sweep or
-    # full-context control exists at layer 0. Samples of text run through the model are smaller than the organism's, so
-    # that the book builds in about half an hour on 2 CPU cores (benchmarks/bench_gpt2_profile.py): one window of 1,024
-    # tokens per corpus (eight of the SAEs' 128), and 128 vocabulary tokens x 1,023 positions for the all-token curves.
+    # full-context control exists at layer 0. Samples of text run through the model are smaller than the organism's, to
+    # keep a CPU build short (benchmarks/bench_gpt2_profile.py times each chapter): one window of 1,024 tokens per corpus
+    # (eight of the SAEs' 128), and 128 vocabulary tokens x 1,023 positions for the all-token curves.
     "gpt2": {"model_name": "gpt2-small", "sae_release": "gpt2-small-res-jb", "sae_id": "blocks.0.hook_resid_pre",
              "width_sweep_ids": [], "control_sae_id": None,
              "relu_sae_ids": [f"blocks.{layer}.hook_resid_pre" for layer in range(12)], "topk_sae_ids": [],
