@@ -180,8 +180,8 @@ loss_by_position_figure(result.spliced, color="model", title="Cross-entropy per 
 #
 # Per feature of every SAE: the mean and standard deviation of its activation over all tokens, its firing density,
 # and the deciles of its nonzero activations (from the first {glue:text}`osc_quantile_tokens:,` tokens of each
-# region), computed separately over the SAE's in-context positions `1..C-1` and, for a short-context SAE, over the
-# positions past its context. The tables give medians over the features that fire in that region (live).
+# region, whole tokens up to {glue:text}`osc_quantile_values:,` nonzero values), computed separately over the SAE's
+# in-context positions `1..C-1` and, for a short-context SAE, over the positions past its context. The tables give medians over the features that fire in that region (live).
 
 # %% tags=["remove-input"]
 result.tables["features"].style.hide(axis="index")

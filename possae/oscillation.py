@@ -30,6 +30,7 @@ MIN_RESOLVED_CYCLES = 2.0  # a spectral peak under 2 cycles per window is left-o
 N_NULL = 1000  # permutations of positions in the shuffled-position null
 NULL_QUANTILE = 0.95  # a peak is significant when its power exceeds this quantile of the null's maximum power
 QUANTILE_TOKENS = 32_768  # tokens per SAE and region whose nonzero activations give the per-feature deciles
+QUANTILE_VALUES = 1 << 22  # at most this many nonzero values kept per SAE and region (32 MiB): whole tokens, in order
 DASH = "—"  # a table cell with nothing to show
 
 
@@ -146,9 +147,15 @@ class FeatureSums:
     vals: list = field(default_factory=list)
     idx: list = field(default_factory=list)
     kept: int = 0
+    n_vals: int = 0
 
-    def add(self, f: Float[Tensor, "n_tok d_sae"], max_kept: int = QUANTILE_TOKENS) -> FeatureSums:
-        """Return self after adding the activations of n_tok tokens."""
+    def add(self, f: Float[Tensor, "n_tok d_sae"], max_kept: int = QUANTILE_TOKENS,
+            max_values: int = QUANTILE_VALUES) -> FeatureSums:
+        """Return self after adding the activations of n_tok tokens.
+
+        The nonzero values of the first max_kept tokens are kept for the deciles, whole tokens only and at most
+        max_values of them (a dense SAE fires thousands of features a token: 32,768 tokens would hold gigabytes).
+        """
         fired = f > 0
         parts = (f.sum(0).double().cpu(), f.pow(2).sum(0).double().cpu(), fired.sum(0).double().cpu())
         if self.total is None:
@@ -156,12 +163,18 @@ class FeatureSums:
         else:
             self.total, self.sq, self.nnz = self.total + parts[0], self.sq + parts[1], self.nnz + parts[2]
         self.n += f.shape[0]
-        if self.kept < max_kept:
+        if self.kept < max_kept and self.n_vals < max_values:
             n_keep = min(f.shape[0], max_kept - self.kept)
             tok, feat = torch.nonzero(fired[:n_keep], as_tuple=True)
+            full = len(tok) > max_values - self.n_vals
+            if full:  # stop before the first token whose values do not all fit; no later token is kept
+                n_keep = int(tok[max_values - self.n_vals])
+                fits = tok < n_keep
+                tok, feat = tok[fits], feat[fits]
             self.vals.append(f[tok, feat].float().cpu())
             self.idx.append(feat.cpu())
             self.kept += n_keep
+            self.n_vals = max_values if full else self.n_vals + len(tok)
         return self
 
     def frame(self) -> pd.DataFrame:
@@ -709,7 +722,7 @@ def analyze(model, saes: dict[str, object], params: OscillationParams,
         "osc_freq_sentence": " ".join(frequency_sentence(freq, fam) for fam in freq["family"].unique()),
         **{f"osc_amp0_{a}": float(ref_amp[a]) for a in ABLATIONS},
         **{f"osc_ce_{a}": float(ce[a]) for a in ABLATIONS}, "osc_ce_sentence": ablation_loss_sentence(ce),
-        "osc_quantile_tokens": QUANTILE_TOKENS,
+        "osc_quantile_tokens": QUANTILE_TOKENS, "osc_quantile_values": QUANTILE_VALUES,
         "osc_splice_sentence": splice_sentence(splice, str(ref["sae_id"]), n_ctx),
         "osc_density_sentence": density_sentence(summary),
         "osc_corr_sentence": correlation_sentence(summary),

@@ -366,3 +366,16 @@ def test_windows_per_batch_caps_the_logits_of_a_forward_pass():
     organism, gpt2 = (SimpleNamespace(cfg=SimpleNamespace(d_vocab=v)) for v in (8192, 50_257))
     assert windows_per_batch(organism, 256) == 16 and windows_per_batch(gpt2, 1024) == 1
     assert windows_per_batch(gpt2, 128) * 128 * 50_257 <= LOGITS_PER_BATCH < (windows_per_batch(gpt2, 128) + 1) * 128 * 50_257
+
+
+def test_feature_sums_keep_whole_tokens_up_to_the_value_budget():
+    """Deciles keep the nonzero values of whole tokens, in order, until the value budget would be passed; sums see all."""
+    from possae.oscillation import FeatureSums
+
+    f = torch.zeros(10, 6)
+    f[:, :3] = torch.arange(1, 11, dtype=torch.float32)[:, None]  # 3 nonzero values a token
+    acc = FeatureSums(6).add(f[:4], max_kept=100, max_values=10).add(f[4:], max_kept=100, max_values=10)
+    assert acc.kept == 3 and acc.n == 10 and float(acc.total[0]) == 55.0  # 3 tokens (9 values) fit, the 4th does not
+    assert torch.equal(torch.cat(acc.vals), f[:3, :3].flatten())
+    roomy = FeatureSums(6).add(f, max_kept=5)
+    assert roomy.kept == 5 and len(torch.cat(roomy.vals)) == 15
