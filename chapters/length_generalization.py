@@ -191,7 +191,7 @@ example_profile_figure(result.example_profile, result.context_size)
 
 # %% tags=["remove-input"]
 error_vs_position_figure({"held-out text": result.heldout_curves}, result.context_size,
-                         methods=[m for m in result.fix_summaries() if m != length.RANDOM_LABEL],
+                         methods=result.fix_methods(),
                          title="nMSE vs position for each fix (held-out text, log scale)")
 
 # %% tags=["remove-input"]

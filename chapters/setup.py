@@ -81,8 +81,7 @@ result.quality_table()
 # {glue:text}`card_sentence`
 
 # %% tags=["remove-input"]
-for item in result.card_items():
-    display(item)
+display(*result.card_items())
 
 # %% [markdown]
 # ## The geometry of W_pos

@@ -887,6 +887,10 @@ class LengthResult:
         """Return the held-out ErrorSummary of the SAE, the random baseline and each fix, by method label."""
         return {m: s for (dist, m), s in self.summaries.items() if dist == "held-out text"}
 
+    def fix_methods(self) -> list[str]:
+        """Return the labels the fixes figure draws: the SAE and each fix (not the random baseline)."""
+        return [m for m in self.fix_summaries() if m != RANDOM_LABEL]
+
     def glued(self) -> dict[str, object]:
         """Return every value the prose cites, by glue name (prefix len_)."""
         held, allt = self.summaries["held-out text", SAE_LABEL], self.summaries["all tokens", SAE_LABEL]
