@@ -379,3 +379,16 @@ def test_feature_sums_keep_whole_tokens_up_to_the_value_budget():
     assert torch.equal(torch.cat(acc.vals), f[:3, :3].flatten())
     roomy = FeatureSums(6).add(f, max_kept=5)
     assert roomy.kept == 5 and len(torch.cat(roomy.vals)) == 15
+
+
+def test_feature_scatter_draws_every_live_feature_up_to_the_cap_then_a_fixed_sample():
+    from possae.figures.oscillation import feature_scatter_figure
+
+    df = pd.DataFrame({"feature": np.arange(100), "mean": np.linspace(0.1, 1, 100), "std": 0.5,
+                       "density": np.r_[np.zeros(10), np.full(90, 0.1)]})
+    full = feature_scatter_figure({"a": df}, {"a": 0})
+    assert len(full.data[0].x) == 90 and "live features per SAE" not in full.layout.title.text
+    capped = feature_scatter_figure({"a": df}, {"a": 0}, max_points=30)
+    again = feature_scatter_figure({"a": df}, {"a": 0}, max_points=30)
+    assert len(capped.data[0].x) == 30 and list(capped.data[0].x) == list(again.data[0].x)
+    assert "30 live features per SAE" in capped.layout.title.text

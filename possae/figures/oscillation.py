@@ -78,12 +78,20 @@ def loss_by_position_figure(loss: pd.DataFrame, color: str = "ablation", title: 
     return fig.update_layout(height=380, xaxis_title="position", yaxis_title="cross-entropy (nats)", title=title)
 
 
-def feature_scatter_figure(features: dict[str, pd.DataFrame], layers: dict[str, int]) -> go.Figure:
-    """Return per SAE the per-feature mean vs std scatter, coloured by log10 firing density (log axes)."""
+SCATTER_FEATURES = 4096  # live features drawn per SAE at most (a fixed sample past it: 12 x 24,576 made a 17 MB page)
+
+
+def feature_scatter_figure(features: dict[str, pd.DataFrame], layers: dict[str, int],
+                           max_points: int = SCATTER_FEATURES) -> go.Figure:
+    """Return per SAE the per-feature mean vs std scatter, coloured by log10 firing density (log axes); an SAE with
+    more than max_points live features shows a fixed random sample of them."""
     ids = list(features)
     fig = make_subplots(1, len(ids), subplot_titles=[f"layer {layers[s]} ({s})" for s in ids], shared_yaxes=True)
+    sampled = False
     for c, sid in enumerate(ids, 1):
         df = features[sid][features[sid]["density"] > 0]
+        if len(df) > max_points:
+            df, sampled = df.sample(max_points, random_state=0).sort_index(), True
         fig.add_scatter(x=df["mean"], y=df["std"], mode="markers", showlegend=False, row=1, col=c,
                         marker=dict(size=3, color=np.log10(df["density"]), colorscale="Viridis", cmin=-5, cmax=0,
                                     colorbar=dict(title="log10 density") if c == len(ids) else None,
@@ -92,7 +100,8 @@ def feature_scatter_figure(features: dict[str, pd.DataFrame], layers: dict[str, 
     fig.update_xaxes(type="log", title_text="mean activation")
     fig.update_yaxes(type="log")
     fig.update_yaxes(title_text="std of activation", col=1)
-    return fig.update_layout(height=380, title="Per-feature mean, std and firing density")
+    title = "Per-feature mean, std and firing density"
+    return fig.update_layout(height=380, title=title + (f" ({max_points:,} live features per SAE)" if sampled else ""))
 
 
 def decile_figure(features: dict[str, pd.DataFrame], layers: dict[str, int]) -> go.Figure:
