@@ -32,6 +32,8 @@ GPT2_CONFIG = {
 TOKEN_EMBED_STD = 0.14  # about GPT-2 small's wte entry scale
 D_SAE = 24_576
 SAE_CONTEXT = 128
+SAE_SEED_OFFSET = 7_919
+SAE_B_ENC = -0.65  # encoder bias: layer-0 inputs project on a unit direction with a std of about 0.2, so about 20 fire
 MARKER = "possae-standin.json"  # written at the cache's root: pages built from this cache say so
 BANNER = ("**Stand-in weights.** This page was built from possae's offline stand-in of the Hugging Face cache "
           "(`possae standin`): gpt2-small's shapes, its real positional embedding and tokenizer, but every other weight "
@@ -118,10 +120,11 @@ def write_sae(cache: Path, release: str, sae_id: str, seed: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     cfg = jb_sae_cfg(sae_id)
     (folder / "cfg.json").write_text(json.dumps(cfg, indent=1))
-    g = torch.Generator().manual_seed(seed + hook_layer(sae_id))
+    # an offset keeps these decoders apart from possae.matching.random_directions's baseline (seed 0)
+    g = torch.Generator().manual_seed(SAE_SEED_OFFSET + 1000 * seed + hook_layer(sae_id))
     d, F = cfg["d_in"], cfg["d_sae"]
     W_dec = torch.nn.functional.normalize(torch.randn(F, d, generator=g), dim=-1)
-    save_file({"W_enc": W_dec.T.contiguous(), "W_dec": W_dec, "b_enc": -0.1 * torch.rand(F, generator=g),
+    save_file({"W_enc": W_dec.T.contiguous(), "W_dec": W_dec, "b_enc": torch.full((F,), SAE_B_ENC),
                "b_dec": torch.zeros(d)}, str(folder / "sae_weights.safetensors"))
     return folder
 

@@ -74,3 +74,16 @@ def test_pages_built_from_the_standin_cache_carry_the_banner(tmp_path, monkeypat
     nb = nbformat.read(execute_chapter(chapter, tmp_path / "tiny.ipynb", {"x": 2}), as_version=4)
     assert nb.cells[0].source.startswith("# Tiny") and BANNER in nb.cells[1].source
     assert nb.cells[-1].outputs[0]["data"]["text/plain"] == "3"
+
+
+def test_standin_sae_is_not_the_matching_chapters_random_baseline(tmp_path):
+    """The stand-in's decoders differ from possae.matching.random_directions (seed 0), which a page compares them to."""
+    from sae_lens import SAE
+
+    from possae.matching import random_directions
+    from possae.standin import SAE_B_ENC, write_sae
+
+    sae = SAE.load_from_disk(write_sae(tmp_path, "gpt2-small-res-jb", "blocks.0.hook_resid_pre"))
+    base = random_directions(sae.cfg.d_sae, sae.cfg.d_in, seed=0)
+    assert float((sae.W_dec * base).sum(-1).abs().max()) < 0.5 and float(sae.b_enc.max()) == SAE_B_ENC
+    assert sae.cfg.metadata.context_size == 128 and sae.cfg.metadata.hook_name == "blocks.0.hook_resid_pre"
