@@ -140,9 +140,9 @@ def execute_chapter(chapter: Path, out: Path, parameters: dict, cwd: Path = REPO
     import nbformat
     import papermill as pm
 
-    nb = jupytext.read(chapter)
     from possae.standin import BANNER, standin_active
 
+    nb = jupytext.read(chapter)
     if standin_active():  # every page built from the stand-in cache says so, under its title
         banner = nbformat.v4.new_markdown_cell(f"```{{warning}}\n{BANNER}\n```")
         nb.cells.insert(1 if nb.cells and nb.cells[0].cell_type == "markdown" else 0, banner)
@@ -255,8 +255,7 @@ def build(profile: str = "organism", only: str | None = None, root: Path = REPO_
                              f"their parameters: {', '.join(sorted(set().union(*(declared[n] for n in among))))}")
     params = {**PROFILES[profile], **(extra or {})}
     stage_site(stage, root)
-    for name in toc_files(root):
-        src = _source(root, name)
+    for name, src in chapters.items():
         target = stage / name
         if src.suffix == ".py":
             if name in run:
