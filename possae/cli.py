@@ -12,15 +12,22 @@ STEPS = ("tokenizer", "tokens", "model", "saes", "card")
 
 
 def _organism(args: argparse.Namespace) -> None:
-    from possae.organism.recipe import OrganismRecipe, build_dir
+    from possae.organism.recipe import ARTIFACTS, OrganismRecipe, build_dir, rotary_saes, twin_dirs
 
     if args.data:
         os.environ["POSSAE_DATA"] = args.data
     from possae.organism.recipe import cpu_hours, lm_recipe
 
-    recipe = OrganismRecipe(lm=lm_recipe(args.recipe))
+    recipe = OrganismRecipe(lm=dataclasses.replace(lm_recipe(args.recipe), positional_embedding_type=args.positional))
     if args.tokens:
         recipe = dataclasses.replace(recipe, lm=dataclasses.replace(recipe.lm, train_tokens=args.tokens))
+    out_dir, work_dir, _ = twin_dirs(args.positional)
+    twin = args.positional != "standard"
+    if twin:
+        if args.step not in ("model", "saes"):
+            raise SystemExit(f"The {args.positional} twin shares the organism's tokenizer, tokens and card: "
+                             "its steps are `model` and `saes`.")
+        recipe = dataclasses.replace(recipe, saes=rotary_saes())
     steps = STEPS if args.step == "all" else (args.step,)
     for step in steps:
         if step == "tokenizer":
@@ -43,8 +50,10 @@ def _organism(args: argparse.Namespace) -> None:
                                  f"fallback (--recipe cpu: about {cpu_hours(lm_recipe('cpu')) * 60:.0f} min), or --force.")
             if args.recipe == "continue" and not args.init_from:
                 raise SystemExit("--recipe continue continues a trained model: give its folder with --init-from.")
-            facts = lm.train_language_model(recipe.lm, device=device, log_file=build_dir() / "lm_training.log",
-                                            init_from=args.init_from, compile=device != "cpu")
+            facts = lm.train_language_model(recipe.lm, out_dir=out_dir, work_dir=work_dir, device=device,
+                                            log_file=work_dir / "lm_training.log", init_from=args.init_from,
+                                            compile=device != "cpu", tokenizer_dir=ARTIFACTS / "tokenizer",
+                                            token_cache=build_dir() / "tokens")
             print(json.dumps({k: v for k, v in facts.items() if k != "history"}, indent=1))
         elif step == "saes":
             from possae.organism import saes
@@ -52,7 +61,8 @@ def _organism(args: argparse.Namespace) -> None:
             only = set(args.only.split(",")) if args.only else None
             for r in recipe.saes:
                 if only is None or r.sae_id in only:
-                    print(json.dumps(saes.train_sae(r, device=args.device), indent=1))
+                    print(json.dumps(saes.train_sae(r, device=args.device, out_dir=out_dir,
+                                                     tokenizer_dir=ARTIFACTS / "tokenizer"), indent=1))
         elif step == "card":
             from possae.organism import card
 
@@ -106,6 +116,9 @@ def main(argv: list[str] | None = None) -> None:
     org.add_argument("--recipe", default="gpu", choices=("gpu", "cpu", "continue"),
                      help="language-model recipe: gpu (recorded, default), cpu (laptop fallback), continue (resume "
                           "a trained model with every position scored; needs --init-from)")
+    org.add_argument("--positional", default="standard", choices=("standard", "rotary"),
+                     help="standard: the organism (learned absolute W_pos); rotary: its rotary twin, written to "
+                          "possae/artifacts/organism-rotary (steps model and saes)")
     org.add_argument("--init-from", default=None, help="folder holding model/ to continue from (--recipe continue)")
     org.add_argument("--force", action="store_true", help="train the gpu recipe on a CPU anyway")
     org.add_argument("--tokens", type=int, default=None, help="override the language model's training tokens")

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from possae.corpora import CORPUS_NAMES
 from possae.devices import default_device
 from possae.organism.data import TOKENIZER_DIR, EpochSampler, load_stream, load_tokenizer, windows
-from possae.organism.recipe import ARTIFACTS, ORGANISM_MODEL_NAME, LMRecipe, build_dir
+from possae.organism.recipe import ARTIFACTS, ORGANISM_MODEL_NAME, ROTARY_MODEL_NAME, LMRecipe, build_dir
 from possae.tokenizer import BOS, load_hf_tokenizer
 from possae.wpos import wpos_geometry
 
@@ -26,13 +26,15 @@ MODEL_DIR = "model"
 
 
 def lm_config(recipe: LMRecipe) -> dict:
-    """Return the HookedTransformerConfig keyword arguments of the organism's architecture."""
+    """Return the HookedTransformerConfig keyword arguments of the organism's architecture (or its rotary twin's)."""
+    d_head = recipe.d_model // recipe.n_heads
+    rotary = recipe.positional_embedding_type == "rotary"
     return dict(
-        d_model=recipe.d_model, d_head=recipe.d_model // recipe.n_heads, n_heads=recipe.n_heads,
+        d_model=recipe.d_model, d_head=d_head, n_heads=recipe.n_heads,
         d_mlp=recipe.d_mlp, n_layers=recipe.n_layers, n_ctx=recipe.n_ctx, d_vocab=recipe.d_vocab,
-        act_fn=recipe.act_fn, normalization_type="LN", positional_embedding_type="standard",
-        original_architecture="GPT2LMHeadModel", model_name=ORGANISM_MODEL_NAME, seed=recipe.seed,
-        default_prepend_bos=True,
+        act_fn=recipe.act_fn, normalization_type="LN", positional_embedding_type=recipe.positional_embedding_type,
+        original_architecture="GPT2LMHeadModel", model_name=ROTARY_MODEL_NAME if rotary else ORGANISM_MODEL_NAME,
+        seed=recipe.seed, default_prepend_bos=True, **({"rotary_dim": d_head} if rotary else {}),
     )
 
 
@@ -52,6 +54,8 @@ def save_model(model, out_dir: Path) -> Path:
     keys = ("d_model", "d_head", "n_heads", "d_mlp", "n_layers", "n_ctx", "d_vocab", "act_fn",
             "normalization_type", "positional_embedding_type", "original_architecture", "model_name",
             "seed", "default_prepend_bos")
+    if model.cfg.positional_embedding_type == "rotary":
+        keys += ("rotary_dim",)
     cfg = {k: getattr(model.cfg, k) for k in keys}
     (folder / "config.json").write_text(json.dumps(cfg, indent=2))
     state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()
@@ -132,28 +136,34 @@ def train_language_model(
     compile: bool = True,
     stop_at: int | None = None,
     init_from: Path | None = None,
+    tokenizer_dir: Path | None = None,
+    token_cache: Path | None = None,
 ) -> dict:
     """Train (or resume) the organism's language model; save it to out_dir/model; return training facts.
 
     With `stop_at`, stop after that step with a checkpoint in work_dir (a later call resumes from it).
     With `init_from` (a folder holding model/ as save_model writes it), continue from those weights; the facts
-    then name them (sha256) and carry the facts of their own training (init_from/lm_training.json) as "init"."""
+    then name them (sha256) and carry the facts of their own training (init_from/lm_training.json) as "init".
+    The tokenizer is read from `tokenizer_dir` (default out_dir/tokenizer; the rotary twin shares the organism's),
+    the token streams from `token_cache` (default work_dir/tokens)."""
     init = init_facts(Path(init_from)) if init_from is not None else None  # fail before any work
     device = str(default_device(device))
     work_dir = work_dir or build_dir()
-    tok = load_tokenizer(out_dir / TOKENIZER_DIR)
+    tokenizer_dir = tokenizer_dir or out_dir / TOKENIZER_DIR
+    tok = load_tokenizer(tokenizer_dir)
     bos = tok.token_to_id(BOS)
     torch.manual_seed(recipe.seed)
-    model = build_model(lm_config(recipe), out_dir / TOKENIZER_DIR, device)
+    model = build_model(lm_config(recipe), tokenizer_dir, device)
+    has_wpos = recipe.positional_embedding_type == "standard"
     if init_from is not None:
         model.load_state_dict(load_saved_model(Path(init_from) / MODEL_DIR, device=device).state_dict())
-    elif recipe.zero_init_wpos:
+    elif recipe.zero_init_wpos and has_wpos:
         with torch.no_grad():
             model.W_pos.zero_()
     if recipe.trainable == "last_wpos_row":
         freeze_all_but_last_wpos_row(model)
     opt = torch.optim.AdamW(_param_groups(model, recipe.weight_decay), lr=recipe.lr, betas=recipe.betas)
-    sampler = EpochSampler(train_stream(corpora, work_dir / "tokens"), recipe.n_ctx + 1, recipe.batch_size, bos, recipe.seed)
+    sampler = EpochSampler(train_stream(corpora, token_cache or work_dir / "tokens"), recipe.n_ctx + 1, recipe.batch_size, bos, recipe.seed)
     ckpt_path = work_dir / "lm_checkpoint.pt"
     start, elapsed, history = 0, 0.0, []
     if ckpt_path.is_file():
@@ -189,7 +199,7 @@ def train_language_model(
             now = time.perf_counter()
             elapsed, t0 = elapsed + now - t0, now
             row = {"step": done, "tokens": done * tokens_per_step, "loss": running, "elapsed_s": elapsed}
-            if done % geometry_every == 0 or done == recipe.total_steps:
+            if has_wpos and (done % geometry_every == 0 or done == recipe.total_steps):
                 row.update(wpos_geometry(model.W_pos.detach().cpu()))
             history.append(row)
             bar.set_postfix(loss=f"{running:.3f}", **{k: f"{v:.3f}" for k, v in row.items() if k in ("top3_share", "adjacent_cosine")})

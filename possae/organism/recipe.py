@@ -11,8 +11,11 @@ from possae.data_paths import REPO_ROOT
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 ARTIFACTS = PACKAGE_DIR / "artifacts" / "organism"  # shipped: tokenizer, model, SAEs, model card
+ROTARY_ARTIFACTS = PACKAGE_DIR / "artifacts" / "organism-rotary"  # the rotary twin: model and SAEs (tokenizer shared)
 BUILD_ENV = "POSSAE_BUILD"
 ORGANISM_MODEL_NAME = "possae-organism"  # the organism's model_name in its config and in its SAEs' metadata
+ROTARY_MODEL_NAME = "possae-organism-rotary"  # the rotary twin's
+POSITIONAL_TYPES = ("standard", "rotary")  # TransformerLens's positional_embedding_type: learned absolute, or rotary
 
 
 def build_dir() -> Path:
@@ -20,6 +23,17 @@ def build_dir() -> Path:
     d = Path(os.environ.get(BUILD_ENV, REPO_ROOT / "build" / "organism"))
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def twin_dirs(positional: str) -> tuple[Path, Path, str]:
+    """Return (artifacts folder, checkpoint folder, model name) of the organism with this positional embedding."""
+    if positional not in POSITIONAL_TYPES:
+        raise ValueError(f"positional embedding {positional!r}: one of {', '.join(POSITIONAL_TYPES)}")
+    if positional == "standard":
+        return ARTIFACTS, build_dir(), ORGANISM_MODEL_NAME
+    work = build_dir() / "rotary"
+    work.mkdir(parents=True, exist_ok=True)
+    return ROTARY_ARTIFACTS, work, ROTARY_MODEL_NAME
 
 
 @dataclass(frozen=True)
@@ -43,9 +57,15 @@ class LMRecipe:
     grad_clip: float = 1.0
     zero_init_wpos: bool = True  # W_pos starts at 0, so all of its structure is learned
     trainable: str = "all"  # or "last_wpos_row": every weight frozen but W_pos[n_ctx - 1]
+    positional_embedding_type: str = "standard"  # "rotary": the rotary twin (no W_pos; RoPE on every head's q, k)
     seed: int = 0
 
     def __post_init__(self):
+        if self.positional_embedding_type not in POSITIONAL_TYPES:
+            raise ValueError(f"LMRecipe.positional_embedding_type is one of {POSITIONAL_TYPES}, "
+                             f"not {self.positional_embedding_type!r}")
+        if self.positional_embedding_type == "rotary" and self.trainable != "all":
+            raise ValueError("The rotary twin has no W_pos: LMRecipe.trainable must be 'all'")
         if self.trainable not in ("all", "last_wpos_row"):
             raise ValueError(f"LMRecipe.trainable is 'all' or 'last_wpos_row', not {self.trainable!r}")
 
@@ -106,6 +126,7 @@ class SAERecipe:
     dead_window_tokens: int = 100_000
     pre_act_loss_coefficient: float = 3e-6  # JumpReLU only: Anthropic's pre-activation loss on dead latents
     seed: int = 42
+    init_from: str | None = None  # continue training this SAE of the suite (sae_lens's resume), for training_tokens more
     description: str = ""
 
     @property
@@ -132,6 +153,23 @@ def layer0_saes(n_ctx: int = LMRecipe.n_ctx) -> tuple[SAERecipe, ...]:
         SAERecipe("relu-short-8x", expansion=8, context_size=short, description="width sweep: 8x at n_ctx/4"),
         SAERecipe("relu-short-16x", expansion=16, context_size=short, description="width sweep: 16x at n_ctx/4"),
         SAERecipe("relu-short-64x", expansion=64, context_size=short, description="width sweep: 64x at n_ctx/4"),
+    )
+
+
+FINETUNE_TOKENS = (25_000, 100_000, 400_000)  # the fine-tuning fix's budgets of full-context tokens
+
+
+def finetune_id(tokens: int) -> str:
+    """Return the id of relu-short fine-tuned on `tokens` full-context tokens, e.g. relu-short-ft100k."""
+    return f"relu-short-ft{tokens // 1000}k"
+
+
+def finetune_saes(n_ctx: int = LMRecipe.n_ctx, budgets: tuple[int, ...] = FINETUNE_TOKENS) -> tuple[SAERecipe, ...]:
+    """Return the fine-tuning fix: relu-short continued on full contexts of n_ctx for each budget of tokens."""
+    return tuple(
+        SAERecipe(finetune_id(t), context_size=n_ctx, training_tokens=t, init_from="relu-short",
+                  description=f"relu-short fine-tuned on {t:,} tokens of full contexts of {n_ctx}")
+        for t in budgets
     )
 
 
@@ -179,9 +217,18 @@ def matching_saes(layer: int = 2, n_ctx: int = LMRecipe.n_ctx, tokens: int = 1_0
     return tuple(suite)
 
 
+def rotary_saes(n_layers: int = LMRecipe.n_layers, n_ctx: int = LMRecipe.n_ctx) -> tuple[SAERecipe, ...]:
+    """Return the rotary twin's suite: every layer's ReLU+L1 32x SAE at n_ctx/4, the recipe of relu-short and relu-L1..3."""
+    return tuple(
+        SAERecipe(f"relu-L{layer}", hook_name=f"blocks.{layer}.hook_resid_pre", context_size=n_ctx // 4,
+                  description=f"rotary twin, layer {layer}: ReLU+L1, 32x, contexts of {n_ctx // 4} (n_ctx/4)")
+        for layer in range(n_layers)
+    )
+
+
 def all_saes(n_layers: int = LMRecipe.n_layers, n_ctx: int = LMRecipe.n_ctx) -> tuple[SAERecipe, ...]:
     """Return the whole suite: layer 0's, every layer's and the matching suite."""
-    return layer0_saes(n_ctx) + layer_saes(n_layers, n_ctx) + matching_saes(n_ctx=n_ctx)
+    return layer0_saes(n_ctx) + finetune_saes(n_ctx) + layer_saes(n_layers, n_ctx) + matching_saes(n_ctx=n_ctx)
 
 
 @dataclass(frozen=True)

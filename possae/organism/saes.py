@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from possae.corpora import CORPUS_NAMES
 from possae.devices import default_device
+from possae.hooks import hook_layer
 from possae.metrics import sae_quality
 from possae.organism.data import load_stream, windows
 from possae.organism.lm import MODEL_DIR, device_name, load_saved_model, train_stream
@@ -29,7 +30,7 @@ def _training_sae_config(r: SAERecipe, d_in: int):
     common = dict(d_in=d_in, d_sae=d_in * r.expansion, normalize_activations="expected_average_only_in")
     if r.architecture == "standard":
         return StandardTrainingSAEConfig(**common, l1_coefficient=r.l1_coefficient,
-                                         l1_warm_up_steps=r.steps // 10)
+                                         l1_warm_up_steps=0 if r.init_from else r.steps // 10)
     if r.architecture == "topk":
         return TopKTrainingSAEConfig(**common, k=r.k)
     if r.architecture == "batchtopk":
@@ -43,14 +44,14 @@ def _training_sae_config(r: SAERecipe, d_in: int):
     raise ValueError(f"SAE recipe {r.sae_id!r}: architecture {r.architecture!r} is not one possae trains")
 
 
-def runner_config(r: SAERecipe, d_in: int, out_path: Path, device: str):
+def runner_config(r: SAERecipe, d_in: int, out_path: Path, device: str, model_name: str = ORGANISM_MODEL_NAME):
     """Return the sae_lens LanguageModelSAERunnerConfig that trains recipe r on the organism."""
     from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
 
     steps = r.steps
     return LanguageModelSAERunnerConfig(
         sae=_training_sae_config(r, d_in),
-        model_name=ORGANISM_MODEL_NAME,
+        model_name=model_name,
         hook_name=r.hook_name,
         dataset_path="possae-organism-corpora",
         is_dataset_tokenized=True,
@@ -95,21 +96,23 @@ def store_fp16(folder: Path) -> None:
 
 
 def train_sae(r: SAERecipe, device: str | None = None, out_dir: Path = ARTIFACTS, work_dir: Path | None = None,
-              corpora=CORPUS_NAMES) -> dict:
-    """Train one SAE of the suite with sae_lens on the shipped organism; save it to out_dir/saes/<id>; return facts."""
+              corpora=CORPUS_NAMES, tokenizer_dir: Path | None = None) -> dict:
+    """Train one SAE of the suite with sae_lens on the model in out_dir (the organism, or its twin with
+    tokenizer_dir the organism's tokenizer); save it to out_dir/saes/<id>; return facts."""
     from sae_lens import LanguageModelSAETrainingRunner
 
     device = str(default_device(device))
-    model = load_saved_model(out_dir / MODEL_DIR, out_dir / "tokenizer", device=device)
+    model = load_saved_model(out_dir / MODEL_DIR, tokenizer_dir or out_dir / "tokenizer", device=device)
     folder = out_dir / SAE_DIR / r.sae_id
     staging = folder.with_name(f"{r.sae_id}.training")  # the old SAE stays in place until the new one is complete
     shutil.rmtree(staging, ignore_errors=True)
-    cfg = runner_config(r, model.cfg.d_model, staging, device)
+    cfg = runner_config(r, model.cfg.d_model, staging, device, model.cfg.model_name)
     ds = token_dataset(r.context_size, model.tokenizer.bos_token_id, r.seed, r.corpora or corpora,
                        (work_dir or build_dir()) / "tokens")
+    start = None if r.init_from is None else resumable_sae(r, out_dir / SAE_DIR / r.init_from, model, ds)
     t0 = time.perf_counter()
     with DeadLatentLossRecorder() as dead_losses:
-        LanguageModelSAETrainingRunner(cfg, override_model=model, override_dataset=ds).run()
+        LanguageModelSAETrainingRunner(cfg, override_model=model, override_dataset=ds, override_sae=start).run()
     seconds = time.perf_counter() - t0
     store_fp16(staging)
     facts = {"sae_id": r.sae_id, "train_seconds": seconds, "device": device_name(device), "recipe": r.to_dict(),
@@ -118,6 +121,27 @@ def train_sae(r: SAERecipe, device: str | None = None, out_dir: Path = ARTIFACTS
     shutil.rmtree(folder, ignore_errors=True)
     staging.rename(folder)
     return facts
+
+
+@torch.no_grad()
+def resumable_sae(r: SAERecipe, folder: Path, model, ds, n_windows: int = 64):
+    """Return the SAE saved in `folder` as an sae_lens TrainingSAE ready to continue under recipe r.
+
+    Saved SAEs have sae_lens's input normalisation folded into their weights; this unfolds it with the scale sae_lens
+    will estimate on r's data (sqrt(d_in) / mean input norm, here from the first n_windows windows), so that the SAE
+    computes exactly the same function at step 0, and r's L1 coefficient means what it meant in the first training."""
+    from sae_lens import TrainingSAE
+
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{r.sae_id} continues {folder.name}, which is not trained yet ({folder} is missing).")
+    sae = TrainingSAE.load_from_disk(str(folder), device=str(model.cfg.device))
+    x = model.run_with_cache(ds["tokens"][:n_windows].to(model.cfg.device), names_filter=r.hook_name,
+                             stop_at_layer=hook_layer(r.hook_name) + 1)[1][r.hook_name]
+    scale = model.cfg.d_model ** 0.5 / float(x.norm(dim=-1).mean())
+    sae.fold_activation_norm_scaling_factor(1 / scale)  # W_enc / s, W_dec * s, b_dec * s: the SAE on s * x
+    sae.cfg.normalize_activations = "expected_average_only_in"
+    sae.cfg.l1_coefficient, sae.cfg.l1_warm_up_steps = r.l1_coefficient, 0
+    return sae
 
 
 class DeadLatentLossRecorder:
