@@ -36,6 +36,8 @@ n_vocab_sample = 4096  # tokens sampled from the vocabulary for the all-token cu
 seed = 0  # token sample and random reconstructions
 
 # %% tags=["remove-cell"]
+from IPython.display import display
+
 from possae import length
 from possae.figures import use_offline_renderer
 from possae.figures.length import (
@@ -46,12 +48,14 @@ from possae.figures.length import (
     spurious_rate_figure,
 )
 from possae.glued import glue_all
+from possae.neuronpedia import FeaturePages
 
 use_offline_renderer()
 params = length.LengthParams.from_namespace(globals())
 model, sae, control = length.load_subjects(params)
 result = length.analyze(model, sae, params, control)
-glue_all(result.glued())
+pages = FeaturePages(params.sae_release, params.sae_id)  # the SAE's Neuronpedia pages (none for the organism)
+glue_all(result.glued() | pages.glued("len", "the lines under the figures"))
 
 # %% [markdown]
 # ## Reconstruction error at every position
@@ -105,7 +109,8 @@ error_vs_position_figure({"held-out text": result.heldout_curves, "all tokens": 
 # in-context peak position): their mean activation over all tokens at every position.
 
 # %% tags=["remove-input"]
-positional_profiles_figure(result.positional_profiles, result.context_size)
+display(positional_profiles_figure(result.positional_profiles, result.context_size, pages=pages))
+pages.note(result.positional_profiles["feature"])
 
 # %% tags=["remove-input"]
 result.behaviour_table
@@ -162,11 +167,12 @@ result.spurious_table
 result.example_top_tokens
 
 # %% tags=["remove-input"]
-example_profile_figure(result.example_profile, result.context_size)
+display(example_profile_figure(result.example_profile, result.context_size, pages=pages))
+pages.note(result.example_profile["feature"], "Neuronpedia page of the example's feature")
 
 # %% [markdown]
 # {glue:text}`len_example_sentence` (The curves come from `sae.encode` on `W_E[t] + W_pos[p]`; the search used the exact split, and a
-# test checks that the two agree.)
+# test checks that the two agree.) {glue:text}`len_links_sentence`
 
 # %% [markdown]
 # ## Fixes

@@ -52,6 +52,7 @@ from possae.figures.positional import (
 )
 from possae.glued import glue_all
 from possae.loaders import load_model_and_sae
+from possae.neuronpedia import show
 from possae.positional import NEAR_0, NEAR_1, PositionalParams, analyze
 
 use_offline_renderer()
@@ -118,10 +119,12 @@ result.bench_table()
 # [length-generalization](length_generalization) chapter follows these profiles past the context.
 
 # %% tags=["remove-input"]
-display(profile_grid_figure(result.profiles, result.preacts, result.windows))
-result.top_table()
+display(profile_grid_figure(result.profiles, result.preacts, result.windows, pages=result.pages))
+show(result.top_table())
 
 # %% [markdown]
+# {glue:text}`pos_links_sentence`
+#
 # A positional feature's *peak width* is the number of context positions where its mean activation reaches at least
 # half its maximum. {glue:text}`pos_width_sentence` The profiles show the mechanism: where `c_i(p)` stands well above
 # the dotted line the feature fires on most of the vocabulary, and where it drops towards or below it, on few tokens;
@@ -152,7 +155,7 @@ result.range_table()
 # its decoder direction should point along the centred row `W_pos[p] - mean`.
 
 # %% tags=["remove-input"]
-display(helix_overlay_figure(result.helix))
+display(helix_overlay_figure(result.helix, pages=result.pages))
 result.alignment_table()
 
 # %% [markdown]
@@ -172,7 +175,7 @@ result.alignment_table()
 # fire.
 
 # %% tags=["remove-input"]
-display(r2_scatter_figure(result.scatter, params.threshold, NEAR_0, NEAR_1))
+display(r2_scatter_figure(result.scatter, params.threshold, NEAR_0, NEAR_1, pages=result.pages))
 result.extremes_table()
 
 # %% [markdown]

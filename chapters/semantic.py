@@ -45,6 +45,7 @@ from possae.figures.semantic import (
 )
 from possae.glued import glue_all
 from possae.loaders import load_model_and_sae
+from possae.neuronpedia import show
 
 params = semantic.SemanticParams.from_namespace(globals())
 use_offline_renderer()
@@ -107,12 +108,12 @@ result.ranges_table
 # Flat lines are token features; bumps mean that position enters.
 
 # %% tags=["remove-input"]
-display(result.top_table)
-token_profiles_figure(result.token_profiles, result.context_size)
+display(show(result.top_table))
+token_profiles_figure(result.token_profiles, result.context_size, pages=result.pages)
 
 # %% [markdown]
 # {glue:text}`sem_pairs_sentence` A higher `cv` means a line with bumps: a feature that the token drives more at
-# some positions than at others.
+# some positions than at others. {glue:text}`sem_links_sentence`
 
 # %% [markdown]
 # ## The most position-invariant features
@@ -131,7 +132,7 @@ token_profiles_figure(result.token_profiles, result.context_size)
 # %% tags=["remove-input"]
 display(result.invariant_table.style)
 display(variation_figure(result.invariance, params.threshold))
-invariant_profiles_figure(result.best_profiles, result.context_size)
+invariant_profiles_figure(result.best_profiles, result.context_size, pages=result.pages)
 
 # %% [markdown]
 # {glue:text}`sem_inv_sentence`

@@ -29,6 +29,7 @@ PROFILES: dict[str, dict] = {
              "width_sweep_ids": [], "control_sae_id": None,
              "relu_sae_ids": [f"blocks.{layer}.hook_resid_pre" for layer in range(12)], "topk_sae_ids": [],
              "all_layer_pairs": False, "hungarian_max_features": 32768,
+             "finetune_sae_ids": [], "rotary_release": None,
              "n_heldout_tokens": 1024, "n_vocab_sample": 128},
 }
 STAGE = REPO_ROOT / "build" / "book"
@@ -61,6 +62,8 @@ CHAPTER_PARAMS = {  # each chapter's frozen parameters class (module:name), impo
     "length_generalization": "possae.length:LengthParams",
     "oscillation": "possae.oscillation:OscillationParams",
     "matching": "possae.matching:MatchingParams",
+    "past_context": "possae.past_context:PastContextParams",
+    "ledger": "possae.ledger:LedgerParams",
 }
 
 
@@ -261,8 +264,10 @@ def build(profile: str = "organism", only: str | None = None, root: Path = REPO_
             if name in run:
                 _log(f"executing {src.relative_to(root)} ({profile} profile)")
                 t0 = time.perf_counter()
-                execute_chapter(src, target.with_suffix(".ipynb"),
-                                {k: v for k, v in params.items() if k in declared[name]}, cwd=root)
+                given = {k: v for k, v in params.items() if k in declared[name]}
+                if "chapters_dir" in declared[name]:  # a chapter that reads the others' notebooks reads this build's
+                    given = {"chapters_dir": str(target.parent.resolve()), **given}
+                execute_chapter(src, target.with_suffix(".ipynb"), given, cwd=root)
                 _log(f"{src.relative_to(root)} done in {time.perf_counter() - t0:.0f} s")
         else:
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -54,6 +54,8 @@ def _organism(args: argparse.Namespace) -> None:
                                             log_file=work_dir / "lm_training.log", init_from=args.init_from,
                                             compile=device != "cpu", tokenizer_dir=ARTIFACTS / "tokenizer",
                                             token_cache=build_dir() / "tokens")
+            if twin:  # shipped beside the twin: what trained it (the past-context chapter names its recipe)
+                (out_dir / "lm_training.json").write_text(json.dumps(facts, indent=1))
             print(json.dumps({k: v for k, v in facts.items() if k != "history"}, indent=1))
         elif step == "saes":
             from possae.organism import saes

@@ -6,6 +6,7 @@ import contextlib
 import os
 import socket
 import threading
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -14,13 +15,19 @@ import torch
 
 from possae.devices import default_device
 from possae.hooks import sae_layer
-from possae.organism.recipe import ARTIFACTS, ORGANISM_MODEL_NAME
+from possae.organism.recipe import ARTIFACTS, ORGANISM_MODEL_NAME, ROTARY_ARTIFACTS, ROTARY_MODEL_NAME
 
 ORGANISM = "organism"  # the offline default: model name and SAE release
+ROTARY = "organism-rotary"  # its rotary twin (the same recipe with rotary positions): model name and SAE release
+ORGANISMS = {ORGANISM: ARTIFACTS, ROTARY: ROTARY_ARTIFACTS}  # name -> shipped folder (model/, saes/)
+MODEL_NAMES = {ORGANISM_MODEL_NAME: ORGANISM, ROTARY_MODEL_NAME: ROTARY}  # cfg model_name -> name to load
 OFFLINE_HINT = (
     "Offline, run on the model organism shipped with possae: load_model('organism') and "
     "load_sae('organism', SAE_ID) (ids: {ids}), or the book's `organism` profile."
 )
+
+
+SAE_KWARGS_WARNING = r"\s*This SAE has non-empty model_from_pretrained_kwargs"  # sae_lens's UserWarning, start
 
 
 class HubUnreachableError(RuntimeError):
@@ -51,15 +58,16 @@ def check_readable(folder: Path, files: tuple[str, ...], fix: str) -> None:
             raise CorruptFileError(f"{path} is truncated or corrupt ({type(e).__name__}: {e}). {fix}") from None
 
 
-def _organism_fix(what: str) -> str:
-    """Return how to get a good copy of a shipped organism file."""
-    return (f"Restore the shipped copy with `git checkout -- {ARTIFACTS.relative_to(ARTIFACTS.parents[2])}` "
-            f"(or rebuild it with `possae organism {what}`).")
+def _organism_fix(what: str, name: str = ORGANISM) -> str:
+    """Return how to get a good copy of a shipped organism (or twin) file."""
+    root, twin = ORGANISMS[name], " --positional rotary" if name == ROTARY else ""
+    return (f"Restore the shipped copy with `git checkout -- {root.relative_to(root.parents[2])}` "
+            f"(or rebuild it with `possae organism {what}{twin}`).")
 
 
-def organism_sae_ids() -> list[str]:
-    """Return the ids of the SAEs shipped with the organism."""
-    root = ARTIFACTS / "saes"
+def organism_sae_ids(name: str = ORGANISM) -> list[str]:
+    """Return the ids of the SAEs shipped with the organism (or with its rotary twin, name 'organism-rotary')."""
+    root = ORGANISMS[name] / "saes"
     return sorted(p.name for p in root.iterdir() if (p / "cfg.json").is_file()) if root.is_dir() else []
 
 
@@ -128,8 +136,8 @@ def load_model(name: str = ORGANISM, device: str | None = None, **from_pretraine
     from transformer_lens.loading_from_pretrained import get_official_model_name
 
     device = str(default_device(device))
-    if name == ORGANISM:
-        return _load_organism_model(device)
+    if name in ORGANISMS:
+        return _load_organism_model(name, device)
     path = Path(name)
     if path.is_dir():
         return _load_local_model(path, device, **from_pretrained_kwargs)
@@ -144,14 +152,14 @@ def load_model(name: str = ORGANISM, device: str | None = None, **from_pretraine
         official, device=device, **from_pretrained_kwargs))
 
 
-def _load_organism_model(device: str):
+def _load_organism_model(name: str, device: str):
     from possae.organism.lm import MODEL_DIR, load_saved_model
 
-    folder = ARTIFACTS / MODEL_DIR
+    folder = ORGANISMS[name] / MODEL_DIR
     if not (folder / "model.safetensors").is_file():
-        raise FileNotFoundError(f"The organism's model is missing from {folder}: rebuild it with `possae organism model`.")
-    check_readable(folder, ("config.json", "model.safetensors"), _organism_fix("model"))
-    return load_saved_model(folder, ARTIFACTS / "tokenizer", device=device)
+        raise FileNotFoundError(f"The {name} model is missing from {folder}: {_organism_fix('model', name)}")
+    check_readable(folder, ("config.json", "model.safetensors"), _organism_fix("model", name))
+    return load_saved_model(folder, ARTIFACTS / "tokenizer", device=device)  # the twin shares the tokenizer
 
 
 def _load_local_model(path: Path, device: str, **from_pretrained_kwargs: Any):
@@ -208,12 +216,12 @@ def load_sae(release: str = ORGANISM, sae_id: str | None = None, device: str | N
     from sae_lens import SAE
 
     device = str(default_device(device))
-    if release == ORGANISM:
-        ids = organism_sae_ids()
+    if release in ORGANISMS:
+        ids = organism_sae_ids(release)
         if sae_id not in ids:
-            raise ValueError(f"Unknown organism SAE id {sae_id!r}; valid ids: {', '.join(ids) or 'none built yet'}.")
-        folder = ARTIFACTS / "saes" / sae_id
-        check_readable(folder, ("cfg.json", "sae_weights.safetensors"), _organism_fix("saes"))
+            raise ValueError(f"Unknown {release} SAE id {sae_id!r}; valid ids: {', '.join(ids) or 'none built yet'}.")
+        folder = ORGANISMS[release] / "saes" / sae_id
+        check_readable(folder, ("cfg.json", "sae_weights.safetensors"), _organism_fix("saes", release))
         return SAE.load_from_disk(folder, device=device)
     path = Path(release)
     if path.is_dir():
@@ -250,12 +258,12 @@ def _pretrained_lookup(release: str, sae_id: str | None):
 
 def expected_model(release: str, sae_id: str | None = None, sae=None) -> tuple[str, dict]:
     """Return (model name, from_pretrained kwargs) an SAE was trained on, from the registry or the SAE's config."""
-    if release == ORGANISM:
-        return ORGANISM, {}
+    if release in ORGANISMS:
+        return release, {}
     if Path(release).is_dir():
         meta = (sae or load_sae(release, sae_id, device="cpu")).cfg.metadata
         name = meta.model_name
-        return (ORGANISM if name in (None, ORGANISM_MODEL_NAME) else name), dict(meta.model_from_pretrained_kwargs or {})
+        return (MODEL_NAMES.get(name or ORGANISM_MODEL_NAME, name)), dict(meta.model_from_pretrained_kwargs or {})
     lookup = _pretrained_lookup(release, sae_id)
     overrides = (lookup.config_overrides or {}).get("model_from_pretrained_kwargs", {})
     return lookup.model, dict(overrides)
@@ -285,8 +293,14 @@ def check_sae_fits(model, sae) -> None:
 
 def load_model_and_sae(release: str = ORGANISM, sae_id: str = "relu-short", device: str | None = None,
                        model_name: str | None = None, model=None):
-    """Return (model, sae): the SAE, and its model (or `model_name`) loaded with the weight processing the SAE expects."""
-    sae = load_sae(release, sae_id, device)
+    """Return (model, sae): the SAE, and its model (or `model_name`) loaded with the weight processing the SAE expects.
+
+    sae_lens warns that an SAE with model_from_pretrained_kwargs wants its model loaded with them; here it is, so that
+    one warning is silenced (it would land in the chapters' load cell).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=SAE_KWARGS_WARNING, category=UserWarning)
+        sae = load_sae(release, sae_id, device)
     if model is None:
         name, kwargs = expected_model(release, sae_id, sae)
         model = load_model(model_name or name, device=str(default_device(device)), **kwargs)

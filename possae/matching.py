@@ -950,9 +950,14 @@ def overview_frame(everything: pd.DataFrame) -> pd.DataFrame:
 
 
 def skipped_sentence(name: str, release: str) -> str:
-    """Return the sentence that stands in for a comparison without SAEs."""
+    """Return the sentence that stands in for a comparison without SAEs: none named for the release, or (offline) the
+    ones it names are not in the local Hugging Face cache."""
     param, what = WHAT[name]
-    return f"No {what} are given for this release ({release}): this comparison is skipped. Pass `{param}` to add some."
+    if default_groups(release).get(param) and hub_offline():
+        return (f"The {what} this release ({release}) names are not in the local Hugging Face cache and the hub is "
+                f"offline (HF_HUB_OFFLINE), so this comparison is skipped here; with a network, or with them cached, "
+                "it runs.")
+    return f"No {what} are given for this release ({release}): this comparison is skipped. Pass {param} to add some."
 
 
 def share_sentence(name: str, table: pd.DataFrame | None, threshold: float, release: str) -> str:
@@ -982,6 +987,8 @@ def architecture_sentence(frame: pd.DataFrame, live: pd.DataFrame, release: str)
     """Return what the architecture table shows: how many features fire, and what the silent ones look like."""
     if frame.empty:
         return skipped_sentence("architectures", release)
+    if len(frame) < 2:
+        return one_architecture_sentence(frame, release)
     x = frame.sort_values("live_share").iloc[0]
     l0 = frame["l0"].dropna()
     text = (f"The SAEs' recorded L0s run from {l0.min():.1f} to {l0.max():.1f} active features per token. " if len(l0)
@@ -1003,6 +1010,37 @@ def architecture_sentence(frame: pd.DataFrame, live: pd.DataFrame, release: str)
         f"encoder directions.")
 
 
+def one_architecture_sentence(frame: pd.DataFrame, release: str) -> str:
+    """Return what the architecture table shows when it holds one SAE (so one architecture): no comparison."""
+    arch = frame["architecture"].iloc[0]
+    saes = ", ".join(frame["SAE"])
+    why = (" (the others this release names are not in the local Hugging Face cache)"
+           if len(default_groups(release).get("architecture_ids", [])) > len(frame) and hub_offline() else "")
+    return (f"Only one architecture ({arch}: {saes}) is available here{why}, so nothing is compared across "
+            f"architectures; {pct(float(frame['live_share'].min()))} of its features fire on held-out text.")
+
+
+def distance_sentence(layer_mat: pd.DataFrame, release: str) -> str:
+    """Return the share matched between adjacent layers against the layers farthest apart, or, when only adjacent
+    layers were matched (all_layer_pairs False), that share alone and why there is no distance to compare."""
+    dist = (layer_mat["layer_a"] - layer_mat["layer_b"]).abs()
+    if not (dist == 1).any():
+        return skipped_sentence("layers", release)
+    if dist.max() <= 1:
+        return (f"Averaged over families and directions, the share matched between adjacent layers is "
+                f"{pct(float(layer_mat.loc[dist == 1, 'share'].mean()))}; only adjacent layers were matched here "
+                "(all_layer_pairs is False), so how the share falls with the distance between layers is not measured.")
+    return (f"Averaged over families and directions, the share matched is "
+            f"{pct(float(layer_mat.loc[dist == 1, 'share'].mean()))} between adjacent layers and "
+            f"{pct(float(layer_mat.loc[dist == dist.max(), 'share'].mean()))} between the layers farthest apart "
+            f"({int(dist.max())} apart).")
+
+
+def _layer_pair(row: pd.Series, one_family: bool) -> str:
+    """Return how the layer sentence names an adjacent pair: 'layers 0→1', with its family when there are several."""
+    return f"layers {row['layers']}" if one_family else f"{row['family']} {row['layers']}"
+
+
 def second_sentence(second: pd.Series) -> str:
     """Return the share of features with a second partner above the threshold, at most over the pairs shown."""
     if second.empty:
@@ -1021,9 +1059,15 @@ def layer_sentence(adjacent: pd.DataFrame, blocks: pd.DataFrame, controls: pd.Da
     if adjacent.empty:
         return skipped_sentence("layers", release)
     best, worst = adjacent.loc[adjacent["dec_share"].idxmax()], adjacent.loc[adjacent["dec_share"].idxmin()]
-    text = (f"Among adjacent layers, {pct(best['dec_share'])} of features match for {best['family']} {best['layers']}, "
-            f"against {pct(worst['dec_share'])} for {worst['family']} {worst['layers']}, whose MMCS of "
-            f"{worst['dec_mmcs']:.3f} compares with the random baseline's {rand_mmcs:.3f}.")
+    one = adjacent["family"].nunique() == 1
+    among = f"Among adjacent layers of the {best['family']} SAEs" if one else "Among adjacent layers"
+    if len(adjacent) == 1:
+        text = (f"{among}, {pct(best['dec_share'])} of features match for {_layer_pair(best, one)} (the only pair), "
+                f"with an MMCS of {best['dec_mmcs']:.3f} against the random baseline's {rand_mmcs:.3f}.")
+    else:
+        text = (f"{among}, {pct(best['dec_share'])} of features match for {_layer_pair(best, one)}, against "
+                f"{pct(worst['dec_share'])} for {_layer_pair(worst, one)}, whose MMCS of {worst['dec_mmcs']:.3f} "
+                f"compares with the random baseline's {rand_mmcs:.3f}.")
     block = blocks.set_index("block")
     L = int(worst["layer_a"])
     if L in block.index:
@@ -1102,7 +1146,24 @@ class MatchingResult:
 
     def glued(self) -> dict[str, float | str]:
         """Return the values the prose cites, by glue name."""
-        return dict(self.values)
+        v = dict(self.values)
+        for name in COMPARISONS:  # best-match share (of the smaller dictionary) over each comparison's pairs
+            if name in self.frames and len(self.frames[name]):
+                share = self.frames[name]["dec_share_small"]
+                v.update({f"match_{name}_min": float(share.min()), f"match_{name}_max": float(share.max()),
+                          f"match_{name}_mean": float(share.mean())})
+        if "widths" in self.frames and len(self.frames["widths"]):  # the pair of the containment sentence
+            x = containment(self.frames["widths"]).sort_values(["d_sae_small", "d_sae_large"],
+                                                               ascending=[True, False]).iloc[0]
+            v.update({"match_contain_small_in_large": float(x["small in large"]),
+                      "match_contain_large_in_small": float(x["large in small"])})
+        adj = self.frames.get("adjacent", pd.DataFrame())
+        if len(adj) and adj["layer_a"].nunique() > 1:  # adjacent-layer share from the first layer against the rest
+            first = adj["layer_a"] == adj["layer_a"].min()
+            v.update({"match_adjacent_first_layer": int(adj["layer_a"].min()),
+                      "match_adjacent_first_share": float(adj.loc[first, "dec_share"].mean()),
+                      "match_adjacent_later_share": float(adj.loc[~first, "dec_share"].mean())})
+        return v
 
     def table(self, name: str):
         """Return a display table (a pandas Styler without index), or the sentence that replaces a skipped one."""
@@ -1208,7 +1269,6 @@ def analyze(model, dictionaries: dict[str, Dictionary], tokens: Int[Tensor, "n_w
                  "hungarian_mean"])
     if len(everything):
         tables["overview"] = overview_frame(everything)
-    dist = (layer_mat["layer_a"] - layer_mat["layer_b"]).abs()
     values: dict[str, float | str] = {
         "match_n_saes": len(dictionaries), "match_threshold": params.threshold, "match_base": base.label,
         "match_base_hook": base.hook_name, "match_chunk": params.chunk_size, "match_dense_side": math.isqrt(DENSE_MAX_CELLS), "match_d_in": base.decoder.shape[1],
@@ -1224,11 +1284,7 @@ def analyze(model, dictionaries: dict[str, Dictionary], tokens: Int[Tensor, "n_w
         "match_architectures_info_sentence": architecture_sentence(arch, live, rel),
         "match_second_sentence": second_sentence(second),
         "match_layers_sentence": layer_sentence(adjacent, blocks, controls, rand_row["dec_mmcs"], rel),
-        "match_distance_sentence": (
-            f"Averaged over families and directions, the share matched is "
-            f"{pct(float(layer_mat.loc[dist == 1, 'share'].mean()))} between adjacent layers and "
-            f"{pct(float(layer_mat.loc[dist == dist.max(), 'share'].mean()))} between the layers farthest apart "
-            f"({int(dist.max())} apart)." if len(layer_mat) and dist.max() > 0 else skipped_sentence("layers", rel)),
+        "match_distance_sentence": distance_sentence(layer_mat, rel),
         "match_study_sentence": study_sentence(everything),
         "match_encoder_sentence": encoder_sentence(everything, base),
     }

@@ -647,7 +647,13 @@ class OscillationResult:
 
     def glued(self) -> dict[str, float | str]:
         """Return the prose values (names prefixed osc_)."""
-        return dict(self.values)
+        f = self.frequencies
+        base = f["layer"] == f["base_layer"]  # each family's lowest layer
+        return {**self.values,
+                "osc_n_osc_base": int(f.loc[base, "oscillation"].sum()), "osc_n_base": int(base.sum()),
+                "osc_n_osc_later": int(f.loc[~base, "oscillation"].sum()), "osc_n_later": int((~base).sum()),
+                # frequency / its family's lowest layer's, for later layers where both oscillate (empty: none)
+                "osc_ratios_to_base": [float(r) for r in f.loc[~base, "ratio_to_base"].dropna()]}
 
 
 def load_saes(model, params: OscillationParams) -> dict[str, object]:

@@ -21,6 +21,7 @@ from possae.devices import default_device
 from possae.hooks import act_name, in_context_positions, require_layer0, sae_context_size
 from possae.layer0_stats import Layer0Stats, encoder_parts, layer0_stats_from_model
 from possae.metrics import PositionSums, r2_pos
+from possae.neuronpedia import FeaturePages
 from possae.params import ParameterError, SubjectParams
 from possae.progress import tqdm
 from possae.wpos import pca
@@ -644,11 +645,13 @@ def threshold_table(counts: pd.DataFrame) -> pd.DataFrame:
                         index=pd.Index([f"{t:g}" for t in counts.index], name="R²_pos ≥"))
 
 
-def top_table(scores: pd.DataFrame, features: Int[Tensor, " k"]) -> pd.DataFrame:
-    """Return the top positional features' scores for display (rounded, readable column names)."""
+def top_table(scores: pd.DataFrame, features: Int[Tensor, " k"], pages: FeaturePages | None = None) -> pd.DataFrame:
+    """Return the top positional features' scores for display (rounded, readable column names), indexed by feature id
+    (an anchor to its Neuronpedia page when `pages` has one)."""
     d = scores.loc[features.tolist(), ["r2_pos", "r2_tok", "peak_position", "peak_width", "max_firing_rate"]]
-    return d.round(3).rename(columns={"r2_pos": "R²_pos", "r2_tok": "R²_tok", "peak_position": "peak position",
-                                      "peak_width": "peak width", "max_firing_rate": "max firing rate"})
+    d = d.round(3).rename(columns={"r2_pos": "R²_pos", "r2_tok": "R²_tok", "peak_position": "peak position",
+                                   "peak_width": "peak width", "max_firing_rate": "max firing rate"})
+    return d if pages is None else pages.table(d)
 
 
 def range_table(ranges: pd.DataFrame) -> pd.DataFrame:
@@ -793,9 +796,14 @@ class PositionalResult:
         """Return the recorded benchmark, for display."""
         return bench_table(self.bench)
 
+    @property
+    def pages(self) -> FeaturePages:
+        """Return the Neuronpedia pages of the SAE's features (none for the organism)."""
+        return FeaturePages(self.params.sae_release, self.params.sae_id)
+
     def top_table(self) -> pd.DataFrame:
-        """Return the shown features' scores, for display."""
-        return top_table(self.scores, self.top)
+        """Return the shown features' scores, for display (feature ids linked to Neuronpedia where it hosts the SAE)."""
+        return top_table(self.scores, self.top, self.pages)
 
     def range_table(self) -> pd.DataFrame:
         """Return the features per range of peak positions, for display."""
@@ -854,6 +862,13 @@ class PositionalResult:
             "pos_sweep_sentence": sweep_sentence(self.sweep, self.fit, self.peaks_fit),
             "pos_sweep_summary": sweep_summary(self.sweep, self.fit),
             "pos_summary_peaks": summary_peaks_sentence(self.ranges, self.widths(), self.alignment),
+            "pos_links_sentence": self.pages.sentence(),
+            "pos_pos_near1": self.ext_pos["near_1"],
+            **({"pos_early_positions": str(self.ranges["positions"].iloc[0]),  # first group of peak positions
+                "pos_early_per_position": float(self.ranges["features_per_position"].iloc[0]),
+                "pos_late_per_position": float(self.ranges["features"].iloc[1:].sum()
+                                               / self.ranges["n_positions"].iloc[1:].sum())}
+               if len(self.ranges) > 1 else {}),
         }
 
 

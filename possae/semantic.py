@@ -54,6 +54,7 @@ from possae.layer0_stats import (
     token_feature_means,
 )
 from possae.hooks import in_context_positions, require_layer0, sae_context_size
+from possae.neuronpedia import NO_PAGES, FeaturePages
 from possae.params import ParameterError, SubjectParams
 from possae.positional import POSITIONAL_R2, positional_features
 from possae.tokenizer import decode_tokens
@@ -479,10 +480,12 @@ def ranges_table(by_range: dict[str, dict[str, float]]) -> pd.DataFrame:
     }, index=pd.Index(list(by_range), name="positions"))
 
 
-def top_features_table(top: pd.DataFrame) -> pd.DataFrame:
-    """Return the tokens' top features for display: indexed by (token, rank), '—' where a cv is undefined."""
+def top_features_table(top: pd.DataFrame, pages: FeaturePages | None = None) -> pd.DataFrame:
+    """Return the tokens' top features for display: indexed by (token, rank), '—' where a cv is undefined, feature ids
+    linked to their Neuronpedia pages when `pages` has them."""
+    pages = pages or NO_PAGES
     return pd.DataFrame({
-        "feature": top["feature"].astype(int).values,
+        "feature": [pages.link(f) if pages.hosted else int(f) for f in top["feature"]],
         "mean activation": [_num(v) for v in top["mean_activation"]],
         "R²_tok": [_num(v) for v in top["r2_tok"]],
         "R²_pos": [_num(v, 4) for v in top["r2_pos"]],
@@ -490,8 +493,10 @@ def top_features_table(top: pd.DataFrame) -> pd.DataFrame:
     }, index=pd.MultiIndex.from_arrays([top["label"].values, top["rank"].astype(int).values], names=["token", "rank"]))
 
 
-def invariant_table(best: pd.DataFrame) -> pd.DataFrame:
-    """Return the most position-invariant features for display, indexed by feature (top tokens decoded in 'labels')."""
+def invariant_table(best: pd.DataFrame, pages: FeaturePages | None = None) -> pd.DataFrame:
+    """Return the most position-invariant features for display, indexed by feature (top tokens decoded in 'labels';
+    ids linked to their Neuronpedia pages when `pages` has them)."""
+    pages = pages or NO_PAGES
     return pd.DataFrame({
         "top tokens": [", ".join(t) for t in best["top_labels"]],
         "R²_tok": [_num(v, 4) for v in best["r2_tok"]],
@@ -499,7 +504,7 @@ def invariant_table(best: pd.DataFrame) -> pd.DataFrame:
         "mean on top token": [_num(v) for v in best["top_mean"]],
         "cv (top token)": [_num(v, 4) for v in best["cv"]],
         f"mean cv (top {N_TOP_TOKENS})": [_num(v, 4) for v in best["cv_top_n"]],
-    }, index=pd.Index(best.index.astype(int), name="feature"))
+    }, index=pd.Index([pages.link(f) for f in best.index] if pages.hosted else best.index.astype(int), name="feature"))
 
 
 def counts_sentence(counts: dict[str, float]) -> str:
@@ -667,14 +672,19 @@ class SemanticResult:
         return ranges_table(self.by_range)
 
     @property
+    def pages(self) -> FeaturePages:
+        """Return the Neuronpedia pages of the SAE's features (none for the organism)."""
+        return FeaturePages(self.params.sae_release, self.params.sae_id)
+
+    @property
     def top_table(self) -> pd.DataFrame:
-        """Return the tokens of interest's top features, for display."""
-        return top_features_table(self.top)
+        """Return the tokens of interest's top features, for display (ids linked where Neuronpedia hosts the SAE)."""
+        return top_features_table(self.top, self.pages)
 
     @property
     def invariant_table(self) -> pd.DataFrame:
-        """Return the most position-invariant features, for display."""
-        return invariant_table(self.best)
+        """Return the most position-invariant features, for display (ids linked where Neuronpedia hosts the SAE)."""
+        return invariant_table(self.best, self.pages)
 
     def glued(self) -> dict[str, float | int | str]:
         """Return every value the prose cites, under the chapter's 'sem_' names (never NaN)."""
@@ -687,7 +697,7 @@ class SemanticResult:
             "sem_n_features": c["n_features"], "sem_n_semantic": c["n_semantic"],
             "sem_semantic_share": c["semantic_share"], "sem_n_positional": c["n_positional"],
             "sem_counts_sentence": counts_sentence(c), "sem_typical_sentence": typical_sentence(c, p.threshold),
-            "sem_both_sentence": both_sentence(c),
+            "sem_both_sentence": both_sentence(c), "sem_n_both": c["n_both"],
             "sem_all_range": widest[0].split(" ")[0], "sem_all_n_semantic": widest[1]["n_semantic"],
             "sem_all_share": widest[1]["semantic_share"],
             "sem_range_sentence": range_sentence(self.by_range, self.context_size, self.n_ctx),
@@ -695,6 +705,7 @@ class SemanticResult:
             "sem_pairs_summary": pairs_summary_sentence(self.top, p.top_k),
             "sem_inv_sentence": invariance_sentence(self.invariance, self.best, p.threshold),
             "sem_inv_summary": invariance_summary_sentence(self.invariance, self.best, p.threshold),
+            "sem_links_sentence": self.pages.sentence(),
         }
 
 

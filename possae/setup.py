@@ -101,7 +101,7 @@ class SetupResult:
             "dead_share": self.quality["dead_share"], "heldout_tokens": self.quality["tokens"],
             "ce_clean": self.quality["ce_loss_without_sae"], "ce_spliced": self.quality["ce_loss_with_sae"],
             "ce_score": self.quality["ce_loss_score"], "ce_tokens": self.quality["loss_tokens"],
-            "setup_context": self.context_size,
+            "setup_context": self.context_size, "setup_model": str(self.config.loc["model", ""]),
             "setup_n_ctx": self.W_pos.shape[0], "top3": float(own["top-3 PC share"]),
             "adjcos": float(own["adjacent cosine"]), "gpt2_context_last": GPT2_SAE_CONTEXT - 1,
             "gpt2_top3_ctx": float(gpt2["top-3 PC share"]), "card_sentence": self.card_sentence(),

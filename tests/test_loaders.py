@@ -193,7 +193,7 @@ def test_corrupt_organism_file_names_the_git_restore(monkeypatch, tmp_path):
     art = tmp_path / "possae" / "artifacts" / "organism"
     shutil.copytree(loaders.ARTIFACTS / "saes" / "relu-short", art / "saes" / "relu-short")
     (art / "saes" / "relu-short" / "sae_weights.safetensors").write_bytes(b"\x05\x00")
-    monkeypatch.setattr(loaders, "ARTIFACTS", art)
+    monkeypatch.setitem(loaders.ORGANISMS, "organism", art)
     with pytest.raises(loaders.CorruptFileError, match=r"git checkout -- possae/artifacts/organism.*possae organism saes"):
         loaders.load_sae("organism", "relu-short", device="cpu")
 
@@ -239,3 +239,26 @@ def test_every_sae_the_gpt2_profile_names_is_in_the_sae_lens_registry():
     assert ("gpt2-small-res-jb", "blocks.0.hook_resid_pre") in pairs and len(pairs) >= 12
     for release, sae_id in pairs:
         assert release in directory and sae_id in directory[release].saes_map, (release, sae_id)
+
+
+def test_loading_an_sae_model_pair_does_not_emit_sae_lens_kwargs_warning(tmp_path):
+    """The finding: sae_lens's 'non-empty model_from_pretrained_kwargs' UserWarning landed in the gpt2 notebooks' load
+    cell. load_model_and_sae applies those kwargs, so it silences exactly that warning; load_sae alone still emits it."""
+    import warnings
+
+    from possae.loaders import load_model_and_sae, load_sae
+
+    model = _tiny_model()
+    sae = _sae(16, "blocks.0.hook_resid_pre")
+    sae.cfg.metadata.model_from_pretrained_kwargs = {"center_writing_weights": False}
+    sae.save_model(tmp_path / "sae")
+    with warnings.catch_warnings(record=True) as alone:
+        warnings.simplefilter("always")
+        load_sae(str(tmp_path), "sae", device="cpu")
+    assert any("non-empty model_from_pretrained_kwargs" in str(w.message) for w in alone)  # the fixture triggers it
+    with warnings.catch_warnings(record=True) as paired:
+        warnings.simplefilter("always")
+        warnings.warn("an unrelated warning", UserWarning)
+        _, loaded = load_model_and_sae(str(tmp_path), "sae", device="cpu", model=model)
+    assert [str(w.message) for w in paired] == ["an unrelated warning"]  # only that one warning is filtered
+    assert loaded.cfg.metadata.model_from_pretrained_kwargs == {"center_writing_weights": False}

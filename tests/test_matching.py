@@ -559,3 +559,81 @@ def test_match_pair_reports_the_one_to_one_solver(monkeypatch):
     assert sparse_row["hungarian_share"] == row["hungarian_share"]
     row, _ = match_pair(a, b, device="cpu", hungarian_max_features=1)
     assert row["one_to_one_method"] == "skipped" and np.isnan(row["hungarian_share"])
+
+
+# ---------------------------------------------------------------- wording on the gpt2 profile (issue 14)
+
+GPT2_REL = "gpt2-small-res-jb"
+
+
+def test_skipped_comparisons_say_whether_none_was_named_or_the_named_ones_are_not_cached(monkeypatch):
+    """gpt2 names no dataset SAEs (say so, no markdown backticks); it names width SAEs, which offline and uncached are
+    dropped: say that, not 'none are given'."""
+    from possae.matching import skipped_sentence
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert skipped_sentence("datasets", GPT2_REL) == (
+        "No SAEs trained on different datasets are given for this release (gpt2-small-res-jb): this comparison is "
+        "skipped. Pass dataset_ids to add some.")
+    assert skipped_sentence("widths", GPT2_REL) == (
+        "The SAEs of different widths this release (gpt2-small-res-jb) names are not in the local Hugging Face cache "
+        "and the hub is offline (HF_HUB_OFFLINE), so this comparison is skipped here; with a network, or with them "
+        "cached, it runs.")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert skipped_sentence("widths", GPT2_REL).startswith("No SAEs of different widths are given")
+
+
+def test_one_architecture_makes_no_claim_across_architectures(monkeypatch):
+    """Offline, gpt2's OpenAI TopK SAE is dropped and the jb ReLU SAE stays alone: no 'every architecture' claim."""
+    import pandas as pd
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    frame = pd.DataFrame([{"SAE": "blocks.8.hook_resid_pre", "architecture": "standard", "d_sae": 24576, "l0": np.nan,
+                           "n_live": 12288, "live_share": 0.5}])
+    live = pd.DataFrame(columns=["a", "b", "dec_all", "dec_live", "enc_all", "enc_live"])
+    assert architecture_sentence(frame, live, GPT2_REL) == (
+        "Only one architecture (standard: blocks.8.hook_resid_pre) is available here (the others this release names "
+        "are not in the local Hugging Face cache), so nothing is compared across architectures; 50.0% of its "
+        "features fire on held-out text.")
+
+
+def test_distance_sentence_with_adjacent_pairs_only_and_with_all_pairs():
+    """all_layer_pairs False: no 'farthest apart (1 apart)'; all pairs: the adjacent and farthest shares."""
+    import pandas as pd
+
+    from possae.matching import distance_sentence
+
+    rows = [(a, b, s) for a, b, s in [(0, 0, 1.0), (1, 1, 1.0), (2, 2, 1.0), (0, 1, 0.2), (1, 0, 0.4), (1, 2, 0.6),
+                                      (2, 1, 0.8)]]
+    adjacent = pd.DataFrame(rows, columns=["layer_a", "layer_b", "share"])
+    assert distance_sentence(adjacent, GPT2_REL) == (
+        "Averaged over families and directions, the share matched between adjacent layers is 50.0%; only adjacent "
+        "layers were matched here (all_layer_pairs is False), so how the share falls with the distance between "
+        "layers is not measured.")
+    far = pd.concat([adjacent, pd.DataFrame([(0, 2, 0.1), (2, 0, 0.3)], columns=adjacent.columns)])
+    assert distance_sentence(far, GPT2_REL) == (
+        "Averaged over families and directions, the share matched is 50.0% between adjacent layers and 20.0% between "
+        "the layers farthest apart (2 apart).")
+    assert distance_sentence(adjacent[adjacent.layer_a == adjacent.layer_b], "/tmp/saes").startswith(
+        "No per-layer SAE families are given for this release (/tmp/saes)")
+
+
+def test_layer_sentence_names_layers_not_the_family_when_there_is_one():
+    """One family (gpt2's 'ReLU (jb)'): 'layers 0→1' after naming the family once; one pair: says it is the only one;
+    several families keep the family in each label."""
+    import pandas as pd
+
+    from possae.matching import layer_sentence
+
+    adjacent = pd.DataFrame({"family": ["ReLU (jb)"] * 2, "layers": ["0→1", "1→2"], "layer_a": [0, 1],
+                             "dec_share": [0.25, 0.75], "dec_mmcs": [0.3, 0.6]})
+    blocks = pd.DataFrame(columns=["block", "cos", "ratio", "explained_variance"])
+    assert layer_sentence(adjacent, blocks, None, 0.1, GPT2_REL) == (
+        "Among adjacent layers of the ReLU (jb) SAEs, 75.0% of features match for layers 1→2, against 25.0% for "
+        "layers 0→1, whose MMCS of 0.300 compares with the random baseline's 0.100.")
+    assert layer_sentence(adjacent.iloc[:1], blocks, None, 0.1, GPT2_REL) == (
+        "Among adjacent layers of the ReLU (jb) SAEs, 25.0% of features match for layers 0→1 (the only pair), with an "
+        "MMCS of 0.300 against the random baseline's 0.100.")
+    two = adjacent.assign(family=["ReLU", "TopK"])
+    assert layer_sentence(two, blocks, None, 0.1, "organism").startswith(
+        "Among adjacent layers, 75.0% of features match for TopK 1→2, against 25.0% for ReLU 0→1")

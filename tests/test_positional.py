@@ -608,3 +608,24 @@ def test_chapter_holds_no_logic_and_reads_no_sae_config():
     code = "\n".join(line.split("#")[0] for cell in cells for line in cell.splitlines())
     for banned in ("if ", "for ", "else", "nan", "metadata", "context_size =", "glue(", "print(", "pd.DataFrame"):
         assert banned not in code, banned
+
+
+def test_top_table_links_to_neuronpedia_on_gpt2_and_not_on_other_releases(fake_heldout):
+    """Issue 14: on a gpt2-small-res-jb SAE the shown features' ids are anchors to their Neuronpedia pages, rendered
+    unescaped; on a release Neuronpedia does not host they stay plain ids, and the prose says which."""
+    import dataclasses
+
+    from possae.neuronpedia import show
+
+    result, _, _ = chapter_result(peaks=[1, 2, 3])
+    plain = result.top_table()
+    assert [type(i) for i in plain.index] == [int] * len(plain) and show(plain) is plain
+    assert result.glued()["pos_links_sentence"] == "Neuronpedia hosts no pages for this SAE (r), so feature ids are plain numbers."
+    result.params = dataclasses.replace(result.params, sae_release="gpt2-small-res-jb", sae_id="blocks.0.hook_resid_pre")
+    linked = result.top_table()
+    assert linked.index.tolist() == [
+        f'<a href="https://www.neuronpedia.org/gpt2-small/0-res-jb/{f}" target="_blank" rel="noopener">{f}</a>'
+        for f in plain.index]
+    assert (linked.to_numpy() == plain.to_numpy()).all() and list(linked.columns) == list(plain.columns)
+    assert all(f'<th>{a}</th>' in show(linked)._repr_html_() for a in linked.index)
+    assert "links to its page on Neuronpedia (gpt2-small/0-res-jb)" in result.glued()["pos_links_sentence"]

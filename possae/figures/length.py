@@ -7,6 +7,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from possae.figures import mark_context
+from possae.neuronpedia import NO_PAGES, FeaturePages, trace_links
 
 METRIC_TITLES = {"nmse": "nMSE", "mse": "MSE"}
 PALETTE = ["#1f77b4", "#7f7f7f", "#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b"]
@@ -46,11 +47,15 @@ def error_vs_position_figure(frames: dict[str, pd.DataFrame], context_size: int,
     return fig.update_layout(height=180 + 280 * len(metrics), title=title, legend=dict(orientation="h", y=-0.12))
 
 
-def positional_profiles_figure(profiles: pd.DataFrame, context_size: int, value: str = "mean") -> go.Figure:
-    """Return `value` (mean activation over all tokens) vs position, one line per feature, the context marked."""
+def positional_profiles_figure(profiles: pd.DataFrame, context_size: int, value: str = "mean",
+                               pages: FeaturePages | None = None) -> go.Figure:
+    """Return `value` (mean activation over all tokens) vs position, one line per feature, the context marked; with
+    `pages` on Neuronpedia, the hover text names each feature's page and the line's customdata holds its URL."""
+    pages = pages or NO_PAGES
     fig = go.Figure()
     for feature, d in profiles.groupby("feature", sort=False):
-        fig.add_scatter(x=d["position"], y=d[value], mode="lines", name=f"feature {feature}")
+        fig.add_scatter(x=d["position"], y=d[value], mode="lines", name=f"feature {feature}",
+                        **_feature_hover(pages, int(feature), len(d)))
     if profiles.empty:
         _empty(fig, "no positional feature")
     mark_context(fig, context_size)
@@ -81,11 +86,23 @@ def spurious_rate_figure(df: pd.DataFrame, context_size: int) -> go.Figure:
     return fig.update_layout(height=400, title="Features firing past the context on tokens that never fire them inside it")
 
 
-def example_profile_figure(df: pd.DataFrame, context_size: int) -> go.Figure:
-    """Return one feature's activation vs position for a few tokens (one line per `label`), the context marked."""
+def _feature_hover(pages: FeaturePages, feature: int, n: int, label: str = "") -> dict:
+    """Return a line's hovertemplate naming the feature's Neuronpedia page and its customdata (the URL), or {}."""
+    if not pages.hosted:
+        return {}
+    lead = f"{label}<br>" if label else ""
+    return dict(**trace_links(pages, [feature] * n),
+                hovertemplate=f"{lead}{pages.hover(feature)}<br>position %{{x}}<br>%{{y:.3f}}<extra></extra>")
+
+
+def example_profile_figure(df: pd.DataFrame, context_size: int, pages: FeaturePages | None = None) -> go.Figure:
+    """Return one feature's activation vs position for a few tokens (one line per `label`), the context marked; with
+    `pages` on Neuronpedia, the hover text names the feature's page and each line's customdata holds its URL."""
+    pages = pages or NO_PAGES
     fig = go.Figure()
     for label, d in df.groupby("label", sort=False):
-        fig.add_scatter(x=d["position"], y=d["activation"], mode="lines", name=label)
+        fig.add_scatter(x=d["position"], y=d["activation"], mode="lines", name=label,
+                        **_feature_hover(pages, int(d["feature"].iloc[0]), len(d), label))
     if df.empty:
         _empty(fig, "no spurious example found")
     mark_context(fig, context_size)

@@ -12,6 +12,7 @@ from plotly.subplots import make_subplots
 from torch import Tensor
 
 from possae.figures import CONTEXT_COLOR, mark_context
+from possae.neuronpedia import NO_PAGES, FeaturePages, trace_links
 
 
 def sorted_scores_figure(r2_pos: Float[np.ndarray, " d_sae"], threshold: float) -> go.Figure:
@@ -31,11 +32,13 @@ def note_figure(text: str, title: str) -> go.Figure:
 
 
 def profile_grid_figure(profiles: pd.DataFrame, preacts: pd.DataFrame, windows: dict[int, int],
-                        n_cols: int = 2) -> go.Figure:
+                        n_cols: int = 2, pages: FeaturePages | None = None) -> go.Figure:
     """Return one panel per feature: mean ± std over all tokens vs position and c_i(p) (right axis), zoomed to its peak.
 
-    Each panel shows positions 0..windows[feature]; position 0, the BOS slot, is shaded.
+    Each panel shows positions 0..windows[feature]; position 0, the BOS slot, is shaded. With `pages` on Neuronpedia,
+    the mean's hover text names the feature's page and its customdata holds the page's URL.
     """
+    pages = pages or NO_PAGES
     title = "Top positional features: mean ± std over all tokens (blue), c_i(p) (red, right axis)"
     feats = list(dict.fromkeys(profiles["feature"]))
     if not feats:
@@ -52,8 +55,11 @@ def profile_grid_figure(profiles: pd.DataFrame, preacts: pd.DataFrame, windows: 
         fig.add_scatter(x=x + x[::-1], y=hi + lo[::-1], fill="toself", fillcolor="rgba(31,119,180,0.2)",
                         line=dict(width=0), hoverinfo="skip", name="mean ± std", legendgroup="band",
                         showlegend=j == 0, row=r, col=c)
+        hover = ({} if not pages.hosted else dict(
+            **trace_links(pages, [f] * len(x)),
+            hovertemplate=f"{pages.hover(f)}<br>position %{{x}}<br>mean %{{y:.3f}}<extra></extra>"))
         fig.add_scatter(x=x, y=d["mean"], mode="lines+markers", marker=dict(size=3), line=dict(color="#1f77b4"),
-                        name="mean activation", legendgroup="mean", showlegend=j == 0, row=r, col=c)
+                        name="mean activation", legendgroup="mean", showlegend=j == 0, row=r, col=c, **hover)
         p = preacts[(preacts["feature"] == f) & (preacts["position"] <= end)]
         fig.add_scatter(x=p["position"], y=p["preact_pos"], mode="lines", line=dict(color="#d62728", width=1),
                         name="c_i(p), positional pre-activation", legendgroup="c", showlegend=j == 0,
@@ -76,8 +82,10 @@ def peak_histogram_figure(histograms: dict[str, Int[Tensor, " n_pos"]]) -> go.Fi
                              title="Where positional features peak")
 
 
-def helix_overlay_figure(helix) -> go.Figure:
-    """Return two 3-D panels on W_pos's top-3 PCs: its rows (a curve) and the positional features' unit decoder rows."""
+def helix_overlay_figure(helix, pages: FeaturePages | None = None) -> go.Figure:
+    """Return two 3-D panels on W_pos's top-3 PCs: its rows (a curve) and the positional features' unit decoder rows
+    (hover: the feature, its Neuronpedia page when `pages` has one, and its peak)."""
+    pages = pages or NO_PAGES
     rows, row_positions, dirs, features, peaks = helix.rows, helix.row_positions, helix.dirs, helix.features, helix.peaks
     cmax = float(max(int(row_positions.max()), int(peaks.max()) if len(peaks) else 0))
     color = dict(colorscale="Viridis", cmin=0, cmax=cmax)
@@ -92,22 +100,26 @@ def helix_overlay_figure(helix) -> go.Figure:
                           marker=dict(size=1, color="black"), showlegend=False, hoverinfo="skip", row=1, col=2)
         fig.add_scatter3d(x=dirs[:, 0].tolist(), y=dirs[:, 1].tolist(), z=dirs[:, 2].tolist(), mode="markers",
                           marker=dict(size=4, color=peaks.tolist(), **color),
-                          text=[f"feature {f}, peak {p}" for f, p in zip(features.tolist(), peaks.tolist())],
-                          showlegend=False, row=1, col=2)
+                          text=[f"{pages.hover(f)}, peak {p}" for f, p in zip(features.tolist(), peaks.tolist())],
+                          showlegend=False, row=1, col=2, **trace_links(pages, features.tolist()))
     axes = [f"PC{i + 1} ({float(helix.shares[i]):.0%})" for i in range(3)]
     scene = dict(xaxis_title=axes[0], yaxis_title=axes[1], zaxis_title=axes[2])
     return fig.update_layout(height=480, scene=scene, scene2=scene, title="The W_pos helix and the positional features")
 
 
-def r2_scatter_figure(scores: pd.DataFrame, threshold: float, low: float, high: float) -> go.Figure:
-    """Return R2_tok vs R2_pos, one point per (sampled) feature, positional ones (column 'positional') highlighted."""
+def r2_scatter_figure(scores: pd.DataFrame, threshold: float, low: float, high: float,
+                      pages: FeaturePages | None = None) -> go.Figure:
+    """Return R2_tok vs R2_pos, one point per (sampled) feature, positional ones (column 'positional') highlighted
+    (hover: the feature, its Neuronpedia page when `pages` has one, and its peak)."""
+    pages = pages or NO_PAGES
     positional = scores["positional"].to_numpy(dtype=bool)
     fig = go.Figure()
     for mask, name, color in ((~positional, "other features", "#7f7f7f"), (positional, "positional", "#d62728")):
         d = scores[mask]
         fig.add_trace(go.Scattergl(x=d["r2_pos"], y=d["r2_tok"], mode="markers", name=f"{name} ({len(d)})",
                                    marker=dict(size=4, opacity=0.5 if name == "other features" else 0.9, color=color),
-                                   text=[f"feature {i}, peak {p}" for i, p in zip(d.index, d["peak_position"])]))
+                                   text=[f"{pages.hover(i)}, peak {p}" for i, p in zip(d.index, d["peak_position"])],
+                                   **trace_links(pages, d.index.tolist())))
     fig.add_scatter(x=[0, 1], y=[1, 0], mode="lines", line=dict(color="lightgray", dash="dot"),
                     name="R²_pos + R²_tok = 1")
     fig.add_vline(x=threshold, line_dash="dash", line_color="firebrick")

@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from possae.figures import CONTEXT_COLOR, mark_context
+from possae.neuronpedia import NO_PAGES, FeaturePages, trace_links
 
 RANK_COLORS = px.colors.qualitative.Plotly  # the k-th top feature of every token has the same colour
 
@@ -45,12 +46,15 @@ def score_curve_figure(curve: pd.DataFrame, scores: pd.DataFrame, threshold: flo
                              title="How much of each feature's variance the token explains")
 
 
-def token_profiles_figure(profiles: pd.DataFrame, context_size: int, n_cols: int = 2) -> go.Figure:
+def token_profiles_figure(profiles: pd.DataFrame, context_size: int, n_cols: int = 2,
+                          pages: FeaturePages | None = None) -> go.Figure:
     """Return one panel per token: activation vs position of its top features, the context marked.
 
     Each line is named '#rank feature i' under the legend group of its token, and coloured by rank, as in the table
-    of the tokens' top features (columns label, rank, feature, position, activation).
+    of the tokens' top features (columns label, rank, feature, position, activation). With `pages` on Neuronpedia, the
+    hover text names the feature's page and the line's customdata holds its URL.
     """
+    pages = pages or NO_PAGES
     labels = list(dict.fromkeys(profiles["label"]))
     n_rows = max(1, -(-len(labels) // n_cols))
     fig = make_subplots(n_rows, n_cols, subplot_titles=[f"token {label}" for label in labels],
@@ -61,10 +65,11 @@ def token_profiles_figure(profiles: pd.DataFrame, context_size: int, n_cols: int
         for (rank, feature), g in d.groupby(["rank", "feature"], sort=True):
             name = f"#{rank} feature {feature}"
             colour = RANK_COLORS[(rank - 1) % len(RANK_COLORS)]
-            hover = f"token {label}<br>{name}<br>position %{{x}}<br>activation %{{y:.3f}}<extra></extra>"
+            shown = f"#{rank} {pages.hover(feature)}"
+            hover = f"token {label}<br>{shown}<br>position %{{x}}<br>activation %{{y:.3f}}<extra></extra>"
             fig.add_scatter(x=g["position"], y=g["activation"], mode="lines", name=name, legendgroup=label,
                             legendgrouptitle_text=f"token {label}", line=dict(color=colour), row=row, col=col,
-                            hovertemplate=hover)
+                            hovertemplate=hover, **trace_links(pages, [feature] * len(g)))
         mark_context(fig, context_size, row=row, col=col)
         fig.update_xaxes(title_text="position", row=row, col=col)
         fig.update_yaxes(title_text="activation", row=row, col=col)
@@ -87,11 +92,17 @@ def variation_figure(frame: pd.DataFrame, threshold: float) -> go.Figure:
                              title="Variation over positions of each feature's activation on its top token")
 
 
-def invariant_profiles_figure(profiles: pd.DataFrame, context_size: int) -> go.Figure:
-    """Return activation vs position of features on their top tokens (one line per label), the context marked."""
+def invariant_profiles_figure(profiles: pd.DataFrame, context_size: int, pages: FeaturePages | None = None) -> go.Figure:
+    """Return activation vs position of features on their top tokens (one line per label), the context marked; with
+    `pages` on Neuronpedia, the hover text names each feature's page and the line's customdata holds its URL."""
+    pages = pages or NO_PAGES
     fig = go.Figure()
     for label, d in profiles.groupby("label", sort=False):
-        fig.add_scatter(x=d["position"], y=d["activation"], mode="lines", name=label)
+        f = int(d["feature"].iloc[0])
+        hover = ({} if not pages.hosted else dict(
+            **trace_links(pages, [f] * len(d)),
+            hovertemplate=f"{label}<br>{pages.hover(f)}<br>position %{{x}}<br>activation %{{y:.3f}}<extra></extra>"))
+        fig.add_scatter(x=d["position"], y=d["activation"], mode="lines", name=label, **hover)
     if not len(profiles):
         fig.add_annotation(text="no semantic feature fires on its top token", showarrow=False, x=0.5, y=0.5,
                            xref="paper", yref="paper")

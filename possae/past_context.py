@@ -1,0 +1,492 @@
+"""Past the training context, beyond the two studies: the loss with the SAE spliced in per position (the raw SAE and
+each fix), the fine-tuning fix (relu-short continued on full contexts), and a rotary control (the organism's rotary
+twin, whose SAEs see no positional embedding in the residual stream).
+
+Every error here is the length chapter's: `possae.length.reconstructions` builds the SAE's output and fixes (a)-(d),
+`possae.length.error_summary` pools nMSE inside the SAE's context (positions 1..C-1) and past it (C..n_ctx-1).
+The loss at position p is the cross-entropy of the token at p + 1 given the window up to p; "spliced" replaces the
+layer-0 input (or the SAE's hook) at every position of the window by the method's reconstruction, as sae_lens's
+spliced loss does, so the loss at p also carries the errors at the earlier positions it attends to.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from sae_lens import SAE
+from torch import Tensor
+
+from possae.hooks import LAYER0_INPUT, hook_layer, in_context_positions, require_layer0, sae_context_size, sae_hook, sae_layer
+from possae.length import (
+    CONTROL_LABEL,
+    FIX_LABELS,
+    RANDOM_LABEL,
+    RESTORE_FACTOR,
+    SAE_LABEL,
+    ErrorSummary,
+    LengthFixes,
+    error_summary,
+    fmt,
+    length_fixes,
+    reconstructions,
+    sae_reconstruct,
+    span,
+    special_token_ids,
+    token_tables,
+)
+from possae.metrics import PositionSums, reconstruction_sums
+from possae.params import ParameterError, SubjectParams
+from possae.progress import tqdm
+
+CLEAN = "clean"  # the model's own loss, nothing spliced
+ROTARY_LABEL, ABSOLUTE_LABEL = "rotary twin", "learned absolute (the organism)"
+
+
+@dataclass(frozen=True)
+class PastContextParams(SubjectParams):
+    """The past-context chapter's parameters."""
+
+    control_sae_id: str | None = "relu-full"
+    finetune_sae_ids: tuple[str, ...] = ("relu-short-ft25k", "relu-short-ft100k", "relu-short-ft400k")
+    relu_sae_ids: tuple[str, ...] = ("relu-short", "relu-L1", "relu-L2", "relu-L3")
+    rotary_release: str | None = "organism-rotary"
+    rotary_sae_ids: tuple[str, ...] = ("relu-L0", "relu-L1", "relu-L2", "relu-L3")
+    n_heldout_tokens: int = 16384
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Raise ParameterError without held-out tokens, or with a fine-tuned id whose budget is unknown."""
+        if self.n_heldout_tokens < 1:
+            raise ParameterError(f"n_heldout_tokens must be >= 1; got {self.n_heldout_tokens}.")
+        if self.sae_release == "organism":
+            from possae.organism.recipe import FINETUNE_BUDGETS
+
+            unknown = [i for i in self.finetune_sae_ids if i not in FINETUNE_BUDGETS]
+            if unknown:
+                raise ParameterError(f"finetune_sae_ids {unknown} are not fine-tuned SAEs of the organism; "
+                                     f"those are {', '.join(FINETUNE_BUDGETS)}.")
+
+
+def finetune_label(tokens: int) -> str:
+    """Return the label of relu-short fine-tuned on `tokens` full-context tokens, e.g. 'fine-tuned 100k'."""
+    return f"fine-tuned {tokens // 1000:,}k"
+
+
+# ----------------------------------------------------------------------------------------------
+# One pass: reconstruction errors and the spliced loss of every method, per position
+# ----------------------------------------------------------------------------------------------
+
+
+def next_token_ce(logits: Float[Tensor, "batch pos d_vocab"], targets: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos"]:
+    """Return the cross-entropy (nats) of each target token under the logits at its position."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half logits: score in float32
+    return torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets.to(logits.device), reduction="none")
+
+
+def spliced_ce(model, tokens: Int[Tensor, "batch pos"], targets: Int[Tensor, "batch pos"], hook: str,
+               replacement: Float[Tensor, "batch pos d"]) -> Float[Tensor, "batch pos"]:
+    """Return the next-token cross-entropy with the activation at `hook` replaced by `replacement` at every position."""
+    def put(act, hook):  # noqa: ARG001 (transformer_lens passes the hook)
+        return replacement.to(act.device, act.dtype).view_as(act)
+
+    logits = model.run_with_hooks(tokens.to(model.cfg.device), fwd_hooks=[(hook, put)])
+    return next_token_ce(logits, targets)
+
+
+@torch.no_grad()
+def splice_position_sums(model, sae: SAE, windows: Int[Tensor, "n_windows pos_plus_1"], fixes: LengthFixes | None = None,
+                         control: SAE | None = None, finetuned: dict[str, SAE] | None = None, batch_size: int = 16,
+                         seed: int = 0, progress: bool | None = None) -> PositionSums:
+    """Return PositionSums over the layer-0 input of windows of n + 1 tokens (the model reads the first n): x, x2,
+    sse:<method> and ce:<method> (next-token loss with that method's reconstruction spliced in), ce:clean, for the
+    SAE, each fix, the control and each fine-tuned SAE. Inputs whose token is special (BOS, EOS) are left out."""
+    require_layer0(sae, "splice_position_sums")
+    tokens, targets = windows[:, :-1], windows[:, 1:]
+    n = tokens.shape[1]
+    if n > model.cfg.n_ctx:
+        raise ValueError(f"windows of {n} + 1 tokens: the model reads at most n_ctx = {model.cfg.n_ctx}.")
+    keep = ~torch.isin(tokens, torch.tensor(special_token_ids(model.tokenizer), dtype=tokens.dtype))
+    tables = token_tables(sae, model.W_E, model.W_pos, tokens, fixes.context_size) if fixes is not None else None
+    gen = torch.Generator(device=sae.W_enc.device).manual_seed(seed)
+    sums = PositionSums.empty(n)
+    for i in tqdm(range(0, len(tokens), batch_size), desc="spliced loss", delay=2.0, leave=False,
+                  disable=progress is False):
+        tok, tgt, k = tokens[i : i + batch_size], targets[i : i + batch_size], keep[i : i + batch_size].flatten()
+        logits, cache = model.run_with_cache(tok.to(model.cfg.device), names_filter=LAYER0_INPUT)
+        x = cache[LAYER0_INPUT]
+        pos = torch.arange(n).repeat(len(tok))
+        recons = reconstructions(x.flatten(0, 1), tok.flatten(), pos, sae, model.W_pos, fixes, tables, control, gen)
+        del recons[RANDOM_LABEL]  # the length chapter's baseline: its loss means nothing
+        for label, ft in (finetuned or {}).items():
+            recons[label] = sae_reconstruct(ft, x.flatten(0, 1))
+        values = reconstruction_sums(x.flatten(0, 1).to(sae.W_enc.device, sae.W_enc.dtype), recons)
+        values[f"ce:{CLEAN}"] = next_token_ce(logits, tgt).flatten()
+        for label, x_hat in recons.items():
+            values[f"ce:{label}"] = spliced_ce(model, tok, tgt, LAYER0_INPUT, x_hat.view_as(x)).flatten()
+        sums.add(pos[k], **{name: v[k.to(v.device)] for name, v in values.items()})
+    return sums
+
+
+def loss_methods(sums: PositionSums) -> list[str]:
+    """Return the spliced methods a PositionSums holds (not the clean model), in the order they were added."""
+    return [k.removeprefix("ce:") for k in sums.totals if k.startswith("ce:") and k != f"ce:{CLEAN}"]
+
+
+@dataclass(frozen=True)
+class LossSummary:
+    """One method's mean increase in next-token loss (nats) over the clean model, inside the context and past it."""
+
+    in_context: float
+    past: float
+
+
+def loss_summary(sums: PositionSums, method: str, context_size: int) -> LossSummary:
+    """Return the mean of (spliced - clean) loss over the inputs at positions 1..C-1 and at C.. (input-weighted)."""
+    inside = in_context_positions(context_size, sums.n_pos)
+    delta = sums.totals[f"ce:{method}"] - sums.totals[f"ce:{CLEAN}"]
+
+    def mean(first: int, last: int | None) -> float:
+        m = sums.mask(first, last)
+        return float(delta[m].sum() / sums.n[m].sum())
+
+    return LossSummary(mean(inside.start, inside.stop), mean(context_size, None))
+
+
+def loss_curves(sums: PositionSums) -> pd.DataFrame:
+    """Return one row per (method, position with inputs): the clean loss and the spliced loss's increase over it."""
+    seen = sums.n > 0
+    positions = torch.arange(sums.n_pos)[seen].numpy()
+    clean = sums.mean(f"ce:{CLEAN}")[seen]
+    return pd.concat([pd.DataFrame({
+        "method": m, "position": positions, "inputs": sums.n[seen].numpy(), "clean_loss": clean.numpy(),
+        "delta_loss": (sums.mean(f"ce:{m}")[seen] - clean).numpy(),
+    }) for m in loss_methods(sums)], ignore_index=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reconstruction error per position at any layer (the rotary control)
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def layer_position_sums(model, saes: dict[str, SAE], tokens: Int[Tensor, "n_windows pos"], batch_size: int = 16,
+                        progress: bool | None = None) -> PositionSums:
+    """Return PositionSums with x, x2 and sse:<label> of every SAE at its own hook (x, x2 of the first SAE's hook),
+    over windows of tokens; special-token inputs left out. Use one PositionSums per hook for nMSE."""
+    hooks = {label: sae_hook(sae) for label, sae in saes.items()}
+    if len(set(hooks.values())) != 1:
+        raise ValueError(f"layer_position_sums takes SAEs of one hook; got {hooks}.")
+    hook = next(iter(hooks.values()))
+    if hook not in model.hook_dict:
+        raise ValueError(f"hook {hook!r} is not in model {model.cfg.model_name!r}.")
+    n = tokens.shape[1]
+    keep = ~torch.isin(tokens, torch.tensor(special_token_ids(model.tokenizer), dtype=tokens.dtype))
+    sums = PositionSums.empty(n)
+    for i in tqdm(range(0, len(tokens), batch_size), desc=f"errors at {hook}", delay=2.0, leave=False,
+                  disable=progress is False):
+        tok, k = tokens[i : i + batch_size], keep[i : i + batch_size].flatten()
+        _, cache = model.run_with_cache(tok.to(model.cfg.device), names_filter=hook,
+                                        stop_at_layer=min(model.cfg.n_layers, hook_layer(hook) + 1))
+        x = cache[hook].flatten(0, 1)
+        first = next(iter(saes.values()))
+        values = reconstruction_sums(x.to(first.W_enc.device, first.W_enc.dtype),
+                                     {label: sae_reconstruct(sae, x) for label, sae in saes.items()})
+        sums.add(torch.arange(n).repeat(len(tok))[k], **{name: v[k.to(v.device)] for name, v in values.items()})
+    return sums
+
+
+@dataclass(frozen=True)
+class LayerErrors:
+    """One SAE's errors at its layer, inside its context and past it, on one model."""
+
+    model: str
+    layer: int
+    sae_id: str
+    context_size: int
+    summary: ErrorSummary
+
+
+def layer_errors(model, model_label: str, saes: dict[str, SAE], tokens: Int[Tensor, "n_windows pos"],
+                 progress: bool | None = None) -> tuple[list[LayerErrors], pd.DataFrame]:
+    """Return each SAE's LayerErrors and its nMSE curve (model, layer, sae_id, position, nmse), SAEs at any layers."""
+    from possae.length import error_curves
+
+    out, curves = [], []
+    for sae_id, sae in saes.items():
+        C = sae_context_size(sae, model.cfg.n_ctx)
+        if C >= model.cfg.n_ctx:
+            raise ValueError(f"{model_label} SAE {sae_id!r} was trained on {C} >= n_ctx positions: nothing lies past "
+                             "its context. Give SAEs trained on shorter contexts.")
+        sums = layer_position_sums(model, {SAE_LABEL: sae}, tokens, progress=progress)
+        layer = sae_layer(sae)
+        out.append(LayerErrors(model_label, layer, sae_id, C, error_summary(sums, SAE_LABEL, C)))
+        curves.append(error_curves(sums, C).assign(model=model_label, layer=layer, sae_id=sae_id))
+    return out, pd.concat(curves, ignore_index=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tables and sentences
+# ----------------------------------------------------------------------------------------------
+
+
+def method_table(errors: dict[str, ErrorSummary], losses: dict[str, LossSummary], context_size: int,
+                 n_ctx: int) -> pd.DataFrame:
+    """Return the display table of each method's nMSE and loss increase inside and past the context."""
+    inside, past = span(in_context_positions(context_size, n_ctx)), span(range(context_size, n_ctx))
+    rows = {m: {f"nMSE, {inside}": fmt(errors[m].nmse_in), f"nMSE, {past}": fmt(errors[m].nmse_past),
+                f"Δ loss (nats), {inside}": f"{losses[m].in_context:+.3f}",
+                f"Δ loss (nats), {past}": f"{losses[m].past:+.3f}"} for m in losses}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("method")
+
+
+def finetune_frame(errors: dict[str, ErrorSummary], budgets: dict[str, int]) -> pd.DataFrame:
+    """Return one row per fine-tuning budget (0: the SAE itself): tokens, nMSE inside and past the context."""
+    rows = [{"tokens": 0, "label": SAE_LABEL, "nmse_in": errors[SAE_LABEL].nmse_in,
+             "nmse_past": errors[SAE_LABEL].nmse_past}]
+    rows += [{"tokens": t, "label": label, "nmse_in": errors[label].nmse_in, "nmse_past": errors[label].nmse_past}
+             for label, t in sorted(budgets.items(), key=lambda kv: kv[1])]
+    return pd.DataFrame(rows)
+
+
+def rotary_table(rows: list[LayerErrors], n_ctx: int) -> pd.DataFrame:
+    """Return the display table of every SAE of both models: layer, nMSE inside and past its context, and their ratio."""
+    return pd.DataFrame([{"model": r.model, "layer": r.layer, "SAE": r.sae_id,
+                          f"nMSE inside (1-{r.context_size - 1})": fmt(r.summary.nmse_in),
+                          f"nMSE past ({r.context_size}-{n_ctx - 1})": fmt(r.summary.nmse_past),
+                          "past / inside": fmt(r.summary.ratio)} for r in rows]).set_index(["model", "layer"])
+
+
+def loss_sentence(raw: LossSummary, context_size: int, n_ctx: int) -> str:
+    """Return the sentence on the raw SAE's spliced loss inside and past the context."""
+    inside, past = span(in_context_positions(context_size, n_ctx)), span(range(context_size, n_ctx))
+    head = (f"With the SAE spliced in at layer 0, the next-token loss rises by {raw.in_context:.3f} nats at positions "
+            f"{inside} and by {raw.past:.3f} nats at positions {past}")
+    if raw.past > RESTORE_FACTOR * max(raw.in_context, 1e-9):
+        return head + f": {raw.past / max(raw.in_context, 1e-9):,.1f} times as much past the context as inside it."
+    return head + ": past the context costs the model no more than inside it."
+
+
+def best_fix_sentence(losses: dict[str, LossSummary]) -> str:
+    """Return which method (the SAE or a fix) costs the least loss past the context, and by how much."""
+    candidates = {m: s for m, s in losses.items() if m == SAE_LABEL or m in FIX_LABELS.values()}
+    order = sorted(candidates, key=lambda m: candidates[m].past)
+    best, raw = order[0], losses[SAE_LABEL]
+    if best == SAE_LABEL:
+        return "No fix costs less loss past the context than the raw SAE."
+    return (f"Of the fixes, {best} costs the least past the context: {candidates[best].past:.3f} nats against the "
+            f"raw SAE's {raw.past:.3f} (and {candidates[best].in_context:.3f} against {raw.in_context:.3f} inside).")
+
+
+def finetune_sentence(frame: pd.DataFrame, reference: ErrorSummary | None, context_size: int) -> str:
+    """Return the sentence on what fine-tuning on full contexts does to nMSE inside and past the context."""
+    if len(frame) < 2:
+        return "No fine-tuned SAE is given on this profile (finetune_sae_ids is empty), so the fix is not measured."
+    first, last = frame.iloc[0], frame.iloc[-1]
+    restored = last.nmse_past <= RESTORE_FACTOR * first.nmse_in
+    s = (f"After {int(last.tokens):,} tokens of fine-tuning on full contexts, nMSE past the context falls from "
+         f"{fmt(first.nmse_past)} to {fmt(last.nmse_past)}, and inside it goes from {fmt(first.nmse_in)} to "
+         f"{fmt(last.nmse_in)}; the fine-tuned SAE " + ("restores" if restored else "does not restore") +
+         f" the SAE's in-context error past the context (within {RESTORE_FACTOR:g}x).")
+    if reference is not None:
+        s += f" The SAE trained on full contexts from the start reaches {fmt(reference.nmse_past)} at positions {context_size} and beyond."
+    return s
+
+
+def ranking_sentence(errors: dict[str, ErrorSummary], losses: dict[str, LossSummary]) -> str:
+    """Return how the methods rank past the context by loss and by nMSE, and Spearman's rank correlation of the two."""
+    from scipy.stats import spearmanr
+
+    methods = list(losses)
+    if len({losses[m].past for m in methods}) == 1 or len({errors[m].nmse_past for m in methods}) == 1:
+        return "Past the context the methods tie on loss or on nMSE: there is no ranking to compare."
+    by_loss = sorted(methods, key=lambda m: losses[m].past)
+    by_nmse = sorted(methods, key=lambda m: errors[m].nmse_past)
+    if by_loss == by_nmse:
+        return (f"Past the context the {len(methods)} methods rank the same by loss as by nMSE: the reconstruction "
+                "error predicts what the model loses.")
+    rho = spearmanr([losses[m].past for m in methods], [errors[m].nmse_past for m in methods]).statistic
+    moved = [m for m in methods if by_loss.index(m) != by_nmse.index(m)]
+    return (f"Past the context the ranking by loss differs from the ranking by nMSE (Spearman's rank correlation "
+            f"{rho:.2f} over the {len(methods)} methods): {', '.join(moved)} change places. A smaller squared error "
+            "does not always cost the model less.")
+
+
+def rotary_setup_sentence(facts: dict[str, object]) -> str:
+    """Return the sentence on how the rotary twin was trained and its held-out loss, or that there is none."""
+    from possae.organism.recipe import LM_RECIPES
+
+    if not facts:
+        return "This profile names no rotary model (rotary_release is None), so the rotary control is not run."
+    return (f"Its language model was trained with possae's `{facts['recipe']}` recipe ({facts['tokens']:,} tokens; "
+            f"the learned-absolute model's recorded recipe has {LM_RECIPES['gpu'].train_tokens:,}) and reaches a "
+            f"held-out loss of {facts['loss']:.3f} nats against the learned-absolute model's "
+            f"{facts['absolute_loss']:.3f} on the same windows.")
+
+
+def rotary_sentence(rows: list[LayerErrors]) -> str:
+    """Return the sentence comparing past/inside error ratios of the rotary twin's SAEs with the organism's."""
+    rot = [r for r in rows if r.model == ROTARY_LABEL]
+    rot = [r for r in rot if r.layer >= 1] or rot  # the twin's layer-0 stream carries no position at all
+    ab = [r for r in rows if r.model == ABSOLUTE_LABEL]
+    if not rot:
+        return "This profile names no rotary model (rotary_release is None), so the rotary control is not run."
+    rot_hi = max(rot, key=lambda r: r.summary.ratio)
+    ab_lo = min(ab, key=lambda r: r.summary.ratio)
+    verdict = ("none of the rotary twin's SAEs blows up past its context" if rot_hi.summary.ratio <= RESTORE_FACTOR
+               else f"the rotary twin's SAE at layer {rot_hi.layer} also degrades past its context")
+    return (f"Past the context, the rotary twin's SAEs have at most {fmt(rot_hi.summary.ratio)} times their in-context "
+            f"nMSE (layer {rot_hi.layer}); the learned-absolute organism's have at least {fmt(ab_lo.summary.ratio)} "
+            f"times (layer {ab_lo.layer}): {verdict}.")
+
+
+# ----------------------------------------------------------------------------------------------
+# The chapter's one call
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PastContextResult:
+    """Everything the past-context chapter shows: numbers for the prose, frames for figures and tables."""
+
+    context_size: int
+    n_ctx: int
+    heldout_inputs: int
+    errors: dict[str, ErrorSummary]  # method -> nMSE inside/past (SAE, fixes, control, fine-tuned)
+    losses: dict[str, LossSummary]  # method -> loss increase inside/past
+    clean_loss: dict[str, float]  # 'inside', 'past': the model's own mean loss there
+    loss_curves: pd.DataFrame
+    method_table: pd.DataFrame
+    finetune: pd.DataFrame
+    control_label: str | None
+    layer_rows: list[LayerErrors] = field(default_factory=list)
+    layer_curves: pd.DataFrame = field(default_factory=pd.DataFrame)
+    rotary_table: pd.DataFrame = field(default_factory=pd.DataFrame)
+    rotary_facts: dict[str, object] = field(default_factory=dict)  # recipe, tokens, held-out loss of both models
+
+    @property
+    def control_nmse_past(self) -> float | None:
+        """Return the full-context control's nMSE past the context (None without a control)."""
+        return self.errors[self.control_label].nmse_past if self.control_label in self.errors else None
+
+    def glued(self) -> dict[str, object]:
+        """Return every value the prose cites, by glue name (prefix pc_)."""
+        raw = self.losses[SAE_LABEL]
+        v: dict[str, object] = {
+            "pc_context": self.context_size, "pc_n_ctx": self.n_ctx, "pc_heldout_inputs": self.heldout_inputs,
+            "pc_inside": span(in_context_positions(self.context_size, self.n_ctx)),
+            "pc_past": span(range(self.context_size, self.n_ctx)),
+            "pc_clean_in": self.clean_loss["inside"], "pc_clean_past": self.clean_loss["past"],
+            "pc_loss_sae_in": raw.in_context, "pc_loss_sae_past": raw.past,
+            "pc_loss_sentence": loss_sentence(raw, self.context_size, self.n_ctx),
+            "pc_best_fix_sentence": best_fix_sentence(self.losses),
+            "pc_sae_nmse_in": self.errors[SAE_LABEL].nmse_in, "pc_sae_nmse_past": self.errors[SAE_LABEL].nmse_past,
+            "pc_finetune_sentence": finetune_sentence(self.finetune, self.errors.get(self.control_label or ""),
+                                                      self.context_size),
+            "pc_rotary_sentence": rotary_sentence(self.layer_rows),
+            "pc_rotary_setup": rotary_setup_sentence(self.rotary_facts),
+            "pc_ranking_sentence": ranking_sentence(self.errors, self.losses),
+            "pc_restore_factor": RESTORE_FACTOR,
+        }
+        for k, label in FIX_LABELS.items():
+            if label in self.losses:
+                v[f"pc_loss_{k}_in"], v[f"pc_loss_{k}_past"] = self.losses[label].in_context, self.losses[label].past
+        if self.control_label in self.errors:
+            v["pc_full_nmse_past"] = self.errors[self.control_label].nmse_past
+        last = self.finetune.iloc[-1]
+        v.update(pc_ft_tokens_final=int(last.tokens), pc_ft_nmse_past_final=float(last.nmse_past),
+                 pc_ft_nmse_in_final=float(last.nmse_in))
+        rot = [r.summary.ratio for r in self.layer_rows if r.model == ROTARY_LABEL and r.layer >= 1]
+        ab = [r.summary.ratio for r in self.layer_rows if r.model == ABSOLUTE_LABEL]
+        if rot:
+            v["pc_rot_ratio_max"] = max(rot)
+        if ab:
+            v["pc_abs_ratio_min"], v["pc_abs_ratio_max"] = min(ab), max(ab)
+        v.update({f"pc_rot_{k}": x for k, x in self.rotary_facts.items()})
+        return v
+
+
+def _finetuned(params: PastContextParams, device) -> dict[str, tuple[SAE, int]]:
+    """Return {label: (SAE, tokens)} of the fine-tuned SAEs the params name."""
+    from possae.loaders import load_sae
+    from possae.organism.recipe import FINETUNE_BUDGETS
+
+    out = {}
+    for sae_id in params.finetune_sae_ids:
+        tokens = FINETUNE_BUDGETS[sae_id]
+        out[finetune_label(tokens)] = (load_sae(params.sae_release, sae_id, device), tokens)
+    return out
+
+
+def rotary_facts() -> dict[str, object]:
+    """Return what trained the rotary twin (its recipe's name and tokens), from the facts shipped beside it."""
+    from possae.organism.recipe import LM_RECIPES, ROTARY_ARTIFACTS
+
+    path = ROTARY_ARTIFACTS / "lm_training.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: restore it with `git checkout -- possae/artifacts/organism-rotary` "
+                                "or retrain with `possae organism model --positional rotary`.")
+    recipe = json.loads(path.read_text())["recipe"]
+    name = next((n for n, r in LM_RECIPES.items()
+                 if {**r.to_dict(), "positional_embedding_type": "rotary", "betas": list(r.betas)} == recipe), "custom")
+    return {"recipe": name, "tokens": int(recipe["train_tokens"])}
+
+
+@torch.no_grad()
+def analyze(model, sae: SAE, params: PastContextParams, control: SAE | None = None) -> PastContextResult:
+    """Return the PastContextResult of a layer-0 SAE trained on a context shorter than the model's n_ctx."""
+    from possae.heldout import heldout_windows
+    from possae.layer0_stats import layer0_stats_from_model
+    from possae.loaders import load_model, load_sae
+
+    require_layer0(sae, "The past-context chapter")
+    n_ctx = model.cfg.n_ctx
+    C = sae_context_size(sae, n_ctx)
+    if C >= n_ctx:
+        raise ValueError(f"the SAE was trained on {C} >= n_ctx = {n_ctx} positions: nothing lies past its context. "
+                         "Pick an SAE trained on shorter contexts, e.g. -p sae_id relu-short.")
+    device = sae.W_enc.device
+    fixes = length_fixes(layer0_stats_from_model(model, sae, progress=False), sae, model.W_E, C)
+    finetuned = _finetuned(params, device)
+    windows = heldout_windows(model.tokenizer, n_ctx + 1, params.n_heldout_tokens)
+    sums = splice_position_sums(model, sae, windows, fixes, control, {k: s for k, (s, _) in finetuned.items()},
+                                seed=params.seed, progress=False)
+    methods = loss_methods(sums)
+    errors = {m: error_summary(sums, m, C) for m in methods}
+    losses = {m: loss_summary(sums, m, C) for m in methods}
+    inside = in_context_positions(C, n_ctx)
+    clean = sums.totals[f"ce:{CLEAN}"]
+    clean_loss = {"inside": float(clean[sums.mask(inside.start, inside.stop)].sum() / sums.n[sums.mask(inside.start, inside.stop)].sum()),
+                  "past": float(clean[sums.mask(C)].sum() / sums.n[sums.mask(C)].sum())}
+    result = PastContextResult(
+        context_size=C, n_ctx=n_ctx, heldout_inputs=int(sums.n.sum()), errors=errors, losses=losses,
+        clean_loss=clean_loss, loss_curves=loss_curves(sums), method_table=method_table(errors, losses, C, n_ctx),
+        finetune=finetune_frame(errors, {k: t for k, (_, t) in finetuned.items()}),
+        control_label=CONTROL_LABEL if control is not None else None,
+    )
+    if params.rotary_release is None:
+        return result
+    tokens = heldout_windows(model.tokenizer, n_ctx, params.n_heldout_tokens)
+    ab_rows, ab_curves = layer_errors(model, ABSOLUTE_LABEL, {i: load_sae(params.sae_release, i, device)
+                                                              for i in params.relu_sae_ids}, tokens)
+    twin = load_model(params.rotary_release, device=str(device))
+    rot_rows, rot_curves = layer_errors(twin, ROTARY_LABEL, {i: load_sae(params.rotary_release, i, device)
+                                                             for i in params.rotary_sae_ids}, tokens)
+    rows = ab_rows + rot_rows
+    result.layer_rows, result.layer_curves = rows, pd.concat([ab_curves, rot_curves], ignore_index=True)
+    result.rotary_table = rotary_table(rows, n_ctx)
+    facts = rotary_facts() if params.rotary_release == "organism-rotary" else {"recipe": "given", "tokens": 0}
+    result.rotary_facts = {**facts, "loss": _mean_loss(twin, windows), "absolute_loss": _mean_loss(model, windows)}
+    return result
+
+
+@torch.no_grad()
+def _mean_loss(model, windows: Int[Tensor, "n_windows pos_plus_1"], batch_size: int = 16) -> float:
+    """Return a model's mean next-token loss (nats) over windows of n + 1 tokens."""
+    total = sum(float(next_token_ce(model(windows[i : i + batch_size, :-1].to(model.cfg.device)),
+                                    windows[i : i + batch_size, 1:]).sum())
+                for i in range(0, len(windows), batch_size))
+    return total / windows[:, 1:].numel()
