@@ -91,6 +91,9 @@ result.method_table
 # %% tags=["remove-input"]
 finetune_figure(result.finetune, result.control_nmse_past, CONTROL_LABEL)
 
+# %% tags=["remove-input"]
+result.finetune_table()
+
 # %% [markdown]
 # {glue:text}`pc_finetune_sentence`
 

@@ -43,6 +43,7 @@ from possae.params import ParameterError, SubjectParams
 from possae.progress import tqdm
 
 CLEAN = "clean"  # the model's own loss, nothing spliced
+LOGITS_PER_BATCH = 2**27  # logits held at once by the spliced-loss pass (512 MB in float32): 2 windows on gpt2
 ROTARY_LABEL, ABSOLUTE_LABEL = "rotary twin", "learned absolute (the organism)"
 
 
@@ -99,16 +100,19 @@ def spliced_ce(model, tokens: Int[Tensor, "batch pos"], targets: Int[Tensor, "ba
 
 @torch.no_grad()
 def splice_position_sums(model, sae: SAE, windows: Int[Tensor, "n_windows pos_plus_1"], fixes: LengthFixes | None = None,
-                         control: SAE | None = None, finetuned: dict[str, SAE] | None = None, batch_size: int = 16,
-                         seed: int = 0, progress: bool | None = None) -> PositionSums:
+                         control: SAE | None = None, finetuned: dict[str, SAE] | None = None,
+                         batch_size: int | None = None, seed: int = 0, progress: bool | None = None) -> PositionSums:
     """Return PositionSums over the layer-0 input of windows of n + 1 tokens (the model reads the first n): x, x2,
     sse:<method> and ce:<method> (next-token loss with that method's reconstruction spliced in), ce:clean, for the
-    SAE, each fix, the control and each fine-tuned SAE. Inputs whose token is special (BOS, EOS) are left out."""
+    SAE, each fix, the control and each fine-tuned SAE, and l0:<label> (active features) of the SAE and each
+    fine-tuned SAE. Inputs whose token is special (BOS, EOS) are left out. batch_size: windows per batch; None keeps
+    a batch's logits near LOGITS_PER_BATCH (at most 16 windows)."""
     require_layer0(sae, "splice_position_sums")
     tokens, targets = windows[:, :-1], windows[:, 1:]
     n = tokens.shape[1]
     if n > model.cfg.n_ctx:
         raise ValueError(f"windows of {n} + 1 tokens: the model reads at most n_ctx = {model.cfg.n_ctx}.")
+    batch_size = batch_size or max(1, min(16, LOGITS_PER_BATCH // (n * model.cfg.d_vocab_out)))
     keep = ~torch.isin(tokens, torch.tensor(special_token_ids(model.tokenizer), dtype=tokens.dtype))
     tables = token_tables(sae, model.W_E, model.W_pos, tokens, fixes.context_size) if fixes is not None else None
     gen = torch.Generator(device=sae.W_enc.device).manual_seed(seed)
@@ -125,6 +129,8 @@ def splice_position_sums(model, sae: SAE, windows: Int[Tensor, "n_windows pos_pl
             recons[label] = sae_reconstruct(ft, x.flatten(0, 1))
         values = reconstruction_sums(x.flatten(0, 1).to(sae.W_enc.device, sae.W_enc.dtype), recons)
         values[f"ce:{CLEAN}"] = next_token_ce(logits, tgt).flatten()
+        for label, s in {SAE_LABEL: sae, **(finetuned or {})}.items():
+            values[f"l0:{label}"] = (s.encode(x.flatten(0, 1).to(s.W_enc.device, s.W_enc.dtype)) > 0).sum(-1)
         for label, x_hat in recons.items():
             values[f"ce:{label}"] = spliced_ce(model, tok, tgt, LAYER0_INPUT, x_hat.view_as(x)).flatten()
         sums.add(pos[k], **{name: v[k.to(v.device)] for name, v in values.items()})
@@ -243,13 +249,29 @@ def method_table(errors: dict[str, ErrorSummary], losses: dict[str, LossSummary]
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("method")
 
 
-def finetune_frame(errors: dict[str, ErrorSummary], budgets: dict[str, int]) -> pd.DataFrame:
-    """Return one row per fine-tuning budget (0: the SAE itself): tokens, nMSE inside and past the context."""
-    rows = [{"tokens": 0, "label": SAE_LABEL, "nmse_in": errors[SAE_LABEL].nmse_in,
-             "nmse_past": errors[SAE_LABEL].nmse_past}]
-    rows += [{"tokens": t, "label": label, "nmse_in": errors[label].nmse_in, "nmse_past": errors[label].nmse_past}
-             for label, t in sorted(budgets.items(), key=lambda kv: kv[1])]
+def l0_summary(sums: PositionSums, label: str, context_size: int) -> tuple[float, float]:
+    """Return an SAE's mean number of active features per input inside the context (1..C-1) and past it."""
+    inside = in_context_positions(context_size, sums.n_pos)
+    l0 = sums.totals[f"l0:{label}"]
+    return tuple(float(l0[m].sum() / sums.n[m].sum()) for m in (sums.mask(inside.start, inside.stop), sums.mask(context_size)))
+
+
+def finetune_frame(errors: dict[str, ErrorSummary], budgets: dict[str, int],
+                   l0: dict[str, tuple[float, float]] | None = None) -> pd.DataFrame:
+    """Return one row per fine-tuning budget (0: the SAE itself): tokens, nMSE and (given l0) L0 inside and past."""
+    order = [(SAE_LABEL, 0)] + sorted(budgets.items(), key=lambda kv: kv[1])
+    rows = [{"tokens": t, "label": label, "nmse_in": errors[label].nmse_in, "nmse_past": errors[label].nmse_past,
+             **({"l0_in": l0[label][0], "l0_past": l0[label][1]} if l0 else {})} for label, t in order]
     return pd.DataFrame(rows)
+
+
+def finetune_table(frame: pd.DataFrame, context_size: int, n_ctx: int) -> pd.DataFrame:
+    """Return the display table of the fine-tuning budgets: nMSE and L0 inside and past the context."""
+    inside, past = span(in_context_positions(context_size, n_ctx)), span(range(context_size, n_ctx))
+    return pd.DataFrame({"fine-tuning tokens": [f"{int(t):,}" for t in frame.tokens],
+                         f"nMSE, {inside}": frame.nmse_in.map(fmt), f"nMSE, {past}": frame.nmse_past.map(fmt),
+                         f"L0, {inside}": frame.l0_in.map(lambda v: f"{v:.1f}"),
+                         f"L0, {past}": frame.l0_past.map(lambda v: f"{v:.1f}")}).set_index("fine-tuning tokens")
 
 
 def rotary_table(rows: list[LayerErrors], n_ctx: int) -> pd.DataFrame:
@@ -281,18 +303,29 @@ def best_fix_sentence(losses: dict[str, LossSummary]) -> str:
             f"raw SAE's {raw.past:.3f} (and {candidates[best].in_context:.3f} against {raw.in_context:.3f} inside).")
 
 
+def moves(before: float, after: float, text=None) -> str:
+    """Return 'falls from A to B', 'rises from A to B' or 'stays at A' (A, B written by `text`, default fmt)."""
+    text = text or fmt
+    if text(before) == text(after):
+        return f"stays at {text(before)}"
+    return f"{'falls' if after < before else 'rises'} from {text(before)} to {text(after)}"
+
+
 def finetune_sentence(frame: pd.DataFrame, reference: ErrorSummary | None, context_size: int) -> str:
-    """Return the sentence on what fine-tuning on full contexts does to nMSE inside and past the context."""
+    """Return the sentence on what fine-tuning on full contexts does to nMSE (and L0) inside and past the context."""
     if len(frame) < 2:
         return "No fine-tuned SAE is given on this profile (finetune_sae_ids is empty), so the fix is not measured."
     first, last = frame.iloc[0], frame.iloc[-1]
     restored = last.nmse_past <= RESTORE_FACTOR * first.nmse_in
-    s = (f"After {int(last.tokens):,} tokens of fine-tuning on full contexts, nMSE past the context falls from "
-         f"{fmt(first.nmse_past)} to {fmt(last.nmse_past)}, and inside it goes from {fmt(first.nmse_in)} to "
-         f"{fmt(last.nmse_in)}; the fine-tuned SAE " + ("restores" if restored else "does not restore") +
-         f" the SAE's in-context error past the context (within {RESTORE_FACTOR:g}x).")
+    s = (f"After {int(last.tokens):,} tokens of fine-tuning on full contexts, nMSE past the context "
+         f"{moves(first.nmse_past, last.nmse_past)}, and inside it {moves(first.nmse_in, last.nmse_in)}")
+    if "l0_in" in frame:
+        s += f"; the active features per token inside the context {moves(first.l0_in, last.l0_in, lambda v: f'{v:.1f}')}"
+    s += (f". The fine-tuned SAE {'restores' if restored else 'does not restore'} the SAE's in-context error past the "
+          f"context (within {RESTORE_FACTOR:g}x of it).")
     if reference is not None:
-        s += f" The SAE trained on full contexts from the start reaches {fmt(reference.nmse_past)} at positions {context_size} and beyond."
+        s += (f" The SAE trained on full contexts from the start reaches {fmt(reference.nmse_past)} at positions "
+              f"{context_size} and beyond.")
     return s
 
 
@@ -366,6 +399,10 @@ class PastContextResult:
     layer_curves: pd.DataFrame = field(default_factory=pd.DataFrame)
     rotary_table: pd.DataFrame = field(default_factory=pd.DataFrame)
     rotary_facts: dict[str, object] = field(default_factory=dict)  # recipe, tokens, held-out loss of both models
+
+    def finetune_table(self) -> pd.DataFrame:
+        """Return the fine-tuning budgets' nMSE and L0 inside and past the context, for display."""
+        return finetune_table(self.finetune, self.context_size, self.n_ctx)
 
     @property
     def control_nmse_past(self) -> float | None:
@@ -464,7 +501,8 @@ def analyze(model, sae: SAE, params: PastContextParams, control: SAE | None = No
     result = PastContextResult(
         context_size=C, n_ctx=n_ctx, heldout_inputs=int(sums.n.sum()), errors=errors, losses=losses,
         clean_loss=clean_loss, loss_curves=loss_curves(sums), method_table=method_table(errors, losses, C, n_ctx),
-        finetune=finetune_frame(errors, {k: t for k, (_, t) in finetuned.items()}),
+        finetune=finetune_frame(errors, {k: t for k, (_, t) in finetuned.items()},
+                                {k: l0_summary(sums, k, C) for k in [SAE_LABEL, *finetuned]}),
         control_label=CONTROL_LABEL if control is not None else None,
     )
     if params.rotary_release is None:

@@ -1,0 +1,63 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent,ipynb
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Claims ledger
+#
+# **Overview.** The two studies this book follows, and the discussion around them, make claims that can be checked:
+# numbers, directions of an effect, remedies that should work. This chapter lists every such claim the book can
+# check, the study's number where it gives one, this book's number, and a verdict: **confirmed**, **refuted**, or
+# **not testable here**, each with its reason and a link to the section that shows it.
+#
+# **Prerequisites.** Every other chapter: the ledger computes nothing itself. It reads the values the other
+# chapters glued into their executed pages, from the same build, and applies one rule per claim. The rules and their
+# thresholds are in `possae.ledger`, each tested on constructed values; the studies' own numbers are citations,
+# kept there as named constants.
+
+# %% tags=["parameters", "remove-cell"]
+chapters_dir = "build/book/chapters"  # the executed chapters of the build it reads (possae build sets it)
+
+# %% tags=["remove-cell"]
+from possae.glued import glue_all
+from possae.ledger import LedgerParams, analyze, read_chapters
+
+params = LedgerParams.from_namespace(globals())
+result = analyze(read_chapters(params.chapters_dir))
+glue_all(result.glued())
+
+# %% [markdown]
+# ## The ledger
+#
+# The "this book" column names the model its numbers come from ({glue:text}`ledger_model`). Where a study's number
+# belongs to GPT-2 small's SAEs only (a count of features out of 24,576), the ledger tests the form of the claim that
+# carries over to another model and says which form in the reason. The same chapter run on the `gpt2` profile
+# (`possae build --profile gpt2`) fills the column with gpt2-small and `gpt2-small-res-jb`; those numbers need a
+# network, since the offline stand-in of gpt2-small has random weights and its pages say so.
+
+# %% tags=["remove-input"]
+result.table()
+
+# %% [markdown]
+# ## Verdicts
+#
+# {glue:text}`ledger_count_sentence`
+#
+# {glue:text}`ledger_confirmed_sentence`
+#
+# {glue:text}`ledger_refuted_sentence`
+#
+# {glue:text}`ledger_untestable_sentence`
+#
+# A verdict holds for the model the column names: a claim about GPT-2 small's SAEs that is refuted here is refuted on
+# this model, and may still hold on GPT-2. A claim is not testable here when the measurement it needs does not exist
+# on this build (a frequency cannot double when no curve oscillates), never because of its result.

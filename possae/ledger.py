@@ -1,0 +1,577 @@
+"""Chapter "ledger": every checkable claim of the two studies, this book's number for it, and a verdict.
+
+The ledger computes nothing about models or SAEs. It reads the values the other chapters glued into their executed
+notebooks (``possae.glued.glued_values``) and applies one verdict rule per claim, each with named thresholds. The
+studies' own numbers are citations, kept as the constants below with where each study gives them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from possae.glued import glued_values
+from possae.length import RESTORE_FACTOR, SAME_BAND, fmt, pct
+from possae.params import ChapterParams
+from possae.positional import NEAR_1
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The studies' numbers (citations, not results)
+# ---------------------------------------------------------------------------------------------------------------------
+STUDY_HELIX_TOP3 = 0.95  # study 1: GPT-2 small's W_pos rows 1..127 lie on a helix, top 3 PCs hold about 95 % of them
+STUDY_N_POSITIONAL = 50  # study 1: about 50 positional features in the layer-0 SAE of gpt2-small-res-jb ...
+STUDY_D_SAE = 24576  # ... out of its 24,576 features
+STUDY_SEEDS = (0.55, 0.85)  # study 2: 55-85 % matched between SAEs that differ only in their seed
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Verdicts and the thresholds of their rules
+# ---------------------------------------------------------------------------------------------------------------------
+CONFIRMED, REFUTED, UNTESTABLE, NOT_RUN = "confirmed", "refuted", "not testable here", "not run"
+HELIX_TOLERANCE = 0.05  # "about 95 %": a top-3 share within 5 points of the study's
+MINORITY_SHARE = 0.01  # positional features are "a small minority" below 1 % of the dictionary
+EARLY_FACTOR = 2.0  # early positions get dedicated features: at least twice the later positions' features per position
+BIMODAL_SHARE = 0.95  # "about 0 % or about 100 %": at least this share of firing features near 0 or near 1 ...
+AMPLITUDE_DROP = 0.5  # zeroing W_pos "removes the pattern": the curve's relative amplitude at most halves
+DOUBLING_BAND = (1.5, 2.5)  # a later layer's frequency "doubles" layer 0's within this band of ratios
+CONTAINED_SHARE = 0.5  # the small dictionary is "contained" in the large when at least half its features match there
+LOSS_FACTOR = 2.0  # the SAE "costs more past the context" when its added loss there is this many times its inside
+MIN_SPURIOUS = 1.0  # spurious firing exists: at least one spurious feature per token past the context, on average
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """A claim's verdict (confirmed, refuted, not testable here, not run) and its reason."""
+
+    verdict: str
+    reason: str
+
+
+def helix_verdict(top3: float, study: float = STUDY_HELIX_TOP3, tolerance: float = HELIX_TOLERANCE) -> Verdict:
+    """Return whether a top-3 PC share is within `tolerance` of the study's."""
+    if abs(top3 - study) <= tolerance:
+        return Verdict(CONFIRMED, f"within {tolerance * 100:.0f} points of the study's {study:.0%}")
+    return Verdict(REFUTED, f"{abs(top3 - study) * 100:.1f} points from the study's {study:.0%}")
+
+
+def minority_verdict(n_positional: int, d_sae: int, limit: float = MINORITY_SHARE) -> Verdict:
+    """Return whether positional features are a small minority (share below `limit`) of a dictionary."""
+    share = n_positional / d_sae
+    form = (f"the count depends on the SAE; tested: positional features are below {limit:.0%} of the dictionary "
+            f"(study: {STUDY_N_POSITIONAL / STUDY_D_SAE:.1%})")
+    if n_positional == 0:
+        return Verdict(UNTESTABLE, "no feature is positional here, so there is no minority to count")
+    return Verdict(CONFIRMED if share < limit else REFUTED, f"{form}; here {pct(share)}")
+
+
+def early_verdict(early_per_position: float, late_per_position: float, factor: float = EARLY_FACTOR) -> Verdict:
+    """Return whether the earliest positions get at least `factor` times the later ones' features per position."""
+    if early_per_position == 0 and late_per_position == 0:
+        return Verdict(UNTESTABLE, "no positional feature peaks inside the context")
+    if early_per_position >= factor * late_per_position:
+        return Verdict(CONFIRMED, f"at least {factor:g} times the later positions' features per position")
+    return Verdict(REFUTED, f"less than {factor:g} times the later positions' features per position")
+
+
+def disjoint_verdict(n_both: int, n_positional: int) -> Verdict:
+    """Return whether no feature is both positional and semantic."""
+    if n_positional == 0:
+        return Verdict(UNTESTABLE, "no feature is positional here")
+    if n_both == 0:
+        return Verdict(CONFIRMED, "no feature has both R²_pos and R²_tok at or above the thresholds")
+    return Verdict(REFUTED, f"{n_both} features are both")
+
+
+def bimodal_verdict(near_0: float, near_1: float, max_r2: float, share: float = BIMODAL_SHARE,
+                    high: float = NEAR_1) -> Verdict:
+    """Return whether R²_pos is bimodal at 0 and 1: `share` of firing features near either end, and some near 1."""
+    if max_r2 <= high:
+        return Verdict(REFUTED, f"no feature has R²_pos above {high:.2f}: the largest is {max_r2:.2f}, so the "
+                                "positional features sit between the modes, not near 100 %")
+    if near_0 + near_1 < share:
+        return Verdict(REFUTED, f"only {pct(near_0 + near_1)} of firing features are near 0 or near 1 "
+                                f"(criterion: {share:.0%})")
+    return Verdict(CONFIRMED, f"{pct(near_0 + near_1)} of firing features are near 0 or near 1")
+
+
+def random_verdict(sae_past: float, random_past: float, band: float = SAME_BAND) -> Verdict:
+    """Return whether the SAE's error past the context exceeds a random vector's of equal norm by more than `band`."""
+    r = sae_past / random_past
+    if r > band:
+        return Verdict(CONFIRMED, f"{fmt(r)} times the random vector's error")
+    if r >= 1 / band:
+        return Verdict(REFUTED, f"within {band - 1:.0%} of the random vector's error: as bad as random, not worse")
+    return Verdict(REFUTED, f"below the random vector's error ({fmt(1 / r)} times smaller)")
+
+
+def spurious_verdict(mean_spurious: float, non_positional: float, least: float = MIN_SPURIOUS) -> Verdict:
+    """Return whether tokens fire spurious features past the context (`least` per token) and these are semantic."""
+    if mean_spurious < least:
+        return Verdict(REFUTED, f"fewer than {least:g} spurious feature per token past the context")
+    if non_positional < 0.5:
+        return Verdict(REFUTED, "most spurious features are positional, not semantic")
+    return Verdict(CONFIRMED, f"{pct(non_positional)} of the spurious (token, feature) pairs are non-positional")
+
+
+def oscillation_verdict(n_oscillating: int, n_curves: int) -> Verdict:
+    """Return whether any of the lowest layers' curves passes the spectral test (resolved and significant peak)."""
+    if n_curves == 0:
+        return Verdict(UNTESTABLE, "no curve was measured")
+    if n_oscillating == 0:
+        return Verdict(REFUTED, f"none of the {n_curves} lowest-layer curves has a resolved, significant spectral "
+                                "peak: the curves trend or bend, they do not oscillate")
+    return Verdict(CONFIRMED, f"{n_oscillating} of the {n_curves} lowest-layer curves oscillate")
+
+
+def doubling_verdict(ratios: Sequence[float], n_base_oscillating: int, band: tuple[float, float] = DOUBLING_BAND) \
+        -> Verdict:
+    """Return whether later layers' frequencies are about twice their lowest layer's (median ratio within `band`)."""
+    if n_base_oscillating == 0 or not ratios:
+        return Verdict(UNTESTABLE, "the lowest layer's curve does not oscillate here (or no later one does), so there "
+                                   "is no frequency to double")
+    median = float(pd.Series(list(ratios)).median())
+    inside = band[0] <= median <= band[1]
+    return Verdict(CONFIRMED if inside else REFUTED,
+                   f"median frequency ratio {median:.2f} ({'inside' if inside else 'outside'} {band[0]:g}-{band[1]:g})")
+
+
+def ablation_verdict(amp_normal: float, amp_zero: float, n_oscillating: int, drop: float = AMPLITUDE_DROP) -> Verdict:
+    """Return whether zeroing W_pos shrinks the curve's relative amplitude to at most `drop` of its normal value;
+    not testable when no curve oscillates (the pattern the claim removes is the oscillation)."""
+    if n_oscillating == 0:
+        return Verdict(UNTESTABLE, f"no curve oscillates, so there is no oscillation to remove; zeroing W_pos leaves "
+                                   f"{amp_zero / amp_normal:.0%} of the curve's variation with position")
+    if amp_zero <= drop * amp_normal:
+        return Verdict(CONFIRMED, f"the amplitude falls to {amp_zero / amp_normal:.0%} of its value with W_pos")
+    return Verdict(REFUTED, f"the amplitude keeps {amp_zero / amp_normal:.0%} of its value with W_pos")
+
+
+def shuffle_verdict(ce_normal: float, ce_zero: float, ce_shuffle: float) -> Verdict:
+    """Return whether shuffling W_pos costs the model less next-token loss than zeroing it."""
+    zero, shuffle = ce_zero - ce_normal, ce_shuffle - ce_normal
+    if shuffle < zero:
+        return Verdict(CONFIRMED, f"shuffling adds {shuffle:.2f} nats, zeroing {zero:.2f}")
+    return Verdict(REFUTED, f"shuffling adds {shuffle:.2f} nats, more than zeroing's {zero:.2f}: wrong positions "
+                            "cost more than none")
+
+
+def more_than_verdict(seeds: float, datasets: float) -> Verdict:
+    """Return whether SAEs differing in their seed share more features than SAEs trained on different datasets."""
+    if seeds > datasets:
+        return Verdict(CONFIRMED, f"seed pairs share {pct(seeds)} on average, dataset pairs {pct(datasets)}")
+    return Verdict(REFUTED, f"seed pairs share {pct(seeds)} on average, not more than dataset pairs' {pct(datasets)}")
+
+
+def range_verdict(low: float, high: float, study: tuple[float, float]) -> Verdict:
+    """Return whether the book's range of shares [low, high] overlaps the study's."""
+    if high < study[0]:
+        return Verdict(REFUTED, f"every pair below the study's {study[0]:.0%}-{study[1]:.0%}")
+    if low > study[1]:
+        return Verdict(REFUTED, f"every pair above the study's {study[0]:.0%}-{study[1]:.0%}")
+    return Verdict(CONFIRMED, f"overlaps the study's {study[0]:.0%}-{study[1]:.0%}")
+
+
+def containment_verdict(small_in_large: float, large_in_small: float, share: float = CONTAINED_SHARE) -> Verdict:
+    """Return whether at least `share` of the small dictionary's features have a partner in the large one."""
+    if small_in_large >= share:
+        return Verdict(CONFIRMED, f"at least {share:.0%} of the small dictionary's features have a partner")
+    way = "more than" if small_in_large > large_in_small else "not more than"
+    return Verdict(REFUTED, f"fewer than {share:.0%} of the small dictionary's features have a partner ({way} the "
+                            "other way round)")
+
+
+def early_layers_verdict(first_share: float, later_share: float) -> Verdict:
+    """Return whether matching between adjacent layers is lower from the first layer than between later layers."""
+    if first_share < later_share:
+        return Verdict(CONFIRMED, "the first layer pair matches less than the later ones on average")
+    return Verdict(REFUTED, "the first layer pair matches at least as much as the later ones on average")
+
+
+def rotary_verdict(rotary_max: float, absolute_min: float, factor: float = RESTORE_FACTOR) -> Verdict:
+    """Return whether every rotary SAE keeps its error past the context within `factor` of its error inside, while
+    the learned-absolute SAEs exceed it (else the comparison shows nothing)."""
+    if rotary_max > factor:
+        return Verdict(REFUTED, f"a rotary SAE's error past the context reaches {fmt(rotary_max)} times its error "
+                                f"inside (limit {factor:g})")
+    if absolute_min <= factor:
+        return Verdict(UNTESTABLE, "the learned-absolute SAEs do not blow up either, so the control shows nothing")
+    return Verdict(CONFIRMED, f"rotary: at most {fmt(rotary_max)} times the error inside; learned-absolute: at least "
+                              f"{fmt(absolute_min)} times")
+
+
+def restore_verdict(past: float, sae_inside: float, factor: float = RESTORE_FACTOR) -> Verdict:
+    """Return whether an nMSE past the context is within `factor` of the raw SAE's nMSE inside it."""
+    if past <= factor * sae_inside:
+        return Verdict(CONFIRMED, f"within {factor:g} times the SAE's own error inside the context")
+    return Verdict(REFUTED, f"{fmt(past / sae_inside)} times the SAE's own error inside the context (limit {factor:g})")
+
+
+def loss_verdict(loss_inside: float, loss_past: float, factor: float = LOSS_FACTOR) -> Verdict:
+    """Return whether splicing the SAE in adds at least `factor` times more next-token loss past the context."""
+    if loss_past >= factor * loss_inside and loss_past > 0:
+        return Verdict(CONFIRMED, f"at least {factor:g} times the loss it adds inside")
+    return Verdict(REFUTED, f"less than {factor:g} times the loss it adds inside")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The claims
+# ---------------------------------------------------------------------------------------------------------------------
+CHAPTERS = ("setup", "positional", "semantic", "length_generalization", "oscillation", "matching", "past_context")
+SECTIONS = {  # (page, anchor or None for the page's top): the heading's text, as the link reads
+    ("setup", "the-geometry-of-w-pos"): "Setup: the geometry of W_pos",
+    ("positional", "which-features-are-positional"): "Positional: which features are positional",
+    ("positional", "which-positions-get-their-own-features"): "Positional: which positions get their own features",
+    ("positional", "position-vs-token-for-every-feature"): "Positional: position vs token",
+    ("semantic", "how-much-of-each-feature-is-token-identity"): "Semantic: token identity",
+    ("length_generalization", "reconstruction-error-at-every-position"): "Length: reconstruction error",
+    ("length_generalization", "semantic-features-past-the-context-spurious-firing"): "Length: spurious firing",
+    ("length_generalization", "fixes"): "Length: fixes",
+    ("oscillation", "is-there-an-oscillation"): "Oscillation: is there an oscillation?",
+    ("oscillation", "ablating-the-positional-embedding"): "Oscillation: ablating W_pos",
+    ("oscillation", "what-the-model-loses"): "Oscillation: what the model loses",
+    ("matching", "different-seeds"): "Matching: different seeds",
+    ("matching", "width"): "Matching: width",
+    ("matching", "layer-against-layer"): "Matching: layer against layer",
+    ("past_context", "the-next-token-loss-past-the-context"): "Past the context: the next-token loss",
+    ("past_context", "the-fine-tuning-fix"): "Past the context: the fine-tuning fix",
+    ("past_context", "a-rotary-control"): "Past the context: a rotary control",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """One claim: its text, the study's number, where the book shows it, the glued names it reads and its rule."""
+
+    key: str
+    claim: str
+    study: str  # the study's number or wording ('-' where it gives none)
+    chapter: str  # the chapter whose glued values it reads (a file name of chapters/)
+    section: tuple[str, str | None]  # a key of SECTIONS
+    names: tuple[str, ...]  # the glued names it needs
+    judge: Callable[[Mapping[str, object]], tuple[str, Verdict]]  # values -> (this book's number, verdict)
+    missing: str = "the chapter skipped this measurement on this build"  # the reason when a name is absent
+
+
+def _helix(v):
+    """Return (GPT-2's and the organism's top-3 PC shares, verdict)."""
+    return (f"GPT-2 small rows 1..{v['gpt2_context_last']}: {pct(v['gpt2_top3_ctx'])} (organism, all rows: "
+            f"{pct(v['top3'])})"), helix_verdict(v["gpt2_top3_ctx"])
+
+
+def _minority(v):
+    """Return (the count of positional features, verdict)."""
+    return (f"{v['pos_n_positional']:,} of {v['pos_d_sae']:,} ({pct(v['pos_share_positional'])})",
+            minority_verdict(v["pos_n_positional"], v["pos_d_sae"]))
+
+
+def _early(v):
+    """Return (features per position, early and later, verdict)."""
+    return (f"{v['pos_early_per_position']:.2f} features per position at {v['pos_early_positions']}, "
+            f"{v['pos_late_per_position']:.2f} later"), early_verdict(v["pos_early_per_position"],
+                                                                         v["pos_late_per_position"])
+
+
+def _disjoint(v):
+    """Return (the count of features both positional and semantic, verdict)."""
+    return (f"{v['sem_n_both']} of {v['sem_n_features']:,} features both ({v['sem_n_positional']} positional, "
+            f"{v['sem_n_semantic']:,} semantic)"), disjoint_verdict(v["sem_n_both"], v["sem_n_positional"])
+
+
+def _bimodal(v):
+    """Return (the shares of R²_pos near 0 and near 1, verdict)."""
+    return (f"R²_pos < {v['pos_low']:.2f}: {pct(v['pos_pos_near0'])}; > {v['pos_high']:.2f}: "
+            f"{pct(v['pos_pos_near1'])}; largest {v['pos_max_r2']:.3f}"), \
+        bimodal_verdict(v["pos_pos_near0"], v["pos_pos_near1"], v["pos_max_r2"], high=v["pos_high"])
+
+
+def _random(v):
+    """Return (the SAE's and a random vector's nMSE past the context, verdict)."""
+    return (f"nMSE past the context {fmt(v['len_heldout_past'])}, random vector {fmt(v['len_heldout_rand_past'])}",
+            random_verdict(v["len_heldout_past"], v["len_heldout_rand_past"]))
+
+
+def _spurious(v):
+    """Return (spurious features per token past the context, verdict)."""
+    return (f"{fmt(v['len_spur_mean'])} spurious features per token ({pct(v['len_spur_share'])} of its active ones)",
+            spurious_verdict(v["len_spur_mean"], v["len_spur_nonpos"]))
+
+
+def _oscillation(v):
+    """Return (how many curves oscillate, verdict)."""
+    return (f"{v['osc_n_osc_base']} of {v['osc_n_base']} lowest-layer curves oscillate ({v['osc_n_oscillating']} of "
+            f"{v['osc_n_saes']} in all)"), oscillation_verdict(v["osc_n_osc_base"], v["osc_n_base"])
+
+
+def _doubling(v):
+    """Return (the later layers' frequency ratios, verdict)."""
+    ratios = v["osc_ratios_to_base"]
+    shown = ", ".join(f"{r:.2f}" for r in ratios) if ratios else "none measurable"
+    return (f"{v['osc_n_osc_later']} of {v['osc_n_later']} later-layer curves oscillate; ratios: {shown}",
+            doubling_verdict(ratios, v["osc_n_osc_base"]))
+
+
+def _ablation(v):
+    """Return (the curve's amplitude with and without W_pos, verdict)."""
+    return (f"relative amplitude {v['osc_amp0_normal']:.3f} with W_pos, {v['osc_amp0_zero']:.3f} zeroed "
+            f"({v['osc_ref0']})"), ablation_verdict(v["osc_amp0_normal"], v["osc_amp0_zero"],
+                                                         v["osc_n_oscillating"])
+
+
+def _shuffle(v):
+    """Return (the model's loss under each W_pos condition, verdict)."""
+    return (f"loss {v['osc_ce_normal']:.3f} nats, zeroed {v['osc_ce_zero']:.3f}, shuffled {v['osc_ce_shuffle']:.3f}",
+            shuffle_verdict(v["osc_ce_normal"], v["osc_ce_zero"], v["osc_ce_shuffle"]))
+
+
+def _share_range(lo: float, hi: float) -> str:
+    """Return a range of shares as text, e.g. '15.9%-19.0%'."""
+    return pct(lo) if pct(lo) == pct(hi) else f"{pct(lo)}-{pct(hi)}"
+
+
+def _dataset_seed(v):
+    """Return (the mean seed and dataset pair's share, verdict)."""
+    return (f"seeds {pct(v['match_seeds_mean'])}, datasets {pct(v['match_datasets_mean'])} (mean pair)",
+            more_than_verdict(v["match_seeds_mean"], v["match_datasets_mean"]))
+
+
+def _range_rule(name: str, study: tuple[float, float]):
+    """Return the judge of a matching comparison's range of shares against the study's."""
+    def judge(v):
+        """Return (the range of shares, verdict)."""
+        lo, hi = v[f"match_{name}_min"], v[f"match_{name}_max"]
+        return _share_range(lo, hi), range_verdict(lo, hi, study)
+    return judge
+
+
+def _containment(v):
+    """Return (the containment shares both ways, verdict)."""
+    return (f"small in large {pct(v['match_contain_small_in_large'])}, large in small "
+            f"{pct(v['match_contain_large_in_small'])}"), containment_verdict(v["match_contain_small_in_large"],
+                                                                            v["match_contain_large_in_small"])
+
+
+def _early_layers(v):
+    """Return (adjacent-layer shares, first and later, verdict)."""
+    first = v["match_adjacent_first_layer"]
+    return (f"adjacent layers from layer {first}: {pct(v['match_adjacent_first_share'])}; later pairs: "
+            f"{pct(v['match_adjacent_later_share'])}"), early_layers_verdict(v["match_adjacent_first_share"],
+                                                                           v["match_adjacent_later_share"])
+
+
+def _rotary(v):
+    """Return (the rotary and absolute SAEs' error ratios, verdict)."""
+    return (f"nMSE past / inside: rotary ({v['pc_rot_recipe']} recipe) at most {fmt(v['pc_rot_ratio_max'])}, "
+            f"learned-absolute at least {fmt(v['pc_abs_ratio_min'])}"), \
+        rotary_verdict(v["pc_rot_ratio_max"], v["pc_abs_ratio_min"])
+
+
+def _finetune(v):
+    """Return (nMSE past the context before and after fine-tuning, verdict)."""
+    return (f"nMSE past {fmt(v['pc_sae_nmse_past'])} → {fmt(v['pc_ft_nmse_past_final'])} after "
+            f"{v['pc_ft_tokens_final']:,} tokens (relu-full: {fmt(v['pc_full_nmse_past'])})"), \
+        restore_verdict(v["pc_ft_nmse_past_final"], v["pc_sae_nmse_in"])
+
+
+def _loss(v):
+    """Return (the loss the SAE adds inside and past the context, verdict)."""
+    return (f"+{v['pc_loss_sae_in']:.3f} nats inside, +{v['pc_loss_sae_past']:.3f} past",
+            loss_verdict(v["pc_loss_sae_in"], v["pc_loss_sae_past"]))
+
+
+def _fix(k: str):
+    """Return the judge of fix (k): does its nMSE past the context restore the SAE's inside?"""
+    def judge(v):
+        """Return (the fix's nMSE past the context, verdict)."""
+        return f"nMSE past {fmt(v[f'len_fix_{k}_past'])}", restore_verdict(v[f"len_fix_{k}_past"], v["len_fix_sae_in"],
+                                                                             v["len_restore_factor"])
+    return judge
+
+
+FIX_CLAIMS = {"a": "encoding the token embedding alone, W_pos added back, fixes the SAE past the context",
+              "b": "reading the token at the last trained position fixes the SAE past the context",
+              "c": "keeping the SAE's token part and using the exact W_pos fixes the SAE past the context",
+              "d": "training the SAE on full contexts fixes it past the context"}
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim("helix", "GPT-2's W_pos is a helix: its top 3 principal components hold about 95 % of it",
+          f"{STUDY_HELIX_TOP3:.0%}", "setup", ("setup", "the-geometry-of-w-pos"),
+          ("gpt2_context_last", "gpt2_top3_ctx", "top3"), _helix),
+    Claim("few_positional", "a layer-0 SAE has few positional features",
+          f"about {STUDY_N_POSITIONAL} of {STUDY_D_SAE:,}", "positional",
+          ("positional", "which-features-are-positional"),
+          ("pos_n_positional", "pos_d_sae", "pos_share_positional"), _minority),
+    Claim("early_positions", "early positions get dedicated features", "-", "positional",
+          ("positional", "which-positions-get-their-own-features"),
+          ("pos_early_positions", "pos_early_per_position", "pos_late_per_position"), _early,
+          "the context has a single group of peak positions on this build"),
+    Claim("disjoint", "positional and semantic features are disjoint at layer 0", "-", "semantic",
+          ("semantic", "how-much-of-each-feature-is-token-identity"),
+          ("sem_n_both", "sem_n_features", "sem_n_positional", "sem_n_semantic"), _disjoint),
+    Claim("bimodal", "(comment) position explains about 0 % or about 100 % of each feature's variance",
+          "0 % or 100 %", "positional", ("positional", "position-vs-token-for-every-feature"),
+          ("pos_low", "pos_high", "pos_pos_near0", "pos_pos_near1", "pos_max_r2"), _bimodal),
+    Claim("random", "past the context, the reconstruction is worse than a random vector of the same norm", "-",
+          "length_generalization", ("length_generalization", "reconstruction-error-at-every-position"),
+          ("len_heldout_past", "len_heldout_rand_past"), _random),
+    Claim("spurious", "past the context, semantic features fire spuriously", "-", "length_generalization",
+          ("length_generalization", "semantic-features-past-the-context-spurious-firing"),
+          ("len_spur_mean", "len_spur_share", "len_spur_nonpos"), _spurious),
+    *(Claim(f"fix_{k}", f"fix ({k}): {text}", "-", "length_generalization", ("length_generalization", "fixes"),
+            (f"len_fix_{k}_past", "len_fix_sae_in", "len_restore_factor"), _fix(k),
+            "this build has no full-context SAE, so fix (d) was skipped")
+      for k, text in FIX_CLAIMS.items()),
+    Claim("oscillation", "the average activation oscillates with position (two periods)", "-", "oscillation",
+          ("oscillation", "is-there-an-oscillation"),
+          ("osc_n_osc_base", "osc_n_base", "osc_n_oscillating", "osc_n_saes"), _oscillation),
+    Claim("doubling", "layers 1-3 oscillate at twice layer 0's frequency", "2x", "oscillation",
+          ("oscillation", "is-there-an-oscillation"),
+          ("osc_ratios_to_base", "osc_n_osc_base", "osc_n_osc_later", "osc_n_later"), _doubling),
+    Claim("ablation", "ablating W_pos removes the pattern", "-", "oscillation",
+          ("oscillation", "ablating-the-positional-embedding"),
+          ("osc_amp0_normal", "osc_amp0_zero", "osc_ref0", "osc_n_oscillating"), _ablation),
+    Claim("shuffle", "shuffling W_pos costs the model less than zeroing it", "-", "oscillation",
+          ("oscillation", "what-the-model-loses"), ("osc_ce_normal", "osc_ce_zero", "osc_ce_shuffle"), _shuffle),
+    Claim("dataset_seed", "the dataset changes an SAE's dictionary more than the seed", "-", "matching",
+          ("matching", "different-seeds"), ("match_seeds_mean", "match_datasets_mean"), _dataset_seed,
+          "this build compares no seed pairs or no dataset pairs"),
+    Claim("seeds", "SAEs differing only in their seed share 55-85 % of features",
+          f"{STUDY_SEEDS[0]:.0%}-{STUDY_SEEDS[1]:.0%}", "matching", ("matching", "different-seeds"),
+          ("match_seeds_min", "match_seeds_max"), _range_rule("seeds", STUDY_SEEDS),
+          "this build compares no seed pairs"),
+    Claim("containment", "a smaller dictionary is contained in a larger one", "-", "matching", ("matching", "width"),
+          ("match_contain_small_in_large", "match_contain_large_in_small"), _containment,
+          "this build compares no widths"),
+    Claim("early_layers", "early layers match less", "-", "matching", ("matching", "layer-against-layer"),
+          ("match_adjacent_first_layer", "match_adjacent_first_share", "match_adjacent_later_share"), _early_layers,
+          "this build compares fewer than three layers"),
+    Claim("rotary", "SAEs on rotary-embedding models (Pythia) do not blow up past their context", "-",
+          "past_context", ("past_context", "a-rotary-control"),
+          ("pc_rot_recipe", "pc_rot_ratio_max", "pc_abs_ratio_min"), _rotary,
+          "this build trained no rotary twin"),
+    Claim("finetune", "fine-tuning the SAE on a little longer-context data fixes it", "-", "past_context",
+          ("past_context", "the-fine-tuning-fix"),
+          ("pc_sae_nmse_past", "pc_sae_nmse_in", "pc_ft_nmse_past_final", "pc_ft_tokens_final", "pc_full_nmse_past"),
+          _finetune, "this build has no fine-tuned SAEs or no full-context reference"),
+    Claim("loss", "(comments) past the context, the SAE spliced in costs the model much more next-token loss", "-",
+          "past_context", ("past_context", "the-next-token-loss-past-the-context"),
+          ("pc_loss_sae_in", "pc_loss_sae_past"), _loss),
+)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reading the chapters and judging
+# ---------------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class LedgerParams(ChapterParams):
+    """The ledger's parameters: where the executed chapters it reads are."""
+
+    chapters_dir: str = "build/book/chapters"  # the executed notebooks of the build (possae build sets it)
+
+
+def read_chapters(chapters_dir: Path | str, chapters: Sequence[str] = CHAPTERS) -> dict[str, dict[str, object]]:
+    """Return {chapter: its glued values} from a build's executed notebooks; raise naming any missing notebook."""
+    folder = Path(chapters_dir)
+    missing = [str(folder / f"{c}.ipynb") for c in chapters if not (folder / f"{c}.ipynb").is_file()]
+    if missing:
+        raise FileNotFoundError(f"The ledger reads the executed chapters, and {', '.join(missing)} does not exist: run "
+                                "`possae build` first (it executes every chapter before the ledger), or point "
+                                "chapters_dir at a build that has them.")
+    return {c: glued_values(folder / f"{c}.ipynb") for c in chapters}
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One judged claim: the claim, the study's number, this book's, the verdict and the link to its section."""
+
+    claim: Claim
+    book: str
+    verdict: Verdict
+
+
+def judge(claim: Claim, values: Mapping[str, Mapping[str, object]]) -> Row:
+    """Return the claim judged on the chapters' glued values ('not run' when its chapter is absent)."""
+    if claim.chapter not in values:
+        return Row(claim, "-", Verdict(NOT_RUN, f"the {claim.chapter} chapter has not been executed"))
+    v = values[claim.chapter]
+    if any(name not in v for name in claim.names):
+        return Row(claim, "-", Verdict(UNTESTABLE, claim.missing))
+    book, verdict = claim.judge(v)
+    return Row(claim, book, verdict)
+
+
+def link(section: tuple[str, str | None]) -> str:
+    """Return the HTML link to a section, relative to the ledger's page."""
+    page, anchor = section
+    href = f"{page}.html" + (f"#{anchor}" if anchor else "")
+    return f'<a href="{href}">{html.escape(SECTIONS[section])}</a>'
+
+
+def model_name(values: Mapping[str, Mapping[str, object]]) -> str:
+    """Return the name of the model the book's numbers come from (the setup chapter's), or 'this book'."""
+    return str(values.get("setup", {}).get("setup_model", "this book"))
+
+
+def count_sentence(counts: Mapping[str, int]) -> str:
+    """Return the sentence counting the verdicts."""
+    parts = [f"{counts[v]} {v}" for v in (CONFIRMED, REFUTED, UNTESTABLE, NOT_RUN) if counts.get(v)]
+    return "Of the " + f"{sum(counts.values())} claims: " + ", ".join(parts) + "."
+
+
+def list_sentence(rows: Sequence[Row], verdict: str) -> str:
+    """Return the sentence listing the claims with one verdict and each reason, or saying there are none."""
+    chosen = [r for r in rows if r.verdict.verdict == verdict]
+    if not chosen:
+        return f"No claim is {verdict}."
+    items = "; ".join(f"{r.claim.claim}: {r.verdict.reason}" for r in chosen)
+    return f"{verdict.capitalize()} ({len(chosen)}): {items}."
+
+
+@dataclasses.dataclass
+class LedgerResult:
+    """Every claim judged, with the model the numbers come from."""
+
+    rows: list[Row]
+    model: str
+
+    def counts(self) -> dict[str, int]:
+        """Return {verdict: number of claims} for the four verdicts."""
+        return {v: sum(r.verdict.verdict == v for r in self.rows) for v in (CONFIRMED, REFUTED, UNTESTABLE, NOT_RUN)}
+
+    def frame(self) -> pd.DataFrame:
+        """Return one row per claim: claim, study, this book (model), verdict, reason, section (an HTML link)."""
+        return pd.DataFrame({"claim": [r.claim.claim for r in self.rows], "study": [r.claim.study for r in self.rows],
+                             f"this book ({self.model})": [r.book for r in self.rows],
+                             "verdict": [r.verdict.verdict for r in self.rows],
+                             "reason": [r.verdict.reason for r in self.rows],
+                             "section": [link(r.claim.section) for r in self.rows]})
+
+    def table_html(self) -> str:
+        """Return the ledger as an HTML table: text escaped, the section column as real links."""
+        df = self.frame()
+        for col in df.columns[:-1]:
+            df[col] = df[col].map(html.escape)
+        return df.to_html(index=False, escape=False, classes="ledger", border=0)
+
+    def table(self):
+        """Return the ledger table for display in a notebook."""
+        from IPython.display import HTML
+
+        return HTML(self.table_html())
+
+    def glued(self) -> dict[str, object]:
+        """Return the values the prose cites (prefix ledger_)."""
+        c = self.counts()
+        return {"ledger_model": self.model, "ledger_n_claims": len(self.rows), "ledger_n_confirmed": c[CONFIRMED],
+                "ledger_n_refuted": c[REFUTED], "ledger_n_untestable": c[UNTESTABLE], "ledger_n_not_run": c[NOT_RUN],
+                "ledger_count_sentence": count_sentence(c),
+                "ledger_refuted_sentence": list_sentence(self.rows, REFUTED),
+                "ledger_untestable_sentence": list_sentence(self.rows, UNTESTABLE),
+                "ledger_confirmed_sentence": list_sentence(self.rows, CONFIRMED)}
+
+
+def analyze(values: Mapping[str, Mapping[str, object]], claims: Sequence[Claim] = CLAIMS) -> LedgerResult:
+    """Return every claim judged on {chapter: glued values} (a chapter absent from it leaves its claims 'not run')."""
+    return LedgerResult([judge(c, values) for c in claims], model_name(values))
