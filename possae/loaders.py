@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import socket
 import threading
@@ -148,8 +149,11 @@ def load_model(name: str = ORGANISM, device: str | None = None, **from_pretraine
             f"Unknown model {name!r}: it is neither 'organism', a local folder, nor a transformer_lens model "
             "name (see transformer_lens.loading_from_pretrained.OFFICIAL_MODEL_NAMES)."
         ) from e
-    return _from_hub(f"model {official!r}", lambda: HookedTransformer.from_pretrained(
-        official, device=device, **from_pretrained_kwargs))
+    def load():
+        with contextlib.redirect_stdout(io.StringIO()):  # transformer_lens prints "Loaded pretrained model ..."
+            return HookedTransformer.from_pretrained(official, device=device, **from_pretrained_kwargs)
+
+    return _from_hub(f"model {official!r}", load)
 
 
 def _load_organism_model(name: str, device: str):

@@ -353,7 +353,7 @@ def rotary_setup_sentence(facts: dict[str, object]) -> str:
     from possae.organism.recipe import LM_RECIPES
 
     if not facts:
-        return "This profile names no rotary model (rotary_release is None), so the rotary control is not run."
+        return "possae trains the twin for its organism only."
     return (f"Its language model was trained with possae's `{facts['recipe']}` recipe ({facts['tokens']:,} tokens; "
             f"the learned-absolute model's recorded recipe has {LM_RECIPES['gpu'].train_tokens:,}) and reaches a "
             f"held-out loss of {facts['loss']:.3f} nats against the learned-absolute model's "

@@ -262,3 +262,19 @@ def test_loading_an_sae_model_pair_does_not_emit_sae_lens_kwargs_warning(tmp_pat
         _, loaded = load_model_and_sae(str(tmp_path), "sae", device="cpu", model=model)
     assert [str(w.message) for w in paired] == ["an unrelated warning"]  # only that one warning is filtered
     assert loaded.cfg.metadata.model_from_pretrained_kwargs == {"center_writing_weights": False}
+
+
+def test_hub_model_load_prints_nothing(monkeypatch, capsys):
+    """transformer_lens's from_pretrained prints a line; an executed chapter must not show it."""
+    from transformer_lens import HookedTransformer
+
+    import possae.loaders as loaders
+
+    def fake(name, device=None, **kwargs):
+        print(f"Loaded pretrained model {name} into HookedTransformer")
+        return name
+
+    monkeypatch.setattr(HookedTransformer, "from_pretrained", staticmethod(fake))
+    monkeypatch.setattr(loaders, "hub_reachable", lambda address=None, timeout=2.0: True)
+    assert loaders.load_model("gpt2-small", device="cpu") == "gpt2"
+    assert capsys.readouterr().out == ""
