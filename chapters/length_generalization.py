@@ -210,6 +210,9 @@ result.fix_table
 # - {glue:text}`len_fix_b_sentence`
 # - {glue:text}`len_fix_c_sentence`
 # - {glue:text}`len_fix_d_sentence`
+#
+# The [past-context](past_context) chapter measures what each of these costs the model in next-token loss, position
+# by position, and tries one more remedy the study proposes: fine-tuning the SAE on a little full-context data.
 
 # %% [markdown]
 # ## Summary
