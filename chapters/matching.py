@@ -241,3 +241,5 @@ comparison_figure(result.everything, threshold)
 # - {glue:text}`match_layers_sentence`
 # - To run the same comparisons on gpt2-small, pass `sae_release="gpt2-small-res-jb"`: its layers, the layer-8
 #   feature-splitting widths and OpenAI's TopK SAE at the same point are compared; groups with no SAEs are skipped.
+# - The [past-context](past_context) chapter returns to the layer-0 SAE past its context, and the
+#   [claims ledger](ledger) gathers every checkable claim of the two studies with this book's verdict.

@@ -116,3 +116,14 @@ result.rotary_table
 # {glue:text}`pc_rotary_sentence` At layer 0 the rotary twin's residual stream is the token embedding alone, the same
 # at every position, so its layer-0 SAE cannot tell positions apart; the comparison that tests the study's claim is at
 # the later layers, where attention can write position into the stream.
+
+# %% [markdown]
+# ## Summary
+#
+# - {glue:text}`pc_loss_sentence`
+# - {glue:text}`pc_best_fix_sentence`
+# - {glue:text}`pc_finetune_sentence`
+# - {glue:text}`pc_rotary_sentence`
+#
+# **What's next.** The [claims ledger](ledger) sets these results beside every other checkable claim of the two
+# studies.
