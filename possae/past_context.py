@@ -320,7 +320,9 @@ def finetune_sentence(frame: pd.DataFrame, reference: ErrorSummary | None, conte
     s = (f"After {int(last.tokens):,} tokens of fine-tuning on full contexts, nMSE past the context "
          f"{moves(first.nmse_past, last.nmse_past)}, and inside it {moves(first.nmse_in, last.nmse_in)}")
     if "l0_in" in frame:
-        s += f"; the active features per token inside the context {moves(first.l0_in, last.l0_in, lambda v: f'{v:.1f}')}"
+        s += (f"; its L0 (active features per token) inside the context "
+              f"{moves(first.l0_in, last.l0_in, lambda v: f'{v:.1f}')}, and past it "
+              f"{moves(first.l0_past, last.l0_past, lambda v: f'{v:,.1f}')}")
     s += (f". The fine-tuned SAE {'restores' if restored else 'does not restore'} the SAE's in-context error past the "
           f"context (within {RESTORE_FACTOR:g}x of it).")
     if reference is not None:
@@ -360,20 +362,38 @@ def rotary_setup_sentence(facts: dict[str, object]) -> str:
             f"{facts['absolute_loss']:.3f} on the same windows.")
 
 
-def rotary_sentence(rows: list[LayerErrors]) -> str:
-    """Return the sentence comparing past/inside error ratios of the rotary twin's SAEs with the organism's."""
+def _by_layer(rows: list[LayerErrors]) -> str:
+    """Return the rows' past/inside ratios by layer, e.g. '166,215 (layer 0), 49.8 (layer 1)'."""
+    return ", ".join(f"{fmt(r.summary.ratio)} (layer {r.layer})" for r in sorted(rows, key=lambda r: r.layer))
+
+
+def _layers(layers: list[int]) -> str:
+    """Return 'layer 2' or 'layers 0, 1 and 2'."""
+    if len(layers) == 1:
+        return f"layer {layers[0]}"
+    return "layers " + ", ".join(map(str, layers[:-1])) + f" and {layers[-1]}"
+
+
+def rotary_sentence(rows: list[LayerErrors], factor: float = RESTORE_FACTOR) -> str:
+    """Return the sentence comparing, layer by layer, the past/inside error ratios of the learned-absolute model's
+    SAEs with the rotary twin's, and which of them blow up (ratio above `factor`)."""
     rot = [r for r in rows if r.model == ROTARY_LABEL]
-    rot = [r for r in rot if r.layer >= 1] or rot  # the twin's layer-0 stream carries no position at all
     ab = [r for r in rows if r.model == ABSOLUTE_LABEL]
     if not rot:
         return "This profile names no rotary model (rotary_release is None), so the rotary control is not run."
-    rot_hi = max(rot, key=lambda r: r.summary.ratio)
-    ab_lo = min(ab, key=lambda r: r.summary.ratio)
-    verdict = ("none of the rotary twin's SAEs blows up past its context" if rot_hi.summary.ratio <= RESTORE_FACTOR
-               else f"the rotary twin's SAE at layer {rot_hi.layer} also degrades past its context")
-    return (f"Past the context, the rotary twin's SAEs have at most {fmt(rot_hi.summary.ratio)} times their in-context "
-            f"nMSE (layer {rot_hi.layer}); the learned-absolute organism's have at least {fmt(ab_lo.summary.ratio)} "
-            f"times (layer {ab_lo.layer}): {verdict}.")
+    s = (f"Past the context, nMSE is this many times its value inside: learned absolute {_by_layer(ab)}; rotary twin "
+         f"{_by_layer(rot)}.")
+    rot_up = [r.layer for r in sorted(rot, key=lambda r: r.layer) if r.summary.ratio > factor]
+    ab_up = [r.layer for r in sorted(ab, key=lambda r: r.layer) if r.summary.ratio > factor]
+    ab_ok = [r.layer for r in sorted(ab, key=lambda r: r.layer) if r.summary.ratio <= factor]
+    if rot_up:
+        s += f" The rotary twin's SAEs also degrade past their context (more than {factor:g} times) at {_layers(rot_up)}."
+    else:
+        s += f" None of the rotary twin's SAEs goes above {factor:g} times"
+        s += (f", while the learned-absolute model's do at {_layers(ab_up)}" if ab_up else
+              ", and neither do the learned-absolute model's: the control shows no difference")
+        s += f" (not at {_layers(ab_ok)})." if ab_up and ab_ok else "."
+    return s
 
 
 # ----------------------------------------------------------------------------------------------
@@ -436,12 +456,11 @@ class PastContextResult:
         last = self.finetune.iloc[-1]
         v.update(pc_ft_tokens_final=int(last.tokens), pc_ft_nmse_past_final=float(last.nmse_past),
                  pc_ft_nmse_in_final=float(last.nmse_in))
+        # past/inside ratios at the layers where attention can write position into both models' streams (>= 1)
         rot = [r.summary.ratio for r in self.layer_rows if r.model == ROTARY_LABEL and r.layer >= 1]
-        ab = [r.summary.ratio for r in self.layer_rows if r.model == ABSOLUTE_LABEL]
-        if rot:
-            v["pc_rot_ratio_max"] = max(rot)
-        if ab:
-            v["pc_abs_ratio_min"], v["pc_abs_ratio_max"] = min(ab), max(ab)
+        ab = [r.summary.ratio for r in self.layer_rows if r.model == ABSOLUTE_LABEL and r.layer >= 1]
+        if rot and ab:
+            v["pc_rot_ratio_max"], v["pc_abs_ratio_later_max"] = max(rot), max(ab)
         v.update({f"pc_rot_{k}": x for k, x in self.rotary_facts.items()})
         return v
 

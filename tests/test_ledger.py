@@ -191,7 +191,7 @@ def test_constructed_values_give_the_expected_verdicts_and_missing_chapters_are_
 
 def test_past_context_values_are_judged():
     values = {**_values(), "past_context": {
-        "pc_rot_recipe": "cpu", "pc_rot_ratio_max": 1.3, "pc_abs_ratio_min": 5000.0, "pc_sae_nmse_past": 13000.0,
+        "pc_rot_recipe": "cpu", "pc_rot_ratio_max": 1.3, "pc_abs_ratio_later_max": 5000.0, "pc_sae_nmse_past": 13000.0,
         "pc_sae_nmse_in": 0.08, "pc_ft_nmse_past_final": 0.1, "pc_ft_tokens_final": 400000,
         "pc_full_nmse_past": 0.081, "pc_loss_sae_in": 0.47, "pc_loss_sae_past": 6.4}}
     got = {r.claim.key: r for r in ledger.analyze(values).rows}

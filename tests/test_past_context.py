@@ -185,7 +185,8 @@ def test_finetune_frame_and_sentence():
     assert "falls from 13,000 to 0.15" in s and "inside it rises from 0.08 to 0.1" in s and "L0" not in s
     with_l0 = PC.finetune_frame(errors, {"fine-tuned 100k": 100_000}, {SAE_LABEL: (13.2, 40.0),
                                                                         "fine-tuned 100k": (9.04, 9.0)})
-    assert "inside the context falls from 13.2 to 9.0" in PC.finetune_sentence(with_l0, None, 64)
+    assert "inside the context falls from 13.2 to 9.0, and past it falls from 40.0 to 9.0" in \
+        PC.finetune_sentence(with_l0, None, 64)
     assert list(PC.finetune_table(with_l0, 64, 256).columns) == ["nMSE, 1–63", "nMSE, 64–255", "L0, 1–63", "L0, 64–255"]
     assert PC.moves(1.0, 1.0) == "stays at 1"
     frame2 = PC.finetune_frame(errors, {"fine-tuned 25k": 25_000})
@@ -197,15 +198,20 @@ def test_rotary_sentence_both_ways():
     def row(model, layer, i, p):
         return PC.LayerErrors(model, layer, f"L{layer}", 64, e(i, p))
 
-    rows = [row(PC.ABSOLUTE_LABEL, 0, 0.08, 13000), row(PC.ABSOLUTE_LABEL, 1, 0.1, 50),
-            row(PC.ROTARY_LABEL, 0, 0.1, 0.19), row(PC.ROTARY_LABEL, 1, 0.1, 0.12), row(PC.ROTARY_LABEL, 2, 0.1, 0.15)]
-    s = PC.rotary_sentence(rows)
-    assert "at most 1.5 times" in s and "(layer 2)" in s and "at least 500 times" in s and "none of" in s
-    rows.append(row(PC.ROTARY_LABEL, 3, 0.1, 0.5))
-    assert "layer 3 also degrades" in PC.rotary_sentence(rows)
+    ab = [row(PC.ABSOLUTE_LABEL, 0, 0.08, 13000), row(PC.ABSOLUTE_LABEL, 1, 0.1, 5.0),
+          row(PC.ABSOLUTE_LABEL, 2, 0.2, 0.25)]
+    rot = [row(PC.ROTARY_LABEL, 0, 0.1, 0.19), row(PC.ROTARY_LABEL, 1, 0.1, 0.12), row(PC.ROTARY_LABEL, 2, 0.1, 0.15)]
+    s = PC.rotary_sentence(ab + rot)
+    assert "learned absolute 162,500 (layer 0), 50 (layer 1), 1.25 (layer 2); rotary twin 1.9 (layer 0)" in s
+    assert s.endswith("None of the rotary twin's SAEs goes above 2 times, while the learned-absolute model's do at "
+                      "layers 0 and 1 (not at layer 2).")
+    up = PC.rotary_sentence(ab + rot + [row(PC.ROTARY_LABEL, 3, 0.1, 0.5)])
+    assert up.endswith("also degrade past their context (more than 2 times) at layer 3.")
+    assert PC.rotary_sentence(ab[2:] + rot).endswith("and neither do the learned-absolute model's: the control shows "
+                                                     "no difference.")
     assert "not run" in PC.rotary_sentence([])
-    table = PC.rotary_table(rows, 256)
-    assert table.shape[1] <= 7 and list(table["past / inside"])[:2] == ["162,500", "500"]
+    table = PC.rotary_table(ab + rot, 256)
+    assert table.shape[1] <= 7 and list(table["past / inside"])[:2] == ["162,500", "50"]
 
 
 def test_result_glues_the_ledgers_names():
@@ -222,11 +228,11 @@ def test_result_glues_the_ledgers_names():
     v = r.glued()
     for name in ("pc_context", "pc_n_ctx", "pc_loss_sae_in", "pc_loss_sae_past", "pc_ft_tokens_final",
                  "pc_ft_nmse_past_final", "pc_ft_nmse_in_final", "pc_sae_nmse_past", "pc_sae_nmse_in",
-                 "pc_full_nmse_past", "pc_rot_ratio_max", "pc_abs_ratio_min", "pc_rot_recipe",
+                 "pc_full_nmse_past", "pc_rot_ratio_max", "pc_abs_ratio_later_max", "pc_rot_recipe",
                  *(f"pc_loss_{k}_past" for k in "abcd")):
         assert name in v, name
     assert v["pc_rot_ratio_max"] == pytest.approx(1.3)  # layer 0's ratio (1.0) is not among layers 1..
-    assert v["pc_abs_ratio_min"] == pytest.approx(50) and v["pc_ft_tokens_final"] == 25_000
+    assert v["pc_abs_ratio_later_max"] == pytest.approx(50) and v["pc_ft_tokens_final"] == 25_000
     assert r.control_nmse_past == 0.08
 
 
