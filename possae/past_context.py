@@ -356,7 +356,7 @@ def rotary_setup_sentence(facts: dict[str, object]) -> str:
 
     if not facts:
         return "possae trains the twin for its organism only."
-    return (f"Its language model was trained with possae's `{facts['recipe']}` recipe ({facts['tokens']:,} tokens; "
+    return (f"Its language model was trained with possae's {facts['recipe']} recipe ({facts['tokens']:,} tokens; "
             f"the learned-absolute model's recorded recipe has {LM_RECIPES['gpu'].train_tokens:,}) and reaches a "
             f"held-out loss of {facts['loss']:.3f} nats against the learned-absolute model's "
             f"{facts['absolute_loss']:.3f} on the same windows.")

@@ -57,12 +57,13 @@ def test_executed_pages_hold_no_progress_bars_warnings_or_empty_outputs(quick_bo
 
 
 def test_profiles_and_chapters():
-    """The three profiles, the six chapters in reading order, and every profile name declared by some chapter."""
+    """The three profiles, the eight chapters in reading order, and every profile name declared by some chapter."""
     declared = set().union(*(chapter_parameters(REPO_ROOT / "chapters" / f"{n}.py") for n in chapter_names()))
     for profile, params in PROFILES.items():
         assert set(params) <= declared, (profile, sorted(set(params) - declared))
     assert set(PROFILES) == {"organism", "quick", "gpt2"}
-    assert chapter_names() == ["setup", "positional", "semantic", "length_generalization", "oscillation", "matching"]
+    assert chapter_names() == ["setup", "positional", "semantic", "length_generalization", "oscillation", "matching",
+                               "past_context", "ledger"]
 
 
 def test_a_failing_chapter_names_itself_and_its_cause_and_keeps_the_earlier_notebook(tmp_path):
