@@ -270,8 +270,8 @@ def finetune_table(frame: pd.DataFrame, context_size: int, n_ctx: int) -> pd.Dat
     inside, past = span(in_context_positions(context_size, n_ctx)), span(range(context_size, n_ctx))
     return pd.DataFrame({"fine-tuning tokens": [f"{int(t):,}" for t in frame.tokens],
                          f"nMSE, {inside}": frame.nmse_in.map(fmt), f"nMSE, {past}": frame.nmse_past.map(fmt),
-                         f"L0, {inside}": frame.l0_in.map(lambda v: f"{v:.1f}"),
-                         f"L0, {past}": frame.l0_past.map(lambda v: f"{v:.1f}")}).set_index("fine-tuning tokens")
+                         f"L0, {inside}": frame.l0_in.map(lambda v: f"{v:,.1f}"),
+                         f"L0, {past}": frame.l0_past.map(lambda v: f"{v:,.1f}")}).set_index("fine-tuning tokens")
 
 
 def rotary_table(rows: list[LayerErrors], n_ctx: int) -> pd.DataFrame:
