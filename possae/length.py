@@ -978,18 +978,23 @@ def _example_parts(model, sae: SAE, stats: Layer0Stats, positional: Bool[Tensor,
     return example, table, profile, {"token": token_string, "top": strings[0]}
 
 
+def short_context(model, sae: SAE, chapter: str) -> int:
+    """Return the context size C of a layer-0 SAE, raising unless C < the model's n_ctx (something lies past it)."""
+    require_layer0(sae, chapter)
+    C = sae_context_size(sae, model.cfg.n_ctx)
+    if C >= model.cfg.n_ctx:
+        raise ValueError(f"the SAE was trained on {C} >= n_ctx = {model.cfg.n_ctx} positions: nothing lies past its "
+                         "context. Pick an SAE trained on shorter contexts, e.g. -p sae_id relu-short.")
+    return C
+
+
 @torch.no_grad()
 def analyze(model, sae: SAE, params: LengthParams, control: SAE | None = None) -> LengthResult:
     """Return the LengthResult of a layer-0 SAE trained on a context shorter than the model's n_ctx."""
     from possae.heldout import heldout_windows
     from possae.wpos import last_row
 
-    require_layer0(sae, "The length-generalization chapter")
-    n_ctx = model.cfg.n_ctx
-    C = sae_context_size(sae, n_ctx)
-    if C >= n_ctx:
-        raise ValueError(f"the SAE was trained on {C} >= n_ctx = {n_ctx} positions: nothing lies past its context. "
-                         "Pick an SAE trained on shorter contexts, e.g. -p sae_id relu-short.")
+    C, n_ctx = short_context(model, sae, "The length-generalization chapter"), model.cfg.n_ctx
     _check_context(C, n_ctx)
     if control is not None:
         require_layer0(control, "The full-context control")

@@ -34,6 +34,7 @@ from possae.length import (
     length_fixes,
     reconstructions,
     sae_reconstruct,
+    short_context,
     span,
     special_token_ids,
     token_tables,
@@ -498,12 +499,7 @@ def analyze(model, sae: SAE, params: PastContextParams, control: SAE | None = No
     from possae.layer0_stats import layer0_stats_from_model
     from possae.loaders import load_model, load_sae
 
-    require_layer0(sae, "The past-context chapter")
-    n_ctx = model.cfg.n_ctx
-    C = sae_context_size(sae, n_ctx)
-    if C >= n_ctx:
-        raise ValueError(f"the SAE was trained on {C} >= n_ctx = {n_ctx} positions: nothing lies past its context. "
-                         "Pick an SAE trained on shorter contexts, e.g. -p sae_id relu-short.")
+    C, n_ctx = short_context(model, sae, "The past-context chapter"), model.cfg.n_ctx
     device = sae.W_enc.device
     fixes = length_fixes(layer0_stats_from_model(model, sae, progress=False), sae, model.W_E, C)
     finetuned = _finetuned(params, device)
