@@ -92,6 +92,8 @@ def main() -> int:
         src = _source(REPO_ROOT, f"chapters/{chapter}")
         declared = chapter_parameters(src)
         params = {k: v for k, v in {**PROFILES[args.profile], **extra}.items() if k in declared}
+        if "chapters_dir" in declared:  # the ledger reads the notebooks this run executed, as possae build does
+            params["chapters_dir"] = str(out.resolve())
         print(f"[bench] {chapter}: {params}", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         status = "ok"
