@@ -48,3 +48,18 @@ def make_weights(V=40, d=6, n=12, seed=0, pos_scale=0.8, dtype=torch.float64):
     """Return random (W_E (V, d), W_pos (n, d)) with a sizeable positional part."""
     g = torch.Generator().manual_seed(seed + 100)
     return torch.randn(V, d, generator=g).to(dtype), (pos_scale * torch.randn(n, d, generator=g)).to(dtype)
+
+
+def make_tiny_model(n_layers=1, n_ctx=10, seed=0):
+    """Return a float64 HookedTransformer (d_model 6) with the organism's tokenizer, randomly initialised."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from possae.organism.data import ARTIFACTS, TOKENIZER_DIR
+    from possae.tokenizer import load_hf_tokenizer
+
+    tok = load_hf_tokenizer(ARTIFACTS / TOKENIZER_DIR)
+    torch.manual_seed(seed)
+    cfg = HookedTransformerConfig(n_layers=n_layers, d_model=6, n_ctx=n_ctx, d_head=3, n_heads=2, d_mlp=12,
+                                  d_vocab=tok.vocab_size, act_fn="gelu", normalization_type="LN",
+                                  dtype=torch.float64, device="cpu")
+    return HookedTransformer(cfg, tokenizer=tok, default_padding_side="right")

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from builders import make_sae, make_weights
+from builders import make_sae, make_tiny_model, make_weights
 from possae import length as L
 from possae import positional as P
 from possae.book import chapter_parameters
@@ -346,17 +346,7 @@ def test_fix_a_says_the_bare_token_is_off_distribution_only_when_its_inside_erro
 @pytest.fixture(scope="module")
 def tiny():
     """Return (model, sae, control, result): a 1-layer float64 model with the organism's tokenizer, analysed."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    from possae.organism.data import ARTIFACTS, TOKENIZER_DIR
-    from possae.tokenizer import load_hf_tokenizer
-
-    tok = load_hf_tokenizer(ARTIFACTS / TOKENIZER_DIR)
-    torch.manual_seed(0)
-    cfg = HookedTransformerConfig(n_layers=1, d_model=6, n_ctx=10, d_head=3, n_heads=2, d_mlp=12,
-                                  d_vocab=tok.vocab_size, act_fn="gelu", normalization_type="LN",
-                                  dtype=torch.float64, device="cpu")
-    model = HookedTransformer(cfg, tokenizer=tok, default_padding_side="right")
+    model = make_tiny_model(n_layers=1)
     with torch.no_grad():
         model.W_pos.mul_(40.0)  # make position matter
         model.W_E.mul_(40.0)

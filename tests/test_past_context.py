@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from builders import make_sae
+from builders import make_sae, make_tiny_model
 from possae import past_context as PC
 from possae.book import chapter_parameters
 from possae.hooks import resid_pre
@@ -42,17 +42,7 @@ def zero_sae(d: int, hook: str = resid_pre(0), context_size: int = 4):
 @pytest.fixture(scope="module")
 def tiny_model():
     """A 2-layer float64 model with the organism's tokenizer and n_ctx 10."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    from possae.organism.data import ARTIFACTS, TOKENIZER_DIR
-    from possae.tokenizer import load_hf_tokenizer
-
-    tok = load_hf_tokenizer(ARTIFACTS / TOKENIZER_DIR)
-    torch.manual_seed(0)
-    cfg = HookedTransformerConfig(n_layers=2, d_model=6, n_ctx=10, d_head=3, n_heads=2, d_mlp=12,
-                                  d_vocab=tok.vocab_size, act_fn="gelu", normalization_type="LN",
-                                  dtype=torch.float64, device="cpu")
-    return HookedTransformer(cfg, tokenizer=tok, default_padding_side="right")
+    return make_tiny_model(n_layers=2)
 
 
 def windows(model, n_windows=6, seed=0):
