@@ -126,12 +126,14 @@ def splice_position_sums(model, sae: SAE, windows: Int[Tensor, "n_windows pos_pl
         pos = torch.arange(n).repeat(len(tok))
         recons = reconstructions(x.flatten(0, 1), tok.flatten(), pos, sae, model.W_pos, fixes, tables, control, gen)
         del recons[RANDOM_LABEL]  # the length chapter's baseline: its loss means nothing
-        for label, ft in (finetuned or {}).items():
-            recons[label] = sae_reconstruct(ft, x.flatten(0, 1))
-        values = reconstruction_sums(x.flatten(0, 1).to(sae.W_enc.device, sae.W_enc.dtype), recons)
-        values[f"ce:{CLEAN}"] = next_token_ce(logits, tgt).flatten()
+        active = {}
         for label, s in {SAE_LABEL: sae, **(finetuned or {})}.items():
-            values[f"l0:{label}"] = (s.encode(x.flatten(0, 1).to(s.W_enc.device, s.W_enc.dtype)) > 0).sum(-1)
+            f = s.encode(x.flatten(0, 1).to(s.W_enc.device, s.W_enc.dtype))
+            active[f"l0:{label}"] = (f > 0).sum(-1)
+            if label != SAE_LABEL:
+                recons[label] = s.decode(f)
+        values = {**reconstruction_sums(x.flatten(0, 1).to(sae.W_enc.device, sae.W_enc.dtype), recons), **active}
+        values[f"ce:{CLEAN}"] = next_token_ce(logits, tgt).flatten()
         for label, x_hat in recons.items():
             values[f"ce:{label}"] = spliced_ce(model, tok, tgt, LAYER0_INPUT, x_hat.view_as(x)).flatten()
         sums.add(pos[k], **{name: v[k.to(v.device)] for name, v in values.items()})
