@@ -142,16 +142,29 @@ def page(chromium, tmp_path_factory):
             proc.kill()
 
 
+def figures_drawn(page: DevTools, redirects: int = 3) -> dict:
+    """Return {'figures', 'blank'} of the page shown, following a page that navigates on (the book's index.html
+    is a meta-refresh to the first chapter, and can move on between its load event and the evaluation)."""
+    for _ in range(redirects):
+        try:
+            return page.evaluate(FIGURES_DRAWN)
+        except RuntimeError as e:
+            if "navigated or closed" not in str(e):
+                raise
+            page.wait_for("Page.loadEventFired")
+    return page.evaluate(FIGURES_DRAWN)
+
+
 def load(page: DevTools, url: str) -> dict:
     """Open `url`, wait for its load event and its figures; return {'figures', 'blank', 'problems'}."""
     page.events.clear()
     page.call("Page.navigate", url=url)
     page.wait_for("Page.loadEventFired")
     end = time.monotonic() + 15
-    drawn = page.evaluate(FIGURES_DRAWN)
+    drawn = figures_drawn(page)
     while drawn["blank"] and time.monotonic() < end:  # plotly draws right after the scripts run
         time.sleep(0.2)
-        drawn = page.evaluate(FIGURES_DRAWN)
+        drawn = figures_drawn(page)
     time.sleep(0.3)  # late console messages and requests
     page.call("Runtime.evaluate", expression="1")
     return {**drawn, "problems": problems(page.events, "127.0.0.1")}
