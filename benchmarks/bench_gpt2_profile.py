@@ -8,6 +8,7 @@ the executing kernel (MiB) and the executed notebook. Nothing here asserts a tim
 
     .venv/bin/python benchmarks/bench_gpt2_profile.py /tmp/hub                    # every chapter
     .venv/bin/python benchmarks/bench_gpt2_profile.py /tmp/hub --only setup semantic
+    .venv/bin/python benchmarks/bench_gpt2_profile.py /tmp/hub --build          # the whole `possae build`, HTML too
     HF_HUB_CACHE=/tmp/hub .venv/bin/python benchmarks/bench_gpt2_profile.py -p n_heldout_tokens 2048
 """
 
@@ -32,6 +33,8 @@ def _parse() -> argparse.Namespace:
                     help="a parameter for every chapter that declares it (YAML value)")
     ap.add_argument("--out", type=Path, default=None, help="folder of the executed notebooks (default: build/bench-gpt2)")
     ap.add_argument("--json", type=Path, default=None, help="also write the table as JSON here")
+    ap.add_argument("--build", action="store_true",
+                    help="time `possae build --profile PROFILE` itself (every chapter, then the HTML) instead")
     return ap.parse_args()
 
 
@@ -85,9 +88,12 @@ def main() -> int:
               file=sys.stderr)
     import yaml
 
-    extra = {name: yaml.safe_load(value) for name, value in args.p}
+    extra = args.extra = {name: yaml.safe_load(value) for name, value in args.p}
     out = args.out or REPO_ROOT / "build" / "bench-gpt2"
     rows = []
+    if args.build:
+        rows = timed_build(args.profile, extra)
+        return report(rows, args)
     for chapter in args.only or chapter_names():
         src = _source(REPO_ROOT, f"chapters/{chapter}")
         declared = chapter_parameters(src)
@@ -106,13 +112,52 @@ def main() -> int:
                      "peak_rss_mib": round(rss.peak / 2**20), "status": status, "page": str(page)})
         print(f"[bench] {chapter}: {rows[-1]['wall_s']} s, {rows[-1]['peak_rss_mib']} MiB, {status}",
               file=sys.stderr, flush=True)
+    return report(rows, args)
+
+
+def timed_build(profile: str, extra: dict) -> list[dict]:
+    """Run possae.book.build(profile) in this process; return a row per chapter (and one for the HTML) with its wall
+    time and the peak RSS of its kernel, cut at the build's own progress lines."""
+    from possae import book
+
+    rows: list[dict] = []
+    log = book._log
+    with PeakRSS() as rss:
+        started = {"name": "stage", "t0": time.perf_counter()}
+
+        def close(next_name: str) -> None:
+            rows.append({"chapter": started["name"], "wall_s": round(time.perf_counter() - started["t0"], 1),
+                         "peak_rss_mib": round(rss.peak / 2**20), "status": "ok", "page": ""})
+            started.update(name=next_name, t0=time.perf_counter())
+            rss.peak = 0
+
+        def cut(message: str) -> None:
+            log(message)
+            if message.startswith("executing "):
+                close(Path(message.split()[1]).stem)
+            elif message.startswith("building the HTML"):
+                close("HTML (jupyter-book)")
+
+        book._log = cut
+        try:
+            html = book.build(profile, extra=extra)
+        finally:
+            book._log = log
+        close("")
+    for r in rows:
+        r["page"] = str(html) if r["chapter"].startswith("HTML") else ""
+    return [r for r in rows if r["chapter"] != "stage"]
+
+
+def report(rows: list[dict], args: argparse.Namespace) -> int:
+    """Print the table (and write the JSON); return 0 when every chapter ran."""
     print(f"\n{'chapter':<24}{'wall s':>9}{'peak RSS MiB':>14}  page")
     for r in rows:
         print(f"{r['chapter']:<24}{r['wall_s']:>9.1f}{r['peak_rss_mib']:>14}  {r['page']}"
               + ("" if r["status"] == "ok" else f"  ({r['status'][:200]})"))
     print(f"{'total':<24}{sum(r['wall_s'] for r in rows):>9.1f}{max(r['peak_rss_mib'] for r in rows):>14}")
     if args.json:
-        args.json.write_text(json.dumps({"profile": args.profile, "cache": args.cache, "extra": extra, "rows": rows},
+        args.json.write_text(json.dumps({"profile": args.profile, "cache": args.cache, "extra": args.extra, "rows": rows},
                                         indent=1))
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 

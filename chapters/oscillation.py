@@ -45,13 +45,12 @@ from possae.figures.oscillation import (
     spectrum_figure,
 )
 from possae.glued import glue_all
-from possae.loaders import load_model
-from possae.oscillation import OscillationParams, analyze, load_saes
+from possae.oscillation import OscillationParams, analyze, load_subjects
 
 use_offline_renderer()
 params = OscillationParams.from_namespace(globals())
-model = load_model(params.model_name, device=params.device)
-result = analyze(model, load_saes(model, params), params)
+model, saes = load_subjects(params)
+result = analyze(model, saes, params)
 glue_all(result.glued())
 
 # %% [markdown]

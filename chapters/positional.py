@@ -96,8 +96,8 @@ result.threshold_table()
 # tokens and 128 positions because brute force over gpt2-small's full distribution, 50,257 tokens × 1,024 positions
 # into 24,576 features, is about 2 PFLOP. The exact path needs one matmul `W_E · W_enc` and a sort per feature; the
 # benchmark below (`benchmarks/bench_layer0_stats.py`, random weights of gpt2-small's shapes, recorded in
-# `benchmarks/results/layer0_stats.json`) times it against that floor and against brute force, timed on a subsample
-# and extrapolated:
+# `benchmarks/results/layer0_stats.json`) times it against that floor and against brute force (on a CPU timed on a
+# subsample and extrapolated, on a GPU run over every input):
 
 # %% tags=["remove-input"]
 result.bench_table()
@@ -105,7 +105,7 @@ result.bench_table()
 # %% [markdown]
 # On the full gpt2-small distribution the exact path takes {glue:text}`pos_bench_exact:.0f` s,
 # {glue:text}`pos_bench_ratio:.2f` times the unavoidable matmul and {glue:text}`pos_bench_speedup:,.0f` times faster
-# than brute force.
+# than brute force. {glue:text}`pos_bench_gpu_sentence`
 
 # %% [markdown]
 # ## Profiles of the top positional features

@@ -20,19 +20,30 @@ def layer0_benchmark_frame(path: str | Path = LAYER0_BENCHMARK) -> pd.DataFrame:
     result = json.loads(path.read_text())
     shapes = result["shapes"]
     rows = []
-    for s in result["sections"]:
+    for s in sorted(result["sections"], key=lambda s: s["device"] != "cpu"):  # the CPU first: the chapter cites it
+        name = s.get("device_name") or f"cpu ({result['cpu_count']} cores, {result['cpu_model']})"
+        timed = s["brute_force_inputs_subsample"]
         rows.append({
-            "device": s["device"] if s["device"] != "cpu" else f"cpu ({result['cpu_count']} cores, {result['cpu_model']})",
+            "device": name,
             "inputs": result["inputs_total"],
             "shapes": f"{shapes['d_vocab']:,} tokens × {shapes['n_ctx']:,} positions, d_model {shapes['d_model']}, "
                       f"d_sae {shapes['d_sae']:,}",
             "matmul floor (s)": s["matmul_seconds"],
             "exact (s)": s["exact_seconds"],
-            "brute force (s, extrapolated)": s["brute_force_seconds_extrapolated"],
+            "brute force (s)": s["brute_force_seconds_extrapolated"],
+            "brute force timed on": ("all inputs" if timed >= result["inputs_total"]
+                                     else f"{timed:,} inputs, extrapolated"),
             "exact / matmul": s["ratio_exact_over_matmul"],
+            "exact, statistics left on the GPU (s)": s.get("exact_seconds_on_device", float("nan")),
             "speed-up vs brute force": s["speedup_vs_brute_force"],
-            "exact peak memory (GB)": s["peak_rss_mb"]["exact"] / 1024,
-            "brute force peak memory (GB)": s["peak_rss_mb"]["brute_force"] / 1024,
+            "exact peak memory (GB)": _peak_gb(s, "exact"),
+            "brute force peak memory (GB)": _peak_gb(s, "brute_force"),
             "max |exact - brute| (mean)": s["brute_vs_exact_max_abs_diff_on_subsample"]["mean"],
         })
     return pd.DataFrame(rows)
+
+
+def _peak_gb(section: dict, path: str) -> float:
+    """Return a path's peak memory in GB: the GPU's allocations on a GPU, the process's RSS on a CPU."""
+    cuda = (section.get("cuda_peak_mb") or {}).get(path)
+    return (cuda if cuda is not None else section["peak_rss_mb"][path]) / 1024

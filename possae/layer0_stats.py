@@ -247,6 +247,12 @@ def choose_method(sae: SAE, method: str = "auto") -> str:
 
 
 
+def default_feature_chunk(device: torch.device | str) -> int:
+    """Return the features per block of the exact path: 1,024 on a CPU (200 MB of W_E @ W_enc at gpt2 size), 8,192 on
+    a GPU, where fewer blocks mean fewer waits on the device (0.57 s against 0.66 s on an H200)."""
+    return 8192 if torch.device(device).type == "cuda" else 1024
+
+
 def _work_dtype(sae: SAE) -> torch.dtype:
     """Return the dtype of the exact path's matmul: the SAE's, upcast to float32 if it is 16-bit."""
     dt = sae.W_enc.dtype
@@ -426,8 +432,14 @@ def _finalize(
     var_tok: Float[Tensor, " d_sae"],
     positions: Int[Tensor, " n_pos"],
     path: str,
+    to_host: bool = True,
 ) -> Layer0Stats:
-    """Return Layer0Stats from per-position means and variances and the per-feature token variance."""
+    """Return Layer0Stats from per-position means and variances and the per-feature token variance.
+
+    With to_host (the default) every tensor comes back on the CPU. From a GPU the copies are queued at once into
+    pinned memory and waited for once: a copy into pageable memory took 0.51 s of the exact path's 0.66 s on an
+    H200 (benchmarks/bench_layer0_stats.py). Without to_host they stay on the device they were computed on.
+    """
     f_mean = mean.mean(0)
     var = ((mean - f_mean) ** 2).mean(0) + var_within.mean(0)
     ok = var > ZERO_VAR_RTOL * (var + f_mean**2)
@@ -435,20 +447,16 @@ def _finalize(
     r2_pos = r2_pos_of(mean, var_within)
     r2_tok = torch.where(ok, var_tok / safe, torch.zeros_like(var)).clamp(0.0, 1.0)
     score, arg = mean.max(0)
-    return Layer0Stats(
-        positions=positions.cpu(),
-        mean=mean.cpu(),
-        std=var_within.clamp(min=0.0).sqrt().cpu(),
-        firing_rate=rate.cpu(),
-        mean_preact=preact.cpu(),
-        positional_score=score.cpu(),
-        argmax_position=positions.cpu()[arg.cpu()],
-        r2_pos=r2_pos.cpu(),
-        r2_tok=r2_tok.cpu(),
-        feature_mean=f_mean.cpu(),
-        feature_var=var.cpu(),
-        path=path,
-    )
+    fields = dict(positions=positions.to(mean.device), mean=mean, std=var_within.clamp(min=0.0).sqrt(),
+                  firing_rate=rate, mean_preact=preact, positional_score=score, r2_pos=r2_pos, r2_tok=r2_tok,
+                  feature_mean=f_mean, feature_var=var)
+    fields["argmax_position"] = fields["positions"][arg]
+    if to_host and mean.device.type != "cpu":
+        cuda = mean.device.type == "cuda"
+        fields = {k: v.to("cpu", non_blocking=cuda) for k, v in fields.items()}
+        if cuda:
+            torch.cuda.synchronize(mean.device)
+    return Layer0Stats(**fields, path=path)
 
 
 @torch.no_grad()
@@ -459,11 +467,14 @@ def exact_stats(
     w: Float[Tensor, " d_vocab"],
     positions: Int[Tensor, " n_pos"],
     device: torch.device,
-    feature_chunk: int = 1024,
+    feature_chunk: int | None = None,
     budget: int = 8_000_000,
     progress: bool | None = None,
+    to_host: bool = True,
 ) -> Layer0Stats:
-    """Return exact statistics for a Standard/JumpReLU SAE over all tokens x the given W_pos rows."""
+    """Return exact statistics for a Standard/JumpReLU SAE over all tokens x the given W_pos rows (on the CPU, or
+    left on `device` without to_host)."""
+    feature_chunk = feature_chunk or default_feature_chunk(device)
     s, W_enc, c, thr = encoder_parts(W_pos_rows, sae, device)
     dt = W_enc.dtype
     E = W_E.to(device, sae.W_enc.dtype).to(dt)
@@ -493,7 +504,7 @@ def exact_stats(
         var_within[:, f0:f1] = vw.clamp(min=0.0).T
         rate[:, f0:f1] = S0.T
         var_tok[f0:f1] = vt
-    return _finalize(mean, var_within, rate, preact, var_tok, positions, "exact")
+    return _finalize(mean, var_within, rate, preact, var_tok, positions, "exact", to_host)
 
 
 @torch.no_grad()
@@ -658,7 +669,7 @@ def layer0_stats(
     token_weights: Sequence[float] | Tensor | None = None,
     method: str = "auto",
     device: str | torch.device | None = None,
-    feature_chunk: int = 1024,
+    feature_chunk: int | None = None,
     batch_size: int = 1024,
     progress: bool | None = None,
 ) -> Layer0Stats:

@@ -106,16 +106,15 @@ class LengthParams(SubjectParams):
 
 def load_subjects(params: LengthParams):
     """Return (model, sae, control): the layer-0 SAE, its model, and the full-context control SAE (None if not named)."""
-    from possae.loaders import check_sae_fits, load_model_and_sae, load_sae
+    from possae.loaders import load_model_and_sae, load_sae_for
 
     model, sae = load_model_and_sae(params.sae_release, params.sae_id, device=params.device,
                                     model_name=params.model_name)
     require_layer0(sae, "The length-generalization chapter")
     control = None
     if params.control_sae_id is not None:
-        control = load_sae(params.sae_release, params.control_sae_id, device=params.device)
+        control = load_sae_for(model, params.sae_release, params.control_sae_id, device=params.device)
         require_layer0(control, "The full-context control")
-        check_sae_fits(model, control)
     return model, sae, control
 
 

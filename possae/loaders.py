@@ -295,18 +295,28 @@ def check_sae_fits(model, sae) -> None:
         )
 
 
-def load_model_and_sae(release: str = ORGANISM, sae_id: str = "relu-short", device: str | None = None,
-                       model_name: str | None = None, model=None):
-    """Return (model, sae): the SAE, and its model (or `model_name`) loaded with the weight processing the SAE expects.
-
-    sae_lens warns that an SAE with model_from_pretrained_kwargs wants its model loaded with them; here it is, so that
-    one warning is silenced (it would land in the chapters' load cell).
-    """
+def _load_sae_for_its_model(release: str, sae_id: str | None, device: str | None):
+    """Return load_sae(...) without sae_lens's warning that the SAE wants its model loaded with its
+    model_from_pretrained_kwargs: for callers whose model was loaded with them (it would land in a chapter's cell)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=SAE_KWARGS_WARNING, category=UserWarning)
-        sae = load_sae(release, sae_id, device)
+        return load_sae(release, sae_id, device)
+
+
+def load_model_and_sae(release: str = ORGANISM, sae_id: str = "relu-short", device: str | None = None,
+                       model_name: str | None = None, model=None):
+    """Return (model, sae): the SAE, and its model (or `model_name`) loaded with the weight processing the SAE expects."""
+    sae = _load_sae_for_its_model(release, sae_id, device)
     if model is None:
         name, kwargs = expected_model(release, sae_id, sae)
         model = load_model(model_name or name, device=str(default_device(device)), **kwargs)
     check_sae_fits(model, sae)
     return model, sae
+
+
+def load_sae_for(model, release: str, sae_id: str | None, device: str | None = None):
+    """Return the SAE, checked to fit `model`: a further SAE of the model that load_model_and_sae (or
+    expected_model's kwargs) loaded with the weight processing the release expects."""
+    sae = _load_sae_for_its_model(release, sae_id, device)
+    check_sae_fits(model, sae)
+    return sae

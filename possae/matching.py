@@ -761,7 +761,7 @@ def load_inputs(params: MatchingParams) -> tuple[Any, dict[str, Dictionary], Int
     """Return (the base SAE's model, {label: Dictionary} of every SAE the groups name, held-out windows of the base
     SAE's context); the architectures' SAEs carry their firing rates on those windows. SAEs load one at a time."""
     from possae.heldout import heldout_windows
-    from possae.loaders import expected_model, load_model, load_sae
+    from possae.loaders import expected_model, load_model, load_sae_for
 
     groups = resolve_groups(params)
     name, kwargs = expected_model(*groups.base)
@@ -770,7 +770,7 @@ def load_inputs(params: MatchingParams) -> tuple[Any, dict[str, Dictionary], Int
     live = set(groups.ids["architectures"])
     out: dict[str, Dictionary] = {}
     for ref in groups.refs():
-        sae = load_sae(ref[0], ref[1], device=str(default_device(params.device)))
+        sae = load_sae_for(model, ref[0], ref[1], device=str(default_device(params.device)))
         if tokens is None:  # the base SAE comes first: windows of its context
             tokens = heldout_windows(model.tokenizer, sae_context_size(sae, model.cfg.n_ctx), params.n_heldout_tokens)
         d = dictionary_from_sae(sae, ref_label(ref, params.sae_release), *ref)

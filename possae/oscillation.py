@@ -656,14 +656,15 @@ class OscillationResult:
                 "osc_ratios_to_base": [float(r) for r in f.loc[~base, "ratio_to_base"].dropna()]}
 
 
-def load_saes(model, params: OscillationParams) -> dict[str, object]:
-    """Return the SAEs the params name (ReLU ones first), each checked to fit the model."""
-    from possae.loaders import check_sae_fits, load_sae
+def load_subjects(params: OscillationParams) -> tuple[object, dict[str, object]]:
+    """Return (model, {sae_id: SAE}): the model loaded with the weight processing the first SAE's release expects
+    (gpt2-small-res-jb's SAEs read an uncentred stream), and the SAEs the params name (ReLU ones first), each
+    checked to fit it."""
+    from possae.loaders import load_model_and_sae, load_sae_for
 
-    saes = {sid: load_sae(params.sae_release, sid, device=params.device) for sid in params.sae_ids}
-    for sae in saes.values():
-        check_sae_fits(model, sae)
-    return saes
+    first, *rest = params.sae_ids
+    model, sae = load_model_and_sae(params.sae_release, first, device=params.device, model_name=params.model_name)
+    return model, {first: sae} | {sid: load_sae_for(model, params.sae_release, sid, params.device) for sid in rest}
 
 
 def _mean_over(values: Float[np.ndarray, "n"], positions: range | None) -> float:

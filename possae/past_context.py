@@ -468,15 +468,15 @@ class PastContextResult:
         return v
 
 
-def _finetuned(params: PastContextParams, device) -> dict[str, tuple[SAE, int]]:
-    """Return {label: (SAE, tokens)} of the fine-tuned SAEs the params name."""
-    from possae.loaders import load_sae
+def _finetuned(model, params: PastContextParams, device) -> dict[str, tuple[SAE, int]]:
+    """Return {label: (SAE, tokens)} of the fine-tuned SAEs the params name, each checked to fit the model."""
+    from possae.loaders import load_sae_for
     from possae.organism.recipe import FINETUNE_BUDGETS
 
     out = {}
     for sae_id in params.finetune_sae_ids:
         tokens = FINETUNE_BUDGETS[sae_id]
-        out[finetune_label(tokens)] = (load_sae(params.sae_release, sae_id, device), tokens)
+        out[finetune_label(tokens)] = (load_sae_for(model, params.sae_release, sae_id, device), tokens)
     return out
 
 
@@ -499,12 +499,12 @@ def analyze(model, sae: SAE, params: PastContextParams, control: SAE | None = No
     """Return the PastContextResult of a layer-0 SAE trained on a context shorter than the model's n_ctx."""
     from possae.heldout import heldout_windows
     from possae.layer0_stats import layer0_stats_from_model
-    from possae.loaders import load_model, load_sae
+    from possae.loaders import load_model, load_sae_for
 
     C, n_ctx = short_context(model, sae, "The past-context chapter"), model.cfg.n_ctx
     device = sae.W_enc.device
     fixes = length_fixes(layer0_stats_from_model(model, sae, progress=False), sae, model.W_E, C)
-    finetuned = _finetuned(params, device)
+    finetuned = _finetuned(model, params, device)
     windows = heldout_windows(model.tokenizer, n_ctx + 1, params.n_heldout_tokens)
     sums = splice_position_sums(model, sae, windows, fixes, control, {k: s for k, (s, _) in finetuned.items()},
                                 seed=params.seed, progress=False)
@@ -525,10 +525,10 @@ def analyze(model, sae: SAE, params: PastContextParams, control: SAE | None = No
     if params.rotary_release is None:
         return result
     tokens = heldout_windows(model.tokenizer, n_ctx, params.n_heldout_tokens)
-    ab_rows, ab_curves = layer_errors(model, ABSOLUTE_LABEL, {i: load_sae(params.sae_release, i, device)
+    ab_rows, ab_curves = layer_errors(model, ABSOLUTE_LABEL, {i: load_sae_for(model, params.sae_release, i, device)
                                                               for i in params.relu_sae_ids}, tokens)
     twin = load_model(params.rotary_release, device=str(device))
-    rot_rows, rot_curves = layer_errors(twin, ROTARY_LABEL, {i: load_sae(params.rotary_release, i, device)
+    rot_rows, rot_curves = layer_errors(twin, ROTARY_LABEL, {i: load_sae_for(twin, params.rotary_release, i, device)
                                                              for i in params.rotary_sae_ids}, tokens)
     rows = ab_rows + rot_rows
     result.layer_rows, result.layer_curves = rows, pd.concat([ab_curves, rot_curves], ignore_index=True)

@@ -420,8 +420,38 @@ def test_benchmark_frame_reads_the_recorded_run(tmp_path):
     recorded = json.loads(LAYER0_BENCHMARK.read_text())
     frame = layer0_benchmark_frame()
     assert len(frame) == len(recorded["sections"])
-    first = recorded["sections"][0]
-    assert frame.loc[0, "exact (s)"] == first["exact_seconds"]
-    assert frame.loc[0, "speed-up vs brute force"] == first["speedup_vs_brute_force"]
+    cpu = next(s for s in recorded["sections"] if s["device"] == "cpu")  # the CPU row comes first: the chapter cites it
+    assert frame.loc[0, "exact (s)"] == cpu["exact_seconds"]
+    assert frame.loc[0, "speed-up vs brute force"] == cpu["speedup_vs_brute_force"]
     with pytest.raises(FileNotFoundError, match="bench_layer0_stats.py"):
         layer0_benchmark_frame(tmp_path / "missing.json")
+
+
+def test_gpu_benchmark_sentence_and_table_from_a_constructed_record(tmp_path):
+    import json
+
+    from possae.benchmark_results import layer0_benchmark_frame
+    from possae.positional import DASH, bench_table, gpu_bench_sentence
+
+    common = {"brute_force_seconds_subsample": 0.0, "speedup_vs_brute_force": 1.0, "exact_seconds_cold": 1.0,
+              "peak_rss_mb": {"exact": 2048.0, "brute_force": 1024.0},
+              "brute_vs_exact_max_abs_diff_on_subsample": {"mean": 1e-7}}
+    gpu = {**common, "device": "cuda", "device_name": "GPU X", "matmul_seconds": 0.04, "exact_seconds": 0.5,
+           "exact_seconds_on_device": 0.07, "brute_force_seconds_extrapolated": 80.0,
+           "brute_force_inputs_subsample": 12, "ratio_exact_over_matmul": 12.5,
+           "cuda_peak_mb": {"exact": 4096.0, "brute_force": 512.0}}
+    cpu = {**common, "device": "cpu", "device_name": "cpu (2 cores)", "matmul_seconds": 10.0, "exact_seconds": 12.0,
+           "brute_force_seconds_extrapolated": 9000.0, "brute_force_inputs_subsample": 4, "ratio_exact_over_matmul": 1.2}
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps({"shapes": {"d_vocab": 3, "n_ctx": 4, "d_model": 2, "d_sae": 5}, "inputs_total": 12,
+                                "sections": [gpu, cpu]}))
+    frame = layer0_benchmark_frame(path)
+    assert list(frame["device"]) == ["cpu (2 cores)", "GPU X"]
+    assert list(frame["brute force timed on"]) == ["4 inputs, extrapolated", "all inputs"]
+    assert list(frame["exact peak memory (GB)"]) == [2.0, 4.0]  # RSS on the CPU, the GPU's allocations on the GPU
+    assert bench_table(frame).loc["exact, statistics left on the GPU (s)", "cpu (2 cores)"] == DASH
+    assert gpu_bench_sentence(frame) == (
+        "On the GPU X, brute force over all inputs took 80.0 s. The exact path took 0.070 s with its statistics left on "
+        "the GPU, 1.75 times its matmul (0.040 s), and 0.50 s when they were copied to newly allocated host memory, as "
+        "the table's timing does: there the copy, not the computation, is the cost.")
+    assert gpu_bench_sentence(frame.iloc[:1]) == "No GPU run of the benchmark is recorded."

@@ -264,6 +264,26 @@ def test_loading_an_sae_model_pair_does_not_emit_sae_lens_kwargs_warning(tmp_pat
     assert loaded.cfg.metadata.model_from_pretrained_kwargs == {"center_writing_weights": False}
 
 
+def test_further_saes_of_a_loaded_model_load_quietly_and_are_checked_to_fit(tmp_path):
+    """The finding: on the gpt2 stand-in, the oscillation and matching chapters loaded their other SAEs with load_sae,
+    so sae_lens's kwargs warning reached the notebooks. load_sae_for silences exactly that warning and checks the fit."""
+    import warnings
+
+    from possae.loaders import load_sae_for
+
+    model = _tiny_model()
+    for name, d_in in (("fits", 16), ("wide", 24)):
+        sae = _sae(d_in, "blocks.1.hook_resid_pre")
+        sae.cfg.metadata.model_from_pretrained_kwargs = {"center_writing_weights": False}
+        sae.save_model(tmp_path / name)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        sae = load_sae_for(model, str(tmp_path), "fits", device="cpu")
+    assert sae.cfg.d_in == 16 and not seen
+    with pytest.raises(ValueError, match="d_in 24 does not match the width 16"):
+        load_sae_for(model, str(tmp_path), "wide", device="cpu")
+
+
 def test_hub_model_load_prints_nothing(monkeypatch, capsys):
     """transformer_lens's from_pretrained prints a line; an executed chapter must not show it."""
     from transformer_lens import HookedTransformer
