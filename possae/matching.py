@@ -1142,7 +1142,8 @@ class MatchingResult:
     top_long: pd.DataFrame  # (pair, rank, cosine) for the top-cosine figure
     layer_matrix: pd.DataFrame  # (family, layer_a, layer_b, share, mmcs) for the heatmaps
     everything: pd.DataFrame  # one row per compared pair, with its comparison, for the comparison figure
-    frames: dict[str, pd.DataFrame]  # the raw per-pair frames behind the tables (numbers, for tests)
+    frames: dict[str, pd.DataFrame]  # the raw frames behind the tables (numbers, for tests): each comparison's pairs
+    # under its name, and "random", "architecture_info", "live", "blocks", "adjacent", "controls"
 
     def glued(self) -> dict[str, float | str]:
         """Return the values the prose cites, by glue name."""
@@ -1290,6 +1291,6 @@ def analyze(model, dictionaries: dict[str, Dictionary], tokens: Int[Tensor, "n_w
     }
     values["match_summary_sentence"] = summary_sentence(results, rand_row["dec_share"], params.threshold)
     return MatchingResult(values, tables, long, layer_mat, everything,
-                          {"random": pd.DataFrame([rand_row]), "architectures": arch, "live": live, "blocks": blocks,
+                          {"random": pd.DataFrame([rand_row]), "architecture_info": arch, "live": live, "blocks": blocks,
                            "adjacent": adjacent, "controls": controls if controls is not None else pd.DataFrame(),
                            **{name: r.table for name, r in results.items()}})

@@ -657,9 +657,8 @@ class OscillationResult:
 
 
 def load_subjects(params: OscillationParams) -> tuple[object, dict[str, object]]:
-    """Return (model, {sae_id: SAE}): the model loaded with the weight processing the first SAE's release expects
-    (gpt2-small-res-jb's SAEs read an uncentred stream), and the SAEs the params name (ReLU ones first), each
-    checked to fit it."""
+    """Return (model, {sae_id: SAE}): the model loaded with the weight processing the first SAE's release names (its
+    model_from_pretrained_kwargs), and the SAEs the params name (ReLU ones first), each checked to fit it."""
     from possae.loaders import load_model_and_sae, load_sae_for
 
     first, *rest = params.sae_ids

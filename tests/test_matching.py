@@ -407,6 +407,25 @@ def test_analyze_layer0_control_and_skipped_sections(tmp_path):
         assert t.shape[1] <= 7, name
         assert not t.isna().any().any() and "nan" not in t.astype(str).to_string().lower(), name
     assert "—" in res.tables["overview"]["study (best match)"].tolist()  # layers have no study range
+    assert res.frames["architecture_info"]["SAE"].tolist() == ["L1", "A1"]
+
+
+def test_analyze_with_one_architecture_glues_no_share(tmp_path):
+    """The finding: on the gpt2 stand-in the architectures group held one SAE (the others are not in the cache), so it
+    had no pair, and the architectures' info frame, filed under the comparison's own name, broke glued() (KeyError
+    'dec_share_small')."""
+    q, _ = torch.linalg.qr(torch.randn(16, 16, generator=torch.Generator().manual_seed(23)))
+    saes = {"B": save_sae(tmp_path, "B", q[:8], q[:8], "blocks.0.hook_resid_pre"),
+            "C": save_sae(tmp_path, "C", q[8:], q[8:], "blocks.0.hook_resid_pre")}
+    params = MatchingParams(sae_release=str(tmp_path), sae_id="B", dataset_ids=[], seed_pairs=[["B", "C"]],
+                            width_ids=[], k_ids=[], architecture_ids=["B"], layer_ids={}, control_pairs=[],
+                            device="cpu", chunk_size=3)
+    dicts = {k: dictionary_from_sae(s, k, str(tmp_path), k) for k, s in saes.items()}
+    dicts["B"].firing = torch.full((8,), 0.5)
+    tokens = torch.randint(0, 20, (4, 8), generator=torch.Generator().manual_seed(24))
+    values = analyze(tiny_model(), dicts, tokens, params).glued()
+    check_prose_values(values)
+    assert values["match_seeds_mean"] == 0.0 and "match_architectures_mean" not in values
 
 
 def test_figure_legends_stay_clear_of_the_subplot_titles():
