@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench_gpt2_profile import use_offline_cache  # this folder is on sys.path when a script here runs
+
 
 def _parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -68,12 +70,7 @@ def compute(chapter: str, params):
 
 def main() -> int:
     args = _parse()
-    if not args.cache:
-        sys.exit("give the hub cache as an argument or in $HF_HUB_CACHE (write a stand-in with `possae standin CACHE`)")
-    os.environ["HF_HUB_CACHE"] = str(Path(args.cache).resolve())
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ.setdefault("WANDB_MODE", "disabled")
-    os.environ.setdefault("TQDM_DISABLE", "1")
+    use_offline_cache(args.cache)
 
     import torch
     import yaml

@@ -70,14 +70,20 @@ class PeakRSS:
         self._thread.join()
 
 
-def main() -> int:
-    args = _parse()
-    if not args.cache:
-        sys.exit("give the stand-in cache as an argument or in $HF_HUB_CACHE (write one with `possae standin CACHE`)")
-    os.environ["HF_HUB_CACHE"] = str(Path(args.cache).resolve())
+def use_offline_cache(cache: str | None) -> None:
+    """Point this process (and its kernels) at the hub cache, offline, with no wandb and no progress bars."""
+    if not cache:
+        sys.exit("give the (stand-in) hub cache as an argument or in $HF_HUB_CACHE (write one with `possae standin "
+                 "CACHE`)")
+    os.environ["HF_HUB_CACHE"] = str(Path(cache).resolve())
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ.setdefault("WANDB_MODE", "disabled")
     os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def main() -> int:
+    args = _parse()
+    use_offline_cache(args.cache)
 
     from possae.book import PROFILES, ChapterFailed, _source, chapter_names, chapter_parameters, execute_chapter
     from possae.data_paths import REPO_ROOT
