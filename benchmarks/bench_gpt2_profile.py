@@ -125,6 +125,7 @@ def timed_build(profile: str, extra: dict) -> list[dict]:
     """Run possae.book.build(profile) in this process; return a row per chapter (and one for the HTML) with its wall
     time and the peak RSS of its kernel, cut at the build's own progress lines."""
     from possae import book
+    from possae.book import ChapterFailed
 
     rows: list[dict] = []
     log = book._log
@@ -145,11 +146,15 @@ def timed_build(profile: str, extra: dict) -> list[dict]:
                 close("HTML (jupyter-book)")
 
         book._log = cut
+        html = ""
         try:
             html = book.build(profile, extra=extra)
+            close("")
+        except ChapterFailed as e:  # the chapters timed so far, and the one that failed
+            close("")
+            rows[-1]["status"] = f"FAILED: {e}"
         finally:
             book._log = log
-        close("")
     for r in rows:
         r["page"] = str(html) if r["chapter"].startswith("HTML") else ""
     return [r for r in rows if r["chapter"] != "stage"]
