@@ -66,7 +66,7 @@ glue_all(result.glued())
 #
 # Take the inputs of the SAE's training context that hold ordinary text: every token `t` of the vocabulary
 # (uniformly weighted) at every position from {glue:text}`pos_first` to {glue:text}`pos_last`
-# ({glue:text}`pos_d_vocab` tokens at each of them; the SAE's context is {glue:text}`pos_context` positions).
+# ({glue:text}`pos_d_vocab:,` tokens at each of them; the SAE's context is {glue:text}`pos_context` positions).
 # Position 0 is left out: in every training window it holds the BOS token, so it is a slot, not a position among
 # others (it is discussed apart below). Over this joint distribution, a feature's variance splits into a part
 # explained by position and the rest:
@@ -91,7 +91,7 @@ result.threshold_table()
 # `R²_pos` is {glue:text}`pos_max_r2:.3f`. {glue:text}`pos_count_sentence`
 # {glue:text}`pos_slot_count_sentence`
 #
-# **What exactness costs.** Here the statistics over all {glue:text}`pos_d_vocab` tokens at each context position
+# **What exactness costs.** Here the statistics over all {glue:text}`pos_d_vocab:,` tokens at each context position
 # took {glue:text}`pos_stats_seconds:.1f` s (path: {glue:text}`pos_stats_method`). The original study sampled 800
 # tokens and 128 positions because brute force over gpt2-small's full distribution, 50,257 tokens × 1,024 positions
 # into 24,576 features, is about 2 PFLOP. The exact path needs one matmul `W_E · W_enc` and a sort per feature; the
@@ -110,9 +110,8 @@ result.bench_table()
 # %% [markdown]
 # ## Profiles of the top positional features
 #
-# For the {glue:text}`pos_n_top` most positional features (at most two per peak position, so that different
-# positions show), the mean and standard deviation of the activation over all tokens at each position (blue), and
-# the position part of the pre-activation `c_i(p) = (W_pos[p] - b_dec) · w_i + b_i` (red, right axis). The feature
+# {glue:text}`pos_top_lead` the mean and standard deviation of the activation over all tokens at each position
+# (blue), and the position part of the pre-activation `c_i(p) = (W_pos[p] - b_dec) · w_i + b_i` (red, right axis). The feature
 # fires at position `p` on the tokens with `a_i(t) > -c_i(p)`, so on at least one token exactly where `c_i(p)` rises
 # above the dotted line `-max_t a_i(t)`. Each panel is zoomed onto the positions where its feature is active (at least
 # 16 positions, at most the context); the shaded position 0 is the BOS slot. The

@@ -568,6 +568,14 @@ def count_sentence(n_positional: int, n_half: int, d_sae: int, threshold: float)
     return text + f", {n_half / d_sae:.1%} of the dictionary."
 
 
+def top_lead(n_top: int) -> str:
+    """Return the opening of the profile figure's caption, which says when there is no positional feature to show."""
+    if n_top == 0:
+        return "No feature is positional by the criterion above, so the figure has no panel. For a positional feature it shows"
+    return (f"For the {n_top} most positional feature{'s' if n_top > 1 else ''} (at most two per peak position, so that "
+            "different positions show), the figure shows")
+
+
 def peak_width_sentence(widths: Int[Tensor, " k"]) -> str:
     """Return the sentence on the positional features' mean peak width and their share of single-position detectors."""
     if len(widths) == 0:
@@ -860,7 +868,7 @@ class PositionalResult:
             "pos_bench_exact": float(bench["exact (s)"]), "pos_bench_ratio": float(bench["exact / matmul"]),
             "pos_bench_speedup": float(bench["speed-up vs brute force"]),
             "pos_bench_gpu_sentence": gpu_bench_sentence(self.bench),
-            "pos_n_top": len(self.top), "pos_width_sentence": peak_width_sentence(self.widths()),
+            "pos_top_lead": top_lead(len(self.top)), "pos_width_sentence": peak_width_sentence(self.widths()),
             "pos_range_sentence": range_sentence(self.ranges),
             "pos_norm_sentence": norm_sentence(**self.norms),
             "pos_top3": float(self.helix.shares.sum()), "pos_align_sentence": alignment_sentence(self.alignment),

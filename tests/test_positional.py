@@ -629,3 +629,11 @@ def test_top_table_links_to_neuronpedia_on_gpt2_and_not_on_other_releases(fake_h
     assert (linked.to_numpy() == plain.to_numpy()).all() and list(linked.columns) == list(plain.columns)
     assert all(f'<th>{a}</th>' in show(linked)._repr_html_() for a in linked.index)
     assert "links to its page on Neuronpedia (gpt2-small/0-res-jb)" in result.glued()["pos_links_sentence"]
+
+
+def test_profile_caption_says_when_no_feature_is_positional():
+    # finding: on the gpt2 stand-in the caption read "For the 0 most positional features"
+    assert P.top_lead(0).startswith("No feature is positional by the criterion above, so the figure has no panel.")
+    assert P.top_lead(1).startswith("For the 1 most positional feature (at most")
+    assert P.top_lead(6).startswith("For the 6 most positional features (at most two per peak position")
+    assert "0 most" not in P.top_lead(0)
