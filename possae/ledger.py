@@ -256,8 +256,8 @@ class Claim:
 
 
 def _helix(v):
-    """Return (GPT-2's and the organism's top-3 PC shares, verdict)."""
-    return (f"GPT-2 small rows 1..{v['gpt2_context_last']}: {pct(v['gpt2_top3_ctx'])} (organism, all rows: "
+    """Return (GPT-2's and the book's model's top-3 PC shares, verdict)."""
+    return (f"GPT-2 small rows 1..{v['gpt2_context_last']}: {pct(v['gpt2_top3_ctx'])} ({v['setup_model']}, all rows: "
             f"{pct(v['top3'])})"), helix_verdict(v["gpt2_top3_ctx"])
 
 
@@ -398,7 +398,7 @@ FIX_CLAIMS = {"a": "encoding the token embedding alone, W_pos added back, fixes 
 CLAIMS: tuple[Claim, ...] = (
     Claim("helix", "GPT-2's W_pos is a helix: its top 3 principal components hold about 95 % of it",
           f"{STUDY_HELIX_TOP3:.0%}", "setup", ("setup", "the-geometry-of-w-pos"),
-          ("gpt2_context_last", "gpt2_top3_ctx", "top3"), _helix),
+          ("gpt2_context_last", "gpt2_top3_ctx", "top3", "setup_model"), _helix),
     Claim("few_positional", "a layer-0 SAE has few positional features",
           f"about {STUDY_N_POSITIONAL} of {STUDY_D_SAE:,}", "positional",
           ("positional", "which-features-are-positional"),

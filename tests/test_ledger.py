@@ -170,6 +170,8 @@ def _values() -> dict[str, dict[str, object]]:
 def test_constructed_values_give_the_expected_verdicts_and_missing_chapters_are_not_run():
     result = ledger.analyze(_values())
     got = {r.claim.key: r.verdict.verdict for r in result.rows}
+    helix = next(r for r in result.rows if r.claim.key == "helix")
+    assert helix.book == "GPT-2 small rows 1..127: 95.7% (toy, all rows: 99.0%)"  # the model named, not "organism"
     assert got["helix"] == CONFIRMED and got["few_positional"] == CONFIRMED and got["early_positions"] == CONFIRMED
     assert got["disjoint"] == CONFIRMED and got["bimodal"] == REFUTED and got["random"] == REFUTED
     assert got["spurious"] == CONFIRMED and got["fix_a"] == REFUTED and got["fix_b"] == CONFIRMED
