@@ -9,13 +9,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import yaml
 
 from possae.data_paths import REPO_ROOT
+from possae.preflight import check_chapter_inputs, named_saes
 from possae.progress import DISABLE_ENV
+from possae.sae_files import is_path_like
 
 PROFILES: dict[str, dict] = {
     "organism": {},  # the offline default: every chapter's own defaults
@@ -40,17 +42,13 @@ def profile_saes(profile: str) -> list[tuple[str, str]]:
 
     An id list `X_ids` (or id `X_id`) reads its release from `X_release` when the profile sets one, else `sae_release`.
     """
-    params = PROFILES[profile]
     pairs: list[tuple[str, str]] = []
-    for key, value in params.items():
-        if not (key.endswith("_id") or key.endswith("_ids")) or value is None:
-            continue
-        stem = key.rsplit("_", 1)[0].removesuffix("_sae")
-        release = params.get(f"{stem}_release", params.get("sae_release"))
-        for sae_id in [value] if isinstance(value, str) else value:
-            if (release, sae_id) not in pairs:
-                pairs.append((release, sae_id))
+    for _, release, sae_id in named_saes(PROFILES[profile]):
+        if (release, sae_id) not in pairs:
+            pairs.append((release, sae_id))
     return pairs
+
+
 FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" '
            'fill="#2f5d8a"/><path d="M3 11 Q5 3 8 8 T13 5" stroke="#fff" stroke-width="1.6" fill="none"/></svg>\n')
 
@@ -98,16 +96,27 @@ def _source(root: Path, name: str) -> Path:
     raise FileNotFoundError(f"_toc.yml names {name!r} but no {name}.py/.md exists")
 
 
-def chapter_parameters(chapter: Path) -> set[str]:
-    """Return the names assigned in a chapter's `parameters` cell."""
+def chapter_defaults(chapter: Path) -> dict:
+    """Return {name: value} of a chapter's `parameters` cell, each value a Python literal."""
+    import ast
+
     import jupytext
 
     nb = jupytext.read(chapter)
     cell = next((c for c in nb.cells if "parameters" in c.metadata.get("tags", [])), None)
     if cell is None:
         raise ValueError(f"{chapter} has no cell tagged 'parameters'")
-    return {line.split("=")[0].strip().split(":")[0] for line in cell.source.splitlines()
-            if "=" in line and not line.lstrip().startswith("#")}
+    values = {}
+    for node in ast.parse(cell.source).body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        for t in targets:
+            values[t.id] = ast.literal_eval(node.value)
+    return values
+
+
+def chapter_parameters(chapter: Path) -> set[str]:
+    """Return the names assigned in a chapter's `parameters` cell."""
+    return set(chapter_defaults(chapter))
 
 
 def parse_parameters(chapter: Path, pairs: list[tuple[str, str]]) -> dict:
@@ -132,6 +141,11 @@ def _quiet_progress():
             os.environ.pop(DISABLE_ENV, None)
         else:
             os.environ[DISABLE_ENV] = old
+
+
+# the kernel's own log stays off the terminal: its start-up notice, and the tracebacks of its closing sockets when a
+# run is interrupted (a cell's errors still reach the notebook and papermill)
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=CRITICAL"]
 
 
 def execute_chapter(chapter: Path, out: Path, parameters: dict, cwd: Path = REPO_ROOT) -> Path:
@@ -164,13 +178,15 @@ def execute_chapter(chapter: Path, out: Path, parameters: dict, cwd: Path = REPO
     failed = out.with_name(f"{out.stem}.failed.ipynb")
     try:
         with _quiet_progress():
-            pm.execute_notebook(raw, tmp, parameters=parameters,
-                                kernel_name="python3", cwd=str(cwd), progress_bar=sys.stderr.isatty())
+            pm.execute_notebook(raw, tmp, parameters=parameters, kernel_name="python3", cwd=str(cwd),
+                                progress_bar=sys.stderr.isatty(), extra_arguments=KERNEL_ARGUMENTS)
     except pm.PapermillExecutionError as e:
         os.replace(tmp, failed)
         raise ChapterFailed(f"Chapter {chapter.name} failed in cell {e.cell_index} "
                             f"(execution count {e.exec_count}): {e.ename}: {e.evalue} (notebook: {failed})") from None
-    except BaseException:
+    except BaseException as e:
+        if not isinstance(e, Exception):  # Ctrl-C or SIGTERM: papermill leaves the kernel running
+            stop_child_processes()
         tmp.unlink(missing_ok=True)
         raise
     finally:
@@ -184,6 +200,18 @@ def execute_chapter(chapter: Path, out: Path, parameters: dict, cwd: Path = REPO
     os.replace(tmp, out)
     failed.unlink(missing_ok=True)
     return out
+
+
+def stop_child_processes(timeout: float = 3.0) -> None:
+    """Kill every process this one started (the kernel of an interrupted chapter, jupyter-book): their work is thrown
+    away, and a kernel asked to stop politely prints tracebacks from its closing sockets onto the terminal."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        with suppress(psutil.NoSuchProcess):
+            child.kill()
+    psutil.wait_procs(children, timeout=timeout)
 
 
 def with_banner(markdown: str) -> str:
@@ -257,6 +285,9 @@ def build(profile: str = "organism", only: str | None = None, root: Path = REPO_
             raise ValueError(f"{what} sets {', '.join(map(repr, unknown))}, which no chapter it runs declares; "
                              f"their parameters: {', '.join(sorted(set().union(*(declared[n] for n in among))))}")
     params = {**PROFILES[profile], **(extra or {})}
+    for name in sorted(run):  # a missing or broken SAE, or a device this machine lacks, fails before any kernel starts
+        check_chapter_inputs(Path(name).name, {**chapter_defaults(chapters[name]),
+                                               **{k: v for k, v in params.items() if k in declared[name]}})
     stage_site(stage, root)
     for name, src in chapters.items():
         target = stage / name
@@ -292,34 +323,78 @@ def run_folder_name(chapter: str, parameters: dict) -> str:
     return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", "-".join(parts))[:150]
 
 
+def absolute_paths(params: dict, cwd: Path | None = None) -> dict:
+    """Return params with every value naming an existing file or folder (relative to `cwd`) made absolute: the kernel
+    runs in the repository, not where the command was typed."""
+    base = Path.cwd() if cwd is None else cwd
+    out = {}
+    for key, value in params.items():
+        if isinstance(value, str) and is_path_like(value) and (base / Path(value).expanduser()).exists():
+            value = str((base / Path(value).expanduser()).resolve())
+        out[key] = value
+    return out
+
+
+def link_chapters(nb, chapter: str, page_dir: Path, book: Path, root: Path = REPO_ROOT) -> None:
+    """Rewrite a single run's links to other pages of the book (`[text](setup)`) in place: to the built book's page
+    (relative to `page_dir`) where `book` holds one, else to plain text. Nothing is left for Sphinx to resolve."""
+    pages = {Path(name).name: name for name in toc_files(root) if Path(name).name != chapter}
+    pattern = re.compile(r"\[([^\]]*)\]\((" + "|".join(map(re.escape, pages)) + r")(#[^)\s]*)?\)")
+
+    def target(m: re.Match) -> str:
+        built = book / f"{pages[m.group(2)]}.html"
+        if not built.is_file():
+            return m.group(1)
+        return f"[{m.group(1)}]({os.path.relpath(built, page_dir)}{m.group(3) or ''})"
+
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and pages:
+            cell.source = pattern.sub(target, cell.source)
+
+
 def run_chapter(chapter: str, pairs: list[tuple[str, str]], profile: str = "organism", root: Path = REPO_ROOT,
-                runs: Path = RUNS) -> Path:
+                runs: Path = RUNS, book: Path | None = None) -> Path:
     """Execute one chapter with `-p` parameters into runs/<chapter>-<params>/ and render it; return its HTML page.
 
-    The run goes to a temporary folder that replaces the run's folder only once the page is rendered: a failure
-    leaves an earlier output as it was (the failed notebook is kept as runs/<folder>.failed.ipynb).
+    Its model, SAEs and device are checked before the kernel starts. The run goes to a temporary folder that replaces
+    the run's folder only once the page is rendered: a failure or an interrupt leaves an earlier output as it was (the
+    failed notebook is kept as runs/<folder>.failed.ipynb). Links to other chapters point into `book` (default: the
+    last `possae build`, root/_build/html) where it holds the page.
     """
+    import nbformat
+
     if chapter not in chapter_names(root):
         raise ValueError(f"Unknown chapter {chapter!r}; chapters: {', '.join(chapter_names(root))}")
     if profile not in PROFILES:
         raise ValueError(f"Unknown profile {profile!r}; profiles: {', '.join(PROFILES)}")
     src = _source(root, f"chapters/{chapter}")
-    params = parse_parameters(src, pairs)
+    params = absolute_paths(parse_parameters(src, pairs))
+    defaults = chapter_defaults(src)
+    release = params.get("sae_release")
+    if "sae_id" in defaults and "sae_id" not in params and isinstance(release, str) and is_path_like(release) \
+            and (Path(release) / "cfg.json").is_file():
+        params["sae_id"] = None  # the folder holds one SAE (sae_lens's save_model layout): no id inside it
+    profile_params = {k: v for k, v in PROFILES[profile].items() if k in defaults}
+    check_chapter_inputs(chapter, {**defaults, **profile_params, **params})
     final = runs / run_folder_name(chapter, params)
     runs.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=runs))
     try:
         _log(f"executing {src.relative_to(root)} into {final}")
         try:
-            known = chapter_parameters(src)
-            profile_params = {k: v for k, v in PROFILES[profile].items() if k in known}
             execute_chapter(src, tmp / f"{chapter}.ipynb", {**profile_params, **params}, cwd=root)
         except ChapterFailed as e:
             kept = runs / f"{final.name}.failed.ipynb"
             os.replace(tmp / f"{chapter}.failed.ipynb", kept)
             raise ChapterFailed(str(e).replace(str(tmp / f"{chapter}.failed.ipynb"), str(kept))) from None
+        nb = nbformat.read(tmp / f"{chapter}.ipynb", as_version=4)
+        link_chapters(nb, chapter, final / "_build" / "html", root / "_build" / "html" if book is None else book, root)
+        nbformat.write(nb, tmp / f"{chapter}.ipynb")
         stage_site(tmp, root)
         (tmp / "_toc.yml").write_text(yaml.safe_dump({"format": "jb-book", "root": chapter}))
+        config = yaml.safe_load((tmp / "_config.yml").read_text())
+        config.setdefault("sphinx", {}).setdefault("config", {})["myst_all_links_external"] = True  # links: as written
+        (tmp / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
         _log("rendering the page with jupyter-book")
         _jupyter_book(tmp, tmp)
         old = runs / f".{final.name}.old"
@@ -328,6 +403,10 @@ def run_chapter(chapter: str, pairs: list[tuple[str, str]], profile: str = "orga
         os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
         (runs / f"{final.name}.failed.ipynb").unlink(missing_ok=True)
+    except BaseException as e:
+        if not isinstance(e, Exception):  # Ctrl-C or SIGTERM while jupyter-book renders
+            stop_child_processes()
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final / "_build" / "html" / f"{chapter}.html"

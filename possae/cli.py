@@ -7,6 +7,9 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
+import sys
+from pathlib import Path
 
 STEPS = ("tokenizer", "tokens", "model", "saes", "card")
 
@@ -84,7 +87,8 @@ def _run(args: argparse.Namespace) -> None:
     from possae.book import ChapterFailed, run_chapter
 
     try:
-        print("page ->", run_chapter(args.chapter, [tuple(p) for p in args.param or []], profile=args.profile))
+        kwargs = {"runs": Path(args.runs).resolve()} if args.runs else {}
+        print("page ->", run_chapter(args.chapter, [tuple(p) for p in args.param or []], profile=args.profile, **kwargs))
     except (ChapterFailed, ValueError) as e:
         raise SystemExit(f"possae run: {e}") from None
 
@@ -107,8 +111,22 @@ def _standin(args: argparse.Namespace) -> None:
           f"{args.profile}  (numbers describe random weights, not GPT-2)")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so that every clean-up (temporary folders, kernels) runs."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
+AFTER_INTERRUPT = {  # what an interrupted command leaves, by command
+    "run": "nothing was replaced",
+    "build": "the chapter being executed replaced nothing (chapters finished before it were kept)",
+}
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Parse the command line and run it."""
+    """Parse the command line and run it; Ctrl-C or SIGTERM ends it with one line and exit status 130 or 143."""
     parser = argparse.ArgumentParser(prog="possae", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     org = sub.add_parser("organism", help="rebuild the model organism shipped in possae/artifacts/organism")
@@ -136,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
                    help="a parameter of the chapter (VALUE read as YAML: 3, 0.5, [a, b], None); repeatable")
     r.add_argument("--profile", default="organism", help="profile whose parameters come first: organism, quick or gpt2")
+    r.add_argument("--runs", default=None, help="folder that holds the runs (default: build/runs in the repository)")
     r.set_defaults(func=_run)
     d = sub.add_parser("data", help="derive the evaluation pack (possae/artifacts/evalpack) from the full data")
     d.add_argument("step", choices=("pack",))
@@ -148,7 +167,13 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--profile", default="gpt2", help="the profile whose SAEs to write")
     s.set_defaults(func=_standin)
     args = parser.parse_args(argv)
-    args.func(args)
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        args.func(args)
+    except KeyboardInterrupt as e:
+        left = AFTER_INTERRUPT.get(args.command)
+        print(f"possae {args.command}: interrupted" + (f"; {left}" if left else ""), file=sys.stderr, flush=True)
+        raise SystemExit(128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)) from None
 
 
 if __name__ == "__main__":

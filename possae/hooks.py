@@ -6,18 +6,19 @@ from here, and so do an SAE's layer, its training context and the layer-0 check.
 
 from __future__ import annotations
 
-from transformer_lens.utilities import get_act_name
-
 TOKEN_EMBED = "hook_embed"  # W_E[token]
 POS_EMBED = "hook_pos_embed"  # W_pos[position]
 
 
 def act_name(kind: str, layer: int | None = None) -> str:
     """Return the TransformerLens hook name of an activation, e.g. act_name('resid_pre', 0) -> 'blocks.0.hook_resid_pre'."""
+    from transformer_lens.utilities import get_act_name  # imported here: possae.hooks stays light for `possae run`'s checks
+
     return get_act_name(kind, layer)
 
 
-LAYER0_INPUT = act_name("resid_pre", 0)  # the residual stream entering block 0: exactly W_E[t] + W_pos[p]
+# the residual stream entering block 0: exactly W_E[t] + W_pos[p] (a test checks it is act_name("resid_pre", 0))
+LAYER0_INPUT = "blocks.0.hook_resid_pre"
 
 
 def resid_pre(layer: int) -> str:
@@ -63,11 +64,13 @@ def is_layer0(sae) -> bool:
 
 
 def require_layer0(sae, chapter: str = "this chapter") -> None:
-    """Raise ValueError unless the SAE reads blocks.0.hook_resid_pre; the message names a layer-0 SAE to pass."""
-    if not is_layer0(sae):
+    """Raise ValueError unless the SAE (or an SAE's hook name) reads blocks.0.hook_resid_pre; the message names a
+    layer-0 SAE to pass."""
+    hook = sae if isinstance(sae, str) else sae_hook(sae)
+    if hook != LAYER0_INPUT:
         raise ValueError(
             f"{chapter} studies layer-0 SAEs at {LAYER0_INPUT!r} (input W_E[token] + W_pos[position]), "
-            f"but this SAE reads {sae_hook(sae)!r}. Pass a layer-0 SAE, e.g. -p sae_release organism -p sae_id "
+            f"but this SAE reads {hook!r}. Pass a layer-0 SAE, e.g. -p sae_release organism -p sae_id "
             "relu-short, or -p sae_release gpt2-small-res-jb -p sae_id blocks.0.hook_resid_pre."
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import socket
 import threading
@@ -15,12 +16,22 @@ from typing import Any
 import torch
 
 from possae.devices import default_device
-from possae.hooks import sae_layer
-from possae.organism.recipe import ARTIFACTS, ORGANISM_MODEL_NAME, ROTARY_ARTIFACTS, ROTARY_MODEL_NAME
-
-ORGANISM = "organism"  # the offline default: model name and SAE release
-ROTARY = "organism-rotary"  # its rotary twin (the same recipe with rotary positions): model name and SAE release
-ORGANISMS = {ORGANISM: ARTIFACTS, ROTARY: ROTARY_ARTIFACTS}  # name -> shipped folder (model/, saes/)
+from possae.organism.recipe import ARTIFACTS, ORGANISM_MODEL_NAME, ROTARY_MODEL_NAME
+from possae.sae_files import (  # noqa: F401  (the file checks are part of the loaders' interface)
+    LOCAL_SAE_FIX,
+    ORGANISM,
+    ORGANISMS,
+    ROTARY,
+    BadWeightsError,
+    CorruptFileError,
+    check_finite,
+    check_readable,
+    check_sae_folder,
+    is_path_like,
+    organism_fix,
+    organism_sae_ids,
+    sae_folder,
+)
 MODEL_NAMES = {ORGANISM_MODEL_NAME: ORGANISM, ROTARY_MODEL_NAME: ROTARY}  # cfg model_name -> name to load
 OFFLINE_HINT = (
     "Offline, run on the model organism shipped with possae: load_model('organism') and "
@@ -33,43 +44,6 @@ SAE_KWARGS_WARNING = r"\s*This SAE has non-empty model_from_pretrained_kwargs"  
 
 class HubUnreachableError(RuntimeError):
     """The Hugging Face hub cannot be reached and the requested weights are not cached locally."""
-
-
-class CorruptFileError(RuntimeError):
-    """A weights or config file is truncated or unreadable; the message names the file and how to get a good copy."""
-
-
-def check_readable(folder: Path, files: tuple[str, ...], fix: str) -> None:
-    """Raise FileNotFoundError or CorruptFileError unless each file in `folder` exists and parses (safetensors, json)."""
-    import json
-
-    from safetensors import SafetensorError, safe_open
-
-    for name in files:
-        path = Path(folder) / name
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing. {fix}")
-        try:
-            if path.suffix == ".safetensors":
-                with safe_open(str(path), framework="pt"):  # checks the header and that the data cover the file
-                    pass
-            elif path.suffix == ".json":
-                json.loads(path.read_text())
-        except (SafetensorError, ValueError, UnicodeDecodeError, OSError) as e:
-            raise CorruptFileError(f"{path} is truncated or corrupt ({type(e).__name__}: {e}). {fix}") from None
-
-
-def _organism_fix(what: str, name: str = ORGANISM) -> str:
-    """Return how to get a good copy of a shipped organism (or twin) file."""
-    root, twin = ORGANISMS[name], " --positional rotary" if name == ROTARY else ""
-    return (f"Restore the shipped copy with `git checkout -- {root.relative_to(root.parents[2])}` "
-            f"(or rebuild it with `possae organism {what}{twin}`).")
-
-
-def organism_sae_ids(name: str = ORGANISM) -> list[str]:
-    """Return the ids of the SAEs shipped with the organism (or with its rotary twin, name 'organism-rotary')."""
-    root = ORGANISMS[name] / "saes"
-    return sorted(p.name for p in root.iterdir() if (p / "cfg.json").is_file()) if root.is_dir() else []
 
 
 def hub_address() -> tuple[str, int]:
@@ -139,9 +113,12 @@ def load_model(name: str = ORGANISM, device: str | None = None, **from_pretraine
     device = str(default_device(device))
     if name in ORGANISMS:
         return _load_organism_model(name, device)
-    path = Path(name)
+    path = Path(name).expanduser()
     if path.is_dir():
         return _load_local_model(path, device, **from_pretrained_kwargs)
+    if is_path_like(name):
+        raise FileNotFoundError(f"Model folder {path} does not exist. Give an existing folder (a Hugging Face model "
+                                "folder or one saved by possae), 'organism', or a transformer_lens model name.")
     try:
         official = get_official_model_name(name)
     except ValueError as e:
@@ -161,15 +138,13 @@ def _load_organism_model(name: str, device: str):
 
     folder = ORGANISMS[name] / MODEL_DIR
     if not (folder / "model.safetensors").is_file():
-        raise FileNotFoundError(f"The {name} model is missing from {folder}: {_organism_fix('model', name)}")
-    check_readable(folder, ("config.json", "model.safetensors"), _organism_fix("model", name))
+        raise FileNotFoundError(f"The {name} model is missing from {folder}: {organism_fix('model', name)}")
+    check_readable(folder, ("config.json", "model.safetensors"), organism_fix("model", name))
     return load_saved_model(folder, ARTIFACTS / "tokenizer", device=device)  # the twin shares the tokenizer
 
 
 def _load_local_model(path: Path, device: str, **from_pretrained_kwargs: Any):
     """Load a possae-format folder, or a Hugging Face model folder converted through transformer_lens."""
-    import json
-
     from possae.organism.lm import load_saved_model
 
     cfg_file = path / "config.json"
@@ -199,7 +174,6 @@ def _load_local_model(path: Path, device: str, **from_pretrained_kwargs: Any):
 
 def _convert_hf_config(hf_cfg: dict) -> dict:
     """Return transformer_lens config kwargs for a Hugging Face config.json (GPT-2's n_ctx restored)."""
-    import json
     import tempfile
 
     from transformer_lens.loading_from_pretrained import convert_hf_model_config
@@ -216,29 +190,25 @@ def _convert_hf_config(hf_cfg: dict) -> dict:
 
 
 def load_sae(release: str = ORGANISM, sae_id: str | None = None, device: str | None = None):
-    """Return a sae_lens SAE: the organism's, one in a local sae_lens folder, or a sae_lens release + id."""
+    """Return a sae_lens SAE, its weights checked: the organism's, a local sae_lens folder's, or a release + id's.
+
+    A local `release` is the folder of one SAE (sae_lens's `save_model` layout; `sae_id` None) or a folder of SAE
+    folders (`sae_id` names one).
+    """
     from sae_lens import SAE
 
     device = str(default_device(device))
-    if release in ORGANISMS:
-        ids = organism_sae_ids(release)
-        if sae_id not in ids:
-            raise ValueError(f"Unknown {release} SAE id {sae_id!r}; valid ids: {', '.join(ids) or 'none built yet'}.")
-        folder = ORGANISMS[release] / "saes" / sae_id
-        check_readable(folder, ("cfg.json", "sae_weights.safetensors"), _organism_fix("saes", release))
-        return SAE.load_from_disk(folder, device=device)
-    path = Path(release)
-    if path.is_dir():
-        folder = path / sae_id if sae_id else path
-        if not (folder / "cfg.json").is_file():
-            subs = sorted(p.name for p in path.iterdir() if (p / "cfg.json").is_file())
-            raise FileNotFoundError(f"{folder} is not a sae_lens SAE folder (no cfg.json); SAE folders in {path}: {subs}")
-        check_readable(folder, ("cfg.json", "sae_weights.safetensors"),
-                       "Copy or save the SAE there again (sae_lens's SAE.save_model writes both files).")
+    folder = sae_folder(release, sae_id)
+    if folder is not None:
+        fix = organism_fix("saes", release) if release in ORGANISMS else LOCAL_SAE_FIX
+        check_sae_folder(folder, fix)
         return SAE.load_from_disk(folder, device=device)
     lookup = _pretrained_lookup(release, sae_id)
-    return _from_hub(f"SAE {release!r} / {sae_id!r} (hub repo {lookup.repo_id})",
-                     lambda: SAE.from_pretrained(release, sae_id, device=device))
+    sae = _from_hub(f"SAE {release!r} / {sae_id!r} (hub repo {lookup.repo_id})",
+                    lambda: SAE.from_pretrained(release, sae_id, device=device))
+    check_finite(sae.state_dict().items(), f"SAE {release!r} / {sae_id!r} (hub repo {lookup.repo_id})",
+                 "Delete it from the Hugging Face cache (huggingface-cli delete-cache) and download it again.")
+    return sae
 
 
 def _pretrained_lookup(release: str, sae_id: str | None):
@@ -264,7 +234,7 @@ def expected_model(release: str, sae_id: str | None = None, sae=None) -> tuple[s
     """Return (model name, from_pretrained kwargs) an SAE was trained on, from the registry or the SAE's config."""
     if release in ORGANISMS:
         return release, {}
-    if Path(release).is_dir():
+    if sae_folder(release, sae_id) is not None:
         meta = (sae or load_sae(release, sae_id, device="cpu")).cfg.metadata
         name = meta.model_name
         return (MODEL_NAMES.get(name or ORGANISM_MODEL_NAME, name)), dict(meta.model_from_pretrained_kwargs or {})
@@ -279,6 +249,8 @@ def expected_model(release: str, sae_id: str | None = None, sae=None) -> tuple[s
 @torch.no_grad()
 def check_sae_fits(model, sae) -> None:
     """Raise ValueError if the SAE's hook is not in the model or its d_in differs from the hook's width."""
+    from possae.hooks import sae_layer
+
     hook = sae.cfg.metadata.hook_name
     if hook not in model.hook_dict:
         raise ValueError(
@@ -303,7 +275,7 @@ def _load_sae_for_its_model(release: str, sae_id: str | None, device: str | None
         return load_sae(release, sae_id, device)
 
 
-def load_model_and_sae(release: str = ORGANISM, sae_id: str = "relu-short", device: str | None = None,
+def load_model_and_sae(release: str = ORGANISM, sae_id: str | None = "relu-short", device: str | None = None,
                        model_name: str | None = None, model=None):
     """Return (model, sae): the SAE, and its model (or `model_name`) loaded with the weight processing the SAE expects."""
     sae = _load_sae_for_its_model(release, sae_id, device)

@@ -96,6 +96,13 @@ class ChapterParams:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, _check(f.name, getattr(self, f.name), hints[f.name]))
+        if getattr(self, "device", None) is not None:  # a device this machine lacks fails here, not in a kernel cell
+            from possae.devices import DeviceUnavailableError, check_device
+
+            try:
+                check_device(self.device)
+            except DeviceUnavailableError as e:
+                raise ParameterError(f"parameter 'device': {e}") from None
         self.validate()
 
     def validate(self) -> None:
@@ -112,5 +119,5 @@ class SubjectParams(ChapterParams):
 
     model_name: str = "organism"  # 'organism' (offline default), a transformer_lens name, or a local folder
     sae_release: str = "organism"  # 'organism', a sae_lens release, or a local sae_lens folder
-    sae_id: str = "relu-short"  # the SAE's id in its release (a layer-0 SAE for the layer-0 chapters)
+    sae_id: str | None = "relu-short"  # the SAE's id in its release; None when sae_release is one SAE's folder
     device: str | None = None  # None picks CUDA when present

@@ -115,7 +115,7 @@ def analyze(model, sae, params: SetupParams) -> SetupResult:
     context = sae_context_size(sae, n_ctx)
     config = pd.DataFrame({"": {
         "model": model.cfg.model_name, "layers": model.cfg.n_layers, "d_model": model.cfg.d_model, "n_ctx": n_ctx,
-        "d_vocab": model.cfg.d_vocab, "SAE": f"{params.sae_release} / {params.sae_id}",
+        "d_vocab": model.cfg.d_vocab, "SAE": " / ".join(filter(None, (params.sae_release, params.sae_id))),
         "architecture": sae.cfg.architecture(), "hook": sae_hook(sae), "d_sae": sae.cfg.d_sae,
         "SAE context size": context}})
     W_pos = model.W_pos.detach().cpu()
