@@ -17,7 +17,6 @@ import yaml
 from possae.data_paths import REPO_ROOT
 from possae.preflight import check_chapter_inputs, named_saes
 from possae.progress import DISABLE_ENV
-from possae.sae_files import is_path_like
 
 PROFILES: dict[str, dict] = {
     "organism": {},  # the offline default: every chapter's own defaults
@@ -324,12 +323,15 @@ def run_folder_name(chapter: str, parameters: dict) -> str:
 
 
 def absolute_paths(params: dict, cwd: Path | None = None) -> dict:
-    """Return params with every value naming an existing file or folder (relative to `cwd`) made absolute: the kernel
-    runs in the repository, not where the command was typed."""
+    """Return params with each model, release, path or folder value that names an existing file or folder (relative
+    to `cwd`) made absolute: the kernel runs in the repository, not where the command was typed."""
+    from possae.sae_files import ORGANISMS
+
     base = Path.cwd() if cwd is None else cwd
     out = {}
     for key, value in params.items():
-        if isinstance(value, str) and is_path_like(value) and (base / Path(value).expanduser()).exists():
+        if (key == "model_name" or key.endswith(("_release", "_path", "_dir"))) and isinstance(value, str) \
+                and value not in ORGANISMS and (base / Path(value).expanduser()).exists():
             value = str((base / Path(value).expanduser()).resolve())
         out[key] = value
     return out
@@ -371,7 +373,7 @@ def run_chapter(chapter: str, pairs: list[tuple[str, str]], profile: str = "orga
     params = absolute_paths(parse_parameters(src, pairs))
     defaults = chapter_defaults(src)
     release = params.get("sae_release")
-    if "sae_id" in defaults and "sae_id" not in params and isinstance(release, str) and is_path_like(release) \
+    if "sae_id" in defaults and "sae_id" not in params and isinstance(release, str) \
             and (Path(release) / "cfg.json").is_file():
         params["sae_id"] = None  # the folder holds one SAE (sae_lens's save_model layout): no id inside it
     profile_params = {k: v for k, v in PROFILES[profile].items() if k in defaults}

@@ -79,7 +79,7 @@ def _build(args: argparse.Namespace) -> None:
 
     try:
         print("book ->", build(args.profile, args.only, html=not args.no_html))
-    except ChapterFailed as e:
+    except (ChapterFailed, ValueError) as e:
         raise SystemExit(f"possae build: {e}") from None
 
 

@@ -113,7 +113,7 @@ def check_hub_sae(release: str, sae_id: str | None) -> None:
 def check_sae_against_model(cfg: dict, dims: dict[str, int] | None, model_name: str) -> None:
     """Raise ValueError when an SAE's hook lies outside the model's layers or its d_in is not the hook's width."""
     hook = sae_hook_name(cfg)
-    if dims is None or hook is None:
+    if dims is None or hook is None or not hook.startswith("blocks."):
         return
     layer = hook_layer(hook)
     if layer >= dims["n_layers"]:
@@ -145,7 +145,8 @@ def check_chapter_inputs(chapter: str, values: Mapping[str, Any]) -> None:
             own = release in ORGANISMS and release != model_name  # a shipped SAE is checked against its own model
             check_sae_against_model(cfg, model_dims(release) if own else dims, release if own else str(model_name))
         except (OSError, ValueError, RuntimeError) as e:
-            raise PreflightError(f"Chapter {chapter}: parameter {param} = {sae_id!r} (release {release!r}): {e}") from None
+            what = f"SAE {sae_id!r} of release {release!r}" if sae_id else f"the SAE in {release!r}"
+            raise PreflightError(f"Chapter {chapter}: {what} (parameter {param}): {e}") from None
     if values.get("device") is not None:
         from possae.devices import DeviceUnavailableError, check_device
 

@@ -119,8 +119,8 @@ def check_finite(tensors: Iterable, where: str, fix: str) -> None:
     for name, t in tensors:
         bad = count_non_finite(t)
         if bad:
-            raise BadWeightsError(f"{where}: tensor {name!r} holds {bad:,} non-finite values (NaN or inf) among its "
-                                  f"{int(np.prod(t.shape)):,}. {fix}")
+            raise BadWeightsError(f"{where}: tensor {name!r} holds {bad:,} non-finite value{'s' * (bad != 1)} (NaN or "
+                                  f"inf) among its {int(np.prod(t.shape)):,}. {fix}")
 
 
 def _tensors(weights: Path) -> Iterable:

@@ -167,6 +167,15 @@ def test_layer0_chapters_refuse_other_hooks():
         require_layer0(_sae(16, "blocks.1.hook_resid_pre"), "The positional chapter")
 
 
+def test_layer0_input_is_transformer_lens_name_for_it():
+    """possae.hooks spells the layer-0 hook out (so that importing it needs no transformer_lens); it is TL's name."""
+    from transformer_lens.utilities import get_act_name
+
+    from possae.hooks import LAYER0_INPUT, act_name
+
+    assert LAYER0_INPUT == get_act_name("resid_pre", 0) == act_name("resid_pre", 0)
+
+
 def test_truncated_sae_weights_raise_a_possae_error_naming_the_file(tmp_path):
     """A cut-off sae_weights.safetensors raises CorruptFileError naming the file, not a raw SafetensorError."""
     import shutil

@@ -100,6 +100,16 @@ def test_single_run_links_point_into_the_built_book_or_become_plain_text(tmp_pat
                                   " the semantic one, [a site](https://x.org) and [self](positional).")
 
 
+def test_folders_given_relative_to_the_users_directory_reach_the_kernel_absolute(tmp_path):
+    """The kernel runs in the repository: a folder typed relative to where the command ran is made absolute."""
+    from possae.book import absolute_paths
+
+    (tmp_path / "my-sae").mkdir()
+    given = {"sae_release": "my-sae", "sae_id": "my-sae", "model_name": "organism", "gpt2_wpos_path": None,
+             "width_sweep_release": "./nowhere"}
+    assert absolute_paths(given, tmp_path) == {**given, "sae_release": str((tmp_path / "my-sae").resolve())}
+
+
 def test_sae_id_none_is_a_valid_parameter():
     from possae.positional import PositionalParams
 
@@ -111,7 +121,7 @@ def test_sae_id_none_is_a_valid_parameter():
 
 def test_non_finite_weights_name_the_file_and_the_tensor(saved_sae, tmp_path):
     bad = _copy_with(saved_sae, tmp_path / "nan", tensors=_nan_weights(saved_sae))
-    with pytest.raises(BadWeightsError, match=r"nan/sae_weights.safetensors: tensor 'W_enc' holds 1 non-finite values"):
+    with pytest.raises(BadWeightsError, match=r"nan/sae_weights.safetensors: tensor 'W_enc' holds 1 non-finite value \("):
         load_sae(str(bad), None, device="cpu")
     inf = _copy_with(saved_sae, tmp_path / "inf", tensors={"b_enc": torch.full((4096,), float("inf"))})
     with pytest.raises(BadWeightsError, match=r"tensor 'b_enc' holds 4,096 non-finite values"):
@@ -173,13 +183,13 @@ def test_named_saes_reads_each_id_with_its_release():
 
 
 @pytest.mark.parametrize("case, pattern", [
-    ("nan", r"parameter sae_id = None .*tensor 'W_enc' holds 1 non-finite"),
+    ("nan", r"the SAE in '.*nan' \(parameter sae_id\): .*tensor 'W_enc' holds 1 non-finite value "),
     ("d_in", r"cfg.json says d_in = 64, but tensor 'W_enc'"),
     ("missing", r"SAE folder .*missing does not exist"),
     ("model", r"d_in 128 \(cfg.json\) does not match d_model 96 of model"),
     ("layer", r"reads 'blocks.0.hook_resid_pre', but model .* has 0 layers"),
     ("hook", r"positional chapter studies layer-0 SAEs .* reads 'blocks.2.hook_resid_pre'"),
-    ("control", r"parameter control_sae_id = 'relu-full' .*holds one SAE"),
+    ("control", r"SAE 'relu-full' of release '.*my-sae' \(parameter control_sae_id\): .*holds one SAE"),
     ("device", r"parameter device: device 'cuda:7' is unavailable"),
 ])
 def test_errors_that_need_no_kernel_come_before_it_starts(saved_sae, tmp_path, case, pattern, monkeypatch):
