@@ -23,6 +23,7 @@ from possae.devices import default_device
 from possae.hooks import act_name, hook_layer, in_context_positions, resid_pre, sae_context_size, sae_hook
 from possae.params import ChapterParams, ParameterError
 from possae.progress import tqdm
+from possae.sae_files import hub_offline, sae_cached
 
 THRESHOLD = 0.7  # the study's cosine threshold for "a feature has a match"
 TOP_K = 4  # each feature's 1st..4th best cosines are kept
@@ -141,26 +142,6 @@ def sae_exists(ref: SAERef) -> bool:
     if release not in directory or sae_id not in directory[release].saes_map:
         return False
     return not hub_offline() or sae_cached(directory[release].repo_id, directory[release].saes_map[sae_id])
-
-
-def hub_offline() -> bool:
-    """Return whether huggingface_hub may not reach the network ($HF_HUB_OFFLINE set to a true value)."""
-    import os
-
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def sae_cached(repo_id: str, path: str) -> bool:
-    """Return whether the hub cache holds `path` (an SAE's file or folder) in some snapshot of model repo `repo_id`.
-
-    Offline, an SAE of the registry that the cache lacks cannot load (e.g. the stand-in cache of `possae standin`, which
-    holds only the SAEs its profile names): sae_exists drops it as it drops an id the registry does not know.
-    """
-    from possae.standin import hub_cache
-
-    snapshots = hub_cache() / f"models--{repo_id.replace('/', '--')}" / "snapshots"
-    return snapshots.is_dir() and any((snap / path).exists() or any(snap.glob(f"{path}*"))
-                                      for snap in snapshots.iterdir())
 
 
 def resolve_ids(entries: Iterable | None, release: str) -> list[SAERef]:

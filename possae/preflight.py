@@ -17,8 +17,12 @@ from possae.sae_files import (
     ORGANISMS,
     check_readable,
     check_sae_folder,
+    hub_cache,
+    hub_offline,
     is_path_like,
     organism_fix,
+    organism_sae_ids,
+    sae_cached,
     sae_folder,
     sae_hook_name,
 )
@@ -97,8 +101,9 @@ def _registry() -> dict:
     return yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
-def check_hub_sae(release: str, sae_id: str | None) -> None:
-    """Raise ValueError unless sae_lens's registry knows the release and the id (no network)."""
+def check_hub_sae(release: str, sae_id: str | None, need_cached: bool = False) -> None:
+    """Raise ValueError unless sae_lens's registry knows the release and the id (no network), and, with `need_cached`
+    while huggingface_hub is offline ($HF_HUB_OFFLINE), unless the hub cache holds the SAE."""
     registry = _registry()
     if release not in registry:
         close = sorted(r for r in registry if release.split("-")[0] in r)[:20]
@@ -108,6 +113,12 @@ def check_hub_sae(release: str, sae_id: str | None) -> None:
     if sae_id not in ids:
         shown = ", ".join(ids[:30]) + (f", ... ({len(ids)} in all)" if len(ids) > 30 else "")
         raise ValueError(f"Unknown sae_id {sae_id!r} for release {release!r}; valid ids: {shown}.")
+    entry = next(s for s in registry[release]["saes"] if s["id"] == sae_id)
+    if need_cached and hub_offline() and not sae_cached(registry[release]["repo_id"], entry["path"]):
+        raise ValueError(f"the Hugging Face hub is offline ($HF_HUB_OFFLINE) and its cache ({hub_cache()}) does not "
+                         f"hold this SAE (repo {registry[release]['repo_id']}, {entry['path']}). Run online once to "
+                         "cache it, or offline use the organism: -p sae_release organism (its ids: "
+                         f"{', '.join(organism_sae_ids())}), or the book's `organism` profile.")
 
 
 def check_sae_against_model(cfg: dict, dims: dict[str, int] | None, model_name: str) -> None:
@@ -135,8 +146,8 @@ def check_chapter_inputs(chapter: str, values: Mapping[str, Any]) -> None:
     for param, release, sae_id in named_saes(values):
         try:
             folder = sae_folder(release, sae_id)
-            if folder is None:
-                check_hub_sae(release, sae_id)
+            if folder is None:  # the matching chapter drops, offline, the SAEs of its groups that the cache lacks
+                check_hub_sae(release, sae_id, need_cached=chapter != "matching" or param == "sae_id")
                 continue
             cfg = check_sae_folder(folder, organism_fix("saes", release) if release in ORGANISMS else LOCAL_SAE_FIX)
             hook = sae_hook_name(cfg)

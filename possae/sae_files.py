@@ -171,3 +171,26 @@ def check_sae_folder(folder: Path, fix: str = LOCAL_SAE_FIX) -> dict:
 def sae_hook_name(cfg: dict) -> str | None:
     """Return the hook an SAE's cfg.json says it reads (sae_lens 6 keeps it under metadata)."""
     return (cfg.get("metadata") or {}).get("hook_name") or cfg.get("hook_name")
+
+
+def hub_offline() -> bool:
+    """Return whether huggingface_hub may not reach the network ($HF_HUB_OFFLINE set to a true value)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_cache() -> Path:
+    """Return the Hugging Face hub cache folder huggingface_hub reads ($HF_HUB_CACHE, or its default)."""
+    from huggingface_hub import constants
+
+    return Path(os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE)
+
+
+def sae_cached(repo_id: str, path: str) -> bool:
+    """Return whether the hub cache holds `path` (an SAE's file or folder) in some snapshot of model repo `repo_id`.
+
+    Offline, an SAE of the registry that the cache lacks cannot load (e.g. the stand-in cache of `possae standin`, which
+    holds only the SAEs its profile names).
+    """
+    snapshots = hub_cache() / f"models--{repo_id.replace('/', '--')}" / "snapshots"
+    return snapshots.is_dir() and any((snap / path).exists() or any(snap.glob(f"{path}*"))
+                                      for snap in snapshots.iterdir())

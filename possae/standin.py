@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from possae.hooks import hook_layer
+from possae.sae_files import hub_cache
 
 REVISION = hashlib.sha1(b"possae stand-in for the gpt2 profile").hexdigest()  # any 40-hex commit id works
 GPT2_CONFIG = {
@@ -39,15 +40,6 @@ BANNER = ("**Stand-in weights.** This page was built from possae's offline stand
           "(`possae standin`): gpt2-small's shapes, its real positional embedding and tokenizer, but every other weight "
           "of the model and of its SAEs is random. Its numbers describe random weights, not GPT-2; they show that the "
           "gpt2 profile runs, how long it takes and how much memory it needs.")
-
-
-def hub_cache() -> Path:
-    """Return the Hugging Face hub cache folder huggingface_hub reads ($HF_HUB_CACHE, or its default)."""
-    import os
-
-    from huggingface_hub import constants
-
-    return Path(os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE)
 
 
 def standin_active() -> bool:

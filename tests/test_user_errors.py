@@ -221,6 +221,19 @@ def test_errors_that_need_no_kernel_come_before_it_starts(saved_sae, tmp_path, c
     assert not runs.exists()
 
 
+def test_a_hub_sae_missing_from_the_cache_offline_fails_before_the_kernel(tmp_path, monkeypatch):
+    """Offline with an empty hub cache, a hub SAE fails at once naming the organism; cached, it passes the check."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    pairs = [("sae_release", "gpt2-small-res-jb"), ("sae_id", "blocks.0.hook_resid_pre"), ("model_name", "gpt2-small")]
+    with pytest.raises(PreflightError, match=r"hub is offline .*does not hold this SAE .*-p sae_release organism"):
+        run_chapter("positional", pairs, runs=tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / "hub" / "models--jbloom--GPT2-Small-SAEs-Reformatted" / "snapshots" / "a" /
+     "blocks.0.hook_resid_pre").mkdir(parents=True)
+    check_hub_sae("gpt2-small-res-jb", "blocks.0.hook_resid_pre", need_cached=True)
+
+
 def test_the_books_own_inputs_pass_the_checks():
     from possae.book import CHAPTER_PARAMS, PROFILES, chapter_defaults
 
