@@ -212,22 +212,13 @@ def load_sae(release: str = ORGANISM, sae_id: str | None = None, device: str | N
 
 
 def _pretrained_lookup(release: str, sae_id: str | None):
-    """Return sae_lens's directory entry for a release, checking the release and id exist."""
+    """Return sae_lens's directory entry for a release, checking the release and id exist (preflight's one check)."""
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
-    directory = get_pretrained_saes_directory()
-    if release not in directory:
-        close = sorted(r for r in directory if release.split("-")[0] in r)[:20]
-        raise ValueError(
-            f"Unknown SAE release {release!r}. Use 'organism', a local folder, or a sae_lens release "
-            f"({len(directory)} known; similar: {', '.join(close) or 'none'})."
-        )
-    lookup = directory[release]
-    if sae_id not in lookup.saes_map:
-        ids = list(lookup.saes_map)
-        shown = ", ".join(ids[:30]) + (f", ... ({len(ids)} in all)" if len(ids) > 30 else "")
-        raise ValueError(f"Unknown sae_id {sae_id!r} for release {release!r}; valid ids: {shown}.")
-    return lookup
+    from possae.preflight import check_hub_sae
+
+    check_hub_sae(release, sae_id)
+    return get_pretrained_saes_directory()[release]
 
 
 def expected_model(release: str, sae_id: str | None = None, sae=None) -> tuple[str, dict]:
