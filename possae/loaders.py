@@ -5,11 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
-import socket
-import threading
 import warnings
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +23,14 @@ from possae.sae_files import (  # noqa: F401  (the file checks are part of the l
     check_finite,
     check_readable,
     check_sae_folder,
+    hub_address,
+    hub_reachable,
     is_path_like,
     organism_fix,
     organism_sae_ids,
     sae_folder,
 )
+
 MODEL_NAMES = {ORGANISM_MODEL_NAME: ORGANISM, ROTARY_MODEL_NAME: ROTARY}  # cfg model_name -> name to load
 OFFLINE_HINT = (
     "Offline, run on the model organism shipped with possae: load_model('organism') and "
@@ -44,35 +43,6 @@ SAE_KWARGS_WARNING = r"\s*This SAE has non-empty model_from_pretrained_kwargs"  
 
 class HubUnreachableError(RuntimeError):
     """The Hugging Face hub cannot be reached and the requested weights are not cached locally."""
-
-
-def hub_address() -> tuple[str, int]:
-    """Return (host, port) of the hub huggingface_hub talks to: $HF_ENDPOINT (a mirror) when set, else huggingface.co."""
-    from urllib.parse import urlsplit
-
-    url = urlsplit(os.environ.get("HF_ENDPOINT", "").strip() or "https://huggingface.co")
-    return url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
-
-
-@lru_cache(maxsize=4)
-def hub_reachable(address: tuple[str, int] | None = None, timeout: float = 2.0) -> bool:
-    """Return whether a TCP connection to the hub (or its $HF_ENDPOINT mirror) opens within `timeout` s (False offline)."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return False
-    host, port = address or hub_address()
-    ok: list[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            ok.append(True)
-        except OSError:
-            pass
-
-    t = threading.Thread(target=probe, daemon=True)
-    t.start()
-    t.join(timeout + 0.5)  # DNS look-ups ignore the socket timeout
-    return bool(ok)
 
 
 @contextlib.contextmanager
@@ -113,7 +83,7 @@ def load_model(name: str = ORGANISM, device: str | None = None, **from_pretraine
     device = str(default_device(device))
     if name in ORGANISMS:
         return _load_organism_model(name, device)
-    path = Path(name).expanduser()
+    path = Path(name).expanduser().absolute()
     if path.is_dir():
         return _load_local_model(path, device, **from_pretrained_kwargs)
     if is_path_like(name):

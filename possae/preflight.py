@@ -18,7 +18,7 @@ from possae.sae_files import (
     check_readable,
     check_sae_folder,
     hub_cache,
-    hub_offline,
+    hub_reachable,
     is_path_like,
     organism_fix,
     organism_sae_ids,
@@ -73,7 +73,7 @@ def model_dims(model_name: str) -> dict[str, int] | None:
     if model_name in ORGANISMS:
         folder, fix = ORGANISMS[model_name] / "model", organism_fix("model", model_name)
     else:
-        folder, fix = Path(model_name).expanduser(), "Copy or save the model there again."
+        folder, fix = Path(model_name).expanduser().absolute(), "Copy or save the model there again."
         if not folder.is_dir():
             if is_path_like(model_name) or folder.exists():
                 raise FileNotFoundError(f"Model folder {folder} does not exist. Give an existing folder (a Hugging Face "
@@ -102,8 +102,8 @@ def _registry() -> dict:
 
 
 def check_hub_sae(release: str, sae_id: str | None, need_cached: bool = False) -> None:
-    """Raise ValueError unless sae_lens's registry knows the release and the id (no network), and, with `need_cached`
-    while huggingface_hub is offline ($HF_HUB_OFFLINE), unless the hub cache holds the SAE."""
+    """Raise ValueError unless sae_lens's registry knows the release and the id, and, with `need_cached` while the hub
+    is unreachable (no network, or $HF_HUB_OFFLINE), unless the hub cache holds the SAE."""
     registry = _registry()
     if release not in registry:
         close = sorted(r for r in registry if release.split("-")[0] in r)[:20]
@@ -114,11 +114,11 @@ def check_hub_sae(release: str, sae_id: str | None, need_cached: bool = False) -
         shown = ", ".join(ids[:30]) + (f", ... ({len(ids)} in all)" if len(ids) > 30 else "")
         raise ValueError(f"Unknown sae_id {sae_id!r} for release {release!r}; valid ids: {shown}.")
     entry = next(s for s in registry[release]["saes"] if s["id"] == sae_id)
-    if need_cached and hub_offline() and not sae_cached(registry[release]["repo_id"], entry["path"]):
-        raise ValueError(f"the Hugging Face hub is offline ($HF_HUB_OFFLINE) and its cache ({hub_cache()}) does not "
+    if need_cached and not hub_reachable() and not sae_cached(registry[release]["repo_id"], entry["path"]):
+        raise ValueError(f"the Hugging Face hub is unreachable (no network, or $HF_HUB_OFFLINE) and its cache ({hub_cache()}) does not "
                          f"hold this SAE (repo {registry[release]['repo_id']}, {entry['path']}). Run online once to "
-                         "cache it, or offline use the organism: -p sae_release organism (its ids: "
-                         f"{', '.join(organism_sae_ids())}), or the book's `organism` profile.")
+                         "cache it, or offline run on the organism: -p model_name organism -p sae_release organism "
+                         f"-p sae_id ID (ids: {', '.join(organism_sae_ids())}), or the book's `organism` profile.")
 
 
 def check_sae_against_model(cfg: dict, dims: dict[str, int] | None, model_name: str) -> None:

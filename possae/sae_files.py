@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import threading
 from collections.abc import Iterable
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +68,7 @@ def sae_folder(release: str, sae_id: str | None) -> Path | None:
         if sae_id not in ids:
             raise ValueError(f"Unknown {release} SAE id {sae_id!r}; valid ids: {', '.join(ids) or 'none built yet'}.")
         return ORGANISMS[release] / "saes" / sae_id
-    path = Path(release).expanduser()
+    path = Path(release).expanduser().absolute()
     if not path.is_dir():
         if is_path_like(release) or path.exists():
             raise FileNotFoundError(f"SAE folder {path} does not exist{' (it is a file)' if path.exists() else ''}. "
@@ -176,6 +179,35 @@ def sae_hook_name(cfg: dict) -> str | None:
 def hub_offline() -> bool:
     """Return whether huggingface_hub may not reach the network ($HF_HUB_OFFLINE set to a true value)."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_address() -> tuple[str, int]:
+    """Return (host, port) of the hub huggingface_hub talks to: $HF_ENDPOINT (a mirror) when set, else huggingface.co."""
+    from urllib.parse import urlsplit
+
+    url = urlsplit(os.environ.get("HF_ENDPOINT", "").strip() or "https://huggingface.co")
+    return url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+
+
+@lru_cache(maxsize=4)
+def hub_reachable(address: tuple[str, int] | None = None, timeout: float = 2.0) -> bool:
+    """Return whether a TCP connection to the hub (or its $HF_ENDPOINT mirror) opens within `timeout` s (False offline)."""
+    if hub_offline():
+        return False
+    host, port = address or hub_address()
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            ok.append(True)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout + 0.5)  # DNS look-ups ignore the socket timeout
+    return bool(ok)
 
 
 def hub_cache() -> Path:

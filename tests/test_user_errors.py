@@ -226,7 +226,7 @@ def test_a_hub_sae_missing_from_the_cache_offline_fails_before_the_kernel(tmp_pa
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     pairs = [("sae_release", "gpt2-small-res-jb"), ("sae_id", "blocks.0.hook_resid_pre"), ("model_name", "gpt2-small")]
-    with pytest.raises(PreflightError, match=r"hub is offline .*does not hold this SAE .*-p sae_release organism"):
+    with pytest.raises(PreflightError, match=r"hub is unreachable .*does not hold this SAE .*-p sae_release organism"):
         run_chapter("positional", pairs, runs=tmp_path / "runs")
     assert not (tmp_path / "runs").exists()
     (tmp_path / "hub" / "models--jbloom--GPT2-Small-SAEs-Reformatted" / "snapshots" / "a" /
