@@ -31,11 +31,13 @@ def mark_context(fig, context_size: int, n_pos: int | None = None, label: bool =
                  col: int | None = None):
     """Return fig with a dashed line between the SAE's last trained position and the first unseen one.
 
-    Nothing is drawn when n_pos is given and the context covers all n_pos positions; `label` adds "SAE context".
+    Nothing is drawn when n_pos is given and the context covers all n_pos positions; `label` writes "SAE context" at
+    the line's top, as the line's own label (an annotation in data coordinates would stretch the x-axis to hold it).
     """
     if n_pos is not None and context_size >= n_pos:
         return fig
     kw = {} if row is None else dict(row=row, col=col)
     if label:
-        kw.update(annotation_text="SAE context", annotation_position="top left")
+        kw.update(label=dict(text="SAE context", textposition="end", textangle=0, xanchor="left", yanchor="top",
+                             padding=4, font=dict(size=10, color=CONTEXT_COLOR)))
     return fig.add_vline(x=context_size - 0.5, line_dash="dash", line_color=CONTEXT_COLOR, **kw)
