@@ -36,7 +36,21 @@ def quick_book(tmp_path_factory):
         return Path(os.environ["POSSAE_TEST_BOOK"]).resolve()
 
     tmp = tmp_path_factory.mktemp("book")
+    plant_stale_staging_files(tmp / "stage" / "chapters")
     return build("quick", stage=tmp / "stage", out=tmp)
+
+
+STALE_STAGING = (".setup.src.ipynb", ".setup.running.ipynb", "setup.failed.ipynb")
+
+
+def plant_stale_staging_files(chapters):
+    """Leave in the staging folder what an interrupted or failed run leaves there: the book must not publish them."""
+    import nbformat
+
+    chapters.mkdir(parents=True, exist_ok=True)
+    for name in STALE_STAGING:
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Stray staging copy\n\nW_pos zzstray")])
+        nbformat.write(nb, chapters / name)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -28,6 +28,24 @@ def test_every_toc_page_is_built(quick_book):
         assert (quick_book / f"{name}.html").is_file(), name
 
 
+def test_the_site_holds_only_the_toc_pages_and_searches_only_them(quick_book):
+    """Staging files left beside the chapters (conftest plants .setup.running.ipynb and friends) are never pages."""
+    pages = {p.relative_to(quick_book).with_suffix("").as_posix() for p in quick_book.rglob("*.html")
+             if p.relative_to(quick_book).parts[0] != "_static"}
+    assert pages == set(toc_files()) | {"index", "search", "genindex"}
+    search = (quick_book / "searchindex.js").read_text()
+    docnames = re.search(r'"docnames":\s*\[([^\]]*)\]', search).group(1)
+    assert sorted(re.findall(r'"([^"]+)"', docnames)) == sorted(toc_files())
+    assert "zzstray" not in search
+
+
+def test_only_pages_with_a_figure_load_plotly(quick_book):
+    for name in toc_files():
+        text = (quick_book / f"{name}.html").read_text()
+        assert ("plotly.min.js" in text) == ('class="plotly-graph-div"' in text), name
+    assert "plotly.min.js" not in (quick_book / "chapters" / "introduction.html").read_text()
+
+
 def test_figures_render_from_the_local_plotly(quick_book):
     setup = (quick_book / "chapters" / "setup.html").read_text()
     assert setup.count('class="plotly-graph-div"') >= 4  # two of the organism's W_pos, one of GPT-2's, the loss
@@ -45,7 +63,8 @@ def test_no_page_loads_anything_from_outside_the_site_or_thebe(quick_book):
 
 
 def test_executed_pages_hold_no_progress_bars_warnings_or_empty_outputs(quick_book):
-    notebooks = sorted((quick_book.parent.parent / "stage").rglob("*.ipynb"))
+    notebooks = sorted(p for p in (quick_book.parent.parent / "stage").rglob("*.ipynb")
+                       if not p.name.startswith(".") and not p.name.endswith(".failed.ipynb"))  # planted: conftest
     assert [nb.stem for nb in notebooks] == sorted(chapter_names())
     for path in notebooks:
         for i, cell in enumerate(nbformat.read(path, as_version=4).cells):

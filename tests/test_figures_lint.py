@@ -126,11 +126,14 @@ def test_a_legend_entry_without_data_and_legend_names():
     nan = line_figure()
     nan.add_scatter(x=[0, 1], y=[None, None], name="nothing", line_color="gray")
     assert checks(nan) == ["empty entry"]
-    twice = line_figure()
+    bars = go.Figure([go.Bar(x=[0, 1], y=[3, 4], name="R²_pos ≥ 0.5"), go.Bar(x=[0, 1], y=[0, 0], name="BOS slot")])
+    bars.update_layout(xaxis_title="peak position", yaxis_title="features")
+    assert checks(bars) == ["empty entry"] and "'BOS slot'" in lint_figure(bars)[0]
+    twice = line_figure()  # "layer 0" of the ReLU SAEs and "layer 0" of the TopK SAEs
     twice.data[1].name = "a"
-    assert checks(twice) == [] or checks(twice) == ["legend name"]
-    twice.data[1].legendgroup = "TopK"
     assert checks(twice) == ["legend name"] and "2 legend entries are named 'a'" in lint_figure(twice)[0]
+    twice.data[1].name = "TopK a"
+    assert lint_figure(twice) == []
     unnamed = line_figure()
     unnamed.data[1].name = None
     assert checks(unnamed) == ["legend name"]

@@ -176,8 +176,9 @@ def legend_shown(fig: dict) -> bool:
     return len(entries) > 1 or any(t.get("showlegend") is True for t in entries)
 
 
-def _entry(trace: dict) -> tuple[str, str]:
-    return trace.get("legendgroup") or "", trace.get("name") or ""
+def _entry(trace: dict, index: int) -> tuple[str, str]:
+    """A legend entry's identity: its legend group, or else the trace itself; and its name."""
+    return trace.get("legendgroup") or f"#{index}", trace.get("name") or ""
 
 
 def _colorway(fig: dict) -> list[str]:
@@ -212,7 +213,7 @@ def check_legend(fig: dict) -> list[str]:
         return []
     out, colorway = [], _colorway(fig)
     shown = [(i, t) for i, t in enumerate(fig["data"]) if _in_legend(t)]
-    shown_keys = {_entry(t) for _, t in shown}
+    shown_keys = {_entry(t, i) for i, t in shown}
     for i, t in shown:
         name = t.get("name")
         if not name or re.fullmatch(r"trace \d+", str(name)):
@@ -220,14 +221,14 @@ def check_legend(fig: dict) -> list[str]:
         if not _has_data(t):
             out.append(f"empty entry: legend entry {name!r} has no data")
     names: dict[str, set] = {}
-    for _, t in shown:
-        names.setdefault(t.get("name") or "", set()).add(_entry(t))
+    for i, t in shown:
+        names.setdefault(t.get("name") or "", set()).add(_entry(t, i))
     for name, keys in names.items():
         if name and len(keys) > 1:
             out.append(f"legend name: {len(keys)} legend entries are named {name!r}")
     panels: dict[tuple, dict[str, set]] = {}
     for i, t in enumerate(fig["data"]):
-        key = _entry(t)
+        key = _entry(t, i)
         if key not in shown_keys or not _visible(t):
             continue
         color = trace_color(t, i, colorway)
@@ -236,7 +237,7 @@ def check_legend(fig: dict) -> list[str]:
     for panel, by_color in panels.items():
         for color, keys in by_color.items():
             if len(keys) > 1:
-                listed = ", ".join(repr(k[1] or k[0]) for k in sorted(keys))
+                listed = ", ".join(repr(k[1] or k[0]) for k in sorted(keys, key=lambda k: (k[1], k[0])))
                 out.append(f"same colour: legend entries {listed} share {color} in panel {'/'.join(panel)}")
     return out
 
@@ -252,6 +253,8 @@ def _has_data(trace: dict) -> bool:
         arr = values(v)
         if arr.size == 0 or not np.isfinite(arr).any():
             return False
+        if k == "y" and trace.get("type") == "bar" and not np.nan_to_num(arr).any():
+            return False  # bars all of height 0: nothing drawn
     return any(trace.get(k) is not None for k in keys)
 
 
