@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-BOOK_WIDTH = 730  # px: a figure's width in the book's column, in a 1280 px window (measured in Chromium)
+BOOK_WIDTH = 688  # px: a figure's width in the book's column in a 1280 px window (measured in Chromium; 358 at 390 px)
 DEFAULT_MARGIN = dict(l=80, r=80, t=100, b=80)  # plotly's
 DEFAULT_HEIGHT = 450
 LEGEND_FONT = 12
