@@ -103,7 +103,7 @@ def legend_below(fig, gap: int = 64, row_px: int = 22, font_size: int = 12):
                              legend=dict(orientation="h", x=0, xanchor="left", y=-gap / max(plot_h, 1), yanchor="top"))
 
 
-def scene_layout(titles: list[str], eye: float = 1.7) -> dict:
+def scene_layout(titles: list[str], eye: float = 1.5) -> dict:
     """Return a 3-D scene's layout: its axes titled (never plotly's x/y/z), seen from far enough that the axis titles
     fit inside the figure."""
     return dict(xaxis_title=titles[0], yaxis_title=titles[1], zaxis_title=titles[2],

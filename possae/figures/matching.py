@@ -81,9 +81,9 @@ def comparison_figure(results: pd.DataFrame, threshold: float = 0.7,
             fig.add_vrect(x0=lo, x1=hi, fillcolor="gray", opacity=0.2, line_width=0, row=r, col=1)
         fig.update_yaxes(title_text="pair", autorange="reversed", tickfont=dict(size=10), row=r, col=1)
     fig.update_xaxes(range=[0, 1.02])
-    fig.update_xaxes(title_text=f"share of features with cosine ≥ {threshold:g}", showticklabels=True,
+    fig.update_xaxes(title_text=f"share with cosine ≥ {threshold:g}", showticklabels=True,
                      row=len(comps), col=1)
-    fig.update_layout(height=plot_h + 180, barmode="group", margin=dict(t=90, l=10, r=20, b=80),
+    fig.update_layout(height=plot_h + 180, barmode="group", margin=dict(t=110, l=10, r=20, b=80),
                       title="Share matched per pair<br>(grey band: the study's reported range)")
     fig.update_yaxes(automargin=True)
     return legend_below(fig, gap=50)

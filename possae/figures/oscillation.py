@@ -40,7 +40,8 @@ def position_curves_figure(positions: pd.DataFrame, value: str = "mean_act", fir
     can be many times larger) run off the panel instead of flattening the curve the text is about.
     """
     fams, layers = _families(positions), sorted(positions["layer"].unique())
-    fig = make_subplots(len(layers), len(fams), shared_xaxes=True, vertical_spacing=0.04, horizontal_spacing=0.08,
+    several = positions["ablation"].nunique() > 1  # one condition: the title names it, no legend
+    fig = make_subplots(len(layers), len(fams), shared_xaxes=True, vertical_spacing=0.06, horizontal_spacing=0.18,
                         subplot_titles=[f"{fam} SAE, layer {layer}" for layer in layers for fam in fams])
     for c, fam in enumerate(fams, 1):
         for r, layer in enumerate(layers, 1):
@@ -48,7 +49,7 @@ def position_curves_figure(positions: pd.DataFrame, value: str = "mean_act", fir
                                          & (positions["position"] >= first)].groupby("ablation", sort=False):
                 fig.add_scatter(x=g["position"], y=g[value], mode="lines", name=ablation, legendgroup=ablation,
                                 line=dict(color=ABLATION_COLORS.get(ablation), width=1.3),
-                                showlegend=(r == 1 and c == 1), row=r, col=c)
+                                showlegend=several and r == 1 and c == 1, row=r, col=c)
             g = positions[(positions["family"] == fam) & (positions["layer"] == layer)]
             if len(g):
                 context = int(g["context_size"].iloc[0])
@@ -65,8 +66,8 @@ def position_curves_figure(positions: pd.DataFrame, value: str = "mean_act", fir
                     axis.update(range=[lo - pad, hi + pad])
                 fig.update_yaxes(row=r, col=c, **axis)
     fig.update_xaxes(title_text="position", row=len(layers))
-    return fig.update_layout(height=230 * len(layers) + 80, title=title, legend_title="W_pos",
-                             margin=dict(l=70, r=20))
+    fig.update_layout(height=230 * len(layers) + 100, title=title, legend_title="W_pos", margin=dict(l=70, r=20, t=120))
+    return legend_below(fig) if several else fig
 
 
 def spectrum_figure(spectra: pd.DataFrame) -> go.Figure:

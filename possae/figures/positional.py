@@ -33,7 +33,7 @@ def note_figure(text: str, title: str) -> go.Figure:
 
 
 def profile_grid_figure(profiles: pd.DataFrame, preacts: pd.DataFrame, windows: dict[int, int],
-                        n_cols: int = 2, pages: FeaturePages | None = None) -> go.Figure:
+                        n_cols: int = 1, pages: FeaturePages | None = None) -> go.Figure:
     """Return one panel per feature: mean ± std over all tokens vs position and c_i(p) (right axis), zoomed to its peak.
 
     Each panel shows positions 0..windows[feature]; position 0, the BOS slot, is shaded. With `pages` on Neuronpedia,
@@ -72,7 +72,7 @@ def profile_grid_figure(profiles: pd.DataFrame, preacts: pd.DataFrame, windows: 
         fig.update_xaxes(range=[-0.5, end + 0.5], title_text="position", row=r, col=c)
         fig.update_yaxes(title_text="activation", row=r, col=c, secondary_y=False)
         fig.update_yaxes(title_text="c_i(p)", row=r, col=c, secondary_y=True)
-    fig.update_layout(height=300 * n_rows + 80, title=title, margin=dict(l=60, r=60))
+    fig.update_layout(height=260 * n_rows + 80, title=title, margin=dict(l=60, r=60))
     return legend_below(fig)
 
 

@@ -27,7 +27,7 @@ def wpos_pca_figure(W_pos: Float[Tensor, "n_pos d_model"], first: int = 1, n_com
     scores, ratios, _ = pca(W_pos[first:])
     pos = torch.arange(first, W_pos.shape[0])
     fig = make_subplots(2, 1, specs=[[{"type": "xy"}], [{"type": "scene"}]], row_heights=[0.25, 0.75],
-                        vertical_spacing=0.12,
+                        vertical_spacing=0.2,
                         subplot_titles=("variance explained per principal component",
                                         "rows on the top 3 principal components"))
     fig.add_bar(x=[f"PC{i + 1}" for i in range(n_components)], y=ratios[:n_components].tolist(), row=1, col=1,
@@ -41,7 +41,7 @@ def wpos_pca_figure(W_pos: Float[Tensor, "n_pos d_model"], first: int = 1, n_com
     fig.update_xaxes(title_text="principal component", row=1, col=1)
     fig.update_yaxes(title_text="variance", tickformat=".0%", row=1, col=1)
     axes = [f"PC{i + 1} ({float(ratios[i]):.0%})" for i in range(3)]
-    return fig.update_layout(height=640, title=title, margin=dict(l=60, r=20),
+    return fig.update_layout(height=680, title=title, margin=dict(l=60, r=20),
                              scene=scene_layout(axes))
 
 
