@@ -188,6 +188,8 @@ def test_favicon_ico_is_a_valid_icon_holding_a_png():
     assert zlib.decompress(png[idat + 4 : idat + 4 + length]) == (b"\x00" + bytes((1, 2, 3)) * 4) * 4
 
 
+# markup a glued text value would show literally: code, links, bold, math, *emphasis*
+GLUED_MARKUP = re.compile(r"`|\]\(|\*\*|\$|(?<![\w*])\*[^\s*][^*]*\*(?![\w*])")
 GLUE_REF = re.compile(r"\{glue(?::text)?\}`([A-Za-z0-9_]+)(?::[^`]*)?`")
 TEMPLATE_LEFTOVER = re.compile(r"\bfrom (\d[\d.,%]*) to \1\b|\bbetween (\d[\d.,%]*) and \2\b|\{glue|\bNaN\b")
 
@@ -208,13 +210,28 @@ def test_every_value_the_prose_cites_is_glued_finite_and_reads_clean(quick_book)
             v = values[key]
             assert v is not None and not (isinstance(v, float) and not math.isfinite(v)), (name, key, v)
             # glued text is not parsed as markdown: backticks, links, bold or math would show literally
-            assert not (isinstance(v, str) and re.search(r"`|\]\(|\*\*|\$", v)), (name, key, v[:120])
+            assert not (isinstance(v, str) and GLUED_MARKUP.search(v)), (name, key, v[:120])
         html = (quick_book / "chapters" / f"{name}.html").read_text()
         body = html[html.find("<main"):html.find("</main>")]
         text = re.sub(r"<script.*?</script>|<style.*?</style>|<[^>]+>", " ", body, flags=re.S)
         assert not re.search(r"(?<![\w-])nan(?![\w-])", text), (name, re.search(r".{60}(?<![\w-])nan(?![\w-]).{60}", text, re.S))
         leftover = TEMPLATE_LEFTOVER.search(text)
         assert leftover is None, (name, text[max(0, leftover.start() - 80):leftover.end() + 80])
+
+
+def test_glued_markup_pattern_catches_markup_but_not_arithmetic():
+    for bad in ("have a *second* partner", "**bold**", "`code`", "[a](b)", "$x$"):
+        assert GLUED_MARKUP.search(bad), bad
+    for ok in ("d_sae * 2", "2*3 = 6", "a plain sentence."):
+        assert GLUED_MARKUP.search(ok) is None, ok
+
+
+def test_bold_marks_phrases_not_paragraphs(quick_book):
+    for name in toc_files():
+        html = (quick_book / f"{name}.html").read_text()
+        for bold in re.findall(r"<strong>(.*?)</strong>", html, re.S):
+            words = re.sub(r"<[^>]+>", " ", bold).split()
+            assert len(words) <= 12, (name, " ".join(words)[:200])
 
 
 def test_template_leftover_pattern_catches_the_known_ones():
