@@ -97,3 +97,21 @@ def test_the_check_catches_what_it_looks_for(served_book, page, tmp_path):
     assert "console error: boom" in text
     assert "failed request: 404" in text and "missing.png" in text
     assert "request to another host: http://example.invalid/x.png" in text
+
+
+def test_the_screenshot_script_saves_one_png_per_figure_at_each_width(served_book, chromium, tmp_path):
+    """`python -m possae.screenshots` on one chapter: a PNG per figure and width, as wide as the figure drawn there."""
+    import struct
+
+    from possae.figures.lint import BOOK_WIDTH, page_figures
+    from possae.screenshots import save_screenshots
+
+    book, _ = served_book
+    n = len(page_figures((book / "chapters" / "setup.html").read_text()))
+    saved = save_screenshots(book, tmp_path, widths=(1280, 390), only=["setup"])
+    assert sorted(p.name for p in saved) == sorted(f"setup-{k}-{w}.png" for k in range(1, n + 1) for w in (1280, 390))
+    for png in saved:
+        data = png.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height = struct.unpack(">II", data[16:24])
+        assert height > 100 and width <= (BOOK_WIDTH if png.stem.endswith("1280") else 390), (png.name, width)

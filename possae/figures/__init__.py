@@ -22,9 +22,13 @@ class _OfflineHTML(pio.base_renderers.MimetypeRenderer):
 
 
 def use_offline_renderer() -> None:
-    """Make plotly figures render without any external script (the book's default)."""
+    """Set how a chapter's outputs render: plotly figures without any external script (the book's default), and
+    tables with every cell whole (pandas cuts a cell past 50 characters to '...')."""
+    import pandas as pd
+
     pio.renderers[RENDERER] = _OfflineHTML()
     pio.renderers.default = RENDERER
+    pd.set_option("display.max_colwidth", None)
 
 
 def mark_context(fig, context_size: int, n_pos: int | None = None, label: bool = True, row: int | None = None,
