@@ -234,6 +234,13 @@ def test_bold_marks_phrases_not_paragraphs(quick_book):
             assert len(words) <= 12, (name, " ".join(words)[:200])
 
 
+def test_table_cells_are_whole(quick_book):
+    """pandas cuts a cell past 50 characters to '...' unless told not to (possae.figures.use_offline_renderer)."""
+    for name in toc_files():
+        html = (quick_book / f"{name}.html").read_text()
+        assert not re.search(r"\.\.\.\s*</td>", html), (name, re.search(r".{80}\.\.\.\s*</td>", html))
+
+
 def test_template_leftover_pattern_catches_the_known_ones():
     """The leftover pattern flags 'from 4 to 4', 'from 1.20 to 1.20' and NaN, but not 'from 4 to 9'."""
     for bad in ("go from 4 to 4 distinct peaks", "from 1.20 to 1.20 positions", "(NaN when there are none)",
