@@ -164,3 +164,16 @@ def test_every_figure_of_the_quick_book_passes_the_lint(quick_book, width):
     assert n >= 30, n
     report = lint_pages(pages, width)
     assert report == {}, "\n".join(f"{k}: {line}" for k, v in report.items() for line in v)
+
+
+def test_log_ticks_are_powers_of_ten_or_whole_numbers():
+    from possae.figures import log_ticks
+
+    assert log_ticks([1, 1e5]) == dict(tickvals=[1, 10, 100, 1000, 1e4, 1e5],
+                                       ticktext=["1", "10", "100", "1,000", "10⁴", "10⁵"])
+    assert log_ticks([1e-3, 0.5])["ticktext"] == ["10⁻³", "0.01", "0.1", "1"]
+    narrow = log_ticks([0.13, 0.3])  # less than a decade: 1-2-5 would leave one tick inside, so finer steps
+    inside = [t for v, t in zip(narrow["tickvals"], narrow["ticktext"]) if 0.13 <= v <= 0.3]
+    assert inside == ["0.15", "0.2", "0.3"]
+    fig = line_figure().update_traces(y=[0.13, 0.2, 0.3]).update_yaxes(type="log", **narrow)
+    assert lint_figure(fig) == []

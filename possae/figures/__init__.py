@@ -53,33 +53,31 @@ SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 def power_label(exponent: int) -> str:
     """Return 10**exponent as a tick label: 0.01 .. 1000 written out, else 10⁻⁴, 10⁵ ..."""
     if -2 <= exponent <= 3:
-        return f"{10.0 ** exponent:g}"
+        return f"{10.0 ** exponent:,g}"
     return "10" + str(exponent).translate(SUPERSCRIPT)
 
 
-def log_ticks(values, max_ticks: int = 6) -> dict:
+def log_ticks(values, max_ticks: int = 6, min_ticks: int = 3) -> dict:
     """Return tickvals/ticktext for a log axis over `values` (positive ones): powers of ten, every k-th decade when
-    there are many; within less than two decades, also 2x and 5x (written out, never bare minor digits)."""
+    there are many; where fewer than `min_ticks` powers fall inside the data, also 2x and 5x, then finer steps, all
+    written out in full (0.2, 0.3, 50): never plotly's bare minor digits."""
     import numpy as np
 
     v = np.asarray(values, dtype=float).ravel()
     v = v[np.isfinite(v) & (v > 0)]
     if not len(v):
         return dict(dtick=1)
-    lo, hi = int(np.floor(np.log10(v.min()))), int(np.ceil(np.log10(v.max())))
+    vmin, vmax = float(v.min()), float(v.max())
+    lo, hi = int(np.floor(np.log10(vmin))), int(np.ceil(np.log10(vmax)))
     hi = max(hi, lo + 1)
     step = max(1, -(-(hi - lo) // max_ticks))
-    exps = list(range(lo - lo % step if step > 1 else lo, hi + 1, step))
-    vals = [10.0 ** e for e in exps]
-    text = [power_label(e) for e in exps]
-    if hi - lo <= 2:  # a decade or two: 1, 2, 5, 10, 20, 50 ...
-        vals, text = [], []
-        for e in range(lo, hi + 1):
-            for m in (1, 2, 5):
-                x = m * 10.0 ** e
-                if x <= 10.0 ** hi:
-                    vals.append(x)
-                    text.append(power_label(e) if m == 1 else f"{x:g}")
+    vals = [10.0 ** e for e in range(lo - lo % step if step > 1 else lo, hi + 1, step)]
+    text = [power_label(round(np.log10(x))) for x in vals]
+    for mantissas in ((1, 2, 5), (1, 2, 3, 5, 7), (1, 1.5, 2, 3, 4, 5, 6, 7, 8)):
+        if sum(vmin <= x <= vmax for x in vals) >= min_ticks:
+            break
+        vals = [float(f"{m * 10.0 ** e:.6g}") for e in range(lo, hi + 1) for m in mantissas]
+        text = [power_label(e) if m == 1 else f"{m * 10.0 ** e:,.6g}" for e in range(lo, hi + 1) for m in mantissas]
     return dict(tickvals=vals, ticktext=text)
 
 
