@@ -98,7 +98,7 @@ def spurious_rate_figure(df: pd.DataFrame, context_size: int) -> go.Figure:
                      **log_ticks(df[["non-positional", "positional"]].to_numpy(float)))
     fig.update_yaxes(tickformat=".0%", title_text="share of L0", row=2, col=1)
     fig.update_layout(height=640, title="Features firing past the context on tokens<br>that never fire them inside it",
-                      margin=dict(l=60, r=20))
+                      margin=dict(l=60, r=20, t=120))
     return legend_below(fig)
 
 

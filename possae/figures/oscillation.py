@@ -87,7 +87,7 @@ def spectrum_figure(spectra: pd.DataFrame) -> go.Figure:
     fig.update_yaxes(title_text="power / null threshold", type="log", col=1,
                      **log_ticks(list(spectra["power_over_null"]) + [1.0]))
     fig.update_layout(height=400, title="Detrended spectrum of the average activation<br>over the "
-                                        "shuffled-position threshold (dashed: 1)", margin=dict(l=60, r=20))
+                                        "shuffled-position threshold (dashed: 1)", margin=dict(l=60, r=20, t=120))
     return legend_below(fig)
 
 
@@ -108,7 +108,7 @@ def amplitude_figure(amplitude: pd.DataFrame, y: str = "relative_amplitude") -> 
                         marker_color=ABLATION_COLORS.get(ablation), row=r, col=1)
         fig.update_yaxes(title_text=y.replace("_", " "), row=r, col=1)
         fig.update_xaxes(title_text="SAE (family, layer)", row=r, col=1)
-    fig.update_layout(barmode="group", height=260 * len(panels) + 120, legend_title="W_pos", margin=dict(l=60, r=20),
+    fig.update_layout(barmode="group", height=260 * len(panels) + 120, legend_title="W_pos", margin=dict(l=60, r=20, t=120),
                       title="Relative amplitude of the average activation<br>over positions 1..C-1")
     return legend_below(fig)
 
