@@ -40,11 +40,13 @@ def quick_book(tmp_path_factory):
     return build("quick", stage=tmp / "stage", out=tmp)
 
 
-STALE_STAGING = (".setup.src.ipynb", ".setup.running.ipynb", "setup.failed.ipynb")
+# named after no chapter of the toc, so that no chapter's run of this build consumes them (a run replaces its own)
+STALE_STAGING = (".retired.src.ipynb", ".retired.running.ipynb", "retired.failed.ipynb")
 
 
 def plant_stale_staging_files(chapters):
-    """Leave in the staging folder what an interrupted or failed run leaves there: the book must not publish them."""
+    """Leave in the staging folder what an interrupted or failed run leaves there (execute_chapter's .<name>.src and
+    .<name>.running copies, <name>.failed): the book must not publish them."""
     import nbformat
 
     chapters.mkdir(parents=True, exist_ok=True)
