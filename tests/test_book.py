@@ -39,6 +39,17 @@ def test_the_site_holds_only_the_toc_pages_and_searches_only_them(quick_book):
     assert "zzstray" not in search
 
 
+def test_staging_file_names_are_excluded_from_the_book_and_chapters_are_not():
+    import yaml
+    from sphinx.util.matching import Matcher
+
+    excluded = Matcher(yaml.safe_load((REPO_ROOT / "_config.yml").read_text())["exclude_patterns"])
+    for name in ("chapters/.setup.src.ipynb", "chapters/.setup.running.ipynb", "chapters/setup.failed.ipynb"):
+        assert excluded(name), name
+    for name in toc_files():
+        assert not excluded(f"{name}.ipynb") and not excluded(f"{name}.md"), name
+
+
 def test_only_pages_with_a_figure_load_plotly(quick_book):
     for name in toc_files():
         text = (quick_book / f"{name}.html").read_text()
