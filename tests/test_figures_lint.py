@@ -177,3 +177,27 @@ def test_log_ticks_are_powers_of_ten_or_whole_numbers():
     assert inside == ["0.15", "0.2", "0.3"]
     fig = line_figure().update_traces(y=[0.13, 0.2, 0.3]).update_yaxes(type="log", **narrow)
     assert lint_figure(fig) == []
+
+
+BEFORE = {  # the figures issue 25 named, as the quick book drew them then, and what the lint finds in each
+    "matching-4": ["axis title", "title width"],  # share matched per pair: seven panels in one row
+    "setup-2": ["axis title", "colour bar"],  # 3-D axes named x/y/z; the colour bar never showed
+    "positional-2": ["axis title", "same colour"],  # profiles: no axis titles; two red legend entries
+    "positional-3": ["empty entry"],  # the 'BOS slot' entry with no bar
+    "past_context-1": ["same colour"],  # the raw SAE and 'fine-tuned 400k' both blue
+    "past_context-3": ["annotation range", "axis title", "minor digits"],  # x-axes stretched by 'SAE context'
+    "oscillation-10": ["minor digits", "title width"],  # eight panels in one row (20 points each: within a decade)
+    "oscillation-11": ["legend name", "minor digits"],  # 'layer 0'..'layer 3' twice
+    "semantic-1": ["colour bar", "title width"],  # the log-count heatmap without a colour bar
+    "length_generalization-4": ["annotation range", "axis title", "title width"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(BEFORE))
+def test_the_lint_flags_the_figures_issue_25_named(name):
+    import json
+
+    from possae.data_paths import REPO_ROOT
+
+    fig = json.loads((REPO_ROOT / "tests" / "data" / "figures_before_issue25" / f"{name}.json").read_text())
+    assert checks(fig) == BEFORE[name]
