@@ -39,8 +39,8 @@ def mark_partial_tokens(body: str) -> str:
 
 def _page(app, pagename, templatename, context, doctree) -> None:
     body = context.get("body") or ""
-    if page_has_figure(body):
-        app.add_js_file(PLOTLY_JS)
+    if page_has_figure(body):  # the builder's list is this page's (Sphinx resets it per page); app.add_js_file would
+        app.builder.add_js_file(PLOTLY_JS)  # also register it for every page written after this one
     if "\\x" in body:
         context["body"] = mark_partial_tokens(body)
 
@@ -49,7 +49,14 @@ def _static(app) -> None:
     app.config.html_static_path.append(str(STATIC))
 
 
+def _not_on_every_page(app, config) -> None:
+    """Take plotly.js out of the scripts every page loads (Jupyter Book lists there every .js file in _static)."""
+    config.html_js_files = [js for js in config.html_js_files
+                            if (js if isinstance(js, str) else js[0]) != PLOTLY_JS]
+
+
 def setup(app):
+    app.connect("config-inited", _not_on_every_page, priority=900)  # after Sphinx's own conversion (800)
     app.connect("builder-inited", _static)
     app.add_css_file(CSS)
     app.connect("html-page-context", _page)
