@@ -59,8 +59,9 @@ def power_label(exponent: int) -> str:
 
 def log_ticks(values, max_ticks: int = 6, min_ticks: int = 3) -> dict:
     """Return tickvals/ticktext for a log axis over `values` (positive ones): powers of ten, every k-th decade when
-    there are many; where fewer than `min_ticks` powers fall inside the data, also 2x and 5x, then finer steps, all
-    written out in full (0.2, 0.3, 50): never plotly's bare minor digits."""
+    there are more than `max_ticks`; over less than a decade and a half, where fewer than `min_ticks` powers fall
+    inside the data, also 2x and 5x, then finer steps, all written out in full (0.2, 0.3, 50): never plotly's bare
+    minor digits."""
     import numpy as np
 
     v = np.asarray(values, dtype=float).ravel()
@@ -74,8 +75,8 @@ def log_ticks(values, max_ticks: int = 6, min_ticks: int = 3) -> dict:
     vals = [10.0 ** e for e in range(lo - lo % step if step > 1 else lo, hi + 1, step)]
     text = [power_label(round(np.log10(x))) for x in vals]
     for mantissas in ((1, 2, 5), (1, 2, 3, 5, 7), (1, 1.5, 2, 3, 4, 5, 6, 7, 8)):
-        if sum(vmin <= x <= vmax for x in vals) >= min_ticks:
-            break
+        if np.log10(vmax / vmin) >= 1.5 or sum(vmin <= x <= vmax for x in vals) >= min_ticks:
+            break  # a decade and a half or more: powers of ten alone
         vals = [float(f"{m * 10.0 ** e:.6g}") for e in range(lo, hi + 1) for m in mantissas]
         text = [power_label(e) if m == 1 else f"{m * 10.0 ** e:,.6g}" for e in range(lo, hi + 1) for m in mantissas]
     return dict(tickvals=vals, ticktext=text)

@@ -156,8 +156,9 @@ def feature_scatter_figure(features: dict[str, pd.DataFrame], layers: dict[str, 
     `n_cols` panels; an SAE with more than max_points live features shows a fixed random sample of them."""
     ids = list(features)
     n_rows = max(1, -(-len(ids) // n_cols))
-    fig = make_subplots(n_rows, n_cols, subplot_titles=[f"layer {layers[s]} ({s})" for s in ids],
+    fig = make_subplots(n_rows, n_cols, subplot_titles=[f"L{layers[s]} {s}" for s in ids],
                         horizontal_spacing=0.16, vertical_spacing=0.36 / n_rows)
+    plot_h = 260 * n_rows - 200  # the plot area's height: the figure's (260 n_rows + 100) less its margins (300)
     sampled = False
     for k, sid in enumerate(ids):
         r, c = k // n_cols + 1, k % n_cols + 1
@@ -166,14 +167,16 @@ def feature_scatter_figure(features: dict[str, pd.DataFrame], layers: dict[str, 
             df, sampled = df.sample(max_points, random_state=0).sort_index(), True
         fig.add_scatter(x=df["mean"], y=df["std"], mode="markers", showlegend=False, row=r, col=c,
                         marker=dict(size=3, color=np.log10(df["density"]), colorscale="Viridis", cmin=-5, cmax=0,
-                                    colorbar=dict(title="firing density", thickness=14, tickvals=[-5, -4, -3, -2, -1, 0],
-                                                  ticktext=["10⁻⁵", "10⁻⁴", "0.001", "0.01", "0.1", "1"]),
+                                    colorbar=dict(title="firing density", thickness=12, tickvals=[-5, -4, -3, -2, -1, 0],
+                                                  ticktext=["10⁻⁵", "10⁻⁴", "0.001", "0.01", "0.1", "1"],
+                                                  orientation="h", x=0, xanchor="left", len=0.9, y=-90 / plot_h,
+                                                  yanchor="top"),  # under the grid: the panels keep the width
                                     showscale=k == 0),
                         text=[f"feature {f}" for f in df["feature"]])
         fig.update_xaxes(type="log", title_text="mean activation", row=r, col=c, **log_ticks(df["mean"], max_ticks=3))
         fig.update_yaxes(type="log", title_text="std", row=r, col=c, **log_ticks(df["std"], max_ticks=4))
     title = "Per-feature mean, std and firing density"
-    return fig.update_layout(height=260 * n_rows + 100, margin=dict(l=60, r=20),
+    return fig.update_layout(height=260 * n_rows + 100, margin=dict(l=60, r=20, t=100, b=200),
                              title=title + (f"<br>({max_points:,} live features per SAE)" if sampled else ""))
 
 
