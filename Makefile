@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 PROFILE ?= organism
 PYTEST_ARGS ?=
 
-.PHONY: install test test-all book organism clean
+.PHONY: install test test-all book organism screenshots clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,6 +24,10 @@ test-all: install
 
 book: install
 	$(VENV)/bin/possae build --profile $(PROFILE)
+
+# One PNG per figure of the built book (_build/html) at 1280 px and 390 px, into _build/screenshots (needs chromium).
+screenshots: install
+	$(PY) -m possae.screenshots
 
 # Rebuild the model organism from the corpora (minutes on a GPU; on a CPU the language model step stops and
 # names the CPU fallback: possae organism model --recipe cpu).

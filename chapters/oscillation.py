@@ -42,7 +42,9 @@ from possae.figures.oscillation import (
     feature_scatter_figure,
     loss_by_position_figure,
     position_curves_figure,
+    sae_families,
     spectrum_figure,
+    spliced_loss_figure,
 )
 from possae.glued import glue_all
 from possae.oscillation import OscillationParams, analyze, load_subjects
@@ -77,12 +79,12 @@ position_curves_figure(result.positions[result.positions["ablation"] == "normal"
                        title="Mean activation over all features and tokens, with position 0")
 
 # %% tags=["remove-input"]
-position_curves_figure(result.positions[result.positions["ablation"] == "normal"], "mean_act", first=1,
-                       title="Mean activation over all features and tokens, positions 1..")
+position_curves_figure(result.positions[result.positions["ablation"] == "normal"], "mean_act", first=1, fit_context=True,
+                       title="Mean activation over all features and tokens, positions 1..<br>(y: the SAE's context)")
 
 # %% tags=["remove-input"]
 position_curves_figure(result.positions[result.positions["ablation"] == "normal"], "mean_nonzero", first=1,
-                       title="Mean of the nonzero activations, positions 1..")
+                       fit_context=True, title="Mean of the nonzero activations, positions 1..<br>(y: the SAE's context)")
 
 # %% [markdown]
 # ## 2. Is there an oscillation?
@@ -168,7 +170,8 @@ position_curves_figure(result.positions, "nmse", first=1, log_y=True,
 result.tables["splice"].style.hide(axis="index")
 
 # %% tags=["remove-input"]
-loss_by_position_figure(result.spliced, color="model", title="Cross-entropy per position with each SAE spliced in")
+spliced_loss_figure(result.spliced, sae_families(result.positions),
+                    title="Cross-entropy per position with each SAE spliced in")
 
 # %% [markdown]
 # {glue:text}`osc_splice_sentence` The [length chapter](length_generalization) studies what happens past an SAE's
@@ -195,7 +198,7 @@ result.tables["shape"].style.hide(axis="index")
 feature_scatter_figure(result.features, result.layers)
 
 # %% tags=["remove-input"]
-decile_figure(result.features, result.layers)
+decile_figure(result.features, result.layers, sae_families(result.positions))
 
 # %% [markdown]
 # {glue:text}`osc_corr_sentence`

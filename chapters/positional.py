@@ -148,7 +148,7 @@ result.range_table()
 # ## The W_pos helix and the decoder directions
 #
 # `W_pos`'s rows {glue:text}`pos_first` to {glue:text}`pos_last`, centred and projected on their top three principal
-# components, trace a curve (left; the [setup](setup) chapter shows it over all positions). On the right, the
+# components, trace a curve (top; the [setup](setup) chapter shows it over all positions). Below, the
 # positional features' decoder directions (unit vectors) projected on the same three components, coloured by their
 # peak position. A feature that detects position `p` should write back the part of the input that position adds:
 # its decoder direction should point along the centred row `W_pos[p] - mean`.

@@ -551,9 +551,16 @@ class LedgerResult:
     def table_html(self) -> str:
         """Return the ledger as an HTML table: text escaped, the section column as real links."""
         df = self.frame()
-        for col in df.columns[:-1]:
-            df[col] = df[col].map(html.escape)
-        return df.to_html(index=False, escape=False, classes="ledger", border=0)
+        labels = ["this book" if c.startswith("this book") else c for c in df.columns]
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in df.columns)
+        rows = []
+        for values in df.itertuples(index=False):
+            cells = [html.escape(str(v)) for v in values[:-1]] + [str(values[-1])]  # the section: a link, kept as HTML
+            rows.append("<tr>" + "".join(f'<td data-label="{html.escape(label)}">{v}</td>'
+                                         for label, v in zip(labels, cells)) + "</tr>")
+        # data-label names each cell's column, for the cards narrow screens show (possae/book_static/possae.css)
+        return (f'<table class="ledger"><thead><tr>{head}</tr></thead><tbody>\n' + "\n".join(rows)
+                + "\n</tbody></table>")
 
     def table(self):
         """Return the ledger table for display in a notebook."""

@@ -1026,10 +1026,10 @@ def second_sentence(second: pd.Series) -> str:
     """Return the share of features with a second partner above the threshold, at most over the pairs shown."""
     if second.empty:
         return "No pairs were compared."
-    return (f"At most {pct(float(second.max()))} of a pair's features (for {second.idxmax()}) have a *second* partner "
+    return (f"At most {pct(float(second.max()))} of a pair's features (for {second.idxmax()}) have a second partner "
             "above the threshold, so best matching rarely counts several features of one dictionary against one "
             "feature of the other." if second.max() < 0.05 else
-            f"Up to {pct(float(second.max()))} of a pair's features (for {second.idxmax()}) have a *second* partner "
+            f"Up to {pct(float(second.max()))} of a pair's features (for {second.idxmax()}) have a second partner "
             "above the threshold: there best match counts several features of one dictionary against one of the other.")
 
 

@@ -51,6 +51,50 @@ def encode_documents(tokenizer, docs: list[str], eos_id: int) -> np.ndarray:
     return out
 
 
+def byte_level_alphabet() -> dict[int, str]:
+    """Return byte-level BPE's map from each byte to the printable character that stands for it in token strings:
+    printable Latin-1 bytes stand for themselves, the others for the characters 256, 257, ... in byte order."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    out, extra = {}, 0
+    for b in range(256):
+        if b in kept:
+            out[b] = chr(b)
+        else:
+            out[b] = chr(256 + extra)
+            extra += 1
+    return out
+
+
+_BYTE_OF = {c: b for b, c in byte_level_alphabet().items()}
+
+
+def token_bytes(tokenizer, token_id: int) -> bytes | None:
+    """Return the bytes a byte-level BPE token stands for, or None when the tokenizer is not byte-level."""
+    piece = tokenizer.convert_ids_to_tokens(int(token_id))
+    if not isinstance(piece, str) or any(c not in _BYTE_OF for c in piece):
+        return None
+    return bytes(_BYTE_OF[c] for c in piece)
+
+
+def escaped_bytes(raw: bytes) -> str:
+    """Return bytes as a quoted label, printable ASCII as itself and every other byte as \\xNN: "'\\xe2\\x80'"."""
+    return "'" + "".join(chr(b) if 32 <= b < 127 and chr(b) not in "'\\" else f"\\x{b:02x}" for b in raw) + "'"
+
+
+def token_label(tokenizer, token_id: int) -> str:
+    """Return a token as a repr'd string (so spaces and newlines show); a token that is only part of a UTF-8 character
+    (decoding it alone gives U+FFFD) is shown as its escaped bytes, e.g. '\\xe2\\x80'."""
+    text = tokenizer.decode([int(token_id)])
+    if "\ufffd" in text:
+        raw = token_bytes(tokenizer, token_id)
+        if raw is not None:
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return escaped_bytes(raw)
+    return repr(text)
+
+
 def decode_tokens(tokenizer, tokens) -> list[str]:
-    """Return each token id decoded on its own, as a repr'd string (so spaces and newlines show)."""
-    return [repr(tokenizer.decode([int(t)])) for t in tokens]
+    """Return each token id decoded on its own as a label (token_label)."""
+    return [token_label(tokenizer, int(t)) for t in tokens]

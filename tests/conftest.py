@@ -36,7 +36,23 @@ def quick_book(tmp_path_factory):
         return Path(os.environ["POSSAE_TEST_BOOK"]).resolve()
 
     tmp = tmp_path_factory.mktemp("book")
+    plant_stale_staging_files(tmp / "stage" / "chapters")
     return build("quick", stage=tmp / "stage", out=tmp)
+
+
+# named after no chapter of the toc, so that no chapter's run of this build consumes them (a run replaces its own)
+STALE_STAGING = (".retired.src.ipynb", ".retired.running.ipynb", "retired.failed.ipynb")
+
+
+def plant_stale_staging_files(chapters):
+    """Leave in the staging folder what an interrupted or failed run leaves there (execute_chapter's .<name>.src and
+    .<name>.running copies, <name>.failed): the book must not publish them."""
+    import nbformat
+
+    chapters.mkdir(parents=True, exist_ok=True)
+    for name in STALE_STAGING:
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Stray staging copy\n\nW_pos zzstray")])
+        nbformat.write(nb, chapters / name)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -4,66 +4,12 @@ The test serves the quick-profile book on 127.0.0.1 itself and fails on any cons
 any request to another host, and any plotly figure that did not draw.
 """
 
-import functools
-import http.server
 import json
-import shutil
-import subprocess
-import threading
-import time
-from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--remote-debugging-port=0"]
-FIGURES_DRAWN = """(() => {
-  const divs = [...document.querySelectorAll('.plotly-graph-div')];
-  return {figures: divs.length, blank: divs.filter(d => !d.querySelector('.main-svg')).map(d => d.id)};
-})()"""
-
-
-class DevTools:
-    """A minimal DevTools-protocol client over one page's websocket: commands, and the events seen meanwhile."""
-
-    def __init__(self, url: str):
-        import websocket
-
-        self.ws = websocket.create_connection(url, timeout=30, suppress_origin=True)
-        self.next_id, self.events = 0, []
-
-    def call(self, method: str, **params) -> dict:
-        """Send one command; return its result (events that arrive meanwhile are kept in self.events)."""
-        self.next_id += 1
-        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
-        while True:
-            msg = json.loads(self.ws.recv())
-            if msg.get("id") == self.next_id:
-                if "error" in msg:
-                    raise RuntimeError(f"{method}: {msg['error']}")
-                return msg.get("result", {})
-            self.events.append(msg)
-
-    def wait_for(self, method: str, timeout: float = 30.0) -> None:
-        """Read events until one called `method` arrives."""
-        import websocket
-
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            try:
-                msg = json.loads(self.ws.recv())
-            except websocket.WebSocketTimeoutException:
-                break
-            self.events.append(msg)
-            if msg.get("method") == method:
-                return
-        raise TimeoutError(f"no {method} within {timeout} s")
-
-    def evaluate(self, expression: str):
-        """Return the value of a JavaScript expression in the page."""
-        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+from possae.browser import MISSING, chromium_path, open_chromium, open_page, serve
 
 
 def problems(events: list[dict], host: str) -> list[str]:
@@ -91,81 +37,28 @@ def problems(events: list[dict], host: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def chromium():
-    exe = shutil.which("chromium")
+    exe = chromium_path()
     if exe is None:
-        pytest.skip("needs a headless browser: Debian's `chromium` package (apt-get install -y chromium)")
+        pytest.skip(MISSING)
     return exe
 
 
 @pytest.fixture(scope="module")
 def served_book(quick_book):
-    handler = functools.partial(_QuietHandler, directory=str(quick_book))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield quick_book, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
+    with serve(quick_book) as base:
+        yield quick_book, base
 
 
 @pytest.fixture(scope="module")
 def page(chromium, tmp_path_factory):
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    proc = subprocess.Popen([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        port_file = profile / "DevToolsActivePort"
-        end = time.monotonic() + 60
-        while not (port_file.is_file() and port_file.read_text().count("\n") >= 1):
-            if proc.poll() is not None or time.monotonic() > end:
-                raise RuntimeError(f"chromium did not open its DevTools port (exit code {proc.poll()})")
-            time.sleep(0.2)
-        port = int(port_file.read_text().split()[0])
-        from urllib.request import urlopen
-
-        targets = json.loads(urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10).read())
-        tools = DevTools(next(t for t in targets if t["type"] == "page")["webSocketDebuggerUrl"])
-        for domain in ("Page", "Runtime", "Log", "Network"):
-            tools.call(f"{domain}.enable")
+    with open_chromium(chromium, tmp_path_factory.mktemp("chromium-profile")) as tools:
         yield tools
-        tools.ws.close()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
-def figures_drawn(page: DevTools, redirects: int = 3) -> dict:
-    """Return {'figures', 'blank'} of the page shown, following a page that navigates on (the book's index.html
-    is a meta-refresh to the first chapter, and can move on between its load event and the evaluation)."""
-    for _ in range(redirects):
-        try:
-            return page.evaluate(FIGURES_DRAWN)
-        except RuntimeError as e:
-            if "navigated or closed" not in str(e):
-                raise
-            page.wait_for("Page.loadEventFired")
-    return page.evaluate(FIGURES_DRAWN)
-
-
-def load(page: DevTools, url: str) -> dict:
+def load(page, url: str) -> dict:
     """Open `url`, wait for its load event and its figures; return {'figures', 'blank', 'problems'}."""
     page.events.clear()
-    page.call("Page.navigate", url=url)
-    page.wait_for("Page.loadEventFired")
-    end = time.monotonic() + 15
-    drawn = figures_drawn(page)
-    while drawn["blank"] and time.monotonic() < end:  # plotly draws right after the scripts run
-        time.sleep(0.2)
-        drawn = figures_drawn(page)
-    time.sleep(0.3)  # late console messages and requests
+    drawn = open_page(page, url)
     page.call("Runtime.evaluate", expression="1")
     return {**drawn, "problems": problems(page.events, "127.0.0.1")}
 
@@ -204,3 +97,21 @@ def test_the_check_catches_what_it_looks_for(served_book, page, tmp_path):
     assert "console error: boom" in text
     assert "failed request: 404" in text and "missing.png" in text
     assert "request to another host: http://example.invalid/x.png" in text
+
+
+def test_the_screenshot_script_saves_one_png_per_figure_at_each_width(served_book, chromium, tmp_path):
+    """`python -m possae.screenshots` on one chapter: a PNG per figure and width, as wide as the figure drawn there."""
+    import struct
+
+    from possae.figures.lint import BOOK_WIDTH, page_figures
+    from possae.screenshots import save_screenshots
+
+    book, _ = served_book
+    n = len(page_figures((book / "chapters" / "setup.html").read_text()))
+    saved = save_screenshots(book, tmp_path, widths=(1280, 390), only=["setup"])
+    assert sorted(p.name for p in saved) == sorted(f"setup-{k}-{w}.png" for k in range(1, n + 1) for w in (1280, 390))
+    for png in saved:
+        data = png.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height = struct.unpack(">II", data[16:24])
+        assert height > 100 and width <= (BOOK_WIDTH if png.stem.endswith("1280") else 390), (png.name, width)

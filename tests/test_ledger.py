@@ -208,6 +208,11 @@ def test_the_table_escapes_text_and_links_each_section():
     assert '<a href="positional.html#position-vs-token-for-every-feature">' in html
     assert "R²_pos &lt; 0.05" in html  # text is escaped, links are not
     assert "this book (toy)" in html
+    # every cell names its column, which the narrow-screen cards show (possae/book_static/possae.css)
+    labels = ["claim", "study", "this book", "verdict", "reason", "section"]
+    assert html.count("<td ") == 6 * len(ledger.CLAIMS)
+    for label in labels:
+        assert html.count(f'<td data-label="{label}">') == len(ledger.CLAIMS), label
 
 
 def test_every_link_points_at_a_heading_of_its_chapter():

@@ -435,9 +435,13 @@ def test_figure_legends_stay_clear_of_the_subplot_titles():
     dicts = {f"D{i}": dictionary(f"D{i}", torch.randn(30, 8, generator=g)) for i in range(3)}
     res = match_pairs(all_pairs(list(dicts)), dicts, device="cpu", progress=False)
     comp = comparison_figure(res.table.assign(comparison=["datasets", "datasets", "seeds"]), 0.7)
-    assert comp.layout.legend.x >= 1 and comp.layout.legend.xanchor == "left"  # right of every panel
+    from possae.figures.lint import lint_figure
+
     top = top_cosine_figure(top_cosines_long(res.top))
-    assert top.layout.legend.y < 0 and top.layout.legend.yanchor == "top"  # below the axes
+    for fig in (comp, top):  # below the axes and their titles, and clean of every figure defect
+        assert fig.layout.legend.y < 0 and fig.layout.legend.yanchor == "top" and fig.layout.legend.orientation == "h"
+        assert lint_figure(fig) == []
+    assert [b.orientation for b in comp.data] == ["h"] * 4  # pairs as rows: their names read horizontally
 
 
 # ---------------------------------------------------------------- one-to-one matching: sparse against dense

@@ -6,11 +6,14 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from possae.figures import mark_context
+from possae.figures import legend_below, log_ticks, mark_context
 from possae.neuronpedia import NO_PAGES, FeaturePages, trace_links
 
 METRIC_TITLES = {"nmse": "nMSE", "mse": "MSE"}
-PALETTE = ["#1f77b4", "#7f7f7f", "#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b"]
+# ten distinct colours (the SAE first, blue; the random baseline second, grey), then darker ones: no two methods of one
+# figure share a colour
+PALETTE = ["#1f77b4", "#7f7f7f", "#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22",
+           "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39"]
 
 
 def _empty(fig: go.Figure, text: str) -> go.Figure:
@@ -19,32 +22,38 @@ def _empty(fig: go.Figure, text: str) -> go.Figure:
 
 
 def error_vs_position_figure(frames: dict[str, pd.DataFrame], context_size: int, metrics: tuple[str, ...] = ("nmse",),
-                             methods: list[str] | None = None, log_y: bool = True, title: str | None = None) -> go.Figure:
-    """Return a grid of panels, one row per metric and one column per frame of error_curves (e.g. held-out text, all tokens).
-
-    Each panel shows the metric vs position, one line per method (random baselines dotted), the context marked.
+                             methods: list[str] | None = None, log_y: bool = True, title: str | None = None,
+                             n_cols: int = 2) -> go.Figure:
+    """Return a grid of panels, one per (metric, frame of error_curves, e.g. held-out text, all tokens): the metric vs
+    position, one line per method (random baselines dotted), the context marked. With one metric, the frames wrap
+    into rows of `n_cols` panels; with several, each metric is a row.
     """
-    titles = list(frames) + [""] * (len(frames) * (len(metrics) - 1))
-    fig = make_subplots(len(metrics), len(frames), subplot_titles=titles, shared_xaxes=True, horizontal_spacing=0.06,
-                        vertical_spacing=0.08)
+    cells = [(metric, name) for metric in metrics for name in frames]
+    cols = len(frames) if len(metrics) > 1 else min(n_cols, len(frames))
+    rows = -(-len(cells) // cols)
+    multi = len(metrics) > 1
+    titles = [f"{name}: {METRIC_TITLES.get(metric, metric)}" if multi else name for metric, name in cells]
+    fig = make_subplots(rows, cols, subplot_titles=titles, horizontal_spacing=0.14, vertical_spacing=0.32 / rows)
     colors: dict[str, str] = {}
-    for row, metric in enumerate(metrics, start=1):
-        for col, df in enumerate(frames.values(), start=1):
-            for method in methods or list(dict.fromkeys(df["method"])):
-                d = df[df["method"] == method]
-                if d.empty:
-                    continue
-                first = method not in colors
-                color = colors.setdefault(method, PALETTE[len(colors) % len(PALETTE)])
-                fig.add_scatter(x=d["position"], y=d[metric], mode="lines", name=method, legendgroup=method,
-                                line=dict(color=color, dash="dot" if "random" in method else None), showlegend=first,
-                                row=row, col=col)
-            mark_context(fig, context_size, row=row, col=col)
-        fig.update_yaxes(title_text=METRIC_TITLES.get(metric, metric), row=row, col=1)
-    for col in range(1, len(frames) + 1):
-        fig.update_xaxes(title_text="position", row=len(metrics), col=col)
-    fig.update_yaxes(type="log" if log_y else "linear")
-    return fig.update_layout(height=180 + 280 * len(metrics), title=title, legend=dict(orientation="h", y=-0.12))
+    for k, (metric, name) in enumerate(cells):
+        row, col = k // cols + 1, k % cols + 1
+        df = frames[name]
+        for method in methods or list(dict.fromkeys(df["method"])):
+            d = df[df["method"] == method]
+            if d.empty:
+                continue
+            first = method not in colors
+            color = colors.setdefault(method, PALETTE[len(colors) % len(PALETTE)])
+            fig.add_scatter(x=d["position"], y=d[metric], mode="lines", name=method, legendgroup=method,
+                            line=dict(color=color, dash="dot" if "random" in method else None), showlegend=first,
+                            row=row, col=col)
+        mark_context(fig, context_size, row=row, col=col)
+        y = df[metric].to_numpy(float)
+        fig.update_yaxes(title_text=METRIC_TITLES.get(metric, metric), row=row, col=col,
+                         **(dict(type="log", **log_ticks(y)) if log_y else {}))
+        fig.update_xaxes(title_text="position", row=row, col=col)
+    fig.update_layout(height=120 + 300 * rows, title=title, margin=dict(l=60, r=20))
+    return legend_below(fig)
 
 
 def positional_profiles_figure(profiles: pd.DataFrame, context_size: int, value: str = "mean",
@@ -59,31 +68,38 @@ def positional_profiles_figure(profiles: pd.DataFrame, context_size: int, value:
     if profiles.empty:
         _empty(fig, "no positional feature")
     mark_context(fig, context_size)
-    return fig.update_layout(height=400, xaxis_title="position", yaxis_title=f"{value} activation over all tokens",
-                             title="Positional features inside and past the SAE's context")
+    fig.update_layout(height=400, xaxis_title="position", yaxis_title=f"{value} activation over all tokens",
+                      title="Positional features inside and past the SAE's context")
+    return legend_below(fig)
 
 
 def firing_by_kind_figure(df: pd.DataFrame, context_size: int) -> go.Figure:
     """Return the expected number of firing features per token vs position, one line per column of df (log scale)."""
     fig = go.Figure([go.Scatter(x=df.index, y=df[c], mode="lines", name=c) for c in df.columns])
     mark_context(fig, context_size)
-    return fig.update_layout(height=380, xaxis_title="position", yaxis_title="firing features per token (all tokens)",
-                             yaxis_type="log", title="Active features per token vs position")
+    fig.update_yaxes(type="log", **log_ticks(df.to_numpy(float)))
+    fig.update_layout(height=380, xaxis_title="position", yaxis_title="firing features per token",
+                      title="Active features per token vs position (all tokens)")
+    return legend_below(fig)
 
 
 def spurious_rate_figure(df: pd.DataFrame, context_size: int) -> go.Figure:
     """Return spurious pairs per token (positional / non-positional) and their share of L0, vs position."""
-    fig = make_subplots(1, 2, subplot_titles=("spurious (token, feature) pairs per token", "share of the active features"))
+    fig = make_subplots(2, 1, vertical_spacing=0.2,
+                        subplot_titles=("spurious (token, feature) pairs per token", "spurious share of the active features"))
     for c in ("non-positional", "positional"):
         fig.add_scatter(x=df.index, y=df[c], mode="lines", name=f"{c} features", row=1, col=1)
     fig.add_scatter(x=df.index, y=df["spurious_share_of_l0"], mode="lines", name="spurious / L0",
-                    line=dict(color="black"), row=1, col=2)
-    for col in (1, 2):
-        mark_context(fig, context_size, row=1, col=col)
-        fig.update_xaxes(title_text="position", row=1, col=col)
-    fig.update_yaxes(type="log", title_text="per token (log scale)", row=1, col=1)
-    fig.update_yaxes(tickformat=".0%", row=1, col=2)
-    return fig.update_layout(height=400, title="Features firing past the context on tokens that never fire them inside it")
+                    line=dict(color="black"), row=2, col=1)
+    for row in (1, 2):
+        mark_context(fig, context_size, row=row, col=1)
+        fig.update_xaxes(title_text="position", row=row, col=1)
+    fig.update_yaxes(type="log", title_text="pairs per token", row=1, col=1,
+                     **log_ticks(df[["non-positional", "positional"]].to_numpy(float)))
+    fig.update_yaxes(tickformat=".0%", title_text="share of L0", row=2, col=1)
+    fig.update_layout(height=640, title="Features firing past the context on tokens<br>that never fire them inside it",
+                      margin=dict(l=60, r=20, t=120))
+    return legend_below(fig)
 
 
 def _feature_hover(pages: FeaturePages, feature: int, n: int, label: str = "") -> dict:
@@ -107,4 +123,5 @@ def example_profile_figure(df: pd.DataFrame, context_size: int, pages: FeaturePa
         _empty(fig, "no spurious example found")
     mark_context(fig, context_size)
     title = "No example" if df.empty else f"Feature {int(df['feature'].iloc[0])} on W_E[t] + W_pos[p]"
-    return fig.update_layout(height=380, xaxis_title="position", yaxis_title="activation", title=title)
+    fig.update_layout(height=380, xaxis_title="position", yaxis_title="activation", title=title)
+    return legend_below(fig)

@@ -8,10 +8,9 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
+from possae.figures import legend_below
 from possae.matching import STUDY_RANGES
 
-# legends sit outside every panel and its title: to the right of the plot area, or below the x-axis titles
-RIGHT_LEGEND = dict(orientation="v", x=1.02, xanchor="left", y=1.0, yanchor="top")
 
 
 def top_cosine_figure(long: pd.DataFrame, threshold: float = 0.7, bins: int = 60,
@@ -21,7 +20,9 @@ def top_cosine_figure(long: pd.DataFrame, threshold: float = 0.7, bins: int = 60
     lo = min(-0.1, float(np.floor(long["cosine"].min() * 10) / 10)) if len(long) else -0.1
     edges = np.linspace(lo, 1.0, bins + 1)
     centers = (edges[:-1] + edges[1:]) / 2
-    fig = make_subplots(1, len(ranks), shared_yaxes=True, horizontal_spacing=0.03,
+    n_cols = 2
+    n_rows = -(-len(ranks) // n_cols)
+    fig = make_subplots(n_rows, n_cols, shared_yaxes=True, horizontal_spacing=0.06, vertical_spacing=0.3 / n_rows,
                         subplot_titles=[f"{'1st 2nd 3rd 4th'.split()[r - 1] if r <= 4 else f'{r}th'} best" for r in ranks])
     colors = qualitative.Plotly
     for p, (pair, g) in enumerate(long.groupby("pair", sort=False)):
@@ -31,12 +32,13 @@ def top_cosine_figure(long: pd.DataFrame, threshold: float = 0.7, bins: int = 60
             fig.add_scatter(x=centers, y=counts / max(len(v), 1), mode="lines", name=pair, legendgroup=pair,
                             line=dict(color=colors[p % len(colors)], width=1.5,
                                       dash="dot" if "random" in pair else None),
-                            showlegend=(c == 1), row=1, col=c)
-            fig.add_vline(x=threshold, line_dash="dash", line_color="gray", row=1, col=c)
-            fig.update_xaxes(title_text="cosine", row=1, col=c)
-    fig.update_yaxes(title_text="share of features", row=1, col=1)
-    return fig.update_layout(height=420, title=title, margin=dict(b=150),
-                             legend=dict(orientation="h", x=0, xanchor="left", y=-0.3, yanchor="top"))
+                            showlegend=(c == 1), row=(c - 1) // n_cols + 1, col=(c - 1) % n_cols + 1)
+            fig.add_vline(x=threshold, line_dash="dash", line_color="gray", row=(c - 1) // n_cols + 1,
+                          col=(c - 1) % n_cols + 1)
+            fig.update_xaxes(title_text="cosine", row=(c - 1) // n_cols + 1, col=(c - 1) % n_cols + 1)
+    fig.update_yaxes(title_text="share of features", col=1)
+    fig.update_layout(height=140 + 300 * n_rows, title=title, margin=dict(l=60, r=20))
+    return legend_below(fig)
 
 
 def layer_heatmap_figure(matrix: pd.DataFrame, value: str = "share", threshold: float = 0.7) -> go.Figure:
@@ -59,22 +61,29 @@ def layer_heatmap_figure(matrix: pd.DataFrame, value: str = "share", threshold: 
 def comparison_figure(results: pd.DataFrame, threshold: float = 0.7,
                       study_ranges: dict[str, tuple[float, float]] | None = STUDY_RANGES) -> go.Figure:
     """Return the share of features matched per pair, best match (of the smaller dictionary's features; both
-    directions' mean when equal) beside Hungarian, pairs grouped by comparison, with the study's reported range as a
-    band where it has one."""
+    directions' mean when equal) beside Hungarian: horizontal bars, one panel per comparison (stacked, panels as tall as
+    their pairs), with the study's reported range as a band where it has one."""
     comps = list(dict.fromkeys(results["comparison"]))
-    fig = make_subplots(1, len(comps), shared_yaxes=True, subplot_titles=comps, horizontal_spacing=0.02,
-                        column_widths=[max(1, (results["comparison"] == c).sum()) for c in comps])
-    for c, comp in enumerate(comps, 1):
+    counts = [max(1, int((results["comparison"] == c).sum())) for c in comps]
+    row_px, gap_px = 34, 52
+    plot_h = sum(counts) * row_px + gap_px * (len(comps) - 1)
+    fig = make_subplots(len(comps), 1, shared_xaxes=True, subplot_titles=comps, row_heights=counts,
+                        vertical_spacing=gap_px / plot_h if len(comps) > 1 else 0)
+    for r, comp in enumerate(comps, 1):
         g = results[results["comparison"] == comp]
-        x = [f"{a} / {b}" for a, b in zip(g["a"], g["b"])]
-        fig.add_bar(x=x, y=g["dec_share_small"], name="best match", marker_color="#1f77b4",
-                    legendgroup="best", showlegend=(c == 1), row=1, col=c)
-        fig.add_bar(x=x, y=g["hungarian_share"], name="one-to-one", marker_color="#ff7f0e",
-                    legendgroup="hung", showlegend=(c == 1), row=1, col=c)
+        y = [f"{a} / {b}" for a, b in zip(g["a"], g["b"])]
+        fig.add_bar(y=y, x=g["dec_share_small"], orientation="h", name="best match", marker_color="#1f77b4",
+                    legendgroup="best", showlegend=(r == 1), row=r, col=1)
+        fig.add_bar(y=y, x=g["hungarian_share"], orientation="h", name="one-to-one", marker_color="#ff7f0e",
+                    legendgroup="hung", showlegend=(r == 1), row=r, col=1)
         if study_ranges and comp in study_ranges:
             lo, hi = study_ranges[comp]
-            fig.add_hrect(y0=lo, y1=hi, fillcolor="gray", opacity=0.2, line_width=0, row=1, col=c)
-        fig.update_xaxes(tickangle=45, row=1, col=c)
-    fig.update_yaxes(title_text=f"share of features with cosine ≥ {threshold:g}", range=[0, 1.02], row=1, col=1)
-    return fig.update_layout(height=520, barmode="group", legend=RIGHT_LEGEND, margin=dict(t=90),
-                             title="Share matched per pair (grey band: the study's reported range)")
+            fig.add_vrect(x0=lo, x1=hi, fillcolor="gray", opacity=0.2, line_width=0, row=r, col=1)
+        fig.update_yaxes(title_text="pair", autorange="reversed", tickfont=dict(size=10), row=r, col=1)
+    fig.update_xaxes(range=[0, 1.02])
+    fig.update_xaxes(title_text=f"share with cosine ≥ {threshold:g}", showticklabels=True,
+                     row=len(comps), col=1)
+    fig.update_layout(height=plot_h + 180, barmode="group", margin=dict(t=110, l=10, r=20, b=80),
+                      title="Share matched per pair<br>(grey band: the study's reported range)")
+    fig.update_yaxes(automargin=True)
+    return legend_below(fig, gap=50)

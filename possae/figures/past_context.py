@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
+from possae.figures import legend_below, log_ticks
 from possae.figures.length import error_vs_position_figure
 
 
@@ -23,12 +24,15 @@ def finetune_figure(frame: pd.DataFrame, reference_past: float | None, reference
         go.Scatter(x=x, y=frame["nmse_past"], mode="lines+markers", name="past the context"),
         go.Scatter(x=x, y=frame["nmse_in"], mode="lines+markers", name="inside the context"),
     ])
-    if reference_past is not None:
+    if reference_past is not None:  # the line's own label: an annotation would stretch the log axis to hold it
         fig.add_hline(y=reference_past, line_dash="dash", line_color="gray",
-                      annotation_text=f"{reference_label}, past the context", annotation_position="bottom right")
-    return fig.update_layout(height=420, xaxis_title="tokens of full-context fine-tuning", yaxis_title="nMSE",
-                             yaxis_type="log", title="The fine-tuning fix: nMSE vs fine-tuning tokens (log scale)",
-                             legend=dict(orientation="h", y=-0.2))
+                      label=dict(text=f"{reference_label}, past the context", textposition="end", yanchor="top",
+                                 font=dict(size=11, color="gray")))
+    y = frame[["nmse_past", "nmse_in"]].to_numpy(float).ravel().tolist() + ([reference_past] if reference_past else [])
+    fig.update_yaxes(type="log", **log_ticks(y))
+    fig.update_layout(height=420, xaxis_title="tokens of full-context fine-tuning", yaxis_title="nMSE",
+                      title="The fine-tuning fix: nMSE vs fine-tuning tokens")
+    return legend_below(fig)
 
 
 def rotary_figure(curves: pd.DataFrame, context_size: int) -> go.Figure:

@@ -11,7 +11,7 @@ from jaxtyping import Float, Int
 from plotly.subplots import make_subplots
 from torch import Tensor
 
-from possae.figures import CONTEXT_COLOR, mark_context
+from possae.figures import CONTEXT_COLOR, legend_below, log_ticks, mark_context, scene_layout
 from possae.neuronpedia import NO_PAGES, FeaturePages, trace_links
 
 
@@ -21,8 +21,9 @@ def sorted_scores_figure(r2_pos: Float[np.ndarray, " d_sae"], threshold: float) 
     fig = go.Figure(go.Scatter(x=np.arange(1, len(y) + 1), y=y, mode="lines+markers", marker=dict(size=3),
                                name="R²_pos", showlegend=False))
     fig.add_hline(y=threshold, line_dash="dash", line_color="firebrick", annotation_text=f"threshold {threshold:g}")
-    return fig.update_layout(height=360, xaxis_type="log", xaxis_title="feature rank", yaxis_title="R²_pos",
-                             yaxis_range=[0, 1.02], title="Share of each feature's variance explained by position")
+    fig.update_xaxes(type="log", title_text="feature rank (1 = most positional)", **log_ticks([1, len(y)]))
+    return fig.update_layout(height=360, yaxis_title="R²_pos", yaxis_range=[0, 1.02],
+                             title="Share of each feature's variance explained by position")
 
 
 def note_figure(text: str, title: str) -> go.Figure:
@@ -32,20 +33,20 @@ def note_figure(text: str, title: str) -> go.Figure:
 
 
 def profile_grid_figure(profiles: pd.DataFrame, preacts: pd.DataFrame, windows: dict[int, int],
-                        n_cols: int = 2, pages: FeaturePages | None = None) -> go.Figure:
+                        n_cols: int = 1, pages: FeaturePages | None = None) -> go.Figure:
     """Return one panel per feature: mean ± std over all tokens vs position and c_i(p) (right axis), zoomed to its peak.
 
     Each panel shows positions 0..windows[feature]; position 0, the BOS slot, is shaded. With `pages` on Neuronpedia,
     the mean's hover text names the feature's page and its customdata holds the page's URL.
     """
     pages = pages or NO_PAGES
-    title = "Top positional features: mean ± std over all tokens (blue), c_i(p) (red, right axis)"
+    title = "Top positional features, zoomed to their peaks"
     feats = list(dict.fromkeys(profiles["feature"]))
     if not feats:
         return note_figure("No positional feature: no profile to draw.", title)
     n_rows = max(1, math.ceil(len(feats) / n_cols))
-    fig = make_subplots(n_rows, n_cols, subplot_titles=[f"feature {f}" for f in feats], vertical_spacing=0.25 / n_rows,
-                        specs=[[{"secondary_y": True}] * n_cols for _ in range(n_rows)])
+    fig = make_subplots(n_rows, n_cols, subplot_titles=[f"feature {f}" for f in feats], vertical_spacing=0.3 / n_rows,
+                        horizontal_spacing=0.2, specs=[[{"secondary_y": True}] * n_cols for _ in range(n_rows)])
     for j, f in enumerate(feats):
         r, c = j // n_cols + 1, j % n_cols + 1
         end = windows[f]
@@ -65,21 +66,24 @@ def profile_grid_figure(profiles: pd.DataFrame, preacts: pd.DataFrame, windows: 
                         name="c_i(p), positional pre-activation", legendgroup="c", showlegend=j == 0,
                         row=r, col=c, secondary_y=True)
         fig.add_scatter(x=[0, end], y=[p["fire_some"].iloc[0]] * 2, mode="lines",
-                        line=dict(color="#d62728", width=1, dash="dot"), name="c above this: some token fires",
+                        line=dict(color="#ff7f0e", width=1.5, dash="dot"), name="c above this: some token fires",
                         legendgroup="floor", showlegend=j == 0, row=r, col=c, secondary_y=True)
         fig.add_vrect(x0=-0.5, x1=0.5, fillcolor=CONTEXT_COLOR, opacity=0.15, line_width=0, row=r, col=c)
-        fig.update_xaxes(range=[-0.5, end + 0.5], row=r, col=c)
-    fig.update_xaxes(title_text="position", row=n_rows)
-    return fig.update_layout(height=260 * n_rows + 120, legend=dict(orientation="h", y=-0.12), title=title)
+        fig.update_xaxes(range=[-0.5, end + 0.5], title_text="position", row=r, col=c)
+        fig.update_yaxes(title_text="activation", row=r, col=c, secondary_y=False)
+        fig.update_yaxes(title_text="c_i(p)", row=r, col=c, secondary_y=True)
+    fig.update_layout(height=260 * n_rows + 80, title=title, margin=dict(l=60, r=60))
+    return legend_below(fig)
 
 
 def peak_histogram_figure(histograms: dict[str, Int[Tensor, " n_pos"]]) -> go.Figure:
     """Return stacked bars: how many features of each group peak at each position 0..n_pos-1."""
     n_pos = len(next(iter(histograms.values())))
-    fig = go.Figure([go.Bar(x=np.arange(len(h)), y=h.numpy(), name=name) for name, h in histograms.items()])
-    return fig.update_layout(barmode="stack", height=360, xaxis_title="peak position", yaxis_title="features",
-                             xaxis_range=[-0.5, n_pos - 0.5], legend=dict(orientation="h", y=-0.25),
-                             title="Where positional features peak")
+    fig = go.Figure([go.Bar(x=np.arange(len(h)), y=h.numpy(), name=name) for name, h in histograms.items()
+                     if int(h.sum()) > 0])  # a group with no feature gets no legend entry
+    fig.update_layout(barmode="stack", height=360, xaxis_title="peak position", yaxis_title="features",
+                      xaxis_range=[-0.5, n_pos - 0.5], title="Where positional features peak")
+    return legend_below(fig)
 
 
 def helix_overlay_figure(helix, pages: FeaturePages | None = None) -> go.Figure:
@@ -89,22 +93,23 @@ def helix_overlay_figure(helix, pages: FeaturePages | None = None) -> go.Figure:
     rows, row_positions, dirs, features, peaks = helix.rows, helix.row_positions, helix.dirs, helix.features, helix.peaks
     cmax = float(max(int(row_positions.max()), int(peaks.max()) if len(peaks) else 0))
     color = dict(colorscale="Viridis", cmin=0, cmax=cmax)
-    fig = make_subplots(1, 2, specs=[[{"type": "scene"}, {"type": "scene"}]],
-                        subplot_titles=("W_pos rows (centred)", "decoder directions of positional features"))
+    fig = make_subplots(2, 1, specs=[[{"type": "scene"}], [{"type": "scene"}]], vertical_spacing=0.06,
+                        subplot_titles=("W_pos rows (centred)", "decoder directions of the positional features"))
     fig.add_scatter3d(x=rows[:, 0].tolist(), y=rows[:, 1].tolist(), z=rows[:, 2].tolist(), mode="lines+markers",
-                      marker=dict(size=2.5, color=row_positions.tolist(), colorbar=dict(title="position", x=1.02), **color),
+                      marker=dict(size=2.5, color=row_positions.tolist(), showscale=True,
+                                  colorbar=dict(title="position", thickness=14, len=0.5), **color),
                       line=dict(color="lightgray"), text=[f"position {p}" for p in row_positions.tolist()],
                       showlegend=False, row=1, col=1)
     if len(features):
         fig.add_scatter3d(x=[0.0] * len(features), y=[0.0] * len(features), z=[0.0] * len(features), mode="markers",
-                          marker=dict(size=1, color="black"), showlegend=False, hoverinfo="skip", row=1, col=2)
+                          marker=dict(size=1, color="black"), showlegend=False, hoverinfo="skip", row=2, col=1)
         fig.add_scatter3d(x=dirs[:, 0].tolist(), y=dirs[:, 1].tolist(), z=dirs[:, 2].tolist(), mode="markers",
                           marker=dict(size=4, color=peaks.tolist(), **color),
                           text=[f"{pages.hover(f)}, peak {p}" for f, p in zip(features.tolist(), peaks.tolist())],
-                          showlegend=False, row=1, col=2, **trace_links(pages, features.tolist()))
+                          showlegend=False, row=2, col=1, **trace_links(pages, features.tolist()))
     axes = [f"PC{i + 1} ({float(helix.shares[i]):.0%})" for i in range(3)]
-    scene = dict(xaxis_title=axes[0], yaxis_title=axes[1], zaxis_title=axes[2])
-    return fig.update_layout(height=480, scene=scene, scene2=scene, title="The W_pos helix and the positional features")
+    return fig.update_layout(height=900, scene=scene_layout(axes), scene2=scene_layout(axes), margin=dict(l=10, r=10),
+                             title="The W_pos helix and the positional features")
 
 
 def r2_scatter_figure(scores: pd.DataFrame, threshold: float, low: float, high: float,
@@ -113,21 +118,26 @@ def r2_scatter_figure(scores: pd.DataFrame, threshold: float, low: float, high: 
     (hover: the feature, its Neuronpedia page when `pages` has one, and its peak)."""
     pages = pages or NO_PAGES
     positional = scores["positional"].to_numpy(dtype=bool)
-    fig = go.Figure()
-    for mask, name, color in ((~positional, "other features", "#7f7f7f"), (positional, "positional", "#d62728")):
-        d = scores[mask]
-        fig.add_trace(go.Scattergl(x=d["r2_pos"], y=d["r2_tok"], mode="markers", name=f"{name} ({len(d)})",
-                                   marker=dict(size=4, opacity=0.5 if name == "other features" else 0.9, color=color),
-                                   text=[f"{pages.hover(i)}, peak {p}" for i, p in zip(d.index, d["peak_position"])],
-                                   **trace_links(pages, d.index.tolist())))
-    fig.add_scatter(x=[0, 1], y=[1, 0], mode="lines", line=dict(color="lightgray", dash="dot"),
-                    name="R²_pos + R²_tok = 1")
-    fig.add_vline(x=threshold, line_dash="dash", line_color="firebrick")
+    fig = make_subplots(2, 1, vertical_spacing=0.16, row_heights=[0.55, 0.45],
+                        subplot_titles=("all features", f"zoom: R²_pos < {low:g} (near 0)"))
+    for row in (1, 2):
+        for mask, name, color in ((~positional, "other features", "#7f7f7f"), (positional, "positional", "#d62728")):
+            d = scores[mask]
+            fig.add_trace(go.Scattergl(x=d["r2_pos"], y=d["r2_tok"], mode="markers", name=f"{name} ({len(d)})",
+                                       legendgroup=name, showlegend=row == 1,
+                                       marker=dict(size=4, opacity=0.5 if name == "other features" else 0.9, color=color),
+                                       text=[f"{pages.hover(i)}, peak {p}" for i, p in zip(d.index, d["peak_position"])],
+                                       **trace_links(pages, d.index.tolist())), row=row, col=1)
+        fig.add_scatter(x=[0, 1], y=[1, 0], mode="lines", line=dict(color="lightgray", dash="dot"),
+                        name="R²_pos + R²_tok = 1", legendgroup="sum", showlegend=row == 1, row=row, col=1)
+        fig.update_yaxes(title_text="R²_tok (token)", range=[-0.02, 1.02], row=row, col=1)
+    fig.add_vline(x=threshold, line_dash="dash", line_color="firebrick", row=1, col=1)
     for x in (low, high):
-        fig.add_vline(x=x, line_dash="dot", line_color=CONTEXT_COLOR)
-    return fig.update_layout(height=430, xaxis_title="R²_pos (position)", yaxis_title="R²_tok (token)",
-                             xaxis_range=[-0.02, 1.02], yaxis_range=[-0.02, 1.02], legend=dict(x=0.62, y=0.98),
-                             title="Variance explained by position vs by token, per feature")
+        fig.add_vline(x=x, line_dash="dot", line_color=CONTEXT_COLOR, row=1, col=1)
+    fig.update_xaxes(title_text="R²_pos (position)", range=[-0.02, 1.02], row=1, col=1)
+    fig.update_xaxes(title_text="R²_pos (position), near 0", range=[-0.001, low], row=2, col=1)
+    fig.update_layout(height=720, title="Variance explained by position vs by token, per feature")
+    return legend_below(fig)
 
 
 def neuron_share_figure(share: Float[Tensor, " d_mlp"], threshold: float, chance: float) -> go.Figure:
@@ -136,8 +146,9 @@ def neuron_share_figure(share: Float[Tensor, " d_mlp"], threshold: float, chance
     fig = go.Figure(go.Scatter(x=np.arange(1, len(y) + 1), y=y, mode="lines", showlegend=False))
     fig.add_hline(y=threshold, line_dash="dash", line_color="firebrick", annotation_text=f"threshold {threshold:g}")
     fig.add_hline(y=chance, line_dash="dot", line_color=CONTEXT_COLOR, annotation_text="chance",
-                  annotation_position="bottom right")
-    return fig.update_layout(height=340, xaxis_type="log", xaxis_title="neuron rank",
+                  annotation_position="top right")
+    fig.update_xaxes(type="log", **log_ticks([1, len(y)]))
+    return fig.update_layout(height=340, xaxis_title="neuron rank (1 = most positional)",
                              yaxis_title="between-position / total variance",
                              title="Layer-0 MLP neurons on held-out text: variance explained by position")
 
@@ -165,7 +176,7 @@ def width_sweep_figure(sweep: pd.DataFrame, slope: float) -> go.Figure:
     title = "Positional features vs SAE width"
     if len(sweep) == 0:
         return note_figure("No width sweep on this profile.", title)
-    fig = make_subplots(1, 2, subplot_titles=("positional features", "mean peak width (positions ≥ half max)"))
+    fig = make_subplots(1, 2, horizontal_spacing=0.2, subplot_titles=("positional features", "mean peak width"))
     fig.add_scatter(x=sweep["d_sae"], y=sweep["positional"], mode="lines+markers", text=list(sweep.index),
                     name="positional features", row=1, col=1)
     ok = sweep["positional"] > 0
@@ -177,6 +188,11 @@ def width_sweep_figure(sweep: pd.DataFrame, slope: float) -> go.Figure:
                         name=f"fit: ∝ d_sae^{slope:.2f}", row=1, col=1)
     fig.add_scatter(x=sweep["d_sae"], y=sweep["mean_peak_width"], mode="lines+markers", text=list(sweep.index),
                     name="mean peak width", row=1, col=2)
-    fig.update_xaxes(type="log", title_text="d_sae")
-    fig.update_yaxes(type="log", row=1, col=1)
-    return fig.update_layout(height=380, legend=dict(orientation="h", y=-0.3), title=title)
+    widths = sweep["d_sae"].to_numpy(float)
+    fig.update_xaxes(type="log", title_text="d_sae (SAE width)", tickvals=widths.tolist(),
+                     ticktext=[f"{int(w):,}" for w in widths], tickangle=-45)
+    fig.update_yaxes(type="log", title_text="positional features", row=1, col=1,
+                     **log_ticks(sweep["positional"].to_numpy(float)))
+    fig.update_yaxes(title_text="positions ≥ half max", row=1, col=2)
+    fig.update_layout(height=400, title=title, margin=dict(l=60, r=20))
+    return legend_below(fig, gap=90)
