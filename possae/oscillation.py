@@ -16,7 +16,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from possae.hooks import POS_EMBED, in_context_positions, sae_context_size, sae_family, sae_hook, sae_layer
+from possae.hooks import (POS_EMBED, hook_layer, in_context_positions, resid_pre, sae_context_size, sae_family,
+                          sae_hook, sae_layer)
 from possae.metrics import PositionSums, mse_by_position, reconstruction_sums, total_variance
 from possae.params import ChapterParams, ParameterError
 from possae.progress import tqdm
@@ -149,14 +150,14 @@ class FeatureSums:
     kept: int = 0
     n_vals: int = 0
 
-    def add(self, f: Float[Tensor, "n_tok d_sae"], max_kept: int = QUANTILE_TOKENS,
-            max_values: int = QUANTILE_VALUES) -> FeatureSums:
-        """Return self after adding the activations of n_tok tokens.
+    def add(self, f: Float[Tensor, "n_tok d_sae"], fired: Bool[Tensor, "n_tok d_sae"] | None = None,
+            max_kept: int = QUANTILE_TOKENS, max_values: int = QUANTILE_VALUES) -> FeatureSums:
+        """Return self after adding the activations of n_tok tokens (fired: f > 0, when already computed).
 
         The nonzero values of the first max_kept tokens are kept for the deciles, whole tokens only and at most
         max_values of them (a dense SAE fires thousands of features a token: 32,768 tokens would hold gigabytes).
         """
-        fired = f > 0
+        fired = f > 0 if fired is None else fired
         parts = (f.sum(0).double().cpu(), f.pow(2).sum(0).double().cpu(), fired.sum(0).double().cpu())
         if self.total is None:
             self.total, self.sq, self.nnz = parts
@@ -201,6 +202,7 @@ class PositionPass(NamedTuple):
     sums: dict[str, PositionSums]  # per SAE: act, nnz (summed over features), x, x2, sse:sae per position
     loss: PositionSums  # ce per position 0..n_pos-2 (predicting the next token)
     features: dict[str, dict[str, FeatureSums]]  # per SAE and region (when asked for): per-feature sums
+    spliced: dict[str, PositionSums]  # per SAE (when asked for): ce with its reconstruction spliced in
 
 
 def windows_per_batch(model, n_pos: int, most: int = 16) -> int:
@@ -209,12 +211,27 @@ def windows_per_batch(model, n_pos: int, most: int = 16) -> int:
     return max(1, min(most, LOGITS_PER_BATCH // (n_pos * model.cfg.d_vocab)))
 
 
+def resumable_layer(model, hook: str) -> int | None:
+    """Return L when `hook` is blocks.L.hook_resid_pre (a forward pass can start there from a given residual
+    stream), else None."""
+    try:
+        layer = hook_layer(hook)
+    except ValueError:  # a hook outside the blocks (hook_embed, ln_final...)
+        return None
+    return layer if 0 <= layer < model.cfg.n_layers and hook == resid_pre(layer) else None
+
+
 @torch.no_grad()
 def position_pass(model, tokens: Int[Tensor, "n_windows pos"], saes: dict[str, object], ablation: str = "normal",
-                  seed: int = 0, feature_stats: bool = False, batch_size: int | None = None) -> PositionPass:
-    """Return per-position SAE sums and cross-entropy (and per-feature sums per region) from one streamed pass.
+                  seed: int = 0, feature_stats: bool = False, splice: bool = False,
+                  batch_size: int | None = None) -> PositionPass:
+    """Return per-position SAE sums and cross-entropy (and per-feature sums per region, and each SAE's spliced
+    cross-entropy) from one streamed pass.
 
-    batch_size: windows per forward pass; None: windows_per_batch.
+    splice: also run the model on from each SAE's layer with its reconstruction in place of its input, reusing the
+    pass's own encoding (the same numbers as spliced_loss, without re-running the layers below or the SAE); SAEs at
+    hooks other than resid_pre are spliced by spliced_loss instead. batch_size: windows per forward pass; None:
+    windows_per_batch.
     """
     n_win, n_pos = tokens.shape
     batch_size = batch_size or windows_per_batch(model, n_pos)
@@ -223,6 +240,8 @@ def position_pass(model, tokens: Int[Tensor, "n_windows pos"], saes: dict[str, o
     loss = PositionSums.empty(n_pos - 1)
     feats = {sid: {r: FeatureSums(sae.cfg.d_sae) for r in regions(sae_context_size(sae, n_pos), n_pos)}
              for sid, sae in saes.items()} if feature_stats else {}
+    starts = {sid: resumable_layer(model, sae_hook(sae)) for sid, sae in saes.items()} if splice else {}
+    spliced = {sid: PositionSums.empty(n_pos - 1) for sid, layer in starts.items() if layer is not None}
     hook = pos_embed_ablation(ablation, seed)
     fwd_hooks = [(POS_EMBED, hook)] if hook is not None else []
     for i in tqdm(range(0, n_win, batch_size), desc=f"pass ({ablation})", leave=False):
@@ -234,12 +253,19 @@ def position_pass(model, tokens: Int[Tensor, "n_windows pos"], saes: dict[str, o
         for sid, sae in saes.items():
             x = cache[sae_hook(sae)].to(sae.device, sae.dtype)
             f = sae.encode(x)
-            sums[sid].add_windows(act=f.sum(-1), nnz=(f > 0).sum(-1), **reconstruction_sums(x, {"sae": sae.decode(f)}))
+            x_hat = sae.decode(f)
+            fired = f > 0
+            sums[sid].add_windows(act=f.sum(-1), nnz=fired.sum(-1), **reconstruction_sums(x, {"sae": x_hat}))
             for r, acc in feats.get(sid, {}).items():
                 pos = regions(sae_context_size(sae, n_pos), n_pos)[r]
-                acc.add(f[:, pos.start : pos.stop].flatten(0, 1))
+                acc.add(f[:, pos.start : pos.stop].flatten(0, 1), fired[:, pos.start : pos.stop].flatten(0, 1))
+            del f, fired
+            if sid in spliced:
+                resid = x_hat.to(cache[sae_hook(sae)].device, cache[sae_hook(sae)].dtype)
+                spliced[sid].add_windows(ce=model(resid, start_at_layer=starts[sid], tokens=batch,
+                                                  return_type="loss", loss_per_token=True))
         del cache
-    return PositionPass(sums, loss, feats)
+    return PositionPass(sums, loss, feats, spliced)
 
 
 @torch.no_grad()
@@ -673,13 +699,16 @@ def _mean_over(values: Float[np.ndarray, "n"], positions: range | None) -> float
     return float(values[positions.start : positions.stop].mean())
 
 
-def _splice_frame(model, tokens, saes, info, clean: Float[Tensor, "n_pos_1"]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Return per-position CE of the clean and every spliced model, and per SAE its mean ΔCE in and past context."""
+def _splice_frame(model, tokens, saes, info, normal: PositionPass) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Return per-position CE of the clean and every spliced model, and per SAE its mean ΔCE in and past context
+    (taken from the normal pass where it spliced the SAE, else from spliced_loss)."""
     n_pos = tokens.shape[1]
+    clean = normal.loss.mean("ce")
     curves = [pd.DataFrame({"model": "clean", "position": np.arange(n_pos - 1), "ce": clean.numpy()})]
     rows = []
     for row in info.itertuples():
-        ce = spliced_loss(model, tokens, saes[row.sae_id])
+        done = normal.spliced.get(row.sae_id)
+        ce = done.mean("ce") if done is not None else spliced_loss(model, tokens, saes[row.sae_id])
         curves.append(pd.DataFrame({"model": f"{row.sae_id} (layer {row.layer})", "position": np.arange(n_pos - 1),
                                     "ce": ce.numpy()}))
         delta = (ce - clean).numpy()
@@ -699,8 +728,8 @@ def analyze(model, saes: dict[str, object], params: OscillationParams,
         tokens = heldout_windows(model.tokenizer, model.cfg.n_ctx, params.n_heldout_tokens)
     n_win, n_ctx = tokens.shape
     info = sae_info(saes, n_ctx)
-    passes = {a: position_pass(model, tokens, saes, a, seed=params.seed, feature_stats=a == "normal")
-              for a in ABLATIONS}
+    passes = {a: position_pass(model, tokens, saes, a, seed=params.seed, feature_stats=a == "normal",
+                               splice=a == "normal") for a in ABLATIONS}
     positions = position_frame(passes, info, {sid: sae.cfg.d_sae for sid, sae in saes.items()})
     loss = pd.concat([pd.DataFrame({"ablation": a, "position": np.arange(n_ctx - 1), "ce": p.loss.mean("ce").numpy()})
                       for a, p in passes.items()], ignore_index=True)
@@ -709,7 +738,7 @@ def analyze(model, saes: dict[str, object], params: OscillationParams,
     nmse = region_means(positions, info, "nmse").rename(columns={IN: "nmse_" + IN, PAST: "nmse_" + PAST})
     freq = frequency_table(positions, info, n_null=n_null, seed=params.seed)
     amplitude = oscillation_amplitude(positions)
-    spliced, dce = _splice_frame(model, tokens, saes, info, passes["normal"].loss.mean("ce"))
+    spliced, dce = _splice_frame(model, tokens, saes, info, passes["normal"])
     splice = nmse.merge(dce, on="sae_id")
     feats = {sid: {r: s.frame() for r, s in by_region.items()} for sid, by_region in passes["normal"].features.items()}
     summary = feature_summary(feats, info, n_ctx)

@@ -39,7 +39,7 @@ from possae.length import (
     special_token_ids,
     token_tables,
 )
-from possae.metrics import PositionSums, reconstruction_sums
+from possae.metrics import PositionSums, next_token_ce, reconstruction_sums
 from possae.params import ParameterError, SubjectParams
 from possae.progress import tqdm
 
@@ -81,12 +81,6 @@ def finetune_label(tokens: int) -> str:
 # ----------------------------------------------------------------------------------------------
 # One pass: reconstruction errors and the spliced loss of every method, per position
 # ----------------------------------------------------------------------------------------------
-
-
-def next_token_ce(logits: Float[Tensor, "batch pos d_vocab"], targets: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos"]:
-    """Return the cross-entropy (nats) of each target token under the logits at its position."""
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half logits: score in float32
-    return torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets.to(logits.device), reduction="none")
 
 
 def spliced_ce(model, tokens: Int[Tensor, "batch pos"], targets: Int[Tensor, "batch pos"], hook: str,
@@ -183,28 +177,27 @@ def loss_curves(sums: PositionSums) -> pd.DataFrame:
 
 @torch.no_grad()
 def layer_position_sums(model, saes: dict[str, SAE], tokens: Int[Tensor, "n_windows pos"], batch_size: int = 16,
-                        progress: bool | None = None) -> PositionSums:
-    """Return PositionSums with x, x2 and sse:<label> of every SAE at its own hook (x, x2 of the first SAE's hook),
-    over windows of tokens; special-token inputs left out. Use one PositionSums per hook for nMSE."""
+                        progress: bool | None = None) -> dict[str, PositionSums]:
+    """Return per SAE label a PositionSums with x, x2 (its own hook's input) and sse:SAE over windows of tokens,
+    special-token inputs left out; one forward pass per batch, run up to the last block any SAE reads."""
     hooks = {label: sae_hook(sae) for label, sae in saes.items()}
-    if len(set(hooks.values())) != 1:
-        raise ValueError(f"layer_position_sums takes SAEs of one hook; got {hooks}.")
-    hook = next(iter(hooks.values()))
-    if hook not in model.hook_dict:
-        raise ValueError(f"hook {hook!r} is not in model {model.cfg.model_name!r}.")
+    missing = sorted({h for h in hooks.values() if h not in model.hook_dict})
+    if missing:
+        raise ValueError(f"hooks {missing} are not in model {model.cfg.model_name!r}.")
+    stop = min(model.cfg.n_layers, max(hook_layer(h) for h in hooks.values()) + 1)
     n = tokens.shape[1]
     keep = ~torch.isin(tokens, torch.tensor(special_token_ids(model.tokenizer), dtype=tokens.dtype))
-    sums = PositionSums.empty(n)
-    for i in tqdm(range(0, len(tokens), batch_size), desc=f"errors at {hook}", delay=2.0, leave=False,
-                  disable=progress is False):
+    sums = {label: PositionSums.empty(n) for label in saes}
+    for i in tqdm(range(0, len(tokens), batch_size), desc=f"errors at {len(set(hooks.values()))} hooks", delay=2.0,
+                  leave=False, disable=progress is False):
         tok, k = tokens[i : i + batch_size], keep[i : i + batch_size].flatten()
-        _, cache = model.run_with_cache(tok.to(model.cfg.device), names_filter=hook,
-                                        stop_at_layer=min(model.cfg.n_layers, hook_layer(hook) + 1))
-        x = cache[hook].flatten(0, 1)
-        first = next(iter(saes.values()))
-        values = reconstruction_sums(x.to(first.W_enc.device, first.W_enc.dtype),
-                                     {label: sae_reconstruct(sae, x) for label, sae in saes.items()})
-        sums.add(torch.arange(n).repeat(len(tok))[k], **{name: v[k.to(v.device)] for name, v in values.items()})
+        _, cache = model.run_with_cache(tok.to(model.cfg.device), names_filter=lambda name: name in hooks.values(),
+                                        stop_at_layer=stop)
+        pos = torch.arange(n).repeat(len(tok))[k]
+        for label, sae in saes.items():
+            x = cache[hooks[label]].flatten(0, 1).to(sae.W_enc.device, sae.W_enc.dtype)
+            values = reconstruction_sums(x, {SAE_LABEL: sae_reconstruct(sae, x)})
+            sums[label].add(pos, **{name: v[k.to(v.device)] for name, v in values.items()})
     return sums
 
 
@@ -224,14 +217,15 @@ def layer_errors(model, model_label: str, saes: dict[str, SAE], tokens: Int[Tens
     """Return each SAE's LayerErrors and its nMSE curve (model, layer, sae_id, position, nmse), SAEs at any layers."""
     from possae.length import error_curves
 
-    out, curves = [], []
     for sae_id, sae in saes.items():
         C = sae_context_size(sae, model.cfg.n_ctx)
         if C >= model.cfg.n_ctx:
             raise ValueError(f"{model_label} SAE {sae_id!r} was trained on {C} >= n_ctx positions: nothing lies past "
                              "its context. Give SAEs trained on shorter contexts.")
-        sums = layer_position_sums(model, {SAE_LABEL: sae}, tokens, progress=progress)
-        layer = sae_layer(sae)
+    by_sae = layer_position_sums(model, saes, tokens, progress=progress)
+    out, curves = [], []
+    for sae_id, sae in saes.items():
+        C, sums, layer = sae_context_size(sae, model.cfg.n_ctx), by_sae[sae_id], sae_layer(sae)
         out.append(LayerErrors(model_label, layer, sae_id, C, error_summary(sums, SAE_LABEL, C)))
         curves.append(error_curves(sums, C).assign(model=model_label, layer=layer, sae_id=sae_id))
     return out, pd.concat(curves, ignore_index=True)

@@ -7,6 +7,7 @@ import torch
 
 from possae.metrics import (
     PositionSums,
+    next_token_ce,
     nmse_by_position,
     pooled_nmse,
     r2_pos,
@@ -89,3 +90,18 @@ def test_spliced_loss_on_evenly_spread_windows_equals_the_loss_of_those_windows(
     assert part["ce_loss_with_sae"] == pytest.approx(first["ce_loss_with_sae"])
     assert part["loss_tokens"] == first["tokens"] and part["tokens"] == whole["tokens"]
     assert part["explained_variance"] == pytest.approx(whole["explained_variance"])
+
+
+def test_next_token_ce_is_minus_log_softmax_of_the_target():
+    """Against the definition: -log softmax(logits)[target], per position, in float32 for half logits too."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 11, generator=g, dtype=torch.float64)
+    targets = torch.randint(0, 11, (3, 5), generator=g)
+    expected = torch.stack([torch.stack([-(logits[b, p, targets[b, p]] - logits[b, p].exp().sum().log())
+                                         for p in range(5)]) for b in range(3)])
+    got = next_token_ce(logits, targets)
+    assert got.shape == (3, 5) and got.dtype == torch.float64
+    torch.testing.assert_close(got, expected)
+    half = next_token_ce(logits.half(), targets)
+    assert half.dtype == torch.float32
+    torch.testing.assert_close(half.double(), expected, atol=5e-3, rtol=0)

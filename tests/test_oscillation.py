@@ -183,6 +183,23 @@ def test_spliced_loss(model):
     assert len(spliced) == N_CTX - 1 and not np.allclose(spliced, clean)
 
 
+def test_pass_splice_equals_spliced_loss(model):
+    """The normal pass's splice (run on from the SAE's layer with the pass's own reconstruction) gives the losses a
+    whole forward pass with the SAE hooked in gives, at layer 0 and later; an SAE reading a hook that is not
+    resid_pre is left to spliced_loss."""
+    toks = tokens(5)
+    saes = {"r0": make_sae("relu", 0), "t1": make_sae("topk", 1, seed=2), "r1": make_sae("relu", 1, seed=3)}
+    other = make_sae("relu", 1, seed=4)
+    other.cfg.metadata.hook_name = "blocks.1.hook_mlp_out"
+    res = position_pass(model, toks, {**saes, "mlp": other}, "normal", splice=True, batch_size=2)
+    assert set(res.spliced) == set(saes)
+    for sid, sae in saes.items():
+        np.testing.assert_allclose(res.spliced[sid].mean("ce"), spliced_loss(model, toks, sae, batch_size=3),
+                                   rtol=1e-5, atol=1e-6)
+    assert not np.allclose(res.spliced["r0"].mean("ce"), res.loss.mean("ce"))
+    assert position_pass(model, toks, saes, "normal", batch_size=2).spliced == {}
+
+
 # ---------------------------------------------------------------- spectrum and its null
 
 

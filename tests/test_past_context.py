@@ -141,8 +141,14 @@ def test_layer_errors_of_exact_and_zero_saes_at_a_later_layer(tiny_model):
     assert zero.summary.nmse_in == pytest.approx(float(inside.pow(2).sum(-1).mean() / var))
     assert zero.summary.nmse_past == pytest.approx(float(x[:, 4:].pow(2).sum(-1).mean() / var))
     assert set(curves.sae_id) == {"exact", "zero"} and set(curves.layer) == {1}
-    with pytest.raises(ValueError, match="one hook"):
-        PC.layer_position_sums(model, {"a": identity_sae(6, resid_pre(0)), "b": identity_sae(6, resid_pre(1))}, tokens)
+    # SAEs at several layers share one forward pass and get what each gets alone
+    saes = {"a": zero_sae(6, resid_pre(0)), "b": zero_sae(6, resid_pre(1)), "c": identity_sae(6, resid_pre(1))}
+    together = PC.layer_position_sums(model, saes, tokens, batch_size=2)
+    for label, sae in saes.items():
+        alone = PC.layer_position_sums(model, {label: sae}, tokens)[label]
+        for name, total in alone.totals.items():
+            torch.testing.assert_close(together[label].totals[name], total)
+    assert not torch.allclose(together["a"].totals["x2"], together["b"].totals["x2"])  # each its own hook's input
     with pytest.raises(ValueError, match="nothing lies past"):
         PC.layer_errors(model, "m", {"full": identity_sae(6, resid_pre(1), context_size=10)}, tokens)
 

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from possae.corpora import CORPUS_NAMES
 from possae.devices import default_device
+from possae.metrics import next_token_ce
 from possae.organism.data import TOKENIZER_DIR, EpochSampler, load_stream, load_tokenizer, windows
 from possae.organism.recipe import ARTIFACTS, ORGANISM_MODEL_NAME, ROTARY_MODEL_NAME, LMRecipe, build_dir
 from possae.tokenizer import BOS, load_hf_tokenizer
@@ -109,8 +110,7 @@ def next_token_losses(model, tokens: Int[Tensor, "batch n_plus_1"]) -> Float[Ten
 
     The model reads the first n tokens and each of its n positions is scored against the next token, so with
     n = n_ctx the loss reaches every row of W_pos (windows of n_ctx tokens would leave W_pos[n_ctx - 1] untrained)."""
-    logits = model(tokens[:, :-1], return_type="logits")
-    return torch.nn.functional.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], reduction="none")
+    return next_token_ce(model(tokens[:, :-1], return_type="logits"), tokens[:, 1:])
 
 
 def next_token_loss(model, tokens: Int[Tensor, "batch n_plus_1"]) -> Float[Tensor, ""]:
