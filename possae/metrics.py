@@ -26,6 +26,20 @@ from possae.hooks import sae_hook
 ZERO_VAR_RTOL = 1e-12  # a variance below this share of the second moment counts as zero
 
 
+# Floats of logits one forward pass may hold. On a CPU the budget keeps a batch's large tensors (logits, SAE
+# activations) near glibc's 32 MiB mmap threshold: larger ones are mapped afresh and page-faulted on every batch, which
+# made the organism's oscillation passes 1.6 times slower at 16 windows than at 4 (benchmarks/bench_batching.py).
+LOGITS_PER_BATCH = {"cpu": 1 << 23, "other": 1 << 27}  # 32 MiB on a CPU; 512 MiB on an accelerator
+
+
+def windows_per_batch(model, n_pos: int, most: int = 16) -> int:
+    """Return how many windows of n_pos tokens one forward pass takes: at most `most`, fewer when their logits
+    (windows x n_pos x d_vocab floats) would pass LOGITS_PER_BATCH for the model's device (CPU: the organism 4,
+    GPT-2 small at 1024 positions 1; GPU: 16 and 2)."""
+    budget = LOGITS_PER_BATCH["cpu" if str(model.cfg.device or "cpu").startswith("cpu") else "other"]
+    return max(1, min(most, budget // (n_pos * model.cfg.d_vocab_out)))
+
+
 def next_token_ce(logits: Float[Tensor, "batch pos d_vocab"], targets: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos"]:
     """Return the cross-entropy (nats) of each target token under the logits at its position.
 

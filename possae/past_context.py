@@ -39,12 +39,11 @@ from possae.length import (
     special_token_ids,
     token_tables,
 )
-from possae.metrics import PositionSums, next_token_ce, reconstruction_sums
+from possae.metrics import PositionSums, next_token_ce, reconstruction_sums, windows_per_batch
 from possae.params import ParameterError, SubjectParams
 from possae.progress import tqdm
 
 CLEAN = "clean"  # the model's own loss, nothing spliced
-LOGITS_PER_BATCH = 2**27  # logits held at once by the spliced-loss pass (512 MB in float32): 2 windows on gpt2
 ROTARY_LABEL, ABSOLUTE_LABEL = "rotary twin", "learned absolute (the organism)"
 
 
@@ -101,13 +100,13 @@ def splice_position_sums(model, sae: SAE, windows: Int[Tensor, "n_windows pos_pl
     sse:<method> and ce:<method> (next-token loss with that method's reconstruction spliced in), ce:clean, for the
     SAE, each fix, the control and each fine-tuned SAE, and l0:<label> (active features) of the SAE and each
     fine-tuned SAE. Inputs whose token is special (BOS, EOS) are left out. batch_size: windows per batch; None keeps
-    a batch's logits near LOGITS_PER_BATCH (at most 16 windows)."""
+    metrics.windows_per_batch."""
     require_layer0(sae, "splice_position_sums")
     tokens, targets = windows[:, :-1], windows[:, 1:]
     n = tokens.shape[1]
     if n > model.cfg.n_ctx:
         raise ValueError(f"windows of {n} + 1 tokens: the model reads at most n_ctx = {model.cfg.n_ctx}.")
-    batch_size = batch_size or max(1, min(16, LOGITS_PER_BATCH // (n * model.cfg.d_vocab_out)))
+    batch_size = batch_size or windows_per_batch(model, n)
     keep = ~torch.isin(tokens, torch.tensor(special_token_ids(model.tokenizer), dtype=tokens.dtype))
     tables = token_tables(sae, model.W_E, model.W_pos, tokens, fixes.context_size) if fixes is not None else None
     gen = torch.Generator(device=sae.W_enc.device).manual_seed(seed)
@@ -123,7 +122,7 @@ def splice_position_sums(model, sae: SAE, windows: Int[Tensor, "n_windows pos_pl
         active = {}
         for label, s in {SAE_LABEL: sae, **(finetuned or {})}.items():
             f = s.encode(x.flatten(0, 1).to(s.W_enc.device, s.W_enc.dtype))
-            active[f"l0:{label}"] = (f > 0).sum(-1)
+            active[f"l0:{label}"] = (f > 0).sum(-1, dtype=torch.int32)
             if label != SAE_LABEL:
                 recons[label] = s.decode(f)
         values = {**reconstruction_sums(x.flatten(0, 1).to(sae.W_enc.device, sae.W_enc.dtype), recons), **active}
@@ -176,16 +175,18 @@ def loss_curves(sums: PositionSums) -> pd.DataFrame:
 
 
 @torch.no_grad()
-def layer_position_sums(model, saes: dict[str, SAE], tokens: Int[Tensor, "n_windows pos"], batch_size: int = 16,
-                        progress: bool | None = None) -> dict[str, PositionSums]:
+def layer_position_sums(model, saes: dict[str, SAE], tokens: Int[Tensor, "n_windows pos"],
+                        batch_size: int | None = None, progress: bool | None = None) -> dict[str, PositionSums]:
     """Return per SAE label a PositionSums with x, x2 (its own hook's input) and sse:SAE over windows of tokens,
-    special-token inputs left out; one forward pass per batch, run up to the last block any SAE reads."""
+    special-token inputs left out; one forward pass per batch, run up to the last block any SAE reads.
+    batch_size: windows per batch; None: metrics.windows_per_batch."""
     hooks = {label: sae_hook(sae) for label, sae in saes.items()}
     missing = sorted({h for h in hooks.values() if h not in model.hook_dict})
     if missing:
         raise ValueError(f"hooks {missing} are not in model {model.cfg.model_name!r}.")
     stop = min(model.cfg.n_layers, max(hook_layer(h) for h in hooks.values()) + 1)
     n = tokens.shape[1]
+    batch_size = batch_size or windows_per_batch(model, n)
     keep = ~torch.isin(tokens, torch.tensor(special_token_ids(model.tokenizer), dtype=tokens.dtype))
     sums = {label: PositionSums.empty(n) for label in saes}
     for i in tqdm(range(0, len(tokens), batch_size), desc=f"errors at {len(set(hooks.values()))} hooks", delay=2.0,
@@ -533,8 +534,9 @@ def analyze(model, sae: SAE, params: PastContextParams, control: SAE | None = No
 
 
 @torch.no_grad()
-def _mean_loss(model, windows: Int[Tensor, "n_windows pos_plus_1"], batch_size: int = 16) -> float:
+def _mean_loss(model, windows: Int[Tensor, "n_windows pos_plus_1"]) -> float:
     """Return a model's mean next-token loss (nats) over windows of n + 1 tokens."""
+    batch_size = windows_per_batch(model, windows.shape[1] - 1)
     total = sum(float(next_token_ce(model(windows[i : i + batch_size, :-1].to(model.cfg.device)),
                                     windows[i : i + batch_size, 1:]).sum())
                 for i in range(0, len(windows), batch_size))
