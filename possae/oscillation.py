@@ -245,7 +245,8 @@ def position_pass(model, tokens: Int[Tensor, "n_windows pos"], saes: dict[str, o
         loss.add_windows(ce=model.loss_fn(logits, batch, per_token=True))
         del logits
         for sid, sae in saes.items():
-            x = cache[sae_hook(sae)].to(sae.device, sae.dtype)
+            act = cache[sae_hook(sae)]
+            x = act.to(sae.device, sae.dtype)
             f = sae.encode(x)
             x_hat = sae.decode(f)
             fired = f > 0
@@ -255,9 +256,9 @@ def position_pass(model, tokens: Int[Tensor, "n_windows pos"], saes: dict[str, o
                 acc.add(f[:, pos.start : pos.stop].flatten(0, 1), fired[:, pos.start : pos.stop].flatten(0, 1))
             del f, fired
             if sid in spliced:
-                resid = x_hat.to(cache[sae_hook(sae)].device, cache[sae_hook(sae)].dtype)
-                spliced[sid].add_windows(ce=model(resid, start_at_layer=starts[sid], tokens=batch,
-                                                  return_type="loss", loss_per_token=True))
+                resid = x_hat.to(act.device, act.dtype)
+                spliced[sid].add_windows(ce=model(resid, start_at_layer=starts[sid], tokens=batch, return_type="loss",
+                                                  loss_per_token=True))
         del cache
     return PositionPass(sums, loss, feats, spliced)
 

@@ -99,7 +99,7 @@ def splice_position_sums(model, sae: SAE, windows: Int[Tensor, "n_windows pos_pl
     """Return PositionSums over the layer-0 input of windows of n + 1 tokens (the model reads the first n): x, x2,
     sse:<method> and ce:<method> (next-token loss with that method's reconstruction spliced in), ce:clean, for the
     SAE, each fix, the control and each fine-tuned SAE, and l0:<label> (active features) of the SAE and each
-    fine-tuned SAE. Inputs whose token is special (BOS, EOS) are left out. batch_size: windows per batch; None keeps
+    fine-tuned SAE. Inputs whose token is special (BOS, EOS) are left out. batch_size: windows per batch; None:
     metrics.windows_per_batch."""
     require_layer0(sae, "splice_position_sums")
     tokens, targets = windows[:, :-1], windows[:, 1:]

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from possae.metrics import (
+    LOGITS_PER_BATCH,
     PositionSums,
     next_token_ce,
     nmse_by_position,
@@ -14,6 +15,7 @@ from possae.metrics import (
     reconstruction_sums,
     sae_quality,
     total_variance,
+    windows_per_batch,
 )
 
 
@@ -105,3 +107,17 @@ def test_next_token_ce_is_minus_log_softmax_of_the_target():
     half = next_token_ce(logits.half(), targets)
     assert half.dtype == torch.float32
     torch.testing.assert_close(half.double(), expected, atol=5e-3, rtol=0)
+
+
+def test_windows_per_batch_caps_the_logits_of_a_forward_pass():
+    """On a CPU the organism takes 4 windows a pass and GPT-2 small at 1024 positions one; on a GPU 16 and 2."""
+    from types import SimpleNamespace
+
+    def model(vocab, device):
+        return SimpleNamespace(cfg=SimpleNamespace(d_vocab_out=vocab, device=device))
+
+    organism, gpt2 = model(8192, "cpu"), model(50_257, None)
+    assert windows_per_batch(organism, 256) == 4 and windows_per_batch(gpt2, 1024) == 1
+    assert windows_per_batch(gpt2, 128) * 128 * 50_257 <= LOGITS_PER_BATCH["cpu"] < (windows_per_batch(gpt2, 128) + 1) * 128 * 50_257
+    assert windows_per_batch(model(8192, "cuda:0"), 256) == 16 and windows_per_batch(model(50_257, "cuda"), 1024) == 2
+    assert windows_per_batch(model(50_257, "cpu"), 4096) == 1  # never fewer than one window

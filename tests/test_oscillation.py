@@ -374,22 +374,6 @@ def test_figures_build(result):
     assert len(decile_figure(res.features, res.layers).data) == 3
 
 
-def test_windows_per_batch_caps_the_logits_of_a_forward_pass():
-    """On a CPU the organism takes 4 windows a pass and GPT-2 small at 1024 positions one; on a GPU 16 and 2."""
-    from types import SimpleNamespace
-
-    from possae.metrics import LOGITS_PER_BATCH, windows_per_batch
-
-    def model(vocab, device):
-        return SimpleNamespace(cfg=SimpleNamespace(d_vocab_out=vocab, device=device))
-
-    organism, gpt2 = model(8192, "cpu"), model(50_257, None)
-    assert windows_per_batch(organism, 256) == 4 and windows_per_batch(gpt2, 1024) == 1
-    assert windows_per_batch(gpt2, 128) * 128 * 50_257 <= LOGITS_PER_BATCH["cpu"] < (windows_per_batch(gpt2, 128) + 1) * 128 * 50_257
-    assert windows_per_batch(model(8192, "cuda:0"), 256) == 16 and windows_per_batch(model(50_257, "cuda"), 1024) == 2
-    assert windows_per_batch(model(50_257, "cpu"), 4096) == 1  # never fewer than one window
-
-
 def test_feature_sums_keep_whole_tokens_up_to_the_value_budget():
     """Deciles keep the nonzero values of whole tokens, in order, until the value budget would be passed; sums see all."""
     from possae.oscillation import FeatureSums
