@@ -26,8 +26,8 @@
 # `a_i(t)` and a position part `c_i(p)`, and the share of a feature's variance explained by position, `R²_pos`).
 
 # %% tags=["parameters", "remove-cell"]
-model_name = "organism"  # 'organism' (offline default), a transformer_lens name, or a local folder
-sae_release = "organism"  # 'organism', a sae_lens release, or a local sae_lens folder
+model_name = "organism-gpt2pos"  # 'organism-gpt2pos' (offline default: GPT-2's own W_pos), 'organism', a transformer_lens name, or a folder
+sae_release = "organism-gpt2pos"  # an organism's name, a sae_lens release, or a local sae_lens folder
 sae_id = "relu-short"  # a layer-0 SAE trained on contexts shorter than n_ctx
 device = None  # None picks CUDA when present
 control_sae_id = "relu-full"  # the same SAE trained on full n_ctx contexts (same release); None: no control
@@ -66,9 +66,18 @@ glue_all(result.glued() | pages.glued("len", "the lines under the figures"))
 # the curves below divide the MSE at `p` by the variance of the inputs *inside the context*, positions
 # {glue:text}`len_inside` (position 0 always holds the BOS token), so that one number divides every point: the
 # input-weighted mean of the curve inside the context is the nMSE there, and past the context it is the MSE there
-# over that same variance. Special tokens (BOS) are left out everywhere, as in sae_lens's evals. As a floor for "no
-# information", each input also gets a *random reconstruction of equal norm*: `x̂_rand = ||x̂|| u` with `u` drawn
-# uniformly on the unit sphere, independently for each input.
+# over that same variance. Special tokens (BOS) are left out everywhere, as in sae_lens's evals.
+#
+# **Baselines.** Three reconstructions that know nothing of the individual input's direction, each computed on both
+# distributions, with `u` drawn uniformly on the unit sphere, independently for each input:
+#
+# - *random, input's norm*: `x̂ = ||x|| u`, a random vector of the same norm as the input, the study's baseline.
+#   Its expected squared error is `2 ||x||²`, whatever the SAE does.
+# - *random, reconstruction's norm*: `x̂ = ||x̂_SAE|| u`, as long as the SAE's own output. Its expected squared error,
+#   `||x||² + ||x̂_SAE||²`, grows with that output: where the SAE's output is far too long, this baseline is as bad as
+#   the SAE for that reason alone, so matching it does not make the SAE "as good as random".
+# - *mean input*: the constant `x̄`, the mean of the inputs inside the context of the same distribution. Its nMSE
+#   inside the context is 1 by definition.
 #
 # **Two distributions.** (1) *Held-out text*: {glue:text}`len_heldout_inputs:,` tokens from the held-out documents of
 # every corpus in the evaluation pack, in windows of the model's full `n_ctx` = {glue:text}`len_n_ctx` tokens, read at
@@ -88,7 +97,8 @@ result.error_table
 
 # %% tags=["remove-input"]
 error_vs_position_figure({"held-out text": result.heldout_curves, "all tokens": result.alltok_curves},
-                         result.context_size, metrics=("mse", "nmse"), methods=[length.SAE_LABEL, length.RANDOM_LABEL],
+                         result.context_size, metrics=("mse", "nmse"),
+                         methods=[length.SAE_LABEL, *length.BASELINE_LABELS],
                          title="Reconstruction error vs position (log scale)")
 
 # %% [markdown]
@@ -97,7 +107,11 @@ error_vs_position_figure({"held-out text": result.heldout_curves, "all tokens": 
 # {glue:text}`len_heldout_mse_past_text`), {glue:text}`len_heldout_change`. Over the all-token distribution it is
 # {glue:text}`len_alltok_in:.3f` inside and {glue:text}`len_alltok_past_text` past it,
 # {glue:text}`len_alltok_change`. An nMSE above 1 means a squared error larger than the in-context inputs' total
-# variance. {glue:text}`len_random_sentence` The next two sections find which features are responsible.
+# variance. {glue:text}`len_random_sentence` The constant mean input leaves {glue:text}`len_heldout_mean_past_text`
+# past the context on held-out text ({glue:text}`len_alltok_mean_past_text` over all tokens), and the two random
+# vectors {glue:text}`len_heldout_rand_past_text` (input's norm) and {glue:text}`len_heldout_randrec_past_text`
+# (reconstruction's norm); over all tokens, {glue:text}`len_alltok_rand_past_text` and
+# {glue:text}`len_alltok_randrec_past_text`. The next two sections find which features are responsible.
 
 # %% [markdown]
 # ## Positional features past the context
@@ -134,6 +148,14 @@ firing_by_kind_figure(result.firing_by_kind, result.context_size)
 # positions, positional features account for {glue:text}`len_l0_positional_in:.1f` active features per token inside
 # the context and {glue:text}`len_l0_positional_past:.1f` past it; non-positional features for
 # {glue:text}`len_l0_nonpositional_in:.1f` inside and {glue:text}`len_l0_nonpositional_past_text` past it.
+#
+# **Where does the SAE act as if it were?** Past the context, does the SAE treat every position as its last trained
+# one, `C - 1`, or as earlier ones? For each position `p` past the context, take the positional features' pattern
+# there (each one's mean activation over all tokens, as in the profiles above) and find the position `q` inside the
+# context whose pattern has the highest cosine with it (ties go to the `q` closest in length). A cosine of at least
+# {glue:text}`len_asif_threshold` counts as a match (the share of `p`'s squared length along `q`'s pattern is the
+# cosine squared, most of it at that threshold); when the median best cosine falls below it, the SAE acts as if at
+# neither. {glue:text}`len_asif_sentence`
 
 # %% [markdown]
 # ## Semantic features past the context: spurious firing
@@ -153,7 +175,8 @@ spurious_rate_figure(result.spurious_rates, result.context_size)
 result.spurious_table
 
 # %% [markdown]
-# {glue:text}`len_spurious_sentence` By definition a spurious pair has `c_i(p)` above its largest value inside the
+# {glue:text}`len_spurious_sentence` The share is pooled: spurious firings over all firings, summed over every
+# position past the context (the table's last column gives each position's own share). By definition a spurious pair has `c_i(p)` above its largest value inside the
 # context: the new row of `W_pos` lifts the feature's positional offset above anything it had there, and tokens that
 # stayed just below the threshold cross it.
 #
@@ -219,8 +242,10 @@ result.fix_table
 #
 # - Trained on {glue:text}`len_context` of {glue:text}`len_n_ctx` positions, the layer-0 SAE's nMSE on held-out
 #   text is {glue:text}`len_heldout_in:.3f` inside its context and {glue:text}`len_heldout_past_text` past it
-#   (a random vector of the same norm: {glue:text}`len_heldout_rand_past_text`); over all tokens,
-#   {glue:text}`len_alltok_in:.3f` inside and {glue:text}`len_alltok_past_text` past it.
+#   ({glue:text}`len_sae_over_random_text` times the nMSE of a random vector with the input's norm,
+#   {glue:text}`len_heldout_rand_past_text`); over all tokens, {glue:text}`len_alltok_in:.3f` inside and
+#   {glue:text}`len_alltok_past_text` past it.
+# - {glue:text}`len_asif_sentence`
 # - {glue:text}`len_positional_sentence`
 # - {glue:text}`len_spurious_sentence` Counted exactly over the whole vocabulary. {glue:text}`len_example_short`
 # - {glue:text}`len_fix_summary`

@@ -26,13 +26,13 @@
 # `f_i(x) = ReLU(w_i · (x - b_dec) + b_i)`.
 
 # %% tags=["parameters", "remove-cell"]
-model_name = "organism"  # 'organism' (offline default), a transformer_lens name, or a local folder
-sae_release = "organism"  # 'organism', a sae_lens release, or a local sae_lens folder
+model_name = "organism-gpt2pos"  # 'organism-gpt2pos' (offline default: GPT-2's own W_pos), 'organism', a transformer_lens name, or a folder
+sae_release = "organism-gpt2pos"  # an organism's name, a sae_lens release, or a local sae_lens folder
 sae_id = "relu-short"  # a layer-0 SAE (blocks.0.hook_resid_pre)
 device = None  # None picks CUDA when present
 threshold = 0.5  # a feature (or MLP neuron) is positional if position explains at least this share of its variance
 n_heldout_tokens = 16384  # held-out text tokens per corpus, for the MLP neurons
-width_sweep_release = "organism"  # release of the width sweep's SAEs
+width_sweep_release = "organism-gpt2pos"  # release of the width sweep's SAEs
 width_sweep_ids = ["relu-short-8x", "relu-short-16x", "relu-short", "relu-short-64x"]  # [] skips the sweep
 top_k = 8  # positional features whose profiles are shown
 

@@ -24,8 +24,8 @@
 # part, and the positional score `R²_pos`).
 
 # %% tags=["parameters", "remove-cell"]
-model_name = "organism"  # 'organism' (offline default), a transformer_lens name, or a local folder
-sae_release = "organism"  # 'organism', a sae_lens release, or a local sae_lens folder
+model_name = "organism-gpt2pos"  # 'organism-gpt2pos' (offline default: GPT-2's own W_pos), 'organism', a transformer_lens name, or a folder
+sae_release = "organism-gpt2pos"  # an organism's name, a sae_lens release, or a local sae_lens folder
 sae_id = "relu-short"  # a layer-0 SAE (blocks.0.hook_resid_pre)
 device = None  # None picks CUDA when present
 tokens_of_interest = [" the", " and", " said", "."]  # strings that are one token each (mind the leading space)

@@ -23,8 +23,8 @@
 # is `W_E[token] + W_pos[position]`.
 
 # %% tags=["parameters", "remove-cell"]
-model_name = "organism"  # 'organism' (offline default), a transformer_lens name, or a local folder
-sae_release = "organism"  # 'organism', a sae_lens release, or a local sae_lens folder
+model_name = "organism-gpt2pos"  # 'organism-gpt2pos' (offline default: GPT-2's own W_pos), 'organism', a transformer_lens name, or a folder
+sae_release = "organism-gpt2pos"  # an organism's name, a sae_lens release, or a local sae_lens folder
 sae_id = "relu-short"
 device = None  # None picks CUDA when present
 n_heldout_tokens = 16384  # held-out tokens per corpus for the SAE's quality figures
@@ -87,10 +87,16 @@ display(*result.card_items())
 # ## The geometry of W_pos
 #
 # Rows 1 to `context_size - 1` (position 0 is special: it always holds the BOS token), and all rows up to
-# `n_ctx - 1`: the share of variance in the top three principal components, and the mean cosine between adjacent
-# positions. The same measures for GPT-2 small's `W_pos` (from the evaluation pack shipped with possae), the object
-# the original study found to trace a helix, over its rows 1..{glue:text}`gpt2_context_last` (its SAEs' context) and
-# all its rows.
+# `n_ctx - 1`: the share of variance in the top three principal components, the mean cosine between adjacent
+# positions, and how far the rows wind: the net angle they sweep in the plane of their top two principal components,
+# in turns, with the zero crossings of those two components and the period they imply (two crossings per period). A
+# top-3 share near 1 holds for any smooth curve, an arc as well as a helix; the turns tell them apart. The same
+# measures for GPT-2 small's `W_pos` (from the evaluation pack shipped with possae), the object the first study found
+# to trace a helix, over its rows 1..{glue:text}`gpt2_context_last` (its SAEs' context) and all its rows.
+# {glue:text}`other_sentence`
+#
+# Over all its rows, this model's `W_pos` is {glue:text}`shape`; GPT-2 small's is
+# {glue:text}`gpt2_shape`.
 
 # %% tags=["remove-input"]
 result.geometry.style.format("{:.3f}")
@@ -118,6 +124,7 @@ wpos_pca_figure(result.gpt2_W_pos[:GPT2_SAE_CONTEXT], title=f"GPT-2 small's W_po
 # ## Summary
 #
 # Over all its positions, the three top principal components of this model's `W_pos` hold
-# {glue:text}`top3:.1%` of its variance, and adjacent positions have a mean cosine of
-# {glue:text}`adjcos:.3f`; GPT-2 small's rows 1..{glue:text}`gpt2_context_last` hold
-# {glue:text}`gpt2_top3_ctx:.1%` in theirs. The next chapters ask which SAE features read this structure.
+# {glue:text}`top3:.1%` of its variance, adjacent positions have a mean cosine of {glue:text}`adjcos:.3f`, and the
+# rows wind {glue:text}`turns:.2f` turns ({glue:text}`shape`; GPT-2 small's all rows: {glue:text}`gpt2_turns:.2f`).
+# GPT-2 small's rows 1..{glue:text}`gpt2_context_last` hold {glue:text}`gpt2_top3_ctx:.1%` in their top three. The
+# next chapters ask which SAE features read this structure.

@@ -15,22 +15,22 @@ STEPS = ("tokenizer", "tokens", "model", "saes", "card")
 
 
 def _organism(args: argparse.Namespace) -> None:
-    from possae.organism.recipe import ARTIFACTS, OrganismRecipe, build_dir, rotary_saes, twin_dirs
+    from possae.organism.recipe import ARTIFACTS, OrganismRecipe, build_dir, gpt2pos_saes, rotary_saes, twin_dirs
 
     if args.data:
         os.environ["POSSAE_DATA"] = args.data
     from possae.organism.recipe import cpu_hours, lm_recipe
 
-    recipe = OrganismRecipe(lm=dataclasses.replace(lm_recipe(args.recipe), positional_embedding_type=args.positional))
+    recipe = OrganismRecipe(lm=lm_recipe(args.recipe, args.positional))
     if args.tokens:
         recipe = dataclasses.replace(recipe, lm=dataclasses.replace(recipe.lm, train_tokens=args.tokens))
     out_dir, work_dir, _ = twin_dirs(args.positional)
     twin = args.positional != "standard"
     if twin:
-        if args.step not in ("model", "saes"):
-            raise SystemExit(f"The {args.positional} twin shares the organism's tokenizer, tokens and card: "
+        if args.step not in ("model", "saes", "card") or (args.step == "card" and args.positional == "rotary"):
+            raise SystemExit(f"The {args.positional} organism shares the organism's tokenizer, tokens and card: "
                              "its steps are `model` and `saes`.")
-        recipe = dataclasses.replace(recipe, saes=rotary_saes())
+        recipe = dataclasses.replace(recipe, saes=rotary_saes() if args.positional == "rotary" else gpt2pos_saes())
     steps = STEPS if args.step == "all" else (args.step,)
     for step in steps:
         if step == "tokenizer":
@@ -50,7 +50,8 @@ def _organism(args: argparse.Namespace) -> None:
             if device == "cpu" and args.recipe == "gpu" and not args.force:
                 raise SystemExit(f"The gpu recipe trains on {recipe.lm.train_tokens:,} tokens: about "
                                  f"{cpu_hours(recipe.lm):.0f} h on 2 CPU cores. Use a GPU (--device cuda), the CPU "
-                                 f"fallback (--recipe cpu: about {cpu_hours(lm_recipe('cpu')) * 60:.0f} min), or --force.")
+                                 f"fallback (--recipe cpu: about {cpu_hours(lm_recipe('cpu', args.positional)) * 60:.0f} "
+                                 "min), or --force.")
             if args.recipe == "continue" and not args.init_from:
                 raise SystemExit("--recipe continue continues a trained model: give its folder with --init-from.")
             facts = lm.train_language_model(recipe.lm, out_dir=out_dir, work_dir=work_dir, device=device,
@@ -71,7 +72,7 @@ def _organism(args: argparse.Namespace) -> None:
         elif step == "card":
             from possae.organism import card
 
-            print("model card ->", card.write_model_card(recipe, device=args.device))
+            print("model card ->", card.write_model_card(recipe, device=args.device, folder=out_dir, work_dir=work_dir))
 
 
 def _build(args: argparse.Namespace) -> None:
@@ -136,9 +137,10 @@ def main(argv: list[str] | None = None) -> None:
     org.add_argument("--recipe", default="gpu", choices=("gpu", "cpu", "continue"),
                      help="language-model recipe: gpu (recorded, default), cpu (laptop fallback), continue (resume "
                           "a trained model with every position scored; needs --init-from)")
-    org.add_argument("--positional", default="standard", choices=("standard", "rotary"),
+    org.add_argument("--positional", default="standard", choices=("standard", "rotary", "gpt2"),
                      help="standard: the organism (learned absolute W_pos); rotary: its rotary twin, written to "
-                          "possae/artifacts/organism-rotary (steps model and saes)")
+                          "possae/artifacts/organism-rotary; gpt2: GPT-2 small's W_pos, frozen, n_ctx 1,024, written "
+                          "to possae/artifacts/organism-gpt2pos (twins: steps model and saes)")
     org.add_argument("--init-from", default=None, help="folder holding model/ to continue from (--recipe continue)")
     org.add_argument("--force", action="store_true", help="train the gpu recipe on a CPU anyway")
     org.add_argument("--tokens", type=int, default=None, help="override the language model's training tokens")

@@ -4,8 +4,10 @@ A layer-0 SAE reads ``x(t, p) = W_E[t] + W_pos[p]``. Trained on contexts of ``C 
 the rows ``W_pos[p]`` for ``p >= C``. :func:`analyze` measures, for one SAE, everything the chapter shows:
 
 * reconstruction error per position, on held-out text (:func:`heldout_position_sums`) and over the all-token
-  distribution (:func:`all_token_position_sums`), beside a random reconstruction of equal norm
-  (:func:`random_equal_norm`). Errors go into one :class:`possae.metrics.PositionSums` per distribution and are
+  distribution (:func:`all_token_position_sums`), beside three baselines (:data:`BASELINE_LABELS`): a random
+  direction with the input's norm (the study's "random vector of the same norm"), a random direction with the
+  reconstruction's norm (:func:`random_equal_norm` of ``x`` and of ``x_hat``), and the mean input inside the context
+  (:func:`with_mean_baseline`). Errors go into one :class:`possae.metrics.PositionSums` per distribution and are
   reported with possae.metrics's measures: ``mse`` (mean of ``||x - x_hat||^2``) and ``nmse``, the MSE over the
   total variance of the inputs inside the context (positions ``possae.hooks.in_context_positions``: 1..C-1), so
   that the input-weighted mean of the per-position curve inside the context is the pooled nMSE there
@@ -13,8 +15,11 @@ the rows ``W_pos[p]`` for ``p >= C``. :func:`analyze` measures, for one SAE, eve
 * spurious firing: with the split ``h_i(t, p) = a_i(t) + c_i(p)`` of :func:`possae.layer0_stats.encoder_parts`,
   feature ``i`` fires on ``(t, p)`` iff ``a_i(t) + c_i(p) > thr_i``. The pair ``(t, i)`` never fires inside the
   context iff ``a_i(t) + max_{p in 1..C-1} c_i(p) <= thr_i``, and is *spurious* at ``p >= C`` iff it fires there.
-  :func:`spurious_counts` counts such tokens per (position, feature) over the whole vocabulary, exactly, one
-  feature chunk at a time (sort each feature's ``a`` over the vocabulary, then binary-search the thresholds);
+  :func:`spurious_and_firing_counts` counts such tokens per (position, feature) over the whole vocabulary, exactly,
+  one feature chunk at a time (sort each feature's ``a`` over the vocabulary, then binary-search the thresholds), and
+  every firing there, so that the share of firings past the context that are spurious is pooled over positions;
+* where the SAE "thinks" it is past the context: the in-context position whose positional-feature pattern is most
+  like each past position's (:func:`as_if_positions`);
 * four fixes (:func:`reconstructions`): (a) encode the token embedding alone and add the true ``W_pos[p]`` back;
   (b) past the context, read the token at the last trained position ``C - 1`` and move the output to ``p``
   (:func:`token_tables`); (c) past the context, keep the SAE's output for the token part (non-positional features)
@@ -58,7 +63,7 @@ from possae.metrics import (
     sae_quality,
     total_variance,
 )
-from possae.params import ParameterError, SubjectParams
+from possae.params import Layer0Params, ParameterError
 from possae.positional import (
     POSITIONAL_R2,
     fires_inside,
@@ -71,7 +76,10 @@ from possae.positional import (
 from possae.progress import tqdm
 
 SAE_LABEL = "SAE"
-RANDOM_LABEL = "random, equal norm"
+RANDOM_LABEL = "random, input's norm"  # the study's "random vector of the same norm": E||x - r||^2 = 2 ||x||^2
+RANDOM_REC_LABEL = "random, reconstruction's norm"  # E||x - r||^2 = ||x||^2 + ||x_hat||^2: grows with the output
+MEAN_LABEL = "mean input"  # the constant reconstruction: the mean of x over the positions inside the context
+BASELINE_LABELS = (RANDOM_LABEL, RANDOM_REC_LABEL, MEAN_LABEL)
 TOKEN_ONLY_LABEL = "(a) SAE(W_E[t]) + W_pos[p]"
 CLAMP_LABEL = "(b) token read at position C-1"
 SWAP_LABEL = "(c) positional features -> true W_pos"
@@ -80,6 +88,10 @@ FIX_LABELS = {"a": TOKEN_ONLY_LABEL, "b": CLAMP_LABEL, "c": SWAP_LABEL, "d": CON
 RESTORE_FACTOR = 2.0  # a fix restores the SAE if its nMSE past the context is within this factor of the SAE's inside
 SAME_BAND = 1.1  # two errors within this factor of each other read as "about the same"
 FAR_COSINE = 0.5  # a row of W_pos is "far" from the context if no in-context row has a higher cosine with it
+# a past position acts "as if at" an in-context position q when their positional-feature patterns have cosine >= this:
+# q's pattern then carries cos^2 >= 81% of the past pattern's squared length, most of it
+ASIF_COSINE = 0.9
+ASIF_TIE = 1e-6  # in-context positions within this cosine of the best one tie; the closest in norm wins
 ACTS_PER_BATCH = 2**24  # SAE activations held at once by the held-out pass (64 MB in float32)
 
 
@@ -89,7 +101,7 @@ ACTS_PER_BATCH = 2**24  # SAE activations held at once by the held-out pass (64 
 
 
 @dataclass(frozen=True)
-class LengthParams(SubjectParams):
+class LengthParams(Layer0Params):
     """The length-generalization chapter's parameters (the names of its parameters cell)."""
 
     control_sae_id: str | None = "relu-full"
@@ -155,10 +167,21 @@ def span(positions: range) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def random_equal_norm(x_hat: Float[Tensor, "batch d_in"], generator: torch.Generator | None = None) -> Float[Tensor, "batch d_in"]:
-    """Return vectors with the norms of x_hat's rows and independent uniformly random directions."""
-    u = torch.randn(x_hat.shape, generator=generator, device=x_hat.device, dtype=x_hat.dtype)
-    return u / u.norm(dim=-1, keepdim=True) * x_hat.norm(dim=-1, keepdim=True)
+def random_equal_norm(v: Float[Tensor, "batch d_in"], generator: torch.Generator | None = None) -> Float[Tensor, "batch d_in"]:
+    """Return vectors with the norms of v's rows and independent uniformly random directions.
+
+    With v = x (the input) this is the study's baseline, ``E||x - r||^2 = 2 ||x||^2``; with v = x_hat (the
+    reconstruction), ``E||x - r||^2 = ||x||^2 + ||x_hat||^2``, which grows with the reconstruction's own norm.
+    """
+    u = torch.randn(v.shape, generator=generator, device=v.device, dtype=v.dtype)
+    return u / u.norm(dim=-1, keepdim=True) * v.norm(dim=-1, keepdim=True)
+
+
+def random_baselines(x: Float[Tensor, "batch d_in"], x_hat: Float[Tensor, "batch d_in"],
+                     generator: torch.Generator | None = None) -> dict[str, Float[Tensor, "batch d_in"]]:
+    """Return the two random baselines of x: a random direction with x's norm, then one with x_hat's (in that order,
+    from one generator, so that a seed fixes both)."""
+    return {RANDOM_LABEL: random_equal_norm(x, generator), RANDOM_REC_LABEL: random_equal_norm(x_hat, generator)}
 
 
 def sample_tokens(d_vocab: int, n: int, seed: int = 0, exclude: list[int] | tuple[int, ...] = ()) -> Int[Tensor, " n"]:
@@ -248,10 +271,12 @@ def reconstructions(
     tables: TokenTables | None = None,
     control: SAE | None = None,
     generator: torch.Generator | None = None,
+    reconstruction_norm: bool = False,
 ) -> dict[str, Float[Tensor, "batch d_in"]]:
-    """Return each method's reconstruction of x (on the SAE's device): SAE, random equal norm, the fixes, the control.
+    """Return each method's reconstruction of x (on the SAE's device): SAE, random baseline(s), the fixes, the control.
 
-    With C = fixes.context_size, and the SAE's own output at p < C for (b) and (c):
+    The random baseline RANDOM_LABEL has the input's norm; with reconstruction_norm, RANDOM_REC_LABEL (a random
+    direction with the SAE output's norm) follows it (:func:`random_baselines`). With C = fixes.context_size, and the SAE's own output at p < C for (b) and (c):
     (a) ``SAE(W_E[t]) + W_pos[p]`` at every position;
     (b) for ``p >= C``: ``SAE(W_E[t] + W_pos[C-1]) - W_pos[C-1] + W_pos[p]``;
     (c) for ``p >= C``: ``(f with positional features zeroed) @ W_dec + b_dec - fixes.offset + W_pos[p]``
@@ -262,7 +287,8 @@ def reconstructions(
     pos = positions.to(dev)
     f = sae.encode(x)
     x_hat = sae.decode(f)
-    out = {SAE_LABEL: x_hat, RANDOM_LABEL: random_equal_norm(x_hat, generator)}
+    out = {SAE_LABEL: x_hat, **(random_baselines(x, x_hat, generator) if reconstruction_norm
+                                else {RANDOM_LABEL: random_equal_norm(x, generator)})}
     if fixes is not None:
         Wp = W_pos.detach().to(dev, dt)[pos]
         past = (pos >= fixes.context_size)[:, None]
@@ -314,7 +340,8 @@ def heldout_position_sums(
 ) -> PositionSums:
     """Return PositionSums (x, x2, sse:<method>) of every method on the layer-0 input over token windows.
 
-    The position of an input is its column; inputs whose token is in `ignore` (special tokens) are left out.
+    Methods: the SAE, both random baselines (input's and reconstruction's norm), the fixes and the control; the
+    mean-input baseline needs the in-context mean first and is added afterwards (:func:`with_mean_baseline`). The position of an input is its column; inputs whose token is in `ignore` (special tokens) are left out.
     batch_size: windows per batch; None keeps a batch's activations near ACTS_PER_BATCH (window length x d_sae each).
     """
     require_layer0(sae, "heldout_position_sums")
@@ -334,7 +361,8 @@ def heldout_position_sums(
         _, cache = model.run_with_cache(batch.to(model.cfg.device), names_filter=LAYER0_INPUT, stop_at_layer=1)
         x = cache[LAYER0_INPUT].flatten(0, 1)[keep.to(cache[LAYER0_INPUT].device)]
         pos = torch.arange(n).repeat(len(batch))[keep]
-        recons = reconstructions(x, batch.flatten()[keep], pos, sae, model.W_pos, fixes, tables, control, gen)
+        recons = reconstructions(x, batch.flatten()[keep], pos, sae, model.W_pos, fixes, tables, control, gen,
+                                 reconstruction_norm=True)
         sums.add(pos, **reconstruction_sums(x.to(sae.W_enc.device, sae.W_enc.dtype), recons))
     return sums
 
@@ -350,7 +378,7 @@ def all_token_position_sums(
     method: str = "auto",
     progress: bool | None = None,
 ) -> PositionSums:
-    """Return PositionSums (x, x2, sse:SAE, sse:random) on x = W_E_rows[t] + W_pos[p] for every t and p >= first.
+    """Return PositionSums (x, x2, sse:SAE, sse:<each random baseline>) on x = W_E_rows[t] + W_pos[p], every t, p >= first.
 
     The "exact" method encodes through the split ``a(t) + c(p)`` (one matmul for the tokens, one for the positions);
     "brute_force" calls sae.encode on every input. Both decode with sae.decode.
@@ -383,8 +411,27 @@ def all_token_position_sums(
             f = sae.encode(x)
         x_hat = sae.decode(f)
         pos = torch.arange(p0, p1).repeat_interleave(t1 - t0)
-        sums.add(pos, **reconstruction_sums(x, {SAE_LABEL: x_hat, RANDOM_LABEL: random_equal_norm(x_hat, gen)}))
+        sums.add(pos, **reconstruction_sums(x, {SAE_LABEL: x_hat, **random_baselines(x, x_hat, gen)}))
     return sums
+
+
+def with_mean_baseline(sums: PositionSums, context_size: int) -> PositionSums:
+    """Return a copy of sums with sse:MEAN_LABEL, the error of the constant reconstruction m = the mean input inside
+    the context (positions 1..C-1 of this distribution), placed after the last random baseline.
+
+    Exact from the sums: at each position, ``sum ||x - m||^2 = x2 - 2 m . x + n ||m||^2``; so its pooled nMSE inside
+    the context is 1 (up to rounding).
+    """
+    inside, _ = context_masks(sums, context_size)
+    X, X2 = sums.totals["x"], sums.totals["x2"]
+    m = X[inside].sum(0) / sums.n[inside].sum()
+    sse = (X2 - 2 * (X @ m) + sums.n * (m @ m)).clamp(min=0.0)
+    methods = [k for k in methods_of(sums) if k != MEAN_LABEL]
+    after = max((i for i, k in enumerate(methods) if k in BASELINE_LABELS or k == SAE_LABEL), default=-1)
+    order = methods[: after + 1] + [MEAN_LABEL] + methods[after + 1 :]
+    totals = {k: v for k, v in sums.totals.items() if not k.startswith("sse:")}
+    totals |= {f"sse:{k}": sse if k == MEAN_LABEL else sums.totals[f"sse:{k}"] for k in order}
+    return PositionSums(sums.n.clone(), totals)
 
 
 def methods_of(sums: PositionSums) -> list[str]:
@@ -544,6 +591,96 @@ def nearest_inside(W_pos: Float[Tensor, "n_ctx d_model"], context_size: int) -> 
                         index=pd.Index(range(W.shape[0]), name="position"))
 
 
+def positional_code(stats: Layer0Stats, positional: Bool[Tensor, " d_sae"]) -> Float[Tensor, "n_pos k"]:
+    """Return each position's positional-feature pattern: the mean activation of every positional feature there.
+
+    The mean is over all tokens, uniformly weighted: the exact layer-0 statistics (``stats.mean``) that the chapter's
+    positional profiles plot, i.e. ``E_t relu(a_i(t) + c_i(p))`` (with the SAE's own threshold), not the
+    cruder ``relu(c_i(p) + mean_t a_i(t))``.
+    """
+    return stats.mean[:, positional.cpu()].double()
+
+
+def as_if_positions(code: Float[Tensor, "n_pos k"], context_size: int, tie: float = ASIF_TIE) -> pd.DataFrame:
+    """Return, for each position p >= C, the in-context position q in 1..C-1 whose pattern ``code[q]`` has the highest
+    cosine with ``code[p]``, that cosine, and the norm ratio ``||code[p]|| / ||code[q]||`` (0 where code[q] is 0).
+
+    Cosines within `tie` of the best tie (as when one feature alone is active at several positions, every one of them
+    has cosine 1); among tied positions the one closest in norm to p wins, then the latest. A zero pattern (no
+    positional feature active) has cosine 0 with every position.
+    """
+    _check_context(context_size, code.shape[0])
+    inside = in_context_positions(context_size, code.shape[0])
+    W = code.detach().double().cpu()
+    norms = W.norm(dim=1)
+    unit = W / norms[:, None].clamp(min=1e-300)
+    past, cand = slice(context_size, None), slice(inside.start, inside.stop)
+    cos = unit[past] @ unit[cand].T  # (n_past, C - 1)
+    tied = cos >= cos.max(1, keepdim=True).values - tie
+    gap = (norms[past, None] - norms[None, cand]).abs()
+    score = torch.where(tied, -gap, torch.full_like(gap, -torch.inf)).flip(1)  # flipped: argmax takes the latest
+    k = cos.shape[1] - 1 - score.argmax(1)
+    q = k + inside.start
+    nq = norms[q]
+    ratio = torch.where(nq > 0, norms[past] / nq.clamp(min=1e-300), torch.zeros_like(nq))
+    return pd.DataFrame({"as_if": q.numpy(), "cosine": cos.gather(1, k[:, None]).squeeze(1).numpy(),
+                         "norm_ratio": ratio.numpy()},
+                        index=pd.Index(range(context_size, code.shape[0]), name="position"))
+
+
+@dataclass(frozen=True)
+class AsIfSummary:
+    """Where the SAE acts as if it were, past the context (over the past positions of an as_if_positions frame).
+
+    last_share / earlier_share: shares of the past positions whose nearest in-context pattern is position C-1's / an
+    earlier position's (they sum to 1); median_q: the median of that nearest position; median_cosine: the median best
+    cosine; matched_share: the share with a best cosine >= threshold; median_norm_ratio: the median of
+    ||pattern at p|| / ||pattern at q||; features: the number of positional features.
+    """
+
+    last_share: float
+    earlier_share: float
+    median_q: float
+    median_cosine: float
+    matched_share: float
+    median_norm_ratio: float
+    threshold: float
+    features: int
+
+
+def as_if_summary(frame: pd.DataFrame, context_size: int, features: int, threshold: float = ASIF_COSINE) -> AsIfSummary:
+    """Return the AsIfSummary of an as_if_positions frame."""
+    last = frame.as_if == context_size - 1
+    return AsIfSummary(float(last.mean()), float((~last).mean()), float(frame.as_if.median()),
+                       float(frame.cosine.median()), float((frame.cosine >= threshold).mean()),
+                       float(frame.norm_ratio.median()), threshold, features)
+
+
+def as_if_sentence(s: AsIfSummary, context_size: int) -> str:
+    """Return the sentence on where the SAE acts as if it were past the context: its last position, earlier positions,
+    or neither (the median best cosine below the threshold)."""
+    if s.features == 0:
+        return "With no positional feature there is no positional pattern to compare, so no position it acts as if at."
+    head = ("Read through its positional features alone (their mean activation over all tokens at each position), the "
+            "SAE past the context ")
+    if s.median_cosine < s.threshold:
+        return (head + f"acts as if at no position it was trained on: the median best cosine with an in-context "
+                f"position's pattern is {s.median_cosine:.2f}, below {s.threshold:g}, and only "
+                f"{pct(s.matched_share)} of the past positions reach {s.threshold:g}. Its best matches, weak as they "
+                f"are, are position {context_size - 1} for {pct(s.last_share)} of the past positions and earlier "
+                f"ones for the rest (median nearest position {s.median_q:g}).")
+    size = ("about as active" if 1 / SAME_BAND <= s.median_norm_ratio <= SAME_BAND
+            else f"{fmt(s.median_norm_ratio)} times as active (median ratio of the two patterns' lengths)")
+    if s.last_share >= s.earlier_share:
+        share = "every position" if s.last_share == 1 else f"{pct(s.last_share)} of the positions"
+        return (head + f"acts as if at its last position, {context_size - 1}: for {share} "
+                f"past the context the nearest in-context pattern is that of position {context_size - 1} (median "
+                f"cosine {s.median_cosine:.3f}), with the positional features {size}.")
+    return (head + f"acts as if at earlier positions: for {pct(s.earlier_share)} of the positions past the context the "
+            f"nearest in-context pattern is that of a position before {context_size - 1} (median nearest position "
+            f"{s.median_q:g}, median cosine {s.median_cosine:.3f}), with the positional features {size}.")
+
+
 def show_positions(context_size: int, n_ctx: int, *extra: int) -> list[int]:
     """Return the positions a table shows: the last inside the context, the first two past it, the middle, the last."""
     return sorted({context_size - 1, context_size, min(context_size + 1, n_ctx - 1), (context_size + n_ctx) // 2,
@@ -579,7 +716,10 @@ def _check_context(context_size: int, n_pos: int) -> None:
 
 @torch.no_grad()
 def _split_parts(W_E, W_pos, sae, context_size, device):
-    """Return (E scaled, W_enc, c, thr, rounded never-inside threshold, rounded thresholds past the context)."""
+    """Return (E scaled, W_enc, c, thr, rounded never-inside threshold, rounded thresholds at every position).
+
+    Feature i fires on (t, p) iff a_i(t) > tau[p, i]; the pair never fires inside the context iff a_i(t) <= tau_in[i].
+    """
     check_layer0_inputs(W_E, W_pos, sae)
     choose_method(sae, "exact")
     _check_context(context_size, W_pos.shape[0])
@@ -589,12 +729,11 @@ def _split_parts(W_E, W_pos, sae, context_size, device):
     E = W_E.detach().to(dev, sae.W_enc.dtype).to(W_enc.dtype) * s
     tau = thr[None, :] - c  # fires at (t, p) iff a(t) > tau(p)
     tau_in = round_down(tau[inside.start : inside.stop].min(0).values, W_enc.dtype)  # never inside iff a <= tau_in
-    tau_past = round_down(tau[context_size:], W_enc.dtype)
-    return E, W_enc, c, thr, tau_in, tau_past
+    return E, W_enc, c, thr, tau_in, round_down(tau, W_enc.dtype)
 
 
 @torch.no_grad()
-def spurious_counts(
+def spurious_and_firing_counts(
     W_E: Float[Tensor, "d_vocab d_model"],
     W_pos: Float[Tensor, "n_ctx d_model"],
     sae: SAE,
@@ -602,28 +741,42 @@ def spurious_counts(
     feature_chunk: int = 1024,
     device: str | torch.device | None = None,
     progress: bool | None = None,
-) -> Int[Tensor, "n_ctx d_sae"]:
-    """Return, per (position, feature), the number of tokens on which the feature fires there but never inside the context.
+) -> tuple[Int[Tensor, "n_ctx d_sae"], Int[Tensor, " n_ctx"]]:
+    """Return (spurious, firings): per (position, feature), the number of tokens on which the feature fires there but
+    never inside the context (rows p < C are 0); and per position, the number of (token, feature) pairs that fire there.
 
-    Inside the context: positions 1..C-1. Rows p < C are 0. Exact over the whole vocabulary; memory: feature_chunk x
-    d_vocab at a time.
+    Inside the context: positions 1..C-1. Both exact over the whole vocabulary, from the same thresholds (so a
+    position's spurious count never exceeds its firings); memory: feature_chunk x d_vocab at a time.
     """
-    E, W_enc, c, thr, tau_in, tau_past = _split_parts(W_E, W_pos, sae, context_size, device)
+    E, W_enc, c, thr, tau_in, tau = _split_parts(W_E, W_pos, sae, context_size, device)
     n, F = c.shape
+    V = E.shape[0]
     counts = torch.zeros(n, F, dtype=torch.long)
+    firings = torch.zeros(n, dtype=torch.long)
     starts = range(0, F, feature_chunk)
     for f0 in tqdm(starts, desc="spurious firing", delay=2.0, leave=False, disable=progress is False):
         f1 = min(f0 + feature_chunk, F)
         A = (W_enc[:, f0:f1].T @ E.T).sort(dim=1).values  # (chunk, d_vocab): each feature's a(t), sorted
         n_never = torch.searchsorted(A, tau_in[f0:f1, None].contiguous(), right=True)  # #{t: a <= tau_in}
-        n_below = torch.searchsorted(A, tau_past[:, f0:f1].T.contiguous(), right=True)  # #{t: a <= tau(p)}
-        counts[context_size:, f0:f1] = (n_never - n_below).clamp(min=0).T.cpu()
-    return counts
+        n_below = torch.searchsorted(A, tau[:, f0:f1].T.contiguous(), right=True)  # (chunk, n): #{t: a <= tau(p)}
+        counts[context_size:, f0:f1] = (n_never - n_below[:, context_size:]).clamp(min=0).T.cpu()
+        firings += (V - n_below).sum(0).cpu()
+    return counts, firings
+
+
+def spurious_counts(W_E: Float[Tensor, "d_vocab d_model"], W_pos: Float[Tensor, "n_ctx d_model"], sae: SAE,
+                    context_size: int, feature_chunk: int = 1024, device: str | torch.device | None = None,
+                    progress: bool | None = None) -> Int[Tensor, "n_ctx d_sae"]:
+    """Return, per (position, feature), the number of tokens on which the feature fires there but never inside the
+    context (the first half of :func:`spurious_and_firing_counts`)."""
+    return spurious_and_firing_counts(W_E, W_pos, sae, context_size, feature_chunk, device, progress)[0]
 
 
 def spurious_rate_frame(counts: Int[Tensor, "n_ctx d_sae"], d_vocab: int, positional: Bool[Tensor, " d_sae"],
-                        l0: Float[Tensor, " n_ctx"]) -> pd.DataFrame:
-    """Return per position: spurious (token, feature) pairs per token, split positional / not, L0, and their share of L0.
+                        l0: Float[Tensor, " n_ctx"], firings: Int[Tensor, " n_ctx"] | None = None) -> pd.DataFrame:
+    """Return per position: spurious (token, feature) pairs per token, split positional / not, L0, their share of L0,
+    and the counts over the vocabulary: spurious firings and all firings (the latter from `firings`, or l0 x d_vocab
+    rounded when None).
 
     The share is 0 where L0 is 0 (no feature fires, so none fires spuriously).
     """
@@ -631,10 +784,12 @@ def spurious_rate_frame(counts: Int[Tensor, "n_ctx d_sae"], d_vocab: int, positi
     total = per_tok.sum(1)
     l0 = l0.double()
     share = torch.where(l0 > 0, total / torch.where(l0 > 0, l0, torch.ones_like(l0)), torch.zeros_like(l0))
+    fired = (l0 * d_vocab).round().long() if firings is None else firings.long()
     return pd.DataFrame({"spurious_per_token": total.numpy(),
                          "positional": per_tok[:, positional].sum(1).numpy(),
                          "non-positional": per_tok[:, ~positional].sum(1).numpy(),
-                         "l0": l0.numpy(), "spurious_share_of_l0": share.numpy()},
+                         "l0": l0.numpy(), "spurious_share_of_l0": share.numpy(),
+                         "spurious_firings": counts.sum(1).long().numpy(), "firings": fired.numpy()},
                         index=pd.Index(range(counts.shape[0]), name="position"))
 
 
@@ -672,7 +827,7 @@ def spurious_example(
 ) -> SpuriousExample | None:
     """Return the spurious (feature, token) pair, among `features` x `tokens` (default all), with the largest activation
     past the context; None if no allowed pair fires spuriously."""
-    E, W_enc, c, thr, tau_in, tau_past = _split_parts(W_E, W_pos, sae, context_size, device)
+    E, W_enc, c, thr, tau_in, tau = _split_parts(W_E, W_pos, sae, context_size, device)
     n, F = c.shape
     allowed_f = torch.ones(F, dtype=torch.bool) if features is None else features.cpu().bool()
     allowed_t = None if tokens is None else tokens.to(E.device).bool()
@@ -698,7 +853,7 @@ def spurious_example(
     if best is None:
         return None
     act, i, t, a = best
-    n_pos = int((a > tau_past[:, i]).sum())
+    n_pos = int((a > tau[context_size:, i]).sum())
     return SpuriousExample(feature=i, token=t, activation=act, position=context_size + int(p_best[i]), n_positions=n_pos)
 
 
@@ -722,19 +877,36 @@ def feature_top_tokens(W_E: Float[Tensor, "d_vocab d_model"], W_pos: Float[Tenso
 # ----------------------------------------------------------------------------------------------
 
 
-def random_sentence(sae_past: float, random_past: float) -> str:
-    """Return how the SAE's nMSE past the context compares with a random reconstruction of equal norm."""
-    head = (f"Past the context the SAE's nMSE on held-out text, {fmt(sae_past)}, is ")
-    r = sae_past / random_past
+def _against(sae: float, base: float) -> str:
+    """Return how `sae` compares with a baseline's `base`: 'N times', 'about' or 'below' that, with the value."""
+    r = sae / base if base > 0 else float("inf")
     if 1 / SAME_BAND <= r <= SAME_BAND:
-        return (head + f"within {SAME_BAND - 1:.0%} of that of a random vector of the same norm ({fmt(random_past)}): its "
-                "output is no closer to its input than a random vector of the same length, so what is left of the "
-                "error is the size of the output, not its direction.")
+        return f"within {SAME_BAND - 1:.0%} of"
     if r > 1:
-        return (head + f"{fmt(r)} times that of a random vector of the same norm ({fmt(random_past)}): its output "
-                "points away from its input.")
-    return (head + f"below that of a random vector of the same norm ({fmt(random_past)}, {fmt(1 / r)} times as large): "
-            "its output keeps part of the input's direction.")
+        return f"{fmt(r)} times" if r < float("inf") else "infinitely many times"
+    return f"{fmt(1 / r)} times smaller than"
+
+
+def random_sentence(sae_past: float, random_past: float, randrec_past: float) -> str:
+    """Return how the SAE's nMSE past the context (held-out text) compares with the two random baselines: a random
+    direction with the input's norm (the study's reading of "a random vector of the same norm") and one with the
+    reconstruction's norm (which grows with the SAE's own output, so cannot tell a long output from a wrong one)."""
+    r = sae_past / random_past
+    verdict = ("its output is farther from its input than a random guess of the right length"
+               if r > SAME_BAND else "its output is about as far from its input as a random guess of the right length"
+               if r >= 1 / SAME_BAND else "its output keeps part of the input's direction")
+    first = (f"Past the context the SAE's nMSE on held-out text, {fmt(sae_past)}, is {_against(sae_past, random_past)} "
+             f"that of a random vector with the input's norm ({fmt(random_past)}): {verdict}.")
+    rr = sae_past / randrec_past
+    against = f" Against a random vector with the norm of the SAE's own output ({fmt(randrec_past)}) it is "
+    if 1 / SAME_BAND <= rr <= SAME_BAND:
+        against += (f"within {SAME_BAND - 1:.0%}: the output is about orthogonal to the input, so its error is set "
+                    "by its length.")
+    else:
+        against += f"{_against(sae_past, randrec_past)} that."
+    second = (against + " That baseline is not the study's reading: its expected error, ||x||² + ||x̂||², grows with "
+              "the SAE's own output, so it cannot show whether the SAE does worse than random.")
+    return first + second
 
 
 def positional_sentence(n_positional: int, behaviour: PastBehaviour | None, context_size: int) -> str:
@@ -762,13 +934,26 @@ def nearest_sentence(near: pd.DataFrame, context_size: int, far: float = FAR_COS
 
 @dataclass(frozen=True)
 class SpuriousSummary:
-    """Spurious pairs per token past the context: mean, max and where, mean share of L0, share of non-positional features."""
+    """Spurious firing past the context, over the whole vocabulary.
+
+    mean, max (and where): spurious pairs per token, over the past positions; share_of_l0: the MEAN OVER PAST
+    POSITIONS of each position's spurious share of L0; non_positional: share of the spurious pairs that belong to
+    non-positional features; n_spurious / n_firings: spurious (token, feature) firings / all firings, summed over the
+    past positions, whose ratio is the pooled share.
+    """
 
     mean: float
     max: float
     max_position: int
     share_of_l0: float
     non_positional: float
+    n_spurious: int
+    n_firings: int
+
+    @property
+    def pooled_share(self) -> float:
+        """Return the share of all (token, feature) firings past the context that are spurious (0 with no firing)."""
+        return self.n_spurious / self.n_firings if self.n_firings > 0 else 0.0
 
 
 def spurious_summary(rates: pd.DataFrame, context_size: int) -> SpuriousSummary:
@@ -777,16 +962,18 @@ def spurious_summary(rates: pd.DataFrame, context_size: int) -> SpuriousSummary:
     total = float(past.spurious_per_token.sum())
     return SpuriousSummary(float(past.spurious_per_token.mean()), float(past.spurious_per_token.max()),
                            int(past.spurious_per_token.idxmax()), float(past.spurious_share_of_l0.mean()),
-                           float(past["non-positional"].sum()) / total if total > 0 else 0.0)
+                           float(past["non-positional"].sum()) / total if total > 0 else 0.0,
+                           int(past.spurious_firings.sum()), int(past.firings.sum()))
 
 
 def spurious_sentence(s: SpuriousSummary) -> str:
-    """Return the sentence on spurious firing past the context, or that there is none."""
+    """Return the sentence on spurious firing past the context (its pooled share with both counts), or that there is none."""
     if s.max == 0:
         return "No feature fires past the context on a token it never fires on inside it: there is no spurious firing."
     return (f"Past the context a token fires on average {s.mean:,.1f} features it never fires inside it (at most "
-            f"{s.max:,.1f}, at position {s.max_position}): on average {s.share_of_l0:.0%} of its active features are "
-            f"spurious, and {pct(s.non_positional)} of the spurious pairs belong to non-positional features.")
+            f"{s.max:,.1f}, at position {s.max_position}): over the whole vocabulary, {s.n_spurious:,} of the "
+            f"{s.n_firings:,} (token, feature) firings past the context are spurious ({pct(s.pooled_share)}), and "
+            f"{pct(s.non_positional)} of the spurious pairs belong to non-positional features.")
 
 
 def example_sentence(example: SpuriousExample | None, token: str, top: str, top_act: float, n_past: int) -> str:
@@ -855,8 +1042,8 @@ class LengthResult:
     input_gap: float
     heldout_inputs: int
     vocab_sample: int
-    heldout_curves: pd.DataFrame  # error_curves, every method
-    alltok_curves: pd.DataFrame  # error_curves, SAE and random
+    heldout_curves: pd.DataFrame  # error_curves, every method (the SAE, the three baselines, the fixes)
+    alltok_curves: pd.DataFrame  # error_curves, the SAE and the three baselines
     summaries: dict[tuple[str, str], ErrorSummary]  # (distribution, method) -> ErrorSummary
     error_table: pd.DataFrame
     fix_table: pd.DataFrame
@@ -866,6 +1053,8 @@ class LengthResult:
     positional_profiles: pd.DataFrame  # positional_profile_frame of the top positional features
     nearest: pd.DataFrame
     nearest_table: pd.DataFrame
+    as_if: pd.DataFrame  # as_if_positions: per past position, the in-context position it acts as if at
+    as_if_summary: AsIfSummary
     last_row: dict[str, float]
     firing_by_kind: pd.DataFrame
     spurious_rates: pd.DataFrame
@@ -883,12 +1072,12 @@ class LengthResult:
         return in_context_positions(self.context_size, self.n_ctx)
 
     def fix_summaries(self) -> dict[str, ErrorSummary]:
-        """Return the held-out ErrorSummary of the SAE, the random baseline and each fix, by method label."""
-        return {m: s for (dist, m), s in self.summaries.items() if dist == "held-out text"}
+        """Return the held-out ErrorSummary of the SAE and each fix (not the baselines), by method label."""
+        return {m: s for (dist, m), s in self.summaries.items() if dist == "held-out text" and m not in BASELINE_LABELS}
 
     def fix_methods(self) -> list[str]:
-        """Return the labels the fixes figure draws: the SAE and each fix (not the random baseline)."""
-        return [m for m in self.fix_summaries() if m != RANDOM_LABEL]
+        """Return the labels the fixes figure draws: the SAE and each fix (not the baselines)."""
+        return list(self.fix_summaries())
 
     def glued(self) -> dict[str, object]:
         """Return every value the prose cites, by glue name (prefix len_)."""
@@ -898,6 +1087,10 @@ class LengthResult:
         inside_mean = lambda kind: float(self.firing_by_kind[kind][inside].mean())  # noqa: E731
         past_mean = lambda kind: float(self.firing_by_kind[kind][past].mean())  # noqa: E731
         fixes = self.fix_summaries()
+        base = {(dist, key): self.summaries[dist, label].nmse_past
+                for dist in ("held-out text", "all tokens")
+                for key, label in (("rand", RANDOM_LABEL), ("randrec", RANDOM_REC_LABEL), ("mean", MEAN_LABEL))}
+        asif, spur = self.as_if_summary, self.spurious
         v = {
             "len_context": self.context_size, "len_n_ctx": self.n_ctx, "len_inside": span(self.inside),
             "len_past": span(range(self.context_size, self.n_ctx)),
@@ -910,20 +1103,33 @@ class LengthResult:
             "len_heldout_change": times_phrase(held.nmse_past, held.nmse_in),
             "len_alltok_in": allt.nmse_in, "len_alltok_past": allt.nmse_past,
             "len_alltok_change": times_phrase(allt.nmse_past, allt.nmse_in),
-            "len_heldout_rand_past": self.summaries["held-out text", RANDOM_LABEL].nmse_past,
-            "len_alltok_rand_past": self.summaries["all tokens", RANDOM_LABEL].nmse_past,
-            "len_random_sentence": random_sentence(held.nmse_past, self.summaries["held-out text", RANDOM_LABEL].nmse_past),
+            # baselines past the context: rand = random direction with the input's norm (the study's reading),
+            # randrec = random direction with the reconstruction's norm, mean = the mean input inside the context
+            **{f"len_{'heldout' if dist == 'held-out text' else 'alltok'}_{key}_past": x
+               for (dist, key), x in base.items()},
+            "len_sae_over_random": held.nmse_past / base["held-out text", "rand"],
+            "len_sae_over_randrec": held.nmse_past / base["held-out text", "randrec"],
+            "len_random_sentence": random_sentence(held.nmse_past, base["held-out text", "rand"],
+                                                   base["held-out text", "randrec"]),
             "len_n_positional": self.n_positional,
             "len_positional_sentence": positional_sentence(self.n_positional, self.behaviour, self.context_size),
             "len_pos_silent": self.behaviour.silent if self.behaviour else 0.0,
             "len_nearest_sentence": nearest_sentence(self.nearest, self.context_size),
+            "len_asif_last_share": asif.last_share, "len_asif_earlier_share": asif.earlier_share,
+            "len_asif_median_q": asif.median_q, "len_asif_median_cosine": asif.median_cosine,
+            "len_asif_matched_share": asif.matched_share, "len_asif_norm_ratio": asif.median_norm_ratio,
+            "len_asif_threshold": asif.threshold,
+            "len_asif_sentence": as_if_sentence(asif, self.context_size),
             **{f"len_last_{k}": float(x) for k, x in self.last_row.items()},
             "len_l0_positional_in": inside_mean("positional"), "len_l0_positional_past": past_mean("positional"),
             "len_l0_nonpositional_in": inside_mean("non-positional"),
             "len_l0_nonpositional_past": past_mean("non-positional"),
             "len_spurious_sentence": spurious_sentence(self.spurious),
-            "len_spur_mean": self.spurious.mean, "len_spur_share": self.spurious.share_of_l0,
-            "len_spur_nonpos": self.spurious.non_positional,
+            # len_spur_share: the POOLED share, len_spur_n_spurious / len_spur_n_firings over all past positions;
+            # len_spur_share_posmean: the mean over past positions of each position's share
+            "len_spur_mean": spur.mean, "len_spur_share": spur.pooled_share,
+            "len_spur_n_spurious": spur.n_spurious, "len_spur_n_firings": spur.n_firings,
+            "len_spur_share_posmean": spur.share_of_l0, "len_spur_nonpos": spur.non_positional,
             "len_example_sentence": example_sentence(self.example, self.example_strings.get("token", ""),
                                                      self.example_strings.get("top", ""),
                                                      float(self.example_top_tokens["max activation inside"].iloc[0])
@@ -941,6 +1147,8 @@ class LengthResult:
             "len_fix_summary": fix_summary_sentence(fixes),
         }
         for name in ("len_heldout_past", "len_heldout_mse_past", "len_alltok_past", "len_heldout_rand_past",
+                     "len_heldout_randrec_past", "len_heldout_mean_past", "len_alltok_rand_past",
+                     "len_alltok_randrec_past", "len_alltok_mean_past", "len_sae_over_random", "len_sae_over_randrec",
                      "len_fix_sae_past", "len_l0_nonpositional_past"):
             v[f"{name}_text"] = fmt(v[name])
         for k, label in FIX_LABELS.items():
@@ -1008,16 +1216,19 @@ def analyze(model, sae: SAE, params: LengthParams, control: SAE | None = None) -
     vocab = sample_tokens(model.cfg.d_vocab, params.n_vocab_sample, params.seed, exclude=ignore)
     allt = all_token_position_sums(model.W_E[vocab.to(model.W_E.device)], model.W_pos, sae,
                                    first=in_context_positions(C, n_ctx).start, seed=params.seed, progress=False)
+    held, allt = with_mean_baseline(held, C), with_mean_baseline(allt, C)
     summaries = {**{("held-out text", m): error_summary(held, m, C) for m in methods_of(held)},
                  **{("all tokens", m): error_summary(allt, m, C) for m in methods_of(allt)}}
-    shown = {k: s for k, s in summaries.items() if k[1] in (SAE_LABEL, RANDOM_LABEL)}
-    fix_summ = {m: s for (d, m), s in summaries.items() if d == "held-out text"}
+    shown = {k: s for k, s in summaries.items() if k[1] in (SAE_LABEL, *BASELINE_LABELS)}
+    fix_summ = {m: s for (d, m), s in summaries.items() if d == "held-out text" and m not in BASELINE_LABELS}
 
     positional = fixes.positional
     behaviour, behaviour_table = past_behaviour(past_context_frame(stats, positional.nonzero().squeeze(1), C))
     near = nearest_inside(model.W_pos, C)
-    rates = spurious_rate_frame(spurious_counts(model.W_E, model.W_pos, sae, C, progress=False), model.cfg.d_vocab,
-                                positional, stats.l0_by_position())
+    as_if = as_if_positions(positional_code(stats, positional), C)
+    counts, firings = spurious_and_firing_counts(model.W_E, model.W_pos, sae, C, progress=False)
+    rates = spurious_rate_frame(counts, model.cfg.d_vocab, positional, stats.l0_by_position(), firings)
+    del counts
     example, top_table, profile, strings = _example_parts(model, sae, stats, positional, C, tokens)
     return LengthResult(
         context_size=C, n_ctx=n_ctx, setup=setup, input_gap=layer0_input_gap(model, tokens[:4]),
@@ -1026,7 +1237,8 @@ def analyze(model, sae: SAE, params: LengthParams, control: SAE | None = None) -
         error_table=error_table(shown, C, n_ctx), fix_table=fix_table(fix_summ, C, n_ctx),
         n_positional=int(positional.sum()), behaviour=behaviour, behaviour_table=behaviour_table,
         positional_profiles=profiles_of(stats, top_positional_features(stats, C, k=8, per_peak=2)),
-        nearest=near, nearest_table=nearest_table(near, C), last_row=last_row(model.W_pos.detach()),
+        nearest=near, nearest_table=nearest_table(near, C), as_if=as_if,
+        as_if_summary=as_if_summary(as_if, C, int(positional.sum())), last_row=last_row(model.W_pos.detach()),
         firing_by_kind=firing_by_kind_frame(stats, positional), spurious_rates=rates,
         spurious_table=spurious_table(rates, C), spurious=spurious_summary(rates, C), example=example,
         example_top_tokens=top_table, example_profile=profile, example_strings=strings,

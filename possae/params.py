@@ -121,3 +121,11 @@ class SubjectParams(ChapterParams):
     sae_release: str = "organism"  # 'organism', a sae_lens release, or a local sae_lens folder
     sae_id: str | None = "relu-short"  # the SAE's id in its release; None when sae_release is one SAE's folder
     device: str | None = None  # None picks CUDA when present
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer0Params(SubjectParams):
+    """Parameters of a layer-0 chapter: by default the organism that carries GPT-2 small's own W_pos (n_ctx 1,024)."""
+
+    model_name: str = "organism-gpt2pos"  # 'organism-gpt2pos' (offline default), 'organism', a transformer_lens name, or a folder
+    sae_release: str = "organism-gpt2pos"  # an organism's name, a sae_lens release, or a local sae_lens folder

@@ -22,7 +22,7 @@ from possae.hooks import act_name, in_context_positions, require_layer0, sae_con
 from possae.layer0_stats import Layer0Stats, encoder_parts, layer0_stats_from_model
 from possae.metrics import PositionSums, r2_pos
 from possae.neuronpedia import FeaturePages
-from possae.params import ParameterError, SubjectParams
+from possae.params import Layer0Params, ParameterError
 from possae.progress import tqdm
 from possae.wpos import pca
 
@@ -35,12 +35,12 @@ DASH = "—"  # a table cell with no value
 
 
 @dataclass(frozen=True)
-class PositionalParams(SubjectParams):
+class PositionalParams(Layer0Params):
     """Parameters of the positional-features chapter."""
 
     threshold: float = POSITIONAL_R2  # a feature (or MLP neuron) is positional if position explains this share
     n_heldout_tokens: int = 16384  # held-out text tokens per corpus, for the MLP neurons
-    width_sweep_release: str = "organism"  # release of the width sweep's SAEs
+    width_sweep_release: str = "organism-gpt2pos"  # release of the width sweep's SAEs
     width_sweep_ids: tuple[str, ...] = ("relu-short-8x", "relu-short-16x", "relu-short", "relu-short-64x")
     top_k: int = 8  # positional features whose profiles are shown
 

@@ -16,11 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from possae.organism.recipe import ARTIFACTS, ROTARY_ARTIFACTS
+from possae.organism.recipe import ARTIFACTS, GPT2POS_ARTIFACTS, ROTARY_ARTIFACTS
 
-ORGANISM = "organism"  # the offline default: model name and SAE release
+ORGANISM = "organism"  # the first organism (learned W_pos, n_ctx 256): model name and SAE release
 ROTARY = "organism-rotary"  # its rotary twin (the same recipe with rotary positions): model name and SAE release
-ORGANISMS = {ORGANISM: ARTIFACTS, ROTARY: ROTARY_ARTIFACTS}  # name -> shipped folder (model/, saes/)
+GPT2POS = "organism-gpt2pos"  # GPT-2 small's own W_pos (projected, frozen), n_ctx 1,024: the layer-0 chapters' default
+ORGANISMS = {ORGANISM: ARTIFACTS, ROTARY: ROTARY_ARTIFACTS, GPT2POS: GPT2POS_ARTIFACTS}  # name -> shipped folder
+VARIANT_FLAGS = {ORGANISM: "", ROTARY: " --positional rotary", GPT2POS: " --positional gpt2"}  # `possae organism` flag
 SAE_FILES = ("cfg.json", "sae_weights.safetensors")  # what sae_lens's SAE.save_model writes
 SAE_SHAPES = {"W_enc": ("d_in", "d_sae"), "W_dec": ("d_sae", "d_in"), "b_dec": ("d_in",)}  # any other vector: d_sae
 LOCAL_SAE_FIX = "Copy or save the SAE there again (sae_lens's SAE.save_model writes both files)."
@@ -41,13 +43,13 @@ def is_path_like(name: str | None) -> bool:
 
 def organism_fix(what: str, name: str = ORGANISM) -> str:
     """Return how to get a good copy of a shipped organism (or twin) file."""
-    root, twin = ORGANISMS[name], " --positional rotary" if name == ROTARY else ""
+    root, twin = ORGANISMS[name], VARIANT_FLAGS[name]
     return (f"Restore the shipped copy with `git checkout -- {root.relative_to(root.parents[2])}` "
             f"(or rebuild it with `possae organism {what}{twin}`).")
 
 
 def organism_sae_ids(name: str = ORGANISM) -> list[str]:
-    """Return the ids of the SAEs shipped with the organism (or with its rotary twin, name 'organism-rotary')."""
+    """Return the ids of the SAEs shipped with an organism (ORGANISMS: the first, its rotary twin, the GPT-2-geometry one)."""
     return sae_subfolders(ORGANISMS[name] / "saes")
 
 

@@ -55,7 +55,7 @@ from possae.layer0_stats import (
 )
 from possae.hooks import in_context_positions, require_layer0, sae_context_size
 from possae.neuronpedia import NO_PAGES, FeaturePages
-from possae.params import ParameterError, SubjectParams
+from possae.params import Layer0Params, ParameterError
 from possae.positional import POSITIONAL_R2, positional_features
 from possae.tokenizer import decode_tokens
 
@@ -411,7 +411,7 @@ def most_invariant_features(frame: pd.DataFrame, threshold: float = SEMANTIC_R2,
 
 
 @dataclass(frozen=True)
-class SemanticParams(SubjectParams):
+class SemanticParams(Layer0Params):
     """The semantic-features chapter's parameters (its parameters cell, name for name)."""
 
     tokens_of_interest: tuple[str, ...] = (" the", " and", " said", ".")

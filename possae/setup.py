@@ -10,11 +10,13 @@ from jaxtyping import Float
 from torch import Tensor
 
 from possae.heldout import heldout_windows
+from possae.sae_files import GPT2POS, ORGANISM, ORGANISMS
 from possae.hooks import sae_context_size, sae_hook
 from possae.metrics import sae_quality
-from possae.params import ParameterError, SubjectParams
-from possae.wpos import last_row, load_gpt2_wpos, wpos_geometry
+from possae.params import Layer0Params, ParameterError
+from possae.wpos import last_row, load_gpt2_wpos, pc_winding, winding_word, wpos_geometry
 
+OTHER_ORGANISM = {GPT2POS: ORGANISM, ORGANISM: GPT2POS}  # the layer-0 organisms, each set beside the other
 GPT2_SAE_CONTEXT = 128  # context_size of the gpt2-small-res-jb SAEs (their cfg.json on the hub)
 LOSS_WINDOWS = 256  # windows for the spliced loss (it runs the whole model four times per window)
 QUALITY_COLUMNS = {"l0": "L0", "explained_variance": "explained variance", "mse": "MSE", "dead_share": "dead share",
@@ -23,7 +25,7 @@ QUALITY_COLUMNS = {"l0": "L0", "explained_variance": "explained variance", "mse"
 
 
 @dataclass(frozen=True)
-class SetupParams(SubjectParams):
+class SetupParams(Layer0Params):
     """Parameters of the setup chapter."""
 
     n_heldout_tokens: int = 16384  # held-out tokens per corpus for the SAE's quality figures
@@ -43,11 +45,16 @@ def quality_on_heldout(model, sae, n_heldout_tokens: int) -> dict[str, float]:
                        loss_windows=LOSS_WINDOWS)
 
 
+GEOMETRY_COLUMNS = {"top3_share": "top-3 PC share", "adjacent_cosine": "adjacent cosine", "turns": "turns (PC1-PC2)",
+                    "pc1_crossings": "PC1 zero crossings", "pc2_crossings": "PC2 zero crossings",
+                    "period_rows": "period (rows)"}
+
+
 def geometry_frame(W_pos: Float[Tensor, "n_ctx d_model"], context_size: int, label: str) -> pd.DataFrame:
-    """Return W_pos's top-3 share and adjacent cosine over rows 1..C-1 and 1..n_ctx-1, one row each."""
+    """Return W_pos's top-3 share, adjacent cosine and winding (pc_winding) over rows 1..C-1 and 1..n_ctx-1, one row each."""
     ends = sorted({context_size, W_pos.shape[0]})
-    return pd.DataFrame({f"{label} rows 1..{e - 1}": wpos_geometry(W_pos, 1, e) for e in ends}).T.rename(
-        columns={"top3_share": "top-3 PC share", "adjacent_cosine": "adjacent cosine"})
+    return pd.DataFrame({f"{label} rows 1..{e - 1}": {**wpos_geometry(W_pos, 1, e), **pc_winding(W_pos[1:e], 2)}
+                         for e in ends}).T.rename(columns=GEOMETRY_COLUMNS)[list(GEOMETRY_COLUMNS.values())]
 
 
 @dataclass
@@ -57,8 +64,10 @@ class SetupResult:
     config: pd.DataFrame  # one column: the model's and the SAE's facts
     quality: dict[str, float]  # sae_lens's evals on held-out text
     W_pos: Float[Tensor, "n_ctx d_model"]
-    geometry: pd.DataFrame  # this model's W_pos, and GPT-2 small's, rows 1..C-1 and 1..n_ctx-1
+    geometry: pd.DataFrame  # this model's W_pos, GPT-2 small's and the other organism's, rows 1..C-1 and 1..n_ctx-1
     gpt2_W_pos: Float[Tensor, "1024 768"]
+    other_W_pos: Float[Tensor, "n_other d_other"] | None  # the other organism's W_pos (the comparison), None off the organisms
+    other_name: str | None
     last_row: dict[str, float]
     context_size: int
     card: dict | None  # the organism's model card when the model is the organism, else None
@@ -78,6 +87,14 @@ class SetupResult:
                 Markdown(organism_training_note(self.card)),
                 stages.style.format({"tokens": "{:,}", "epochs": "{:.2f}", "seconds": "{:.0f}"}).hide(axis="index")]
 
+    def other_sentence(self) -> str:
+        """Return the sentence that sets this model's W_pos beside the other organism's (or says there is none)."""
+        if self.other_W_pos is None:
+            return "No organism is set beside this model: it is neither of possae's organisms."
+        return (f"The table also holds the other organism, {self.other_name}, whose learned W_pos is "
+                f"{winding_word(float(self.geometry.loc[f'{self.other_name} rows 1..{self.other_W_pos.shape[0] - 1}', 'turns (PC1-PC2)']))} "
+                f"over its {self.other_W_pos.shape[0]} rows.")
+
     def card_sentence(self) -> str:
         """Return the sentence introducing the model card section."""
         if self.card is None:
@@ -96,7 +113,17 @@ class SetupResult:
         """Return the values the prose cites."""
         own = self.geometry.loc[f"{self.config.loc['model', '']} rows 1..{self.W_pos.shape[0] - 1}"]
         gpt2 = self.geometry.loc[f"GPT-2 small rows 1..{GPT2_SAE_CONTEXT - 1}"]
-        return {
+        gpt2_all = self.geometry.loc[f"GPT-2 small rows 1..{self.gpt2_W_pos.shape[0] - 1}"]
+        other = {}
+        if self.other_W_pos is not None:
+            row = self.geometry.loc[f"{self.other_name} rows 1..{self.other_W_pos.shape[0] - 1}"]
+            other = {"other_model": self.other_name, "other_turns": float(row["turns (PC1-PC2)"]),
+                     "other_n_ctx": self.other_W_pos.shape[0], "other_shape": winding_word(float(row["turns (PC1-PC2)"]))}
+        turns = float(own["turns (PC1-PC2)"])
+        return {**other,
+            "turns": turns, "shape": winding_word(turns), "gpt2_turns": float(gpt2_all["turns (PC1-PC2)"]),
+            "gpt2_shape": winding_word(float(gpt2_all["turns (PC1-PC2)"])),
+            "other_sentence": self.other_sentence(),
             "l0": self.quality["l0"], "explained_variance": self.quality["explained_variance"],
             "dead_share": self.quality["dead_share"], "heldout_tokens": self.quality["tokens"],
             "ce_clean": self.quality["ce_loss_without_sae"], "ce_spliced": self.quality["ce_loss_with_sae"],
@@ -120,13 +147,21 @@ def analyze(model, sae, params: SetupParams) -> SetupResult:
         "SAE context size": context}})
     W_pos = model.W_pos.detach().cpu()
     gpt2 = load_gpt2_wpos(params.gpt2_wpos_path)
-    geometry = pd.concat([geometry_frame(W_pos, context, model.cfg.model_name),
-                          geometry_frame(gpt2, GPT2_SAE_CONTEXT, "GPT-2 small")])
+    frames = [geometry_frame(W_pos, context, model.cfg.model_name), geometry_frame(gpt2, GPT2_SAE_CONTEXT, "GPT-2 small")]
+    other_name = OTHER_ORGANISM.get(params.model_name)
+    other = None
+    if other_name is not None:
+        from possae.loaders import load_model
+
+        other_model = load_model(other_name, device="cpu")
+        other = other_model.W_pos.detach()
+        frames.append(geometry_frame(other, other_model.cfg.n_ctx // 4, other_model.cfg.model_name))
+        other_name = other_model.cfg.model_name
     with torch.no_grad():
         quality = quality_on_heldout(model, sae, params.n_heldout_tokens)
     card = None
-    if params.model_name == "organism":
+    if params.model_name in ORGANISMS:
         from possae.organism.card import read_model_card
 
-        card = read_model_card()
-    return SetupResult(config, quality, W_pos, geometry, gpt2, last_row(W_pos), context, card)
+        card = read_model_card(ORGANISMS[params.model_name])
+    return SetupResult(config, quality, W_pos, pd.concat(frames), gpt2, other, other_name, last_row(W_pos), context, card)

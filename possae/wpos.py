@@ -47,8 +47,39 @@ def load_gpt2_wpos(path=None) -> Float[Tensor, "1024 768"]:
     return torch.from_numpy(np.load(path) if path is not None else gpt2_wpos()).float()
 
 
+def project_wpos(W_pos: Float[Tensor, "n_ctx d_big"], d: int, first: int = 1) -> tuple[Float[Tensor, "n_ctx d"], dict[str, float]]:
+    """Return every row of W_pos projected on the top d principal directions of rows first.. (their centred PCA),
+    as coordinates in those directions, and what the projection keeps (variance of those rows, norm of all rows)."""
+    _, ratios, Vh = pca(W_pos[first:].double())
+    V = Vh[:d].T  # d_big x d, orthonormal columns
+    P = W_pos.double() @ V
+    facts = {"rows": f"{first}..{len(W_pos) - 1}", "directions": d, "variance_kept": ratios[:d].sum().item(),
+             "norm_kept": (P.norm() / W_pos.double().norm()).item(), "row0_norm_kept": (P[0].norm() / W_pos[0].double().norm()).item()}
+    return P.float(), facts
+
+
 def last_row(W_pos: Float[Tensor, "n_ctx d_model"]) -> dict[str, float]:
     """Return the last row's norm, its neighbour's norm and their cosine (a row no loss reached stays at its init)."""
     last, prev = W_pos[-1].double(), W_pos[-2].double()
     return {"norm": last.norm().item(), "previous_norm": prev.norm().item(),
             "cosine_to_previous": torch.nn.functional.cosine_similarity(last, prev, dim=0).item()}
+
+
+def pc_winding(W_pos: Float[Tensor, "n_rows d_model"], n_components: int = 3) -> dict[str, float]:
+    """Return how far the centred rows wind: turns swept around their centroid in the PC1-PC2 plane (net unwrapped
+    angle / 2 pi; an arc of a fraction f of a circle reads more than f, but under 1), each top
+    component's zero crossings, and the period in rows implied by PC1's and PC2's crossings (two per period)."""
+    scores = pca(W_pos)[0].double()
+    angle = torch.atan2(scores[:, 1], scores[:, 0])
+    step = torch.remainder(angle.diff() + torch.pi, 2 * torch.pi) - torch.pi  # each step's angle, in (-pi, pi]
+    turns = abs(step.sum().item()) / (2 * torch.pi)
+    signs = torch.sign(scores[:, :n_components])
+    crossings = [int((signs[1:, k] * signs[:-1, k] < 0).sum()) for k in range(n_components)]
+    half_periods = (crossings[0] + crossings[1]) / 2
+    return {"turns": turns, **{f"pc{k + 1}_crossings": c for k, c in enumerate(crossings)},
+            "period_rows": (len(W_pos) / (half_periods / 2)) if half_periods else float("inf")}
+
+
+def winding_word(turns: float) -> str:
+    """Return how to call a curve that winds `turns` times: an arc below one full turn, else a helix of that many turns."""
+    return f"an arc ({turns:.2f} of a turn)" if turns < 1 else f"a helix of {turns:.1f} turns"

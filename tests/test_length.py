@@ -136,9 +136,13 @@ def test_spurious_counts_match_brute_force(kind, apply_b_dec, C):
     sae = make_sae(kind, seed=C, apply_b_dec_to_input=apply_b_dec)
     W_E, W_pos = make_weights(V=300, seed=C + 7)
     counts = L.spurious_counts(W_E, W_pos, sae, C, feature_chunk=4, progress=False)
-    _, spur = brute_spurious(W_E, W_pos, sae, C)
+    acts, spur = brute_spurious(W_E, W_pos, sae, C)
     assert torch.equal(counts, spur.sum(0).long())
     assert int(counts.sum()) > 0 and int(counts[:C].sum()) == 0
+    both, firings = L.spurious_and_firing_counts(W_E, W_pos, sae, C, feature_chunk=4, progress=False)
+    assert torch.equal(both, counts)
+    assert torch.equal(firings, (acts > 0).sum((0, 2)).long())  # every (token, feature) firing, at every position
+    assert bool((counts.sum(1) <= firings).all())
 
 
 def test_spurious_example_matches_brute_force():
@@ -195,10 +199,28 @@ def test_spurious_rate_frame_and_summary_values():
     assert df.positional.tolist() == [0.0, 0.0, 1.0, 2.0]
     assert df["non-positional"].tolist() == [0.0, 0.0, 0.5, 1.5]
     assert df.spurious_share_of_l0.tolist() == [0.0, 0.0, 0.75, 0.5]  # 0 where L0 is 0, not NaN
+    assert df.spurious_firings.tolist() == [0, 0, 6, 14] and df.firings.tolist() == [0, 4, 8, 28]  # l0 x d_vocab
     s = L.spurious_summary(df, context_size=2)
     assert (s.mean, s.max, s.max_position, s.share_of_l0, s.non_positional) == (2.5, 3.5, 3, 0.625, 0.4)
     table = L.spurious_table(df, 2)
     assert table.index.tolist() == [1, 2, 3] and "nan" not in table.to_string()
+
+
+def test_spurious_share_is_pooled_over_positions_not_a_mean_of_ratios():
+    """Finding: the share of active features that are spurious was a mean over positions of per-position ratios;
+    the prose now gives the pooled share, spurious firings over all firings past the context, with both counts."""
+    counts = torch.tensor([[0, 0, 0], [0, 0, 0], [4, 2, 0], [8, 0, 6]])
+    positional = torch.tensor([True, False, False])
+    df = L.spurious_rate_frame(counts, 4, positional, torch.tensor([0.0, 1.0, 2.0, 7.0]),
+                               firings=torch.tensor([0, 4, 8, 40]))  # exact counts win over l0 x d_vocab
+    s = L.spurious_summary(df, context_size=2)
+    # positions 2, 3: 6 of 8 and 14 of 40 firings are spurious: pooled 20 / 48, not the mean of 0.75 and 0.5
+    assert (s.n_spurious, s.n_firings) == (20, 48)
+    assert s.pooled_share == pytest.approx(20 / 48) and s.share_of_l0 == pytest.approx(0.625)
+    text = L.spurious_sentence(s)
+    assert "20 of the 48 (token, feature) firings past the context are spurious (41.7%)" in text
+    assert "62%" not in text  # the per-position mean is not what the sentence reports
+    assert L.SpuriousSummary(0.0, 0.0, 2, 0.0, 0.0, 0, 0).pooled_share == 0.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -213,6 +235,155 @@ def test_random_equal_norm():
     cos = torch.nn.functional.cosine_similarity(r, x_hat, dim=1)
     assert abs(float(cos.mean())) < 0.03 and float(cos.abs().max()) < 1.0  # random directions, not x_hat's
     assert torch.equal(r, L.random_equal_norm(x_hat, torch.Generator().manual_seed(1)))
+
+
+def baseline_sums(x_hat_scale=100.0, N=3000, d=64, n=8, C=4, seed=0):
+    """Return (x, pos, x_hat, sums with the SAE = x_hat_scale * x and the three baselines) on constructed inputs."""
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.arange(N) % n
+    x = torch.randn(N, d, generator=g, dtype=torch.float64) + 0.5 * pos[:, None]  # the input shifts with position
+    x_hat = x_hat_scale * x
+    sums = PositionSums.empty(n).add(pos, **reconstruction_sums(
+        x, {L.SAE_LABEL: x_hat, **L.random_baselines(x, x_hat, torch.Generator().manual_seed(seed + 1))}))
+    return x, pos, x_hat, L.with_mean_baseline(sums, C)
+
+
+def test_baselines_match_their_expected_errors():
+    """The input-norm baseline's nMSE is 2 mean ||x||^2 / variance, within a sampling error bounded here; the mean
+    input's is mean ||x - mean||^2 / variance exactly (1 inside the context)."""
+    C, d = 4, 64
+    x, pos, _, sums = baseline_sums(C=C, d=d)
+    assert L.methods_of(sums) == [L.SAE_LABEL, L.RANDOM_LABEL, L.RANDOM_REC_LABEL, L.MEAN_LABEL]
+    inside, past = (pos >= 1) & (pos < C), pos >= C
+    xi = x[inside]
+    m = xi.mean(0)
+    var = float((xi - m).pow(2).sum(1).mean())
+    for where, key in ((inside, "in"), (past, "past")):
+        s = L.error_summary(sums, L.RANDOM_LABEL, C)
+        got = s.nmse_in if key == "in" else s.nmse_past
+        sq = x[where].pow(2).sum(1)
+        # ||x - r||^2 = 2 ||x||^2 (1 - cos), cos of a uniform direction: mean 0, variance 1/d; 6 standard errors
+        bound = 6 * 2 * float(sq.pow(2).sum().sqrt()) / d**0.5 / len(sq) / var
+        assert abs(got - 2 * float(sq.mean()) / var) < bound, key
+        assert bound < 0.05 * 2 * float(sq.mean()) / var  # the bound is tight enough to mean something
+        mean_s = L.error_summary(sums, L.MEAN_LABEL, C)
+        ref = float((x[where] - m).pow(2).sum(1).mean()) / var
+        assert (mean_s.nmse_in if key == "in" else mean_s.nmse_past) == pytest.approx(ref, rel=1e-10)
+    assert L.error_summary(sums, L.MEAN_LABEL, C).nmse_in == pytest.approx(1.0, rel=1e-10)
+    # per position too, and with_mean_baseline is idempotent
+    curve = L.error_curves(sums, C)
+    at5 = curve[(curve.method == L.MEAN_LABEL) & (curve.position == 5)].nmse.item()
+    assert at5 == pytest.approx(float((x[pos == 5] - m).pow(2).sum(1).mean()) / var, rel=1e-10)
+    again = L.with_mean_baseline(sums, C)
+    assert L.methods_of(again) == L.methods_of(sums)
+    assert torch.equal(again.totals[f"sse:{L.MEAN_LABEL}"], sums.totals[f"sse:{L.MEAN_LABEL}"])
+
+
+def test_reconstruction_norm_baseline_is_not_the_input_norm_one():
+    """Finding: the baseline had the reconstruction's norm; past the context the output is ~100 times too long, so
+    the baseline was huge and the SAE "matched random". With x_hat = 100 x, the two differ by ~(1 + 100^2) / 2."""
+    C = 4
+    x, pos, x_hat, sums = baseline_sums(x_hat_scale=100.0, C=C)
+    rand = L.error_summary(sums, L.RANDOM_LABEL, C).nmse_past
+    randrec = L.error_summary(sums, L.RANDOM_REC_LABEL, C).nmse_past
+    sae = L.error_summary(sums, L.SAE_LABEL, C).nmse_past
+    assert randrec / rand == pytest.approx((1 + 100**2) / 2, rel=0.05)
+    assert sae / rand == pytest.approx(99**2 / 2, rel=0.05)  # ||x - 100 x||^2 = 99^2 ||x||^2: far worse than random
+    assert sae / randrec == pytest.approx(99**2 / (1 + 100**2), rel=0.05)  # "as bad as random" on the old reading
+    text = L.random_sentence(sae, rand, randrec)
+    assert "times that of a random vector with the input's norm" in text and "farther from its input" in text
+    r = L.random_equal_norm(x, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(r.norm(dim=1), x.norm(dim=1), rtol=1e-12, atol=0)
+
+
+def test_len_heldout_rand_past_is_the_input_norm_baseline(tiny):
+    """End to end: with an SAE whose output is 100 times too long, len_heldout_rand_past is the input-norm baseline
+    (2 mean ||x||^2 past the context, over the inside variance), not the reconstruction-norm one."""
+    from possae.heldout import heldout_windows
+
+    model, _, _, params, _ = tiny
+    loud = make_sae("standard", d=6, F=15, seed=21, apply_b_dec_to_input=False)
+    with torch.no_grad():
+        loud.W_dec.mul_(100.0)
+        loud.b_dec.mul_(100.0)
+    loud.cfg.metadata.context_size = 4
+    v = L.analyze(model, loud, params.replace(n_vocab_sample=8)).glued()
+    tokens = heldout_windows(model.tokenizer, 10, params.n_heldout_tokens)
+    keep = tokens != model.tokenizer.bos_token_id
+    x = (model.W_E[tokens] + model.W_pos[None]).detach()
+    x_hat = L.sae_reconstruct(loud, x.reshape(-1, 6)).reshape(x.shape).detach()
+    pos = torch.arange(10).expand_as(tokens)
+    inside, past = keep & (pos >= 1) & (pos < 4), keep & (pos >= 4)
+    xi = x[inside]
+    var = float((xi - xi.mean(0)).pow(2).sum(1).mean())
+    sq, sq_hat = x[past].pow(2).sum(1), x_hat[past].pow(2).sum(1)
+    assert float(sq_hat.mean()) > 100 * float(sq.mean())  # the premise: the output is far longer than the input
+    bound = 6 * 2 * float(sq.pow(2).sum().sqrt()) / 6**0.5 / len(sq) / var
+    assert abs(v["len_heldout_rand_past"] - 2 * float(sq.mean()) / var) < bound
+    rec_bound = 6 * 2 * float((sq * sq_hat).sum().sqrt()) / 6**0.5 / len(sq) / var
+    assert abs(v["len_heldout_randrec_past"] - float((sq + sq_hat).mean()) / var) < rec_bound
+    assert v["len_heldout_randrec_past"] > 50 * v["len_heldout_rand_past"]
+    assert v["len_sae_over_random"] == pytest.approx(v["len_heldout_past"] / v["len_heldout_rand_past"], rel=1e-12)
+    assert v["len_sae_over_randrec"] == pytest.approx(v["len_heldout_past"] / v["len_heldout_randrec_past"], rel=1e-12)
+    mean_ref = float((x[past] - xi.mean(0)).pow(2).sum(1).mean()) / var
+    assert v["len_heldout_mean_past"] == pytest.approx(mean_ref, rel=1e-9)
+
+
+# ----------------------------------------------------------------------------------------------
+# "as if at position q": the positional features' pattern past the context vs inside it
+# ----------------------------------------------------------------------------------------------
+
+
+def test_as_if_saturating_profiles_copy_the_last_position():
+    C, n = 5, 12
+    code = torch.zeros(n, 3, dtype=torch.float64)
+    code[1:C, 0] = torch.tensor([1.0, 0.6, 0.3, 0.1])  # decays inside the context
+    code[1:C, 1] = torch.tensor([0.0, 0.2, 0.5, 0.9])  # grows inside the context
+    code[1:C, 2] = torch.tensor([0.5, 0.5, 0.0, 0.0])
+    code[C:] = code[C - 1] * torch.linspace(1.0, 3.0, n - C, dtype=torch.float64)[:, None]  # saturates (and grows)
+    df = L.as_if_positions(code, C)
+    assert df.index.tolist() == list(range(C, n)) and df.as_if.tolist() == [C - 1] * (n - C)
+    assert df.cosine.tolist() == pytest.approx([1.0] * (n - C))
+    assert df.norm_ratio.iloc[-1] == pytest.approx(3.0)
+    s = L.as_if_summary(df, C, features=3)
+    assert (s.last_share, s.earlier_share, s.median_q, s.matched_share) == (1.0, 0.0, C - 1, 1.0)
+    assert "acts as if at its last position, 4" in L.as_if_sentence(s, C)
+    # one feature alone: every in-context position has cosine 1; the one closest in norm (the last) wins the tie
+    ramp = torch.zeros(n, 1, dtype=torch.float64)
+    ramp[:, 0] = torch.arange(n, dtype=torch.float64)
+    assert L.as_if_positions(ramp, C).as_if.tolist() == [C - 1] * (n - C)
+    ramp[C:, 0] = 2.5  # now closest in norm to positions 2 and 3: a tie, the later one wins
+    assert L.as_if_positions(ramp, C).as_if.tolist() == [3] * (n - C)
+
+
+def test_as_if_periodic_profiles_map_to_earlier_positions():
+    C, n, period = 7, 20, 4
+    code = torch.eye(period, dtype=torch.float64)[torch.arange(n) % period]  # one-hot of p mod 4
+    df = L.as_if_positions(code, C)
+    expected = [max(q for q in range(1, C) if q % period == p % period) for p in range(C, n)]
+    assert df.as_if.tolist() == expected and df.cosine.tolist() == pytest.approx([1.0] * (n - C))
+    s = L.as_if_summary(df, C, features=period)
+    last = sum(q == C - 1 for q in expected) / len(expected)
+    assert (s.last_share, s.earlier_share) == (pytest.approx(last), pytest.approx(1 - last)) and last < 0.5
+    assert s.median_q == float(pd.Series(expected).median())
+    assert "acts as if at earlier positions" in L.as_if_sentence(s, C)
+
+
+def test_as_if_says_neither_when_the_cosines_are_low():
+    C, n = 4, 9
+    code = torch.zeros(n, 3, dtype=torch.float64)
+    code[1:C, 0] = 1.0
+    code[1:C, 1] = torch.tensor([0.0, 0.5, 1.0])
+    code[C:, 2] = 1.0  # past the context only a feature silent inside it is active
+    code[C, 1] = 0.2
+    df = L.as_if_positions(code, C)
+    assert df.cosine.iloc[1:].tolist() == [0.0] * (n - C - 1) and 0 < df.cosine.iloc[0] < L.ASIF_COSINE
+    s = L.as_if_summary(df, C, features=3)
+    assert s.matched_share == 0.0 and s.median_cosine < L.ASIF_COSINE
+    text = L.as_if_sentence(s, C)
+    assert "acts as if at no position it was trained on" in text and f"median nearest position {s.median_q:g}" in text
+    none = L.as_if_summary(L.as_if_positions(torch.zeros(n, 0, dtype=torch.float64), C), C, features=0)
+    assert L.as_if_sentence(none, C).startswith("With no positional feature")
 
 
 def test_sample_tokens():
@@ -304,19 +475,25 @@ def test_sentences_follow_the_numbers():
     assert L.times_phrase(9373.0, 0.061) == "153,656 times its value inside"
     assert L.times_phrase(1.02, 1.0) == "about its value inside"
     assert (L.pct(0.99996), L.pct(0.00002), L.pct(0.5)) == ("more than 99.9%", "less than 0.1%", "50.0%")
-    assert "more than 99.9% of the spurious pairs" in L.spurious_sentence(L.SpuriousSummary(1.0, 2.0, 70, 0.8, 0.99996))
-    assert "within 10%" in L.random_sentence(9373.0, 9367.0)
-    assert "keeps part of the input's direction" in L.random_sentence(1.0, 5.0)
+    assert "more than 99.9% of the spurious pairs" in L.spurious_sentence(
+        L.SpuriousSummary(1.0, 2.0, 70, 0.8, 0.99996, 80, 100))
+    # the SAE far above the input-norm baseline and level with the reconstruction-norm one (the organism's case)
+    both = L.random_sentence(9373.0, 2.0, 9367.0)
+    assert "4,686 times that of a random vector with the input's norm (2)" in both
+    assert "farther from its input than a random guess" in both
+    assert "(9,367) it is within 10%" in both and "not the study's reading" in both
+    assert "5 times smaller than that of a random vector" in L.random_sentence(1.0, 5.0, 5.0)
+    assert "keeps part of the input's direction" in L.random_sentence(1.0, 5.0, 5.0)
+    assert "within 10% of that of a random vector with the input's norm" in L.random_sentence(2.05, 2.0, 9.0)
     assert L.positional_sentence(0, None, 64).startswith("This SAE has no feature")
-    assert L.spurious_sentence(L.SpuriousSummary(0.0, 0.0, 64, 0.0, 0.0)).startswith("No feature fires")
+    assert L.spurious_sentence(L.SpuriousSummary(0.0, 0.0, 64, 0.0, 0.0, 0, 10)).startswith("No feature fires")
     assert L.example_sentence(None, "", "", 0.0, 10).startswith("No non-positional feature")
     near = pd.DataFrame({"nearest_inside": [1, 1, 1, 1], "cosine": [1.0, 1.0, 0.9, 0.8]})
     assert L.nearest_sentence(near, 2).startswith("Every row of W_pos past the context")
 
 
 def fix_summaries(a_in, a_past, b_past, c_past, control=True):
-    s = {L.SAE_LABEL: L.ErrorSummary(1, 1e5, 0.06, 9373.0), L.RANDOM_LABEL: L.ErrorSummary(1, 1e5, 2.4, 9367.0),
-         L.TOKEN_ONLY_LABEL: L.ErrorSummary(1, 1, a_in, a_past), L.CLAMP_LABEL: L.ErrorSummary(1, 1, 0.06, b_past),
+    s = {L.SAE_LABEL: L.ErrorSummary(1, 1e5, 0.06, 9373.0), L.TOKEN_ONLY_LABEL: L.ErrorSummary(1, 1, a_in, a_past), L.CLAMP_LABEL: L.ErrorSummary(1, 1, 0.06, b_past),
          L.SWAP_LABEL: L.ErrorSummary(1, 1, 0.06, c_past)}
     if control:
         s[L.CONTROL_LABEL] = L.ErrorSummary(1, 1, 0.079, 0.074)
@@ -418,7 +595,26 @@ def test_analyze_glues_clean_prose_and_display_ready_tables(tiny):
     for table in (result.error_table, result.fix_table, result.behaviour_table, result.nearest_table,
                   result.spurious_table, result.example_top_tokens):
         assert table.shape[1] <= 7 and "nan" not in table.to_string().lower()
-    assert set(result.fix_summaries()) == {L.SAE_LABEL, L.RANDOM_LABEL, *L.FIX_LABELS.values()}
+    assert set(result.fix_summaries()) == {L.SAE_LABEL, *L.FIX_LABELS.values()}  # the baselines are not fixes
+    assert result.fix_table.index.tolist() == [L.SAE_LABEL, *L.FIX_LABELS.values()]
+    shown = [(d, m) for d in ("held-out text", "all tokens") for m in (L.SAE_LABEL, *L.BASELINE_LABELS)]
+    assert result.error_table.index.tolist() == shown
+    for curves in (result.heldout_curves, result.alltok_curves):
+        assert set(L.BASELINE_LABELS) <= set(curves.method)
+
+
+def test_analyze_glues_the_pooled_spurious_share_and_the_as_if_positions(tiny):
+    model, sae, _, _, result = tiny
+    v = result.glued()
+    acts, spur = brute_spurious(model.W_E.detach(), model.W_pos.detach(), sae, 4)
+    assert v["len_spur_n_spurious"] == int(spur.sum()) > 0
+    assert v["len_spur_n_firings"] == int((acts[:, 4:] > 0).sum())  # every firing past the context, every token
+    assert v["len_spur_share"] == pytest.approx(v["len_spur_n_spurious"] / v["len_spur_n_firings"], rel=1e-15)
+    assert f"{v['len_spur_n_spurious']:,} of the {v['len_spur_n_firings']:,}" in v["len_spurious_sentence"]
+    assert v["len_asif_last_share"] + v["len_asif_earlier_share"] == pytest.approx(1.0)
+    assert result.as_if.index.tolist() == list(range(4, 10)) and result.as_if.as_if.between(1, 3).all()
+    assert v["len_asif_median_q"] == float(result.as_if.as_if.median())
+    assert v["len_asif_threshold"] == L.ASIF_COSINE and isinstance(v["len_asif_sentence"], str)
 
 
 def test_analyze_refuses_an_sae_with_nothing_past_its_context(tiny):
@@ -450,6 +646,10 @@ def test_error_figure_grid_and_spurious_and_empty_figures():
     assert [list(t.y) for t in fig.data if t.name == "s"][2] == [0.1, 0.2, 3, 4]  # row 2: nmse
     assert [s.x0 for s in fig.layout.shapes] == [1.5] * 4  # the context marked in every panel
     assert fig.layout.yaxis.title.text == "MSE"
+    three = pd.concat([df[df.method == "s"].assign(method=m) for m in (L.SAE_LABEL, *L.BASELINE_LABELS)])
+    fig = error_vs_position_figure({"text": three}, 2)
+    assert [t.name for t in fig.data] == [L.SAE_LABEL, *L.BASELINE_LABELS]  # each baseline labelled in the legend
+    assert [t.line.dash for t in fig.data] == [None, "dot", "dash", "dashdot"]
     rates = L.spurious_rate_frame(torch.tensor([[0, 0], [3, 1]]), 4, torch.tensor([True, False]), torch.tensor([1.0, 2.0]))
     fig = spurious_rate_figure(rates, 1)
     assert [t.name for t in fig.data] == ["non-positional features", "positional features", "spurious / L0"]

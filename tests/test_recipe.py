@@ -41,3 +41,20 @@ def test_matching_suite_varies_one_thing_at_a_time_on_one_budget():
     for group in ("stories", "technical"):  # second seeds differ from their first seed only by the seed
         assert _diff(suite[f"match-{group}-seed2"], suite[f"match-{group}"]) == {"seed"}
     assert len({c for g in MATCHING_GROUPS.values() for c in g}) == sum(len(g) for g in MATCHING_GROUPS.values())
+
+
+def test_gpt2pos_recipes_fix_gpt2s_wpos_and_refuse_contradictions():
+    import pytest
+
+    from possae.organism.recipe import LMRecipe, gpt2pos_saes, lm_recipe
+
+    r = lm_recipe("cpu", "gpt2")
+    assert r.wpos == "gpt2" and r.n_ctx == 1024 and not r.zero_init_wpos
+    with pytest.raises(ValueError, match="wpos 'gpt2'"):
+        LMRecipe(n_ctx=1024, wpos="gpt2")  # zero_init_wpos left True
+    with pytest.raises(ValueError, match="wpos is one of"):
+        LMRecipe(wpos="sinusoidal")
+    assert lm_recipe("cpu", "rotary").positional_embedding_type == "rotary"
+    suite = {s.sae_id: s for s in gpt2pos_saes()}
+    assert suite["relu-short"].context_size == 128 and suite["relu-full"].context_size == 1024
+    assert sorted(s.expansion for s in suite.values() if s.context_size == 128) == [8, 16, 32, 64]

@@ -42,3 +42,49 @@ def test_gpt2_wpos_reads_from_the_pack_as_documented(tmp_path):
     assert abs(wpos_geometry(W, 1, 256)["adjacent_cosine"] - 0.998) < 0.001
     np.save(tmp_path / "w.npy", W[:5].numpy())
     assert torch.equal(load_gpt2_wpos(tmp_path / "w.npy"), W[:5])
+
+
+def _coil(n: int, turns: float, d: int = 8) -> torch.Tensor:
+    """Rows tracing `turns` turns of a circle in dims 0-1, climbing slowly in dim 2, embedded in d dims."""
+    t = torch.linspace(0, 1, n, dtype=torch.float64)
+    W = torch.zeros(n, d, dtype=torch.float64)
+    W[:, 0], W[:, 1], W[:, 2] = torch.cos(2 * torch.pi * turns * t), torch.sin(2 * torch.pi * turns * t), 0.1 * t
+    return W
+
+
+def test_pc_winding_counts_the_turns_of_a_helix_and_an_arc():
+    from possae.wpos import pc_winding, winding_word
+
+    helix = pc_winding(_coil(1000, 3.0))
+    assert abs(helix["turns"] - 3.0) < 0.01 and abs(helix["period_rows"] - 1000 / 3) < 1000 / 3 * 0.1
+    arc = pc_winding(_coil(256, 0.4))
+    assert 0.4 < arc["turns"] < 1  # seen from its centroid an arc sweeps more than its own 0.4 turn, but under one
+    from possae.wpos import top_k_variance_share
+
+    assert top_k_variance_share(_coil(256, 0.4).float()) > 0.99
+    assert winding_word(arc["turns"]).startswith("an arc") and winding_word(helix["turns"]).startswith("a helix of 3.0")
+
+
+def test_project_wpos_keeps_an_exact_low_rank_embedding_and_reports_what_it_keeps():
+    from possae.wpos import pc_winding, project_wpos
+
+    gen = torch.Generator().manual_seed(0)
+    Q = torch.linalg.qr(torch.randn(32, 32, generator=gen, dtype=torch.float64))[0]
+    W = _coil(200, 2.0) @ Q[:8]  # rank <= 3 after centring, rotated into 32 dims
+    P, facts = project_wpos(W.float(), 4)
+    assert P.shape == (200, 4) and facts["variance_kept"] > 1 - 1e-6
+    assert abs(pc_winding(P[1:])["turns"] - pc_winding(W[1:])["turns"]) < 1e-4
+    G = W.double()[1:] - W.double()[1:].mean(0)
+    Pc = P.double()[1:] - P.double()[1:].mean(0)
+    assert torch.allclose(G @ G.T, Pc @ Pc.T, atol=1e-4)  # the centred geometry is kept exactly
+    _, few = project_wpos(W.float(), 1)
+    assert few["variance_kept"] < 0.9
+
+
+def test_gpt2_geometry_check_passes_the_projection_and_fails_an_arc():
+    from possae.organism.card import gpt2_geometry_check
+    from possae.wpos import load_gpt2_wpos, project_wpos
+
+    gpt2 = load_gpt2_wpos()
+    assert gpt2_geometry_check(project_wpos(gpt2, 128)[0], gpt2)["passes"]
+    assert not gpt2_geometry_check(_coil(1024, 0.6, 16).float(), gpt2)["passes"]

@@ -7,13 +7,16 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from possae.figures import legend_below, log_ticks, mark_context
+from possae.length import MEAN_LABEL, RANDOM_LABEL, RANDOM_REC_LABEL
 from possae.neuronpedia import NO_PAGES, FeaturePages, trace_links
 
 METRIC_TITLES = {"nmse": "nMSE", "mse": "MSE"}
-# ten distinct colours (the SAE first, blue; the random baseline second, grey), then darker ones: no two methods of one
+# ten distinct colours (the SAE first, blue; the first baseline second, grey), then darker ones: no two methods of one
 # figure share a colour
 PALETTE = ["#1f77b4", "#7f7f7f", "#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22",
            "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39"]
+# the baselines' line styles: each drawn apart from the methods (solid) and from the other baselines
+BASELINE_DASH = {RANDOM_LABEL: "dot", RANDOM_REC_LABEL: "dash", MEAN_LABEL: "dashdot"}
 
 
 def _empty(fig: go.Figure, text: str) -> go.Figure:
@@ -25,7 +28,8 @@ def error_vs_position_figure(frames: dict[str, pd.DataFrame], context_size: int,
                              methods: list[str] | None = None, log_y: bool = True, title: str | None = None,
                              n_cols: int = 2) -> go.Figure:
     """Return a grid of panels, one per (metric, frame of error_curves, e.g. held-out text, all tokens): the metric vs
-    position, one line per method (random baselines dotted), the context marked. With one metric, the frames wrap
+    position, one line per method (the baselines in BASELINE_DASH's styles, any other "random" method dotted), the
+    context marked. With one metric, the frames wrap
     into rows of `n_cols` panels; with several, each metric is a row.
     """
     cells = [(metric, name) for metric in metrics for name in frames]
@@ -45,7 +49,8 @@ def error_vs_position_figure(frames: dict[str, pd.DataFrame], context_size: int,
             first = method not in colors
             color = colors.setdefault(method, PALETTE[len(colors) % len(PALETTE)])
             fig.add_scatter(x=d["position"], y=d[metric], mode="lines", name=method, legendgroup=method,
-                            line=dict(color=color, dash="dot" if "random" in method else None), showlegend=first,
+                            line=dict(color=color, dash=BASELINE_DASH.get(method, "dot" if "random" in method else None)),
+                            showlegend=first,
                             row=row, col=col)
         mark_context(fig, context_size, row=row, col=col)
         y = df[metric].to_numpy(float)

@@ -10,14 +10,16 @@ import pandas as pd
 from possae.corpora import CORPORA, HELD_OUT_FRACTION
 from possae.organism.data import load_stream
 from possae.organism.lm import evaluate_lm
-from possae.organism.recipe import ARTIFACTS, OrganismRecipe, build_dir
+from possae.organism.recipe import ARTIFACTS, GPT2POS_MODEL_NAME, OrganismRecipe, build_dir
 from possae.organism.saes import SAE_DIR, evaluate_sae
-from possae.wpos import last_row, wpos_geometry
+from possae.wpos import last_row, load_gpt2_wpos, pc_winding, wpos_geometry
 
 CARD_JSON = "model_card.json"
 CARD_MD = "MODEL_CARD.md"
 WPOS_TARGETS = {"cpu": {"top3_share": 0.5, "adjacent_cosine": 0.8}, "gpu": {"top3_share": 0.99, "adjacent_cosine": 0.99}}
 DEAD_SHARE_TARGET = 0.10  # every shipped SAE should have at most this share of latents silent on held-out text
+GEOMETRY_TOLERANCE = 0.01  # the GPT-2-geometry organism's top-3 share and adjacent cosine must be this close to GPT-2's
+TURNS_TOLERANCE = 0.05  # ... and its turns in the PC1-PC2 plane this close (a projection keeps them almost exactly)
 
 
 def read_model_card(folder: Path = ARTIFACTS) -> dict:
@@ -30,10 +32,10 @@ def artifact_megabytes(folder: Path = ARTIFACTS) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
 
 
-def lm_training_stages(folder: Path = ARTIFACTS) -> list[dict]:
+def lm_training_stages(folder: Path = ARTIFACTS, work_dir: Path | None = None) -> list[dict]:
     """Return the language model's training stages (oldest first, each with its history): from the build folder's
     facts, else from the shipped card."""
-    log = build_dir() / "lm_training.json"
+    log = (work_dir or build_dir()) / "lm_training.json"
     if log.is_file():
         return training_stages(json.loads(log.read_text()))
     if (folder / CARD_JSON).is_file():
@@ -53,22 +55,41 @@ def training_stages(facts: dict) -> list[dict]:
     return earlier + [stage]
 
 
-def collect_model_card(recipe: OrganismRecipe = OrganismRecipe(), device: str = "cpu", folder: Path = ARTIFACTS) -> dict:
-    """Measure everything the model card reports, on held-out text, and return it as a dict."""
+def wpos_facts(W_pos, W_E, first: int = 1) -> dict[str, float]:
+    """Return how far W_pos's rows first.. wind (pc_winding) and the ratio of its mean row norm to W_E's."""
+    return {**pc_winding(W_pos[first:]), "wpos_over_we_norm": (W_pos[first:].norm(dim=1).mean() / W_E.norm(dim=1).mean()).item()}
+
+
+def gpt2_geometry_check(W_pos, gpt2_W_pos) -> dict:
+    """Return rows 1..n-1 of W_pos against GPT-2's: top-3 share, adjacent cosine and turns of each, and whether all three
+    agree within GEOMETRY_TOLERANCE and TURNS_TOLERANCE."""
+    own, ref = {**wpos_geometry(W_pos), **pc_winding(W_pos[1:])}, {**wpos_geometry(gpt2_W_pos), **pc_winding(gpt2_W_pos[1:])}
+    ok = (abs(own["top3_share"] - ref["top3_share"]) <= GEOMETRY_TOLERANCE
+          and abs(own["adjacent_cosine"] - ref["adjacent_cosine"]) <= GEOMETRY_TOLERANCE
+          and abs(own["turns"] - ref["turns"]) <= TURNS_TOLERANCE)
+    keys = ("top3_share", "adjacent_cosine", "turns")
+    return {"organism": {k: own[k] for k in keys}, "gpt2": {k: ref[k] for k in keys}, "passes": ok}
+
+
+def collect_model_card(recipe: OrganismRecipe = OrganismRecipe(), device: str = "cpu", folder: Path = ARTIFACTS,
+                       work_dir: Path | None = None) -> dict:
+    """Measure everything the model card reports, on held-out text, and return it as a dict (the first organism's,
+    or with folder and work_dir of a variant, that variant's; the tokenizer is always the first organism's)."""
     from sae_lens import SAE
 
     from possae.organism.data import TOKENIZER_DIR
     from possae.organism.lm import MODEL_DIR, load_saved_model
 
-    model = load_saved_model(folder / MODEL_DIR, folder / TOKENIZER_DIR, device=device)
-    stages = lm_training_stages(folder)
+    model = load_saved_model(folder / MODEL_DIR, ARTIFACTS / TOKENIZER_DIR, device=device)
+    stages = lm_training_stages(folder, work_dir)
     n_ctx = model.cfg.n_ctx
+    short = min((r.context_size for r in recipe.saes), default=n_ctx // 4)
     data = [{"corpus": c.name, "group": c.group, "files": list(c.files),
              "train_tokens": int(len(load_stream(c.name, "train"))),
              "heldout_tokens": int(len(load_stream(c.name, "heldout")))} for c in CORPORA]
     W_pos = model.W_pos.detach().cpu()
     card = {
-        "name": "possae-organism",
+        "name": model.cfg.model_name,
         "architecture": {k: getattr(model.cfg, k) for k in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp",
                                                             "n_ctx", "d_vocab", "act_fn", "normalization_type",
                                                             "positional_embedding_type")},
@@ -82,10 +103,11 @@ def collect_model_card(recipe: OrganismRecipe = OrganismRecipe(), device: str = 
         "heldout": evaluate_lm(model).to_dict(orient="records"),
         "wpos_geometry": {
             f"rows_1_{n_ctx - 1}": wpos_geometry(W_pos, 1, n_ctx),
-            f"rows_1_{n_ctx // 4 - 1}": wpos_geometry(W_pos, 1, n_ctx // 4),
+            f"rows_1_{short - 1}": wpos_geometry(W_pos, 1, short),
             "last_row": last_row(W_pos),
             "targets": WPOS_TARGETS,
         },
+        "wpos": wpos_facts(W_pos, model.W_E.detach().cpu()),
         "saes": {},
     }
     for r in recipe.saes:
@@ -103,6 +125,12 @@ def collect_model_card(recipe: OrganismRecipe = OrganismRecipe(), device: str = 
             "dead_window_tokens": r.dead_window_tokens, "dead_latent_loss": facts.get("dead_latent_loss"),
             "heldout": evaluate_sae(model, sae, r.context_size),
         }
+    if model.cfg.model_name == GPT2POS_MODEL_NAME:
+        card["wpos_projection"] = stages[-1].get("wpos_projection")
+        card["gpt2_check"] = gpt2_geometry_check(W_pos, load_gpt2_wpos())
+        first = load_saved_model(ARTIFACTS / MODEL_DIR, device=device)
+        card["first_organism"] = {"heldout": read_model_card(ARTIFACTS)["heldout"],
+                                  "wpos": wpos_facts(first.W_pos.detach().cpu(), first.W_E.detach().cpu())}
     card["artifact_mb"] = artifact_megabytes(folder)
     return card
 
@@ -147,11 +175,18 @@ def card_markdown(card: dict) -> str:
     """Return the model card rendered as markdown."""
     a = card["architecture"]
     stages = card["training_stages"]
+    gpt2pos = "gpt2_check" in card
+    intro = ("A small GPT-2-architecture language model whose positional embedding is GPT-2 small's own, projected "
+             "to its d_model and frozen during training, and layer-0 sparse autoencoders trained on it with sae_lens. "
+             "The layer-0 chapters run on it by default. Rebuild it with `possae organism model --positional gpt2` "
+             "and `possae organism saes --positional gpt2`, then `possae organism card --positional gpt2` (data path: "
+             "`--data` or `$POSSAE_DATA`; the tokenizer and token streams are the first organism's)."
+             if gpt2pos else
+             "A small GPT-2-architecture language model with learned absolute positional embeddings, and sparse "
+             "autoencoders trained on it with sae_lens. It is the offline stand-in for gpt2-small and its SAEs. "
+             "Rebuild it with `possae organism all` (data path: `--data` or `$POSSAE_DATA`).")
     lines = [
-        "# possae model organism", "",
-        "A small GPT-2-architecture language model with learned absolute positional embeddings, and sparse "
-        "autoencoders trained on it with sae_lens. It is the offline stand-in for gpt2-small and its SAEs. "
-        "Rebuild it with `possae organism all` (data path: `--data` or `$POSSAE_DATA`).", "",
+        "# possae model organism, GPT-2's positional geometry" if gpt2pos else "# possae model organism", "", intro, "",
         "## Architecture", "",
         f"{a['n_layers']} layers, d_model {a['d_model']}, {a['n_heads']} heads of {a['d_head']}, d_mlp {a['d_mlp']}, "
         f"n_ctx {a['n_ctx']}, vocabulary {a['d_vocab']} ({card['tokenizer']['type']}, `{card['tokenizer']['bos_eos']}` "
@@ -165,6 +200,8 @@ def card_markdown(card: dict) -> str:
         *[f"Stage {i + 1} recipe: `{json.dumps(st['recipe'])}`" for i, st in enumerate(stages)], "",
     ]
     lines += [organism_training_note(card), ""]
+    if gpt2pos:
+        lines += gpt2pos_sections(card)
     heldout = pd.DataFrame(card["heldout"])
     lines += [
         "## Held-out loss (nats/token) vs a unigram baseline", "",
@@ -186,12 +223,19 @@ def card_markdown(card: dict) -> str:
         lines.append(f"- the last row, W_pos[{a['n_ctx'] - 1}]: norm {lr['norm']:.3f} (its neighbour's "
                      f"{lr['previous_norm']:.3f}), cosine to its neighbour {lr['cosine_to_previous']:.3f}")
     full = next(g for k, g in geo.items() if k.startswith("rows"))
-    kind = "gpu" if stages[0]["recipe"]["train_tokens"] >= 10 * 10_500_000 else "cpu"
-    target = geo["targets"][kind]
-    met = full["top3_share"] >= target["top3_share"] and full["adjacent_cosine"] >= target["adjacent_cosine"]
-    lines += ["", f"Targets of the {kind} recipe (top-3 >= {target['top3_share']:.0%}, adjacent cosine >= "
-              f"{target['adjacent_cosine']}): " + ("met." if met else "**not met**.")
-              + " GPT-2 small reads 95.0 % and 0.9985 on rows 1..255.", "", "## SAEs", ""]
+    if not gpt2pos:
+        kind = "gpu" if stages[0]["recipe"]["train_tokens"] >= 10 * 10_500_000 else "cpu"
+        target = geo["targets"][kind]
+        met = full["top3_share"] >= target["top3_share"] and full["adjacent_cosine"] >= target["adjacent_cosine"]
+        lines += ["", f"Targets of the {kind} recipe (top-3 >= {target['top3_share']:.0%}, adjacent cosine >= "
+                  f"{target['adjacent_cosine']}): " + ("met." if met else "**not met**.")
+                  + " GPT-2 small reads 95.0 % and 0.9985 on rows 1..255."]
+    if "wpos" in card:
+        w = card["wpos"]
+        lines.append(f"- rows 1..{a['n_ctx'] - 1} wind {w['turns']:.2f} turns in the PC1-PC2 plane (PC1 and PC2 cross "
+                     f"zero {w['pc1_crossings']} and {w['pc2_crossings']} times); mean row norm over W_E's "
+                     f"{w['wpos_over_we_norm']:.3f}")
+    lines += ["", "## SAEs", ""]
     rows = [{"sae_id": k, "hook": v["hook_name"].replace(".hook_resid_pre", ""), "architecture": v["architecture"],
              "k": v["k"] or "", "d_sae": v["d_sae"], "context": v["context_size"], "tokens": v["training_tokens"],
              "corpora": ",".join(v["corpora"]) if isinstance(v.get("corpora", "all"), list) else "all",
@@ -216,6 +260,36 @@ def card_markdown(card: dict) -> str:
     return "\n".join(lines)
 
 
+def gpt2pos_sections(card: dict) -> list[str]:
+    """Return the GPT-2-geometry organism's own card sections: the projection, the check against GPT-2's geometry,
+    the norms beside the first organism's, and the held-out loss beside the first organism's."""
+    proj, check, w, w1 = card["wpos_projection"], card["gpt2_check"], card["wpos"], card["first_organism"]["wpos"]
+    geo = pd.DataFrame({"this organism": check["organism"], "GPT-2 small": check["gpt2"]}).T
+    own = pd.DataFrame(card["heldout"]).set_index("corpus")
+    first = pd.DataFrame(card["first_organism"]["heldout"]).set_index("corpus")
+    loss = pd.DataFrame({"heldout tokens": own["heldout_tokens"], "loss": own["loss"],
+                         "first organism's loss": first["loss"], "first organism's tokens": first["heldout_tokens"],
+                         "unigram": own["unigram_loss"]}).reset_index()
+    return [
+        "## W_pos: GPT-2 small's, projected", "",
+        f"W_pos is GPT-2 small's positional embedding (all 1,024 rows, from possae's evaluation pack), projected on the "
+        f"top {proj['directions']} principal directions of its centred rows {proj['rows']} (coordinates in those "
+        f"directions), and frozen: no step of training changed it. The projection keeps {proj['variance_kept']:.2%} of "
+        f"those rows' variance and {proj['norm_kept']:.2%} of the norm of all rows (row 0, the BOS position, keeps "
+        f"{proj['row0_norm_kept']:.1%} of its norm).", "",
+        f"Geometry of rows 1..1023 against GPT-2's (passes when the top-3 share and the adjacent cosine are within "
+        f"{GEOMETRY_TOLERANCE} and the turns within {TURNS_TOLERANCE}): " + ("**passes**." if check["passes"] else "**fails**."), "",
+        geo.to_markdown(floatfmt=".4f"), "",
+        f"Mean row norm of W_pos (rows 1..) over W_E's: {w['wpos_over_we_norm']:.3f} here, {w1['wpos_over_we_norm']:.3f} "
+        f"in the first organism (whose W_pos winds {w1['turns']:.2f} turns).", "",
+        "## Held-out loss beside the first organism's", "",
+        "Nats per token, every position scored, each model in windows of its own n_ctx + 1 tokens (so the two "
+        "models' samples differ in window length and count: tokens are listed).", "",
+        loss.to_markdown(index=False, floatfmt=".3f"), "",
+        f"Mean over the corpora: {own['loss'].mean():.3f} here, {first['loss'].mean():.3f} for the first organism.", "",
+    ]
+
+
 def _why_dead(sae: dict) -> str:
     """Return what the record says about an SAE with too many dead latents."""
     d = sae.get("dead_latent_loss")
@@ -238,9 +312,10 @@ def _fired(d: dict | None) -> str:
     return f"{d['steps_fired']}/{d['steps_recorded']}" if d and d["steps_recorded"] else ""
 
 
-def write_model_card(recipe: OrganismRecipe = OrganismRecipe(), device: str | None = None, folder: Path = ARTIFACTS) -> Path:
+def write_model_card(recipe: OrganismRecipe = OrganismRecipe(), device: str | None = None, folder: Path = ARTIFACTS,
+                     work_dir: Path | None = None) -> Path:
     """Measure and write model_card.json and MODEL_CARD.md into the artifacts folder; return the markdown path."""
-    card = collect_model_card(recipe, device or "cpu", folder)
+    card = collect_model_card(recipe, device or "cpu", folder, work_dir)
     (folder / CARD_JSON).write_text(json.dumps(card, indent=1))
     (folder / CARD_MD).write_text(card_markdown(card))
     return folder / CARD_MD

@@ -155,6 +155,16 @@ def train_language_model(
     torch.manual_seed(recipe.seed)
     model = build_model(lm_config(recipe), tokenizer_dir, device)
     has_wpos = recipe.positional_embedding_type == "standard"
+    projection = None
+    if recipe.wpos == "gpt2":  # GPT-2's geometry, fixed: every weight but W_pos trains
+        from possae.wpos import load_gpt2_wpos, project_wpos
+
+        W, projection = project_wpos(load_gpt2_wpos(), recipe.d_model)
+        if len(W) != recipe.n_ctx:
+            raise ValueError(f"GPT-2's W_pos has {len(W)} rows: the recipe's n_ctx must be {len(W)}, not {recipe.n_ctx}")
+        with torch.no_grad():
+            model.W_pos.copy_(W)
+        model.W_pos.requires_grad_(False)
     if init_from is not None:
         model.load_state_dict(load_saved_model(Path(init_from) / MODEL_DIR, device=device).state_dict())
     elif recipe.zero_init_wpos and has_wpos:
@@ -219,7 +229,7 @@ def train_language_model(
         "recipe": recipe.to_dict(), "steps": recipe.total_steps, "tokens_seen": recipe.total_steps * tokens_per_step,
         "train_stream_tokens": int(len(sampler.stream)), "epochs": recipe.total_steps * tokens_per_step / len(sampler.stream),
         "train_seconds": elapsed, "device": device_name(device), "positions_scored": recipe.n_ctx,
-        "history": history, **({"init": init} if init else {}),
+        "history": history, **({"init": init} if init else {}), **({"wpos_projection": projection} if projection else {}),
     }
     (work_dir / "lm_training.json").write_text(json.dumps(facts, indent=2))
     return facts

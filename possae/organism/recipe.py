@@ -12,10 +12,15 @@ from possae.data_paths import REPO_ROOT
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 ARTIFACTS = PACKAGE_DIR / "artifacts" / "organism"  # shipped: tokenizer, model, SAEs, model card
 ROTARY_ARTIFACTS = PACKAGE_DIR / "artifacts" / "organism-rotary"  # the rotary twin: model and SAEs (tokenizer shared)
+# the organism with GPT-2 small's own positional embedding (projected to d_model, frozen), n_ctx 1,024
+GPT2POS_ARTIFACTS = PACKAGE_DIR / "artifacts" / "organism-gpt2pos"
 BUILD_ENV = "POSSAE_BUILD"
 ORGANISM_MODEL_NAME = "possae-organism"  # the organism's model_name in its config and in its SAEs' metadata
 ROTARY_MODEL_NAME = "possae-organism-rotary"  # the rotary twin's
+GPT2POS_MODEL_NAME = "possae-organism-gpt2pos"  # the GPT-2-geometry organism's
 POSITIONAL_TYPES = ("standard", "rotary")  # TransformerLens's positional_embedding_type: learned absolute, or rotary
+WPOS_SOURCES = ("learned", "gpt2")  # W_pos trained from zero, or GPT-2 small's projected to d_model and frozen
+VARIANTS = ("standard", "rotary", "gpt2")  # the organisms possae trains: the first, its rotary twin, GPT-2's geometry
 
 
 def build_dir() -> Path:
@@ -25,15 +30,17 @@ def build_dir() -> Path:
     return d
 
 
-def twin_dirs(positional: str) -> tuple[Path, Path, str]:
-    """Return (artifacts folder, checkpoint folder, model name) of the organism with this positional embedding."""
-    if positional not in POSITIONAL_TYPES:
-        raise ValueError(f"positional embedding {positional!r}: one of {', '.join(POSITIONAL_TYPES)}")
-    if positional == "standard":
+def twin_dirs(variant: str) -> tuple[Path, Path, str]:
+    """Return (artifacts folder, checkpoint folder, model name) of an organism: standard, rotary or gpt2 (VARIANTS)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"organism variant {variant!r}: one of {', '.join(VARIANTS)}")
+    if variant == "standard":
         return ARTIFACTS, build_dir(), ORGANISM_MODEL_NAME
-    work = build_dir() / "rotary"
+    work = build_dir() / variant
     work.mkdir(parents=True, exist_ok=True)
-    return ROTARY_ARTIFACTS, work, ROTARY_MODEL_NAME
+    if variant == "rotary":
+        return ROTARY_ARTIFACTS, work, ROTARY_MODEL_NAME
+    return GPT2POS_ARTIFACTS, work, GPT2POS_MODEL_NAME
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,7 @@ class LMRecipe:
     zero_init_wpos: bool = True  # W_pos starts at 0, so all of its structure is learned
     trainable: str = "all"  # or "last_wpos_row": every weight frozen but W_pos[n_ctx - 1]
     positional_embedding_type: str = "standard"  # "rotary": the rotary twin (no W_pos; RoPE on every head's q, k)
+    wpos: str = "learned"  # "gpt2": W_pos is GPT-2 small's, projected on its top d_model principal directions, frozen
     seed: int = 0
 
     def __post_init__(self):
@@ -68,6 +76,12 @@ class LMRecipe:
             raise ValueError("The rotary twin has no W_pos: LMRecipe.trainable must be 'all'")
         if self.trainable not in ("all", "last_wpos_row"):
             raise ValueError(f"LMRecipe.trainable is 'all' or 'last_wpos_row', not {self.trainable!r}")
+        if self.wpos not in WPOS_SOURCES:
+            raise ValueError(f"LMRecipe.wpos is one of {WPOS_SOURCES}, not {self.wpos!r}")
+        if self.wpos == "gpt2" and (self.positional_embedding_type != "standard" or self.trainable != "all"
+                                    or self.zero_init_wpos):
+            raise ValueError("LMRecipe.wpos 'gpt2' fixes W_pos to GPT-2's: it needs positional_embedding_type "
+                             "'standard', trainable 'all' (every weight but W_pos) and zero_init_wpos False")
 
     @property
     def total_steps(self) -> int:
@@ -79,7 +93,7 @@ class LMRecipe:
         return asdict(self)
 
 
-CPU_LM_TOKENS_PER_SECOND = 2_750  # measured: AdamW on 2 CPU cores, d_model 128, 4 layers, n_ctx 256
+CPU_LM_TOKENS_PER_SECOND = {256: 2_750, 1024: 1_500}  # measured: AdamW on 2 CPU cores, d_model 128, 4 layers, by n_ctx
 LM_RECIPES: dict[str, LMRecipe] = {
     # the recorded recipe: what the shipped model's first stage ran on an H200 (`possae organism model --device cuda`)
     "gpu": LMRecipe(),
@@ -93,16 +107,28 @@ LM_RECIPES: dict[str, LMRecipe] = {
 }
 
 
-def lm_recipe(name: str) -> LMRecipe:
-    """Return the named language-model recipe, or raise listing the names."""
-    if name not in LM_RECIPES:
-        raise ValueError(f"Unknown language-model recipe {name!r}; recipes: {', '.join(LM_RECIPES)}")
-    return LM_RECIPES[name]
+# the GPT-2-geometry organism: the same architecture at GPT-2's n_ctx, with GPT-2's W_pos frozen (nothing positional
+# to learn in the embedding). Measured on 2 CPU cores: about 1,500 tokens/s at n_ctx 1,024 (attention is 4x longer)
+GPT2POS_LM_RECIPES: dict[str, LMRecipe] = {
+    "cpu": LMRecipe(n_ctx=1024, train_tokens=4_000_000, batch_size=4, lr=1.5e-3, warmup_steps=100,
+                    zero_init_wpos=False, wpos="gpt2"),
+    "gpu": LMRecipe(n_ctx=1024, train_tokens=180_000_000, batch_size=64, zero_init_wpos=False, wpos="gpt2"),
+}
+
+
+def lm_recipe(name: str, variant: str = "standard") -> LMRecipe:
+    """Return the named language-model recipe of an organism variant, or raise listing the names."""
+    recipes = GPT2POS_LM_RECIPES if variant == "gpt2" else LM_RECIPES
+    if name not in recipes:
+        raise ValueError(f"Unknown language-model recipe {name!r} for the {variant} organism; recipes: {', '.join(recipes)}")
+    recipe = recipes[name]
+    return dataclasses.replace(recipe, positional_embedding_type="rotary") if variant == "rotary" else recipe
 
 
 def cpu_hours(recipe: LMRecipe) -> float:
     """Return the hours the recipe would take on 2 CPU cores at the measured training throughput."""
-    return recipe.train_tokens / CPU_LM_TOKENS_PER_SECOND / 3600
+    rate = CPU_LM_TOKENS_PER_SECOND[min(CPU_LM_TOKENS_PER_SECOND, key=lambda n: abs(n - recipe.n_ctx))]
+    return recipe.train_tokens / rate / 3600
 
 
 @dataclass(frozen=True)
@@ -230,6 +256,20 @@ def rotary_saes(n_layers: int = LMRecipe.n_layers, n_ctx: int = LMRecipe.n_ctx) 
                   description=f"rotary twin, layer {layer}: ReLU+L1, 32x, contexts of {n_ctx // 4} (n_ctx/4)")
         for layer in range(n_layers)
     )
+
+
+GPT2POS_SHORT = 128  # the first study's own setup: SAEs trained on 128 of GPT-2's 1,024 positions
+GPT2POS_WIDTHS = (8, 16, 32, 64)  # expansion factors of the context-128 ReLU SAEs (the width prediction)
+
+
+def gpt2pos_saes(n_ctx: int = 1024, short: int = GPT2POS_SHORT) -> tuple[SAERecipe, ...]:
+    """Return the GPT-2-geometry organism's layer-0 suite: ReLU at context 128 at every width, and a full-context control."""
+    relu = tuple(
+        SAERecipe("relu-short" if e == 32 else f"relu-short-{e}x", expansion=e, context_size=short,
+                  description=f"ReLU+L1, {e}x, trained on contexts of {short} of {n_ctx} (the first study's setup)")
+        for e in GPT2POS_WIDTHS
+    )
+    return relu + (SAERecipe("relu-full", context_size=n_ctx, description=f"ReLU+L1, 32x, full contexts of {n_ctx} (control)"),)
 
 
 def all_saes(n_layers: int = LMRecipe.n_layers, n_ctx: int = LMRecipe.n_ctx) -> tuple[SAERecipe, ...]:
