@@ -143,6 +143,10 @@ result.range_table()
 
 # %% [markdown]
 # {glue:text}`pos_range_sentence` {glue:text}`pos_norm_sentence`
+#
+# **Coverage.** The first study found about 50 positional features tiling every position of GPT-2's 128-token
+# context, single-position features at the earliest positions, and early features firing more strongly.
+# {glue:text}`pos_coverage_sentence`
 
 # %% [markdown]
 # ## The W_pos helix and the decoder directions
@@ -226,6 +230,7 @@ result.sweep_table()
 #   positional: `R²_pos ≥` {glue:text}`pos_threshold:.2f` over the context positions {glue:text}`pos_first` to
 #   {glue:text}`pos_last`, computed exactly over every token at each of them.
 # - {glue:text}`pos_summary_peaks`
+# - {glue:text}`pos_coverage_sentence`
 # - {glue:text}`pos_sweep_summary`
 # - Position explains less than {glue:text}`pos_low:.0%` of the variance of {glue:text}`pos_pos_near0:.1%` of the
 #   firing features, while token identity explains more than {glue:text}`pos_high:.0%` of the variance of

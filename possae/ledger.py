@@ -40,6 +40,9 @@ DOUBLING_BAND = (1.5, 2.5)  # a later layer's frequency "doubles" layer 0's with
 CONTAINED_SHARE = 0.5  # the small dictionary is "contained" in the large when at least half its features match there
 LOSS_FACTOR = 2.0  # the SAE "costs more past the context" when its added loss there is this many times its inside
 MIN_SPURIOUS = 1.0  # spurious firing exists: at least one spurious feature per token past the context, on average
+TILE_SHARE = 0.8  # features "tile every position": peaks at 4 in 5 positions or more (a peak's width covers a gap)
+SINGLE_EARLY_MIN = 2  # early single-position features exist: at least two (one could be the BOS-adjacent slot alone)
+SIGNIFICANCE = 0.05  # a rank correlation counts when its p-value is below this
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +77,43 @@ def early_verdict(early_per_position: float, late_per_position: float, factor: f
     if early_per_position >= factor * late_per_position:
         return Verdict(CONFIRMED, f"at least {factor:g} times the later positions' features per position")
     return Verdict(REFUTED, f"less than {factor:g} times the later positions' features per position")
+
+
+def tiling_verdict(peak_positions: int, n_positions: int, share: float = TILE_SHARE) -> Verdict:
+    """Return whether positional features peak at `share` or more of the context's positions."""
+    got = peak_positions / n_positions
+    if got >= share:
+        return Verdict(CONFIRMED, f"peaks at {pct(got)} of the positions, at least {pct(share)}")
+    return Verdict(REFUTED, f"peaks at only {peak_positions} of {n_positions} positions ({pct(got)}; the rule asks "
+                            f"{pct(share)})")
+
+
+def single_early_verdict(single_early: int, least: int = SINGLE_EARLY_MIN) -> Verdict:
+    """Return whether at least `least` single-position features peak at the early positions."""
+    if single_early >= least:
+        return Verdict(CONFIRMED, f"{single_early} single-position features peak early (at least {least})")
+    return Verdict(REFUTED, f"{single_early} single-position features peak early (the rule asks {least})")
+
+
+def strength_verdict(early: float, later: float, rho: float, p: float, alpha: float = SIGNIFICANCE) -> Verdict:
+    """Return whether early features fire more strongly: a higher mean peak activation and a significantly
+    negative rank correlation between peak position and peak activation."""
+    if not (early == early and later == later and rho == rho):
+        return Verdict(UNTESTABLE, "there are no early or no later positional features to compare")
+    if early > later and rho < 0 and p < alpha:
+        return Verdict(CONFIRMED, f"early {early / later:.2f} times as strong; rho {rho:.2f}, p = {p:.2g}")
+    return Verdict(REFUTED, f"early {early / later:.2f} times as strong; rho {rho:.2f}, p = {p:.2g} (the rule asks "
+                            f"rho < 0 at p < {alpha})")
+
+
+def as_if_verdict(earlier: float, last: float, cosine: float, threshold: float) -> Verdict:
+    """Return whether past the context the SAE's positional features act as at earlier positions (most past positions'
+    nearest in-context pattern is an earlier one, at a cosine of at least `threshold`)."""
+    if cosine < threshold:
+        return Verdict(REFUTED, f"no in-context position's pattern is close (median cosine {cosine:.2f} < {threshold:g})")
+    if earlier > 0.5:
+        return Verdict(CONFIRMED, f"{pct(earlier)} of past positions act as an earlier position")
+    return Verdict(REFUTED, f"{pct(last)} of past positions act as the last position, not an earlier one")
 
 
 def disjoint_verdict(n_both: int, n_positional: int) -> Verdict:
@@ -229,6 +269,7 @@ SECTIONS = {  # (page, anchor or None for the page's top): the heading's text, a
     ("length_generalization", "reconstruction-error-at-every-position"): "Length: reconstruction error",
     ("length_generalization", "semantic-features-past-the-context-spurious-firing"): "Length: spurious firing",
     ("length_generalization", "fixes"): "Length: fixes",
+    ("length_generalization", "positional-features-past-the-context"): "Length: positional features past the context",
     ("oscillation", "is-there-an-oscillation"): "Oscillation: is there an oscillation?",
     ("oscillation", "ablating-the-positional-embedding"): "Oscillation: ablating W_pos",
     ("oscillation", "what-the-model-loses"): "Oscillation: what the model loses",
@@ -272,6 +313,32 @@ def _early(v):
     return (f"{v['pos_early_per_position']:.2f} features per position at {v['pos_early_positions']}, "
             f"{v['pos_late_per_position']:.2f} later"), early_verdict(v["pos_early_per_position"],
                                                                          v["pos_late_per_position"])
+
+
+def _tiling(v):
+    """Return (the distinct peak positions of the positional features, verdict)."""
+    return (f"{v['pos_cov_n_features']} features peak at {v['pos_cov_peak_positions']} of {v['pos_cov_n_positions']} "
+            f"positions", tiling_verdict(v["pos_cov_peak_positions"], v["pos_cov_n_positions"]))
+
+
+def _single_early(v):
+    """Return (single-position features, early ones, verdict)."""
+    return (f"{v['pos_cov_single']} single-position features, {v['pos_cov_single_early']} at positions "
+            f"{v['pos_cov_early_first']}..{v['pos_cov_early_last']}", single_early_verdict(v["pos_cov_single_early"]))
+
+
+def _strength(v):
+    """Return (mean peak activation early and later, verdict)."""
+    return (f"mean peak activation {v['pos_cov_early_max_mean']:.3g} early, {v['pos_cov_later_max_mean']:.3g} later",
+            strength_verdict(v["pos_cov_early_max_mean"], v["pos_cov_later_max_mean"], v["pos_cov_rho_peak_strength"],
+                             v["pos_cov_p_peak_strength"]))
+
+
+def _as_if(v):
+    """Return (the share of past positions acting as earlier / last in-context positions, verdict)."""
+    return (f"earlier: {pct(v['len_asif_earlier_share'])}, last: {pct(v['len_asif_last_share'])}; median cosine "
+            f"{v['len_asif_median_cosine']:.2f}", as_if_verdict(v["len_asif_earlier_share"], v["len_asif_last_share"],
+                                                              v["len_asif_median_cosine"], v["len_asif_threshold"]))
 
 
 def _disjoint(v):
@@ -407,15 +474,29 @@ CLAIMS: tuple[Claim, ...] = (
           ("positional", "which-positions-get-their-own-features"),
           ("pos_early_positions", "pos_early_per_position", "pos_late_per_position"), _early,
           "the context has a single group of peak positions on this build"),
+    Claim("tiling", "(study 1) positional features tile every position of the context",
+          f"about {STUDY_N_POSITIONAL} features, every position of 128", "positional",
+          ("positional", "which-positions-get-their-own-features"),
+          ("pos_cov_n_features", "pos_cov_peak_positions", "pos_cov_n_positions"), _tiling),
+    Claim("single_early", "(study 1) the earliest positions get single-position features", "-", "positional",
+          ("positional", "which-positions-get-their-own-features"),
+          ("pos_cov_single", "pos_cov_single_early", "pos_cov_early_first", "pos_cov_early_last"), _single_early),
+    Claim("early_strength", "(study 1) features of early positions fire more strongly", "-", "positional",
+          ("positional", "which-positions-get-their-own-features"),
+          ("pos_cov_early_max_mean", "pos_cov_later_max_mean", "pos_cov_rho_peak_strength", "pos_cov_p_peak_strength"),
+          _strength),
     Claim("disjoint", "positional and semantic features are disjoint at layer 0", "-", "semantic",
           ("semantic", "how-much-of-each-feature-is-token-identity"),
           ("sem_n_both", "sem_n_features", "sem_n_positional", "sem_n_semantic"), _disjoint),
     Claim("bimodal", "(comment) position explains about 0 % or about 100 % of each feature's variance",
           "0 % or 100 %", "positional", ("positional", "position-vs-token-for-every-feature"),
           ("pos_low", "pos_high", "pos_pos_near0", "pos_pos_near1", "pos_max_r2"), _bimodal),
-    Claim("random", "past the context, the reconstruction is worse than a random vector of the same norm", "-",
+    Claim("random", "past the context, the reconstruction is worse than a random vector of the input's norm", "-",
           "length_generalization", ("length_generalization", "reconstruction-error-at-every-position"),
           ("len_heldout_past", "len_heldout_rand_past"), _random),
+    Claim("as_if", "(study 1) past the context, the SAE acts as if at earlier positions", "-", "length_generalization",
+          ("length_generalization", "positional-features-past-the-context"),
+          ("len_asif_earlier_share", "len_asif_last_share", "len_asif_median_cosine", "len_asif_threshold"), _as_if),
     Claim("spurious", "past the context, semantic features fire spuriously", "-", "length_generalization",
           ("length_generalization", "semantic-features-past-the-context-spurious-firing"),
           ("len_spur_mean", "len_spur_share", "len_spur_nonpos"), _spurious),

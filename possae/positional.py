@@ -265,6 +265,47 @@ def peak_range_frame(peaks: Int[Tensor, " k"], positions: range, edges: tuple[in
     return pd.DataFrame(rows)
 
 
+EARLY_SHARE = 1 / 8  # "early" positions: the first eighth of the context (1..15 of GPT-2's SAEs' 128), as in study 1's plots
+
+
+def coverage(scores: pd.DataFrame, positional: Bool[Tensor, " d_sae"], positions: range,
+             early_share: float = EARLY_SHARE) -> dict[str, float]:
+    """Return how the positional features cover the context: distinct peak positions (of the positions 1..C-1),
+    single-position features (peak width 1) and those among them peaking early, and whether early features fire more
+    strongly (mean activation at the peak, early against later; Spearman's rho of that against the peak position)."""
+    from scipy.stats import spearmanr
+
+    f = scores[positional.numpy()]
+    early_last = positions.start + max(1, round(len(positions) * early_share)) - 1
+    early = f["peak_position"] <= early_last
+    rho, p = spearmanr(f["peak_position"], f["max_mean"]) if len(f) > 2 and f["peak_position"].nunique() > 1 and f["max_mean"].nunique() > 1 else (float("nan"),) * 2
+    return {"n_features": len(f), "n_positions": len(positions), "peak_positions": int(f["peak_position"].nunique()),
+            "early_first": positions.start, "early_last": early_last, "single": int((f["peak_width"] == 1).sum()),
+            "single_early": int(((f["peak_width"] == 1) & early).sum()),
+            "early_features": int(early.sum()), "early_max_mean": float(f.loc[early, "max_mean"].mean()) if early.any() else float("nan"),
+            "later_max_mean": float(f.loc[~early, "max_mean"].mean()) if (~early).any() else float("nan"),
+            "rho_peak_strength": float(rho), "p_peak_strength": float(p)}
+
+
+def coverage_sentence(c: dict[str, float]) -> str:
+    """Return the sentence on how many positions the positional features tile, their single-position features, and
+    whether early ones fire more strongly."""
+    if c["n_features"] == 0:
+        return "No feature is positional, so no position has one."
+    text = (f"The {c['n_features']} positional features peak at {c['peak_positions']} distinct positions of the "
+            f"{c['n_positions']} in the context ({c['peak_positions'] / c['n_positions']:.0%}). {c['single']} of them are "
+            f"single-position features (peak width 1), {c['single_early']} of those at the early positions "
+            f"{c['early_first']}..{c['early_last']}.")
+    if c["early_features"] and c["n_features"] > c["early_features"]:
+        text += (f" Features peaking early fire {c['early_max_mean'] / c['later_max_mean']:.2f} times as strongly at their "
+                 f"peak as later ones (mean activation {c['early_max_mean']:.3g} against {c['later_max_mean']:.3g}; "
+                 f"Spearman's rho of peak strength against peak position {c['rho_peak_strength']:.2f}, p = "
+                 f"{c['p_peak_strength']:.2g}).")
+    else:
+        text += " Early and later features cannot be compared: one of the two groups is empty."
+    return text
+
+
 def range_sentence(ranges: pd.DataFrame) -> str:
     """Return the sentence saying how many positional features peak in each group of positions, and which gets more."""
     parts = [f"{r.features} at positions {r.positions} ({r.features_per_position:.2f} per position, covering "
@@ -797,6 +838,10 @@ class PositionalResult:
         """Return the number of positional features (the count the semantic chapter cites at the default threshold)."""
         return int(self.positional.sum())
 
+    def coverage(self) -> dict[str, float]:
+        """Return how the positional features cover the context (see coverage)."""
+        return coverage(self.scores, self.positional, in_context_positions(self.context_size, self.n_ctx))
+
     def widths(self) -> Int[Tensor, " k"]:
         """Return the positional features' peak widths."""
         return torch.tensor(self.scores["peak_width"].to_numpy(copy=True))[self.positional]
@@ -887,6 +932,8 @@ class PositionalResult:
             "pos_summary_peaks": summary_peaks_sentence(self.ranges, self.widths(), self.alignment),
             "pos_links_sentence": self.pages.sentence(),
             "pos_pos_near1": self.ext_pos["near_1"],
+            **{f"pos_cov_{k}": v for k, v in self.coverage().items()},
+            "pos_coverage_sentence": coverage_sentence(self.coverage()),
             **({"pos_early_positions": str(self.ranges["positions"].iloc[0]),  # first group of peak positions
                 "pos_early_per_position": float(self.ranges["features_per_position"].iloc[0]),
                 "pos_late_per_position": float(self.ranges["features"].iloc[1:].sum()

@@ -251,3 +251,15 @@ def test_the_parameters_cell_is_ledger_params():
     assert CHAPTER_PARAMS["ledger"] == "possae.ledger:LedgerParams"
     assert set(params_class("ledger").names()) == chapter_parameters(REPO_ROOT / "chapters" / "ledger.py")
     assert ledger.LedgerParams().chapters_dir == "build/book/chapters"
+
+
+def test_coverage_and_as_if_rules_confirm_and_refute():
+    from possae.ledger import CONFIRMED, REFUTED, UNTESTABLE, as_if_verdict, single_early_verdict, strength_verdict, tiling_verdict
+
+    assert tiling_verdict(120, 127).verdict == CONFIRMED and tiling_verdict(2, 63).verdict == REFUTED
+    assert single_early_verdict(5).verdict == CONFIRMED and single_early_verdict(1).verdict == REFUTED
+    assert strength_verdict(3.0, 1.0, -0.6, 1e-4).verdict == CONFIRMED
+    assert strength_verdict(3.0, 1.0, -0.1, 0.4).verdict == REFUTED  # not significant
+    assert strength_verdict(float("nan"), 1.0, float("nan"), float("nan")).verdict == UNTESTABLE
+    assert as_if_verdict(0.8, 0.2, 0.95, 0.9).verdict == CONFIRMED
+    assert as_if_verdict(0.0, 1.0, 1.0, 0.9).verdict == REFUTED and as_if_verdict(0.9, 0.1, 0.5, 0.9).verdict == REFUTED

@@ -637,3 +637,22 @@ def test_profile_caption_says_when_no_feature_is_positional():
     assert P.top_lead(1).startswith("For the 1 most positional feature (at most")
     assert P.top_lead(6).startswith("For the 6 most positional features (at most two per peak position")
     assert "0 most" not in P.top_lead(0)
+
+
+def test_coverage_counts_peaks_single_position_features_and_early_strength():
+    import pandas as pd
+
+    from possae.positional import coverage, coverage_sentence
+
+    # 6 positional features over positions 1..16 (early: 1..2), 1 non-positional
+    scores = pd.DataFrame({"peak_position": [1, 1, 2, 9, 12, 16, 3], "peak_width": [1, 1, 3, 1, 5, 2, 1],
+                           "max_mean": [6.0, 5.0, 4.0, 2.0, 1.5, 1.0, 99.0]})
+    positional = torch.tensor([True] * 6 + [False])
+    c = coverage(scores, positional, range(1, 17))
+    assert (c["peak_positions"], c["n_positions"], c["single"], c["single_early"]) == (5, 16, 3, 2)
+    assert c["early_last"] == 2 and c["early_features"] == 3
+    assert c["early_max_mean"] == 5.0 and c["later_max_mean"] == 1.5 and c["rho_peak_strength"] < -0.9
+    assert "5 distinct positions of the 16" in coverage_sentence(c) and "3.33 times as strongly" in coverage_sentence(c)
+    flat = coverage(scores.assign(max_mean=1.0), positional, range(1, 17))
+    assert flat["early_max_mean"] == flat["later_max_mean"]
+    assert coverage_sentence(coverage(scores, torch.zeros(7, dtype=torch.bool), range(1, 17))).startswith("No feature")
