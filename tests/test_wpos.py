@@ -88,3 +88,19 @@ def test_gpt2_geometry_check_passes_the_projection_and_fails_an_arc():
     gpt2 = load_gpt2_wpos()
     assert gpt2_geometry_check(project_wpos(gpt2, 128)[0], gpt2)["passes"]
     assert not gpt2_geometry_check(_coil(1024, 0.6, 16).float(), gpt2)["passes"]
+
+
+def test_the_shipped_gpt2pos_organism_carries_gpt2s_geometry_and_live_saes():
+    import json
+
+    from possae.loaders import load_model
+    from possae.organism.card import DEAD_SHARE_TARGET, gpt2_geometry_check
+    from possae.organism.recipe import GPT2POS_ARTIFACTS, gpt2pos_saes
+
+    model = load_model("organism-gpt2pos", device="cpu")
+    check = gpt2_geometry_check(model.W_pos.detach(), load_gpt2_wpos())
+    assert check["passes"], check
+    card = json.loads((GPT2POS_ARTIFACTS / "model_card.json").read_text())
+    assert set(card["saes"]) == {r.sae_id for r in gpt2pos_saes()}
+    assert all(s["heldout"]["dead_share"] <= DEAD_SHARE_TARGET for s in card["saes"].values())
+    assert card["gpt2_check"]["passes"] and card["wpos_projection"]["variance_kept"] > 0.999

@@ -19,7 +19,14 @@ from possae.corpora import CORPUS_NAMES
 from possae.devices import default_device
 from possae.metrics import next_token_ce
 from possae.organism.data import TOKENIZER_DIR, EpochSampler, load_stream, load_tokenizer, windows
-from possae.organism.recipe import ARTIFACTS, ORGANISM_MODEL_NAME, ROTARY_MODEL_NAME, LMRecipe, build_dir
+from possae.organism.recipe import (
+    ARTIFACTS,
+    GPT2POS_MODEL_NAME,
+    ORGANISM_MODEL_NAME,
+    ROTARY_MODEL_NAME,
+    LMRecipe,
+    build_dir,
+)
 from possae.tokenizer import BOS, load_hf_tokenizer
 from possae.wpos import wpos_geometry
 
@@ -34,7 +41,8 @@ def lm_config(recipe: LMRecipe) -> dict:
         d_model=recipe.d_model, d_head=d_head, n_heads=recipe.n_heads,
         d_mlp=recipe.d_mlp, n_layers=recipe.n_layers, n_ctx=recipe.n_ctx, d_vocab=recipe.d_vocab,
         act_fn=recipe.act_fn, normalization_type="LN", positional_embedding_type=recipe.positional_embedding_type,
-        original_architecture="GPT2LMHeadModel", model_name=ROTARY_MODEL_NAME if rotary else ORGANISM_MODEL_NAME,
+        original_architecture="GPT2LMHeadModel",
+        model_name=ROTARY_MODEL_NAME if rotary else GPT2POS_MODEL_NAME if recipe.wpos == "gpt2" else ORGANISM_MODEL_NAME,
         seed=recipe.seed, default_prepend_bos=True, **({"rotary_dim": d_head} if rotary else {}),
     )
 
