@@ -148,11 +148,12 @@ def analyze(model, sae, params: SetupParams) -> SetupResult:
     W_pos = model.W_pos.detach().cpu()
     gpt2 = load_gpt2_wpos(params.gpt2_wpos_path)
     frames = [geometry_frame(W_pos, context, model.cfg.model_name), geometry_frame(gpt2, GPT2_SAE_CONTEXT, "GPT-2 small")]
-    other_name = OTHER_ORGANISM.get(params.model_name)
+    from possae.loaders import MODEL_NAMES, load_model
+
+    organism = MODEL_NAMES.get(model.cfg.model_name)  # which of possae's organisms the model is (None: another model)
+    other_name = OTHER_ORGANISM.get(organism)
     other = None
     if other_name is not None:
-        from possae.loaders import load_model
-
         other_model = load_model(other_name, device="cpu")
         other = other_model.W_pos.detach()
         frames.append(geometry_frame(other, other_model.cfg.n_ctx // 4, other_model.cfg.model_name))
@@ -160,8 +161,8 @@ def analyze(model, sae, params: SetupParams) -> SetupResult:
     with torch.no_grad():
         quality = quality_on_heldout(model, sae, params.n_heldout_tokens)
     card = None
-    if params.model_name in ORGANISMS:
+    if organism in ORGANISMS:
         from possae.organism.card import read_model_card
 
-        card = read_model_card(ORGANISMS[params.model_name])
+        card = read_model_card(ORGANISMS[organism])
     return SetupResult(config, quality, W_pos, pd.concat(frames), gpt2, other, other_name, last_row(W_pos), context, card)
