@@ -99,7 +99,7 @@ display(*result.card_items())
 # {glue:text}`gpt2_shape`.
 
 # %% tags=["remove-input"]
-result.geometry.style.format("{:.3f}")
+result.geometry_table()
 
 # %% [markdown]
 # ### The last row
@@ -107,7 +107,7 @@ result.geometry.style.format("{:.3f}")
 # A language-model trainer that feeds windows of `n_ctx` tokens scores only `n_ctx - 1` next-token predictions:
 # the output at the last position has nothing to predict, so no loss reaches `W_pos[n_ctx - 1]` and it keeps its
 # initial value. Every per-position curve in this book would then drop at the last position for that reason alone.
-# possae's trainer feeds windows of `n_ctx + 1` tokens, so every position is scored. Here the last row has norm
+# {glue:text}`last_row_sentence` Here the last row has norm
 # {glue:text}`last_norm:.3f` against {glue:text}`last_previous_norm:.3f` for its neighbour, and a cosine of
 # {glue:text}`last_cosine_to_previous:.3f` with it.
 

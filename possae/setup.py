@@ -87,6 +87,23 @@ class SetupResult:
                 Markdown(organism_training_note(self.card)),
                 stages.style.format({"tokens": "{:,}", "epochs": "{:.2f}", "seconds": "{:.0f}"}).hide(axis="index")]
 
+    def geometry_table(self):
+        """Return the geometry frame styled: shares and cosines to 3 places, turns to 2, crossings whole, periods to 1."""
+        return self.geometry.style.format({c: "{:.3f}" for c in list(GEOMETRY_COLUMNS.values())[:2]}
+                                          | {GEOMETRY_COLUMNS["turns"]: "{:.2f}", GEOMETRY_COLUMNS["period_rows"]: "{:.1f}",
+                                             GEOMETRY_COLUMNS["pc1_crossings"]: "{:.0f}", GEOMETRY_COLUMNS["pc2_crossings"]: "{:.0f}"})
+
+    def last_row_sentence(self) -> str:
+        """Return what the last row's norm means here: trained by possae's trainer, or GPT-2's own row kept frozen."""
+        if self.card is None or "gpt2_check" not in self.card:
+            return ("possae's trainer feeds windows of n_ctx + 1 tokens, so every position is scored, and the last row "
+                    "should look like its neighbours.")
+        g = last_row(self.gpt2_W_pos)
+        return (f"This model's W_pos is GPT-2 small's, frozen, so its last row is GPT-2's own W_pos[{self.gpt2_W_pos.shape[0] - 1}] "
+                f"projected: in GPT-2 itself that row has norm {g['norm']:.3f} against {g['previous_norm']:.3f} for its "
+                f"neighbour (cosine {g['cosine_to_previous']:.3f}). A conjecture, not tested here: GPT-2's trainer scored "
+                "only n_ctx - 1 positions, so its last row kept a value near its initialisation.")
+
     def other_sentence(self) -> str:
         """Return the sentence that sets this model's W_pos beside the other organism's (or says there is none)."""
         if self.other_W_pos is None:
@@ -123,7 +140,7 @@ class SetupResult:
         return {**other,
             "turns": turns, "shape": winding_word(turns), "gpt2_turns": float(gpt2_all["turns (PC1-PC2)"]),
             "gpt2_shape": winding_word(float(gpt2_all["turns (PC1-PC2)"])),
-            "other_sentence": self.other_sentence(),
+            "other_sentence": self.other_sentence(), "last_row_sentence": self.last_row_sentence(),
             "l0": self.quality["l0"], "explained_variance": self.quality["explained_variance"],
             "dead_share": self.quality["dead_share"], "heldout_tokens": self.quality["tokens"],
             "ce_clean": self.quality["ce_loss_without_sae"], "ce_spliced": self.quality["ce_loss_with_sae"],
