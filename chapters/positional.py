@@ -149,7 +149,7 @@ result.range_table()
 # {glue:text}`pos_coverage_sentence`
 
 # %% [markdown]
-# ## The W_pos helix and the decoder directions
+# ## The W_pos curve and the decoder directions
 #
 # `W_pos`'s rows {glue:text}`pos_first` to {glue:text}`pos_last`, centred and projected on their top three principal
 # components, trace a curve (top; the [setup](setup) chapter shows it over all positions). Below, the
