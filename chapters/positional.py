@@ -159,7 +159,7 @@ result.range_table()
 
 # %% tags=["remove-input"]
 display(helix_overlay_figure(result.helix, pages=result.pages))
-result.alignment_table()
+result.alignment_table().style.format(precision=3)  # a Styler shows every peak position (pandas would elide rows)
 
 # %% [markdown]
 # The top three components hold {glue:text}`pos_top3:.1%` of the variance of rows {glue:text}`pos_first` to

@@ -932,7 +932,7 @@ class PositionalResult:
             "pos_summary_peaks": summary_peaks_sentence(self.ranges, self.widths(), self.alignment),
             "pos_links_sentence": self.pages.sentence(),
             "pos_pos_near1": self.ext_pos["near_1"],
-            **{f"pos_cov_{k}": v for k, v in self.coverage().items()},
+            **{f"pos_cov_{k}": v for k, v in self.coverage().items() if v == v},  # NaN (no group to compare): left out
             "pos_coverage_sentence": coverage_sentence(self.coverage()),
             **({"pos_early_positions": str(self.ranges["positions"].iloc[0]),  # first group of peak positions
                 "pos_early_per_position": float(self.ranges["features_per_position"].iloc[0]),

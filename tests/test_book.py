@@ -99,7 +99,7 @@ def test_profiles_and_chapters():
 def test_a_failing_chapter_names_itself_and_its_cause_and_keeps_the_earlier_notebook(tmp_path):
     earlier = tmp_path / "bad.ipynb"
     earlier.write_text("an earlier good notebook")
-    with pytest.raises(ChapterFailed, match=r"setup\.py failed in cell .*Unknown organism SAE id 'relu-nope'"):
+    with pytest.raises(ChapterFailed, match=r"setup\.py failed in cell .*Unknown organism(-gpt2pos)? SAE id 'relu-nope'"):
         execute_chapter(REPO_ROOT / "chapters" / "setup.py", earlier, {"sae_id": "relu-nope"})
     assert earlier.read_text() == "an earlier good notebook"
     assert "relu-nope" in (tmp_path / "bad.failed.ipynb").read_text()
@@ -160,7 +160,7 @@ def test_a_run_renders_its_page_with_every_glued_value_resolved(setup_run):
     assert page == runs / "setup-n_heldout_tokens-1024-sae_id-relu-full" / "_build" / "html" / "setup.html"
     html = page.read_text()
     assert "{glue:" not in html and "glue:text" not in html
-    assert "organism / relu-full" in html
+    assert "organism-gpt2pos / relu-full" in html  # the layer-0 chapters' default release
     nb = nbformat.read(page.parents[2] / "setup.ipynb", as_version=4)
     glued = {o.metadata["scrapbook"]["name"]: o.data["application/papermill.record/text/plain"]
              for c in nb.cells for o in c.get("outputs", []) if "scrapbook" in o.get("metadata", {})}

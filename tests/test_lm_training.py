@@ -51,7 +51,7 @@ def test_last_row_continuation_changes_only_the_last_wpos_row(tiny_model):
 def test_recipes_are_named_and_the_gpu_recipe_refuses_a_cpu(capsys):
     assert lm_recipe("gpu") == LMRecipe() and LMRecipe().train_tokens == 180_000_000
     assert lm_recipe("cpu").train_tokens == 10_500_000 and lm_recipe("continue").trainable == "last_wpos_row"
-    with pytest.raises(ValueError, match="Unknown language-model recipe 'tpu'; recipes: gpu, cpu, continue"):
+    with pytest.raises(ValueError, match="Unknown language-model recipe 'tpu' for the standard organism; recipes: gpu, cpu, continue"):
         lm_recipe("tpu")
     assert cpu_hours(LM_RECIPES["gpu"]) == pytest.approx(180_000_000 / 2_750 / 3600)
     with pytest.raises(SystemExit, match=r"about 18 h on 2 CPU cores.*--recipe cpu: about 64 min"):
