@@ -127,7 +127,7 @@ display(positional_profiles_figure(result.positional_profiles, result.context_si
 pages.note(result.positional_profiles["feature"])
 
 # %% tags=["remove-input"]
-result.behaviour_table
+result.behaviour_table.style  # a Styler shows every peak position (pandas would elide rows)
 
 # %% [markdown]
 # {glue:text}`len_positional_sentence` The table groups them by the in-context position where they peak. A positional

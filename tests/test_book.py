@@ -107,7 +107,7 @@ def test_a_failing_chapter_names_itself_and_its_cause_and_keeps_the_earlier_note
     for chapter in ("positional", "semantic", "length_generalization"):
         with pytest.raises(ChapterFailed, match=rf"{chapter}\.py failed in cell .*studies layer-0 SAEs.*reads "
                                                 rf"'blocks\.1\.hook_resid_pre'"):
-            execute_chapter(REPO_ROOT / "chapters" / f"{chapter}.py", tmp_path / f"{chapter}.ipynb", {"sae_id": "relu-L1"})
+            execute_chapter(REPO_ROOT / "chapters" / f"{chapter}.py", tmp_path / f"{chapter}.ipynb", {"sae_id": "relu-L1", "model_name": "organism", "sae_release": "organism"})
     with pytest.raises(ValueError, match="Unknown profile 'huge'"):
         build("huge")
 
