@@ -265,7 +265,7 @@ def peak_range_frame(peaks: Int[Tensor, " k"], positions: range, edges: tuple[in
     return pd.DataFrame(rows)
 
 
-EARLY_SHARE = 1 / 8  # "early" positions: the first eighth of the context (1..15 of GPT-2's SAEs' 128), as in study 1's plots
+EARLY_SHARE = 1 / 8  # "early" positions: the first eighth of the context's positions 1..C-1 (1..16 at C = 128)
 
 
 def coverage(scores: pd.DataFrame, positional: Bool[Tensor, " d_sae"], positions: range,
@@ -901,6 +901,7 @@ class PositionalResult:
         pos_inter = float(s.loc[self.positional.numpy(), "interaction"].mean()) if self.n_positional else None
         bench = self.bench.iloc[0]
         nr = self.neurons
+        cov = self.coverage()
         return {
             "pos_threshold": p.threshold, "pos_context": self.context_size, "pos_n_ctx": self.n_ctx,
             "pos_first": self.positions.start, "pos_last": self.positions.stop - 1,
@@ -932,8 +933,8 @@ class PositionalResult:
             "pos_summary_peaks": summary_peaks_sentence(self.ranges, self.widths(), self.alignment),
             "pos_links_sentence": self.pages.sentence(),
             "pos_pos_near1": self.ext_pos["near_1"],
-            **{f"pos_cov_{k}": v for k, v in self.coverage().items() if v == v},  # NaN (no group to compare): left out
-            "pos_coverage_sentence": coverage_sentence(self.coverage()),
+            **{f"pos_cov_{k}": v for k, v in cov.items() if v == v},  # NaN (no group to compare): left out
+            "pos_coverage_sentence": coverage_sentence(cov),
             **({"pos_early_positions": str(self.ranges["positions"].iloc[0]),  # first group of peak positions
                 "pos_early_per_position": float(self.ranges["features_per_position"].iloc[0]),
                 "pos_late_per_position": float(self.ranges["features"].iloc[1:].sum()
