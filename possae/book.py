@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -10,6 +11,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -229,12 +231,12 @@ def stage_site(stage: Path = STAGE, root: Path = REPO_ROOT) -> None:
     import plotly
 
     stage.mkdir(parents=True, exist_ok=True)
-    for f in ("_config.yml", "_toc.yml"):
-        shutil.copy(root / f, stage / f)
+    for f in ("_config.yml", "_toc.yml"):  # unchanged files keep their times: Sphinx re-reads only what changed
+        write_if_changed(stage / f, (root / f).read_text())
     static = stage / "_static"
     static.mkdir(exist_ok=True)
-    shutil.copy(Path(plotly.__file__).parent / "package_data" / "plotly.min.js", static / "plotly.min.js")
-    (static / "favicon.svg").write_text(FAVICON)
+    write_if_changed(static / "plotly.min.js", (Path(plotly.__file__).parent / "package_data" / "plotly.min.js").read_text())
+    write_if_changed(static / "favicon.svg", FAVICON)
 
 
 def favicon_ico(rgb: tuple[int, int, int] = (37, 99, 235), size: int = 16) -> bytes:
@@ -262,14 +264,177 @@ def _jupyter_book(stage: Path, out: Path) -> Path:
     return html
 
 
+# ---------------------------------------------------------------- running chapters, two at a time, once
+
+
+@dataclass(frozen=True)
+class ChapterJob:
+    """One chapter to execute: its toc name, jupytext source, notebook to write and the parameters given to it."""
+
+    name: str
+    src: Path
+    out: Path
+    given: dict
+
+    @property
+    def reads_others(self) -> bool:
+        """Return whether the chapter reads the other chapters' notebooks (the ledger): it runs after them."""
+        return "chapters_dir" in self.given
+
+
+FINGERPRINTED = ("possae", "pyproject.toml", "constraints.txt")  # what a chapter's output depends on, besides itself
+FINGERPRINT_ENV = ("HF_HUB_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "CUDA_VISIBLE_DEVICES")  # where models come from
+RUN_RECORD = ".run.json"  # beside each staged notebook: its fingerprint and what its run cost
+BUILD_RECORD = "build.json"  # in the staging folder: the last build's chapter runs and the time of each step
+
+
+def default_jobs() -> int:
+    """Return how many chapters run at once: $POSSAE_JOBS, else 2 (each kernel gets its share of the cores)."""
+    value = os.environ.get("POSSAE_JOBS", "2")
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"$POSSAE_JOBS must be a positive whole number of chapters run at once; got {value!r}.")
+    return int(value)
+
+
+def tree_fingerprint(root: Path = REPO_ROOT, parts: tuple[str, ...] = FINGERPRINTED) -> str:
+    """Return a sha256 over the package's code and artifacts (paths and bytes; caches left out) and the environment
+    variables that pick where models come from."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for part in parts:
+        p = root / part
+        files = (sorted(f for f in p.rglob("*") if f.is_file() and "__pycache__" not in f.parts) if p.is_dir()
+                 else [p] if p.is_file() else [])
+        for f in files:
+            h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    h.update(json.dumps({k: os.environ.get(k) for k in FINGERPRINT_ENV}, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def chapter_fingerprint(job: ChapterJob, tree: str, profile: str, others: tuple[str, ...] = ()) -> str:
+    """Return a chapter run's fingerprint: the tree's, the chapter's source, its parameters and the stand-in state
+    (and, for the ledger, the fingerprints of the notebooks it reads)."""
+    import hashlib
+
+    from possae.standin import standin_active
+
+    key = {"tree": tree, "profile": profile, "source": job.src.read_text(), "given": job.given,
+           "standin": standin_active(), "others": list(others)}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_record(notebook: Path) -> dict:
+    """Return the record of the run that wrote a staged notebook ({} when there is none, or it is unreadable)."""
+    try:
+        return json.loads(notebook.with_suffix(RUN_RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _execute_job(src: Path, out: Path, given: dict, cwd: Path, threads: int) -> dict:
+    """Execute one chapter in this (fresh) worker process with `threads` CPU threads for its kernel; return its wall
+    time, and its kernel's CPU time and peak resident memory."""
+    import resource
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # the kernel inherits them: torch sizes its pool from them
+        os.environ[var] = str(threads)
+    t0 = time.perf_counter()
+    execute_chapter(src, out, given, cwd=cwd)
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the kernel, waited for by papermill's kernel manager
+    return {"wall_s": time.perf_counter() - t0, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "peak_rss_mb": usage.ru_maxrss / 1024, "threads": threads}
+
+
+def execute_chapters(todo: list[ChapterJob], profile: str, root: Path = REPO_ROOT, jobs: int | None = None,
+                     rerun: bool = False) -> dict[str, dict]:
+    """Execute the chapters `jobs` at a time, each in a fresh process, the longest (by their last run) first and those
+    that read the others last; skip those whose notebook carries the same fingerprint; return each one's run record."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    jobs = default_jobs() if jobs is None else jobs
+    if jobs < 1:
+        raise ValueError(f"jobs is the number of chapters run at once and must be at least 1; got {jobs}.")
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    tree = tree_fingerprint(root) if todo else ""
+    records: dict[str, dict] = {}
+    first = sorted((j for j in todo if not j.reads_others), key=lambda j: -run_record(j.out).get("wall_s", 0.0))
+    last = [j for j in todo if j.reads_others]
+    failures: list[BaseException] = []
+    running: dict = {}
+    try:
+        for batch in (first, last):
+            for job in batch:
+                others = tuple(json.loads(r.read_text()).get("fingerprint", "")  # the notebooks it reads: all the others
+                               for r in sorted(job.out.parent.glob(f"*{RUN_RECORD}"))
+                               if r.name != job.out.with_suffix(RUN_RECORD).name) if job.reads_others else ()
+                fp = chapter_fingerprint(job, tree, profile, others)
+                old = run_record(job.out)
+                if not rerun and old.get("fingerprint") == fp and job.out.is_file():
+                    _log(f"{job.src.relative_to(root)} is up to date (run in {old.get('wall_s', 0):.0f} s); not run again")
+                    records[job.name] = {**old, "skipped": True}
+                    continue
+                while len(running) >= jobs:
+                    _collect(running, records, failures, root)
+                if failures:
+                    break
+                _log(f"executing {job.src.relative_to(root)} ({profile} profile)")
+                # a fresh forked process per chapter: its kernel's CPU time and peak memory are its own children's
+                pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))
+                running[pool.submit(_execute_job, job.src, job.out, job.given, root, threads)] = (job, fp, pool)
+            while running:
+                _collect(running, records, failures, root)
+            if failures:
+                raise failures[0]
+    except BaseException as e:
+        if not isinstance(e, Exception):  # Ctrl-C or SIGTERM: the workers and their kernels are stopped
+            stop_child_processes()
+        for _, _, pool in running.values():
+            pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    return records
+
+
+def _collect(running: dict, records: dict, failures: list, root: Path) -> None:
+    """Wait for a running chapter to end; record its run (beside its notebook) or its failure, and drop it from
+    `running`."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    done, _ = wait(running, return_when=FIRST_COMPLETED)
+    for fut in done:
+        job, fp, pool = running.pop(fut)
+        pool.shutdown()
+        try:
+            record = {"chapter": job.name, "fingerprint": fp, **fut.result()}
+        except Exception as e:  # a failed chapter: the others running go on; none starts after it
+            failures.append(e)
+            continue
+        job.out.with_suffix(RUN_RECORD).write_text(json.dumps(record, indent=1))
+        records[job.name] = record
+        _log(f"{job.src.relative_to(root)} done in {record['wall_s']:.0f} s")
+
+
+def write_if_changed(path: Path, text: str) -> None:
+    """Write text to path unless it already holds it (an unchanged file keeps its time, so Sphinx does not re-read it)."""
+    if not (path.is_file() and path.read_text() == text):
+        path.write_text(text)
+
+
 def _log(message: str) -> None:
     """Print one progress line of the build to the terminal."""
     print(f"[possae] {message}", file=sys.stderr, flush=True)
 
 
 def build(profile: str = "organism", only: str | None = None, root: Path = REPO_ROOT, stage: Path = STAGE,
-          html: bool = True, extra: dict | None = None, out: Path | None = None) -> Path:
-    """Execute the chapters (all, or `only`) under a profile and build the HTML into out/_build/html; return it."""
+          html: bool = True, extra: dict | None = None, out: Path | None = None, jobs: int | None = None,
+          rerun: bool = False) -> Path:
+    """Execute the chapters (all, or `only`) under a profile and build the HTML into out/_build/html; return it.
+
+    Chapters run `jobs` at a time (default: default_jobs()), the ledger after the others. A chapter whose notebook in
+    `stage` came from the same source, parameters, package and artifacts (its fingerprint) is not run again, unless
+    `rerun`.
+    """
     if profile not in PROFILES:
         raise ValueError(f"Unknown profile {profile!r}; profiles: {', '.join(PROFILES)}")
     chapters = {name: _source(root, name) for name in toc_files(root)}
@@ -288,24 +453,30 @@ def build(profile: str = "organism", only: str | None = None, root: Path = REPO_
         check_chapter_inputs(Path(name).name, {**chapter_defaults(chapters[name]),
                                                **{k: v for k, v in params.items() if k in declared[name]}})
     stage_site(stage, root)
+    todo = []
     for name, src in chapters.items():
         target = stage / name
         if src.suffix == ".py":
             if name in run:
-                _log(f"executing {src.relative_to(root)} ({profile} profile)")
-                t0 = time.perf_counter()
                 given = {k: v for k, v in params.items() if k in declared[name]}
                 if "chapters_dir" in declared[name]:  # a chapter that reads the others' notebooks reads this build's
                     given = {"chapters_dir": str(target.parent.resolve()), **given}
-                execute_chapter(src, target.with_suffix(".ipynb"), given, cwd=root)
-                _log(f"{src.relative_to(root)} done in {time.perf_counter() - t0:.0f} s")
+                todo.append(ChapterJob(name, src, target.with_suffix(".ipynb"), given))
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.with_suffix(src.suffix).write_text(with_banner(src.read_text()))
-    if not html:
-        return stage
-    _log("building the HTML with jupyter-book")
-    return _jupyter_book(stage, out or root)
+            write_if_changed(target.with_suffix(src.suffix), with_banner(src.read_text()))
+    t0 = time.perf_counter()
+    records = execute_chapters(todo, profile, root, jobs=jobs, rerun=rerun)
+    summary = {"profile": profile, "jobs": jobs or default_jobs(), "chapters_wall_s": time.perf_counter() - t0,
+               "chapters": records}
+    result = stage
+    if html:
+        _log("building the HTML with jupyter-book")
+        t0 = time.perf_counter()
+        result = _jupyter_book(stage, out or root)
+        summary["html_s"] = time.perf_counter() - t0
+    (stage / BUILD_RECORD).write_text(json.dumps(summary, indent=1))
+    return result
 
 
 RUNS = REPO_ROOT / "build" / "runs"

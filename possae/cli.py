@@ -79,7 +79,7 @@ def _build(args: argparse.Namespace) -> None:
     from possae.book import ChapterFailed, build
 
     try:
-        print("book ->", build(args.profile, args.only, html=not args.no_html))
+        print("book ->", build(args.profile, args.only, html=not args.no_html, jobs=args.jobs, rerun=args.rerun))
     except (ChapterFailed, ValueError) as e:
         raise SystemExit(f"possae build: {e}") from None
 
@@ -150,6 +150,9 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--profile", default="organism", help="organism (default, offline), quick, or gpt2 (needs network)")
     b.add_argument("--only", default=None, help="execute only this chapter (its file name without .py)")
     b.add_argument("--no-html", action="store_true", help="execute chapters without building the HTML")
+    b.add_argument("--jobs", type=int, default=None, help="chapters run at once (default: $POSSAE_JOBS, else 2)")
+    b.add_argument("--rerun", action="store_true",
+                   help="execute every chapter again, even those whose notebook is up to date")
     b.set_defaults(func=_build)
     r = sub.add_parser("run", help="execute one chapter with papermill parameters into build/runs/ and render its page")
     r.add_argument("chapter", help="the chapter's file name without .py, e.g. positional")

@@ -1,5 +1,7 @@
 """The book builds offline from the package alone; executed pages are clean; one chapter re-runs into its own page."""
 
+import json
+import os
 import re
 import shutil
 
@@ -289,3 +291,54 @@ def test_ill_typed_parameters_fail_before_a_kernel_starts(tmp_path):
     with pytest.raises(ParameterError, match="parameter 'threshold' must be float"):
         execute_chapter(REPO_ROOT / "chapters" / "positional.py", tmp_path / "p.ipynb", {"threshold": "high"})
     assert list(tmp_path.iterdir()) == []
+
+
+TINY_CHAPTER = '''# %% tags=["parameters"]
+x = 1
+# %%
+import os, time
+print(x, os.environ["OMP_NUM_THREADS"])
+'''
+TINY_READER = '''# %% tags=["parameters"]
+chapters_dir = "."
+# %%
+print(chapters_dir)
+'''
+
+
+def tiny_book(root):
+    """Write a book of two chapters and one that reads the others' notebooks (like the ledger) into root."""
+    (root / "_config.yml").write_text("title: tiny\n")
+    (root / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n- file: a\n- file: b\n- file: reader\n")
+    (root / "intro.md").write_text("# Tiny\n")
+    (root / "a.py").write_text(TINY_CHAPTER)
+    (root / "b.py").write_text(TINY_CHAPTER.replace("x = 1", "x = 2"))
+    (root / "reader.py").write_text(TINY_READER)
+
+
+def test_build_runs_chapters_two_at_a_time_once_and_reruns_what_changed(tmp_path):
+    """The second build of an unchanged book runs nothing; a changed parameter reruns its chapter and the ledger-like
+    reader; each run records its fingerprint, wall and CPU time, peak memory and its kernel's thread count."""
+    from possae.book import RUN_RECORD, build
+
+    tiny_book(tmp_path)
+    stage = tmp_path / "stage"
+    build("organism", root=tmp_path, stage=stage, html=False, jobs=2)
+    records = {p.name: json.loads(p.read_text()) for p in stage.glob(f"*{RUN_RECORD}")}
+    assert set(records) == {f"{c}{RUN_RECORD}" for c in ("a", "b", "reader")}
+    assert all(r["threads"] == max(1, (os.cpu_count() or 1) // 2) and r["wall_s"] > 0 and r["peak_rss_mb"] > 10
+               for r in records.values())
+    outputs = nbformat.read(stage / "a.ipynb", as_version=4).cells[-1].outputs
+    assert outputs[0]["text"].split() == ["1", str(records[f"a{RUN_RECORD}"]["threads"])]
+    times = {p.name: p.stat().st_mtime_ns for p in stage.glob("*.ipynb")}
+    build("organism", root=tmp_path, stage=stage, html=False, jobs=2)
+    assert {p.name: p.stat().st_mtime_ns for p in stage.glob("*.ipynb")} == times  # nothing ran again
+    (tmp_path / "b.py").write_text(TINY_CHAPTER.replace("x = 1", "x = 3"))
+    build("organism", root=tmp_path, stage=stage, html=False, jobs=1)
+    after = {p.name: p.stat().st_mtime_ns for p in stage.glob("*.ipynb")}
+    assert after["a.ipynb"] == times["a.ipynb"]
+    assert after["b.ipynb"] != times["b.ipynb"] and after["reader.ipynb"] != times["reader.ipynb"]
+    build("organism", root=tmp_path, stage=stage, html=False, rerun=True)
+    assert all(p.stat().st_mtime_ns != after[p.name] for p in stage.glob("*.ipynb"))
+    with pytest.raises(ValueError, match="at least 1"):
+        build("organism", root=tmp_path, stage=stage, html=False, jobs=0)
