@@ -147,6 +147,17 @@ result.range_table()
 # **Coverage.** The first study found about 50 positional features tiling every position of GPT-2's 128-token
 # context, single-position features at the earliest positions, and early features firing more strongly.
 # {glue:text}`pos_coverage_sentence`
+#
+# **Two geometries.** possae's first organism learned its own `W_pos`; this chapter's default organism carries
+# GPT-2's. The table sets this SAE beside the other organism's 32x ReLU SAE on its short context: how far each
+# `W_pos` winds over the positions its SAE sees, how long its rows are against a token embedding, and how many of
+# those positions the positional features peak at (the [setup](setup) chapter compares the whole curves).
+
+# %% tags=["remove-input"]
+result.geometry_coverage_table()
+
+# %% [markdown]
+# {glue:text}`pos_geometry_coverage_sentence`
 
 # %% [markdown]
 # ## The W_pos curve and the decoder directions

@@ -24,7 +24,7 @@ from possae.metrics import PositionSums, r2_pos
 from possae.neuronpedia import FeaturePages
 from possae.params import Layer0Params, ParameterError
 from possae.progress import tqdm
-from possae.wpos import pca
+from possae.wpos import norm_ratio, pc_winding, pca, winding_word
 
 POSITIONAL_R2 = 0.5  # a feature is positional if position explains at least this share of its variance
 PEAK_RANGE_EDGES = (8,)  # the in-context positions are grouped at these edges: 1..7 and 8..C-1
@@ -304,6 +304,61 @@ def coverage_sentence(c: dict[str, float]) -> str:
     else:
         text += " Early and later features cannot be compared: one of the two groups is empty."
     return text
+
+
+COMPARISON_SAE = "relu-short"  # each organism's 32x ReLU SAE on a short context: the one set beside the chapter's
+
+
+def coverage_row(model, context_size: int, cov: dict[str, float], sae_label: str) -> dict[str, object]:
+    """Return one row of the geometry-and-coverage table: the model's W_pos over rows 1..C-1 (turns, loudness against
+    W_E) and how many of those positions the SAE's positional features peak at."""
+    W_pos = model.W_pos.detach()[:context_size]
+    return {"model": model.cfg.model_name, "SAE": sae_label, "context C": context_size,
+            "W_pos turns (rows 1..C-1)": pc_winding(W_pos[1:], 2)["turns"],
+            "‖W_pos‖ / ‖W_E‖": norm_ratio(W_pos, model.W_E), "positional features": cov["n_features"],
+            "positions 1..C-1": cov["n_positions"], "positions with a peak": cov["peak_positions"],
+            "share of positions": cov["peak_positions"] / cov["n_positions"],
+            "single-position features": cov["single"]}
+
+
+def other_organism_row(model, threshold: float, device: str | torch.device | None = None) -> dict[str, object] | None:
+    """Return the other organism's row of the geometry-and-coverage table (its COMPARISON_SAE), or None when the model
+    is not one of possae's layer-0 organisms."""
+    from possae.loaders import MODEL_NAMES, load_model, load_sae
+    from possae.sae_files import OTHER_ORGANISM
+
+    other = OTHER_ORGANISM.get(MODEL_NAMES.get(model.cfg.model_name))
+    if other is None:
+        return None
+    m, sae = load_model(other, device="cpu"), load_sae(other, COMPARISON_SAE, device="cpu")
+    stats = context_stats(m, sae, device=device)
+    C = sae_context_size(sae, m.cfg.n_ctx)
+    cov = coverage(feature_scores(stats), positional_features(stats, None, threshold), in_context_positions(C, m.cfg.n_ctx))
+    return coverage_row(m, C, cov, f"{other}/{COMPARISON_SAE}")
+
+
+def geometry_coverage_sentence(table: pd.DataFrame) -> str:
+    """Return the sentence that sets the two organisms' W_pos winding and positional coverage side by side (or says
+    there is no second organism), naming what else differs between them."""
+    if len(table) < 2:
+        return "This model is not one of possae's organisms, so there is no second organism to set beside it."
+    a, b = table.iloc[0], table.iloc[1]
+
+    def part(r) -> str:
+        return (f"{r['model']}'s W_pos is {winding_word(r['W_pos turns (rows 1..C-1)'])} over rows 1..{r['context C'] - 1}, "
+                f"and the {r['positional features']} positional features of {r['SAE']} peak at "
+                f"{r['positions with a peak']} of those {r['positions 1..C-1']} positions ({r['share of positions']:.0%})")
+
+    ta, tb = a["W_pos turns (rows 1..C-1)"], b["W_pos turns (rows 1..C-1)"]
+    ra, rb = a["‖W_pos‖ / ‖W_E‖"], b["‖W_pos‖ / ‖W_E‖"]
+    shape = ("Over the positions their SAEs see, both curves are arcs: a helix's turns, where a W_pos has them, lie "
+             "beyond these contexts, so the turns cannot be what separates the two here."
+             if max(ta, tb) < 1 else
+             f"Over the positions their SAEs see, the curves wind {ta:.2f} and {tb:.2f} turns.")
+    return (f"{part(a)}; {part(b)}. {shape} Position's loudness differs more: W_pos's rows are {ra:.2f} and {rb:.2f} "
+            f"times as long as a token embedding. That loudness, rather than the curve, sets how many positions get "
+            f"features is a conjecture: the two organisms also differ in context ({a['context C']} and "
+            f"{b['context C']} positions) and in training, and this table cannot separate the causes.")
 
 
 def range_sentence(ranges: pd.DataFrame) -> str:
@@ -822,6 +877,8 @@ class PositionalResult:
     sweep: pd.DataFrame
     fit: dict[str, float]
     peaks_fit: dict[str, float]
+    coverage: dict[str, float]  # how the positional features cover the context (see coverage)
+    geometry_coverage: pd.DataFrame  # coverage_row of this SAE, and of the other organism's COMPARISON_SAE
 
     @property
     def d_sae(self) -> int:
@@ -838,9 +895,10 @@ class PositionalResult:
         """Return the number of positional features (the count the semantic chapter cites at the default threshold)."""
         return int(self.positional.sum())
 
-    def coverage(self) -> dict[str, float]:
-        """Return how the positional features cover the context (see coverage)."""
-        return coverage(self.scores, self.positional, in_context_positions(self.context_size, self.n_ctx))
+    def geometry_coverage_table(self) -> pd.DataFrame:
+        """Return the geometry-and-coverage table, formatted: this SAE's row and the other organism's."""
+        fmt = {"W_pos turns (rows 1..C-1)": "{:.2f}", "‖W_pos‖ / ‖W_E‖": "{:.2f}", "share of positions": "{:.0%}"}
+        return self.geometry_coverage.style.format(fmt).hide(axis="index")
 
     def widths(self) -> Int[Tensor, " k"]:
         """Return the positional features' peak widths."""
@@ -901,7 +959,7 @@ class PositionalResult:
         pos_inter = float(s.loc[self.positional.numpy(), "interaction"].mean()) if self.n_positional else None
         bench = self.bench.iloc[0]
         nr = self.neurons
-        cov = self.coverage()
+        cov = self.coverage
         return {
             "pos_threshold": p.threshold, "pos_context": self.context_size, "pos_n_ctx": self.n_ctx,
             "pos_first": self.positions.start, "pos_last": self.positions.stop - 1,
@@ -935,6 +993,7 @@ class PositionalResult:
             "pos_pos_near1": self.ext_pos["near_1"],
             **{f"pos_cov_{k}": v for k, v in cov.items() if v == v},  # NaN (no group to compare): left out
             "pos_coverage_sentence": coverage_sentence(cov),
+            "pos_geometry_coverage_sentence": geometry_coverage_sentence(self.geometry_coverage),
             **({"pos_early_positions": str(self.ranges["positions"].iloc[0]),  # first group of peak positions
                 "pos_early_per_position": float(self.ranges["features_per_position"].iloc[0]),
                 "pos_late_per_position": float(self.ranges["features"].iloc[1:].sum()
@@ -995,6 +1054,8 @@ def analyze(model, sae, params: PositionalParams) -> PositionalResult:
     bos = slot_decoders(model, sae, bos_slot)
     sweep = width_sweep_frame(model, load_sweep(model, sae, params), t, progress=False, device=params.device)
     sample = scatter_sample(len(scores), SCATTER_POINTS, keep=positional)
+    cov = coverage(scores, positional, positions)
+    other = other_organism_row(model, t, device=params.device)
     wpos_norm = model.W_pos.detach()[:C].norm(dim=-1).double().cpu()
     return PositionalResult(
         params=params, context_size=C, n_ctx=n_ctx, d_vocab=model.cfg.d_vocab, stats_seconds=seconds,
@@ -1017,6 +1078,9 @@ def analyze(model, sae, params: PositionalParams) -> PositionalResult:
         scatter=scores.iloc[sample.numpy()].assign(positional=positional[sample].numpy()),
         neurons=neuron_analysis(model, params, C), sweep=sweep,
         fit=loglog_fit(sweep["d_sae"], sweep["positional"]), peaks_fit=loglog_fit(sweep["d_sae"], sweep["distinct_peaks"]),
+        coverage=cov,
+        geometry_coverage=pd.DataFrame([coverage_row(model, C, cov, f"{params.sae_release}/{params.sae_id}")]
+                                       + ([other] if other else [])),
     )
 
 

@@ -21,6 +21,7 @@ from possae.organism.recipe import ARTIFACTS, GPT2POS_ARTIFACTS, ROTARY_ARTIFACT
 ORGANISM = "organism"  # the first organism (learned W_pos, n_ctx 256): model name and SAE release
 ROTARY = "organism-rotary"  # its rotary twin (the same recipe with rotary positions): model name and SAE release
 GPT2POS = "organism-gpt2pos"  # GPT-2 small's own W_pos (projected, frozen), n_ctx 1,024: the layer-0 chapters' default
+OTHER_ORGANISM = {GPT2POS: ORGANISM, ORGANISM: GPT2POS}  # the layer-0 organisms, each set beside the other
 ORGANISMS = {ORGANISM: ARTIFACTS, ROTARY: ROTARY_ARTIFACTS, GPT2POS: GPT2POS_ARTIFACTS}  # name -> shipped folder
 VARIANT_FLAGS = {ORGANISM: "", ROTARY: " --positional rotary", GPT2POS: " --positional gpt2"}  # `possae organism` flag
 SAE_FILES = ("cfg.json", "sae_weights.safetensors")  # what sae_lens's SAE.save_model writes

@@ -10,13 +10,12 @@ from jaxtyping import Float
 from torch import Tensor
 
 from possae.heldout import heldout_windows
-from possae.sae_files import GPT2POS, ORGANISM, ORGANISMS
+from possae.sae_files import ORGANISMS, OTHER_ORGANISM
 from possae.hooks import sae_context_size, sae_hook
 from possae.metrics import sae_quality
 from possae.params import Layer0Params, ParameterError
 from possae.wpos import last_row, load_gpt2_wpos, pc_winding, winding_word, wpos_geometry
 
-OTHER_ORGANISM = {GPT2POS: ORGANISM, ORGANISM: GPT2POS}  # the layer-0 organisms, each set beside the other
 GPT2_SAE_CONTEXT = 128  # context_size of the gpt2-small-res-jb SAEs (their cfg.json on the hub)
 LOSS_WINDOWS = 256  # windows for the spliced loss (it runs the whole model four times per window)
 QUALITY_COLUMNS = {"l0": "L0", "explained_variance": "explained variance", "mse": "MSE", "dead_share": "dead share",

@@ -80,6 +80,11 @@ def pc_winding(W_pos: Float[Tensor, "n_rows d_model"], n_components: int = 3) ->
             "period_rows": (len(W_pos) / (half_periods / 2)) if half_periods else float("inf")}
 
 
+def norm_ratio(W_pos: Float[Tensor, "n_ctx d_model"], W_E: Float[Tensor, "d_vocab d_model"], first: int = 1) -> float:
+    """Return W_pos's mean row norm (rows first..) over W_E's: how loud position is against the token at layer 0."""
+    return (W_pos[first:].detach().double().norm(dim=1).mean() / W_E.detach().double().norm(dim=1).mean()).item()
+
+
 def winding_word(turns: float) -> str:
     """Return how to call a curve that winds `turns` times: an arc below one full turn, else a helix of that many turns."""
     return f"an arc ({turns:.2f} of a turn)" if turns < 1 else f"a helix of {turns:.1f} turns"

@@ -656,3 +656,34 @@ def test_coverage_counts_peaks_single_position_features_and_early_strength():
     flat = coverage(scores.assign(max_mean=1.0), positional, range(1, 17))
     assert flat["early_max_mean"] == flat["later_max_mean"]
     assert coverage_sentence(coverage(scores, torch.zeros(7, dtype=torch.bool), range(1, 17))).startswith("No feature")
+
+
+def test_geometry_coverage_rows_measure_winding_loudness_and_coverage_and_the_sentence_names_the_confound():
+    """coverage_row: turns over rows 1..C-1 (a whole number of turns around the origin reads exactly), the row-norm
+    ratio to W_E and the share of positions with a peak; the sentence says arcs are arcs and calls the cause a
+    conjecture."""
+    from types import SimpleNamespace
+
+    from possae.positional import coverage_row, geometry_coverage_sentence
+
+    def organism(name, C, turns, radius):
+        angle = 2 * torch.pi * turns * torch.arange(C - 1, dtype=torch.float64) / (C - 1)
+        W_pos = torch.zeros(C, 4, dtype=torch.float64)
+        W_pos[1:, 0], W_pos[1:, 1] = radius * angle.cos(), radius * angle.sin()
+        W_E = torch.zeros(10, 4, dtype=torch.float64)
+        W_E[:, 2] = 2.0
+        return SimpleNamespace(W_pos=W_pos, W_E=W_E, cfg=SimpleNamespace(model_name=name))
+
+    cov = {"n_features": 12, "n_positions": 63, "peak_positions": 21, "single": 3}
+    two = coverage_row(organism("helix", 64, 2, 8.0), 64, cov, "helix/relu")
+    assert abs(two["W_pos turns (rows 1..C-1)"] - 2 * 62 / 63) < 1e-9  # 62 steps of 2 turns / 63
+    assert abs(two["‖W_pos‖ / ‖W_E‖"] - 4.0) < 1e-12 and two["share of positions"] == 21 / 63
+    arc = coverage_row(organism("arc", 64, 0.5, 1.0), 64, {**cov, "peak_positions": 2}, "arc/relu")
+    wound = pd.DataFrame([two, arc])
+    text = geometry_coverage_sentence(wound)
+    assert "helix's W_pos is a helix of 2.0 turns over rows 1..63" in text and "peak at 21 of those 63 positions (33%)" in text
+    assert 0.49 < arc["W_pos turns (rows 1..C-1)"] < 1  # around its centroid, an arc reads more than its share
+    assert f"wind 1.97 and {arc['W_pos turns (rows 1..C-1)']:.2f} turns" in text and "4.00 and 0.50 times" in text and "conjecture" in text
+    arcs = geometry_coverage_sentence(pd.DataFrame([arc, arc]))
+    assert "both curves are arcs" in arcs
+    assert geometry_coverage_sentence(wound.iloc[:1]).startswith("This model is not one of possae's organisms")

@@ -12,7 +12,7 @@ from possae.organism.data import load_stream
 from possae.organism.lm import evaluate_lm
 from possae.organism.recipe import ARTIFACTS, GPT2POS_MODEL_NAME, OrganismRecipe, build_dir
 from possae.organism.saes import SAE_DIR, evaluate_sae
-from possae.wpos import last_row, load_gpt2_wpos, pc_winding, wpos_geometry
+from possae.wpos import last_row, load_gpt2_wpos, norm_ratio, pc_winding, wpos_geometry
 
 CARD_JSON = "model_card.json"
 CARD_MD = "MODEL_CARD.md"
@@ -57,7 +57,7 @@ def training_stages(facts: dict) -> list[dict]:
 
 def wpos_facts(W_pos, W_E, first: int = 1) -> dict[str, float]:
     """Return how far W_pos's rows first.. wind (pc_winding) and the ratio of its mean row norm to W_E's."""
-    return {**pc_winding(W_pos[first:]), "wpos_over_we_norm": (W_pos[first:].norm(dim=1).mean() / W_E.norm(dim=1).mean()).item()}
+    return {**pc_winding(W_pos[first:]), "wpos_over_we_norm": norm_ratio(W_pos, W_E, first)}
 
 
 def gpt2_geometry_check(W_pos, gpt2_W_pos) -> dict:
