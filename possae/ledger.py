@@ -43,6 +43,8 @@ MIN_SPURIOUS = 1.0  # spurious firing exists: at least one spurious feature per 
 TILE_SHARE = 0.8  # features "tile every position": peaks at 4 in 5 positions or more (a peak's width covers a gap)
 SINGLE_EARLY_MIN = 2  # early single-position features exist: at least two (one could be the BOS-adjacent slot alone)
 SIGNIFICANCE = 0.05  # a rank correlation counts when its p-value is below this
+POWER_LAW_R2 = 0.9  # the count grows "predictably" with width: a log-log line explains at least 90 % of its variance
+MIN_WIDTHS = 3  # ... fitted to at least three widths (a line through two points always fits)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +106,17 @@ def strength_verdict(early: float, later: float, rho: float, p: float, alpha: fl
         return Verdict(CONFIRMED, f"early {early / later:.2f} times as strong; rho {rho:.2f}, p = {p:.2g}")
     return Verdict(REFUTED, f"early {early / later:.2f} times as strong; rho {rho:.2f}, p = {p:.2g} (the rule asks "
                             f"rho < 0 at p < {alpha})")
+
+
+def width_verdict(slope: float, r2: float, n: int, least_r2: float = POWER_LAW_R2, least_n: int = MIN_WIDTHS) -> Verdict:
+    """Return whether the count of positional features grows predictably with width: a positive log-log slope whose
+    line explains at least `least_r2` of the log counts, over at least `least_n` widths with positional features."""
+    if not (n >= least_n and slope == slope):
+        return Verdict(UNTESTABLE, f"fewer than {least_n} widths have positional features, so no trend can be fitted")
+    if slope > 0 and r2 >= least_r2:
+        return Verdict(CONFIRMED, f"count ∝ d_sae^{slope:.2f}, R² {r2:.3f} over {n} widths")
+    return Verdict(REFUTED, f"log-log slope {slope:.2f}, R² {r2:.3f} over {n} widths (the rule asks a positive slope "
+                            f"at R² ≥ {least_r2:g})")
 
 
 def as_if_verdict(earlier: float, last: float, cosine: float, threshold: float) -> Verdict:
@@ -265,6 +278,7 @@ SECTIONS = {  # (page, anchor or None for the page's top): the heading's text, a
     ("positional", "which-features-are-positional"): "Positional: which features are positional",
     ("positional", "which-positions-get-their-own-features"): "Positional: which positions get their own features",
     ("positional", "position-vs-token-for-every-feature"): "Positional: position vs token",
+    ("positional", "positional-features-vs-sae-width"): "Positional: positional features vs SAE width",
     ("semantic", "how-much-of-each-feature-is-token-identity"): "Semantic: token identity",
     ("length_generalization", "reconstruction-error-at-every-position"): "Length: reconstruction error",
     ("length_generalization", "semantic-features-past-the-context-spurious-firing"): "Length: spurious firing",
@@ -332,6 +346,13 @@ def _strength(v):
     return (f"mean peak activation {v['pos_cov_early_max_mean']:.3g} early, {v['pos_cov_later_max_mean']:.3g} later",
             strength_verdict(v["pos_cov_early_max_mean"], v["pos_cov_later_max_mean"], v["pos_cov_rho_peak_strength"],
                              v["pos_cov_p_peak_strength"]))
+
+
+def _width(v):
+    """Return (the sweep's counts at its narrowest and widest SAE and the power law, verdict)."""
+    return (f"{v['pos_sweep_first_count']} positional features at d_sae {v['pos_sweep_first_d_sae']:,}, "
+            f"{v['pos_sweep_last_count']} at {v['pos_sweep_last_d_sae']:,}",
+            width_verdict(v["pos_sweep_k"], v["pos_sweep_r2"], v["pos_sweep_n"]))
 
 
 def _as_if(v):
@@ -485,6 +506,11 @@ CLAIMS: tuple[Claim, ...] = (
           ("positional", "which-positions-get-their-own-features"),
           ("pos_cov_early_max_mean", "pos_cov_later_max_mean", "pos_cov_rho_peak_strength", "pos_cov_p_peak_strength"),
           _strength),
+    Claim("width", "(study 1) the count of positional features grows predictably with the SAE's width", "-",
+          "positional", ("positional", "positional-features-vs-sae-width"),
+          ("pos_sweep_first_count", "pos_sweep_first_d_sae", "pos_sweep_last_count", "pos_sweep_last_d_sae",
+           "pos_sweep_k", "pos_sweep_r2", "pos_sweep_n"), _width,
+          "this build runs no width sweep, or fewer than two of its widths have positional features"),
     Claim("disjoint", "positional and semantic features are disjoint at layer 0", "-", "semantic",
           ("semantic", "how-much-of-each-feature-is-token-identity"),
           ("sem_n_both", "sem_n_features", "sem_n_positional", "sem_n_semantic"), _disjoint),

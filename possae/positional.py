@@ -895,6 +895,17 @@ class PositionalResult:
         """Return the number of positional features (the count the semantic chapter cites at the default threshold)."""
         return int(self.positional.sum())
 
+    def sweep_values(self) -> dict[str, float]:
+        """Return the width sweep's glued numbers: counts at the narrowest and widest SAE and the power law over the
+        widths with positional features (none without a sweep; no fit values where none could be fitted)."""
+        if len(self.sweep) < 2:
+            return {}
+        first, last = self.sweep.iloc[0], self.sweep.iloc[-1]
+        fit = {"pos_sweep_k": self.fit["slope"], "pos_sweep_r2": self.fit["r2"], "pos_sweep_n": self.fit["n"]}
+        return {"pos_sweep_first_count": int(first.positional), "pos_sweep_first_d_sae": int(first.d_sae),
+                "pos_sweep_last_count": int(last.positional), "pos_sweep_last_d_sae": int(last.d_sae),
+                **(fit if np.isfinite(self.fit["slope"]) else {})}
+
     def geometry_coverage_table(self) -> pd.DataFrame:
         """Return the geometry-and-coverage table, formatted: this SAE's row and the other organism's."""
         fmt = {"W_pos turns (rows 1..C-1)": "{:.2f}", "‖W_pos‖ / ‖W_E‖": "{:.2f}", "share of positions": "{:.0%}"}
@@ -988,6 +999,7 @@ class PositionalResult:
             "pos_neuron_context": neuron_context_sentence(self.context_size, self.n_ctx),
             "pos_sweep_sentence": sweep_sentence(self.sweep, self.fit, self.peaks_fit),
             "pos_sweep_summary": sweep_summary(self.sweep, self.fit),
+            **self.sweep_values(),
             "pos_summary_peaks": summary_peaks_sentence(self.ranges, self.widths(), self.alignment),
             "pos_links_sentence": self.pages.sentence(),
             "pos_pos_near1": self.ext_pos["near_1"],

@@ -263,3 +263,18 @@ def test_coverage_and_as_if_rules_confirm_and_refute():
     assert strength_verdict(float("nan"), 1.0, float("nan"), float("nan")).verdict == UNTESTABLE
     assert as_if_verdict(0.8, 0.2, 0.95, 0.9).verdict == CONFIRMED
     assert as_if_verdict(0.0, 1.0, 1.0, 0.9).verdict == REFUTED and as_if_verdict(0.9, 0.1, 0.5, 0.9).verdict == REFUTED
+
+
+def test_width_rule_asks_a_positive_power_law_that_fits_over_three_widths():
+    from possae.ledger import CONFIRMED, REFUTED, UNTESTABLE, width_verdict
+    from possae.positional import loglog_fit
+
+    widths = [1024, 2048, 4096, 8192]
+    exact = loglog_fit(widths, [10 * (w / 1024) ** 0.5 for w in widths])  # count ∝ d_sae^0.5 exactly
+    assert width_verdict(exact["slope"], exact["r2"], exact["n"]).verdict == CONFIRMED
+    noisy = loglog_fit(widths, [4, 9, 4, 10])  # grows, but not along a line
+    assert noisy["slope"] > 0 and width_verdict(noisy["slope"], noisy["r2"], noisy["n"]).verdict == REFUTED
+    flat = loglog_fit(widths, [9, 8, 8, 7])
+    assert width_verdict(flat["slope"], flat["r2"], flat["n"]).verdict == REFUTED
+    two = loglog_fit(widths[:2], [3, 6])  # a line through two points: no test
+    assert two["r2"] == 1.0 and width_verdict(two["slope"], two["r2"], two["n"]).verdict == UNTESTABLE
