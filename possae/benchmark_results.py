@@ -47,3 +47,34 @@ def _peak_gb(section: dict, path: str) -> float:
     """Return a path's peak memory in GB: the GPU's allocations on a GPU, the process's RSS on a CPU."""
     cuda = (section.get("cuda_peak_mb") or {}).get(path)
     return (cuda if cuda is not None else section["peak_rss_mb"][path]) / 1024
+
+
+BOOK_BENCHMARK = REPO_ROOT / "benchmarks" / "results" / "book_organism_cpu.json"
+README_TABLE_START, README_TABLE_END = "<!-- book-times: start -->", "<!-- book-times: end -->"
+
+
+def book_time_table(path: str | Path = BOOK_BENCHMARK) -> str:
+    """Return the README's time table (markdown) from benchmarks/bench_book.py's record of a fresh clone."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No book benchmark at {path}. Run `python3 benchmarks/bench_book.py` first.")
+    r = json.loads(path.read_text())
+    b, again = r["book"], r["book_again"]
+    per = ", ".join(f"{name} {c['wall_s']:.0f} s" for name, c in b["chapters"].items())
+    rows = [
+        ("`make install` (the virtual environment; pip's cache warm)", r["install_s"]),
+        (f"`make book` after it: {len(b['chapters'])} chapters, {b['jobs']} at a time, in {b['chapters_wall_s']:.0f} s "
+         f"({per}); the HTML in {b['html_s']:.0f} s", b["make_book_s"]),
+        ("`make book` with the install, from the fresh clone", b["make_book_with_install_s"]),
+        (f"`make book` again on the same clone (chapters run again: {', '.join(again['chapters_run_again']) or 'none'})",
+         again["make_book_s"]),
+    ]
+    for key, label in (("test", "`make test` next (its `quick`-profile book included)"),
+                       ("test_again", "`make test` again (its `quick`-profile book up to date)")):
+        if key in r:
+            n = sum(f["tests"] for f in r[key]["files"].values())
+            rows.append((f"{label}: {n} tests", r[key]["make_test_s"]))
+    lines = [README_TABLE_START, f"Measured by `benchmarks/bench_book.py` at commit {r['commit'][:10]} on "
+             f"{r['machine']['cpu_count']} CPU cores ({r['machine']['cpu_model']}), {r['date']}:", "",
+             "| step | wall time |", "|---|---|", *(f"| {label} | {s:.0f} s |" for label, s in rows), README_TABLE_END]
+    return "\n".join(lines)

@@ -342,3 +342,16 @@ def test_build_runs_chapters_two_at_a_time_once_and_reruns_what_changed(tmp_path
     assert all(p.stat().st_mtime_ns != after[p.name] for p in stage.glob("*.ipynb"))
     with pytest.raises(ValueError, match="at least 1"):
         build("organism", root=tmp_path, stage=stage, html=False, jobs=0)
+
+
+def test_the_readme_time_table_is_the_recorded_book_benchmark():
+    """The README's time table is book_time_table() of benchmarks/results/book_organism_cpu.json, and that record
+    times every chapter of the toc and both runs of both commands."""
+    from possae.benchmark_results import BOOK_BENCHMARK, book_time_table
+    from possae.book import chapter_names
+    from possae.data_paths import REPO_ROOT
+
+    record = json.loads(BOOK_BENCHMARK.read_text())
+    assert set(record["book"]["chapters"]) == set(chapter_names())
+    assert {"install_s", "book", "book_again", "test", "test_again"} <= set(record)
+    assert book_time_table() in (REPO_ROOT / "README.md").read_text()
