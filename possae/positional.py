@@ -907,9 +907,12 @@ class PositionalResult:
                 **(fit if np.isfinite(self.fit["slope"]) else {})}
 
     def geometry_coverage_table(self) -> pd.DataFrame:
-        """Return the geometry-and-coverage table, formatted: this SAE's row and the other organism's."""
+        """Return the geometry-and-coverage table for display: one column per SAE (this one, the other organism's),
+        one row per measure."""
         fmt = {"W_pos turns (rows 1..C-1)": "{:.2f}", "‖W_pos‖ / ‖W_E‖": "{:.2f}", "share of positions": "{:.0%}"}
-        return self.geometry_coverage.style.format(fmt).hide(axis="index")
+        g = self.geometry_coverage.set_index("SAE")
+        return pd.DataFrame({col: [fmt.get(col, "{}").format(v) for v in g[col]] for col in g.columns},
+                            index=g.index).T.rename_axis(None, axis=1)
 
     def widths(self) -> Int[Tensor, " k"]:
         """Return the positional features' peak widths."""
