@@ -318,8 +318,8 @@ def _helix(v):
 
 def _minority(v):
     """Return (the count of positional features, verdict)."""
-    return (f"{v['pos_n_positional']:,} of {v['pos_d_sae']:,} ({pct(v['pos_share_positional'])})",
-            minority_verdict(v["pos_n_positional"], v["pos_d_sae"]))
+    return (f"{v['pos_n_positional']:,} of {v['pos_d_sae']:,} ({pct(v['pos_share_positional'])}), with W_pos's rows "
+            f"{v['pos_wpos_over_we']:.2f} times a token embedding's length", minority_verdict(v["pos_n_positional"], v["pos_d_sae"]))
 
 
 def _early(v):
@@ -490,7 +490,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("few_positional", "a layer-0 SAE has few positional features",
           f"about {STUDY_N_POSITIONAL} of {STUDY_D_SAE:,}", "positional",
           ("positional", "which-features-are-positional"),
-          ("pos_n_positional", "pos_d_sae", "pos_share_positional"), _minority),
+          ("pos_n_positional", "pos_d_sae", "pos_share_positional", "pos_wpos_over_we"), _minority),
     Claim("early_positions", "early positions get dedicated features", "-", "positional",
           ("positional", "which-positions-get-their-own-features"),
           ("pos_early_positions", "pos_early_per_position", "pos_late_per_position"), _early,

@@ -1009,6 +1009,7 @@ class PositionalResult:
             **{f"pos_cov_{k}": v for k, v in cov.items() if v == v},  # NaN (no group to compare): left out
             "pos_coverage_sentence": coverage_sentence(cov),
             "pos_geometry_coverage_sentence": geometry_coverage_sentence(self.geometry_coverage),
+            "pos_wpos_over_we": float(self.geometry_coverage["‖W_pos‖ / ‖W_E‖"].iloc[0]),
             **({"pos_early_positions": str(self.ranges["positions"].iloc[0]),  # first group of peak positions
                 "pos_early_per_position": float(self.ranges["features_per_position"].iloc[0]),
                 "pos_late_per_position": float(self.ranges["features"].iloc[1:].sum()

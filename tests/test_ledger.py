@@ -145,7 +145,7 @@ def _values() -> dict[str, dict[str, object]]:
     """Return constructed glued values of every chapter but past_context, with known verdicts."""
     return {
         "setup": {"setup_model": "toy", "gpt2_context_last": 127, "gpt2_top3_ctx": 0.957, "top3": 0.99},
-        "positional": {"pos_n_positional": 6, "pos_d_sae": 4096, "pos_share_positional": 6 / 4096,
+        "positional": {"pos_n_positional": 6, "pos_d_sae": 4096, "pos_share_positional": 6 / 4096, "pos_wpos_over_we": 0.59,
                        "pos_early_positions": "1-7", "pos_early_per_position": 0.7, "pos_late_per_position": 0.02,
                        "pos_low": 0.05, "pos_high": 0.95, "pos_pos_near0": 0.995, "pos_pos_near1": 0.0,
                        "pos_max_r2": 0.8},
