@@ -16,8 +16,10 @@
 #
 # **Overview.** The two studies this book follows, and the discussion around them, make claims that can be checked:
 # numbers, directions of an effect, remedies that should work. This chapter lists every such claim the book can
-# check, the study's number where it gives one, this book's number, and a verdict: **confirmed**, **refuted**, or
-# **not testable here**, each with its reason and a link to the section that shows it.
+# check, who made it (the first study, the second, or a comment on one), the study's number where it gives one, this
+# book's number, and a verdict: **confirmed**, **refuted**, or **not testable here**, each with its reason and a link
+# to the section that shows it. The book's own remedies for the failure past the context are judged in a table of
+# their own.
 #
 # **Prerequisites.** Every other chapter: the ledger computes nothing itself. It reads the values the other
 # chapters glued into their executed pages, from the same build, and applies one rule per claim. The rules and their
@@ -57,6 +59,19 @@ result.table()
 # {glue:text}`ledger_refuted_sentence`
 #
 # {glue:text}`ledger_untestable_sentence`
+#
+# ## The book's own remedies
+#
+# The fixes for the failure past the context are this book's constructions, not claims of the studies: (a)
+# encoding the token embedding alone and adding `W_pos` back, (b) reading the token at the last trained position,
+# (c) keeping the SAE's token part with the exact `W_pos`, and (d) an SAE trained on full contexts (the
+# [length-generalization](length_generalization) chapter defines them). They are judged by the same rule, apart from the
+# claims and left out of the counts above. {glue:text}`ledger_remedies_sentence`
+
+# %% tags=["remove-input"]
+result.remedies_table()
+
+# %% [markdown]
 #
 # A verdict holds for the model the column names: a claim about GPT-2 small's SAEs that is refuted here is refuted on
 # this model, and may still hold on GPT-2. A claim is not testable here when the measurement it needs does not exist

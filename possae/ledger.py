@@ -296,6 +296,11 @@ SECTIONS = {  # (page, anchor or None for the page's top): the heading's text, a
 }
 
 
+STUDY_1, STUDY_2, COMMENT, THIS_BOOK = "study 1", "study 2", "comment", "this book"
+SOURCES = (STUDY_1, STUDY_2, COMMENT, THIS_BOOK)  # study 1: layer-0 positional features and the length failure;
+# study 2: oscillation, ablation and feature matching; comment: the discussion of a study; this book: its own remedies
+
+
 @dataclasses.dataclass(frozen=True)
 class Claim:
     """One claim: its text, the study's number, where the book shows it, the glued names it reads and its rule."""
@@ -308,6 +313,11 @@ class Claim:
     names: tuple[str, ...]  # the glued names it needs
     judge: Callable[[Mapping[str, object]], tuple[str, Verdict]]  # values -> (this book's number, verdict)
     missing: str = "the chapter skipped this measurement on this build"  # the reason when a name is absent
+    source: str = STUDY_1  # who made the claim: one of SOURCES
+
+    def __post_init__(self):
+        if self.source not in SOURCES:
+            raise ValueError(f"claim {self.key!r}: source {self.source!r} is not one of {', '.join(SOURCES)}")
 
 
 def _helix(v):
@@ -495,18 +505,18 @@ CLAIMS: tuple[Claim, ...] = (
           ("positional", "which-positions-get-their-own-features"),
           ("pos_early_positions", "pos_early_per_position", "pos_late_per_position"), _early,
           "the context has a single group of peak positions on this build"),
-    Claim("tiling", "(study 1) positional features tile every position of the context",
+    Claim("tiling", "positional features tile every position of the context",
           f"about {STUDY_N_POSITIONAL} features, every position of 128", "positional",
           ("positional", "which-positions-get-their-own-features"),
           ("pos_cov_n_features", "pos_cov_peak_positions", "pos_cov_n_positions"), _tiling),
-    Claim("single_early", "(study 1) the earliest positions get single-position features", "-", "positional",
+    Claim("single_early", "the earliest positions get single-position features", "-", "positional",
           ("positional", "which-positions-get-their-own-features"),
           ("pos_cov_single", "pos_cov_single_early", "pos_cov_early_first", "pos_cov_early_last"), _single_early),
-    Claim("early_strength", "(study 1) features of early positions fire more strongly", "-", "positional",
+    Claim("early_strength", "features of early positions fire more strongly", "-", "positional",
           ("positional", "which-positions-get-their-own-features"),
           ("pos_cov_early_max_mean", "pos_cov_later_max_mean", "pos_cov_rho_peak_strength", "pos_cov_p_peak_strength"),
           _strength),
-    Claim("width", "(study 1) the count of positional features grows predictably with the SAE's width", "-",
+    Claim("width", "the count of positional features grows predictably with the SAE's width", "-",
           "positional", ("positional", "positional-features-vs-sae-width"),
           ("pos_sweep_first_count", "pos_sweep_first_d_sae", "pos_sweep_last_count", "pos_sweep_last_d_sae",
            "pos_sweep_k", "pos_sweep_r2", "pos_sweep_n"), _width,
@@ -514,13 +524,13 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("disjoint", "positional and semantic features are disjoint at layer 0", "-", "semantic",
           ("semantic", "how-much-of-each-feature-is-token-identity"),
           ("sem_n_both", "sem_n_features", "sem_n_positional", "sem_n_semantic"), _disjoint),
-    Claim("bimodal", "(comment) position explains about 0 % or about 100 % of each feature's variance",
+    Claim("bimodal", "position explains about 0 % or about 100 % of each feature's variance",
           "0 % or 100 %", "positional", ("positional", "position-vs-token-for-every-feature"),
-          ("pos_low", "pos_high", "pos_pos_near0", "pos_pos_near1", "pos_max_r2"), _bimodal),
+          ("pos_low", "pos_high", "pos_pos_near0", "pos_pos_near1", "pos_max_r2"), _bimodal, source=COMMENT),
     Claim("random", "past the context, the reconstruction is worse than a random vector of the input's norm", "-",
           "length_generalization", ("length_generalization", "reconstruction-error-at-every-position"),
           ("len_heldout_past", "len_heldout_rand_past"), _random),
-    Claim("as_if", "(study 1) past the context, the SAE acts as if at earlier positions", "-", "length_generalization",
+    Claim("as_if", "past the context, the SAE acts as if at earlier positions", "-", "length_generalization",
           ("length_generalization", "positional-features-past-the-context"),
           ("len_asif_earlier_share", "len_asif_last_share", "len_asif_median_cosine", "len_asif_threshold"), _as_if),
     Claim("spurious", "past the context, semantic features fire spuriously", "-", "length_generalization",
@@ -528,32 +538,32 @@ CLAIMS: tuple[Claim, ...] = (
           ("len_spur_mean", "len_spur_share", "len_spur_nonpos"), _spurious),
     *(Claim(f"fix_{k}", f"fix ({k}): {text}", "-", "length_generalization", ("length_generalization", "fixes"),
             (f"len_fix_{k}_past", "len_fix_sae_in", "len_restore_factor"), _fix(k),
-            "this build has no full-context SAE, so fix (d) was skipped")
+            "this build has no full-context SAE, so fix (d) was skipped", source=THIS_BOOK)
       for k, text in FIX_CLAIMS.items()),
     Claim("oscillation", "the average activation oscillates with position (two periods)", "-", "oscillation",
           ("oscillation", "is-there-an-oscillation"),
-          ("osc_n_osc_base", "osc_n_base", "osc_n_oscillating", "osc_n_saes"), _oscillation),
+          ("osc_n_osc_base", "osc_n_base", "osc_n_oscillating", "osc_n_saes"), _oscillation, source=STUDY_2),
     Claim("doubling", "layers 1-3 oscillate at twice layer 0's frequency", "2x", "oscillation",
           ("oscillation", "is-there-an-oscillation"),
-          ("osc_ratios_to_base", "osc_n_osc_base", "osc_n_osc_later", "osc_n_later"), _doubling),
+          ("osc_ratios_to_base", "osc_n_osc_base", "osc_n_osc_later", "osc_n_later"), _doubling, source=STUDY_2),
     Claim("ablation", "ablating W_pos removes the pattern", "-", "oscillation",
           ("oscillation", "ablating-the-positional-embedding"),
-          ("osc_amp0_normal", "osc_amp0_zero", "osc_ref0", "osc_n_oscillating"), _ablation),
+          ("osc_amp0_normal", "osc_amp0_zero", "osc_ref0", "osc_n_oscillating"), _ablation, source=STUDY_2),
     Claim("shuffle", "shuffling W_pos costs the model less than zeroing it", "-", "oscillation",
-          ("oscillation", "what-the-model-loses"), ("osc_ce_normal", "osc_ce_zero", "osc_ce_shuffle"), _shuffle),
+          ("oscillation", "what-the-model-loses"), ("osc_ce_normal", "osc_ce_zero", "osc_ce_shuffle"), _shuffle, source=STUDY_2),
     Claim("dataset_seed", "the dataset changes an SAE's dictionary more than the seed", "-", "matching",
           ("matching", "different-seeds"), ("match_seeds_mean", "match_datasets_mean"), _dataset_seed,
-          "this build compares no seed pairs or no dataset pairs"),
+          "this build compares no seed pairs or no dataset pairs", source=STUDY_2),
     Claim("seeds", "SAEs differing only in their seed share 55-85 % of features",
           f"{STUDY_SEEDS[0]:.0%}-{STUDY_SEEDS[1]:.0%}", "matching", ("matching", "different-seeds"),
           ("match_seeds_min", "match_seeds_max"), _range_rule("seeds", STUDY_SEEDS),
-          "this build compares no seed pairs"),
+          "this build compares no seed pairs", source=STUDY_2),
     Claim("containment", "a smaller dictionary is contained in a larger one", "-", "matching", ("matching", "width"),
           ("match_contain_small_in_large", "match_contain_large_in_small"), _containment,
-          "this build compares no widths"),
+          "this build compares no widths", source=STUDY_2),
     Claim("early_layers", "early layers match less", "-", "matching", ("matching", "layer-against-layer"),
           ("match_adjacent_first_layer", "match_adjacent_first_share", "match_adjacent_later_share"), _early_layers,
-          "this build compares fewer than three layers"),
+          "this build compares fewer than three layers", source=STUDY_2),
     Claim("rotary", "SAEs on rotary-embedding models (Pythia) do not blow up past their context", "-",
           "past_context", ("past_context", "a-rotary-control"),
           ("pc_rot_recipe", "pc_rot_ratio_max", "pc_abs_ratio_later_max"), _rotary,
@@ -562,9 +572,9 @@ CLAIMS: tuple[Claim, ...] = (
           ("past_context", "the-fine-tuning-fix"),
           ("pc_sae_nmse_past", "pc_sae_nmse_in", "pc_ft_nmse_past_final", "pc_ft_tokens_final", "pc_full_nmse_past"),
           _finetune, "this build has no fine-tuned SAEs or no full-context reference"),
-    Claim("loss", "(comments) past the context, the SAE spliced in costs the model much more next-token loss", "-",
+    Claim("loss", "past the context, the SAE spliced in costs the model much more next-token loss", "-",
           "past_context", ("past_context", "the-next-token-loss-past-the-context"),
-          ("pc_loss_sae_in", "pc_loss_sae_past"), _loss),
+          ("pc_loss_sae_in", "pc_loss_sae_past"), _loss, source=COMMENT),
 )
 
 
@@ -643,47 +653,89 @@ class LedgerResult:
     rows: list[Row]
     model: str
 
-    def counts(self) -> dict[str, int]:
-        """Return {verdict: number of claims} for the four verdicts."""
-        return {v: sum(r.verdict.verdict == v for r in self.rows) for v in (CONFIRMED, REFUTED, UNTESTABLE, NOT_RUN)}
+    @property
+    def claims(self) -> list[Row]:
+        """Return the rows of the studies' and commenters' claims (the ledger proper)."""
+        return [r for r in self.rows if r.claim.source != THIS_BOOK]
 
-    def frame(self) -> pd.DataFrame:
-        """Return one row per claim: claim, study, this book (model), verdict, reason, section (an HTML link)."""
-        return pd.DataFrame({"claim": [r.claim.claim for r in self.rows], "study": [r.claim.study for r in self.rows],
-                             f"this book ({self.model})": [r.book for r in self.rows],
-                             "verdict": [r.verdict.verdict for r in self.rows],
-                             "reason": [r.verdict.reason for r in self.rows],
-                             "section": [link(r.claim.section) for r in self.rows]})
+    @property
+    def remedies(self) -> list[Row]:
+        """Return the rows of this book's own remedies (its fixes), kept apart from the studies' claims."""
+        return [r for r in self.rows if r.claim.source == THIS_BOOK]
 
-    def table_html(self) -> str:
-        """Return the ledger as an HTML table: text escaped, the section column as real links."""
-        df = self.frame()
+    def counts(self, rows: Sequence[Row] | None = None) -> dict[str, int]:
+        """Return {verdict: number of rows} for the four verdicts (default: the claims, remedies left out)."""
+        rows = self.claims if rows is None else rows
+        return {v: sum(r.verdict.verdict == v for r in rows) for v in (CONFIRMED, REFUTED, UNTESTABLE, NOT_RUN)}
+
+    def frame(self, rows: Sequence[Row] | None = None) -> pd.DataFrame:
+        """Return one row per claim (default: the claims): claim, source, study, this book (model), verdict, reason,
+        section (an HTML link)."""
+        rows = self.claims if rows is None else rows
+        return pd.DataFrame({"claim": [r.claim.claim for r in rows], "source": [r.claim.source for r in rows],
+                             "study": [r.claim.study for r in rows],
+                             f"this book ({self.model})": [r.book for r in rows],
+                             "verdict": [r.verdict.verdict for r in rows],
+                             "reason": [r.verdict.reason for r in rows],
+                             "section": [link(r.claim.section) for r in rows]})
+
+    def table_html(self, rows: Sequence[Row] | None = None) -> str:
+        """Return the ledger (default: the claims) as an HTML table: text escaped, the section column as real links."""
+        df = self.frame(rows)
+        if rows is not None and all(r.claim.source == THIS_BOOK for r in rows):  # remedies: no study, one source
+            df = df.drop(columns=["source", "study"]).rename(columns={"claim": "remedy"})
         labels = ["this book" if c.startswith("this book") else c for c in df.columns]
         head = "".join(f"<th>{html.escape(c)}</th>" for c in df.columns)
-        rows = []
+        out = []
         for values in df.itertuples(index=False):
             cells = [html.escape(str(v)) for v in values[:-1]] + [str(values[-1])]  # the section: a link, kept as HTML
-            rows.append("<tr>" + "".join(f'<td data-label="{html.escape(label)}">{v}</td>'
-                                         for label, v in zip(labels, cells)) + "</tr>")
+            out.append("<tr>" + "".join(f'<td data-label="{html.escape(label)}">{v}</td>'
+                                        for label, v in zip(labels, cells)) + "</tr>")
         # data-label names each cell's column, for the cards narrow screens show (possae/book_static/possae.css)
-        return (f'<table class="ledger"><thead><tr>{head}</tr></thead><tbody>\n' + "\n".join(rows)
+        return (f'<table class="ledger"><thead><tr>{head}</tr></thead><tbody>\n' + "\n".join(out)
                 + "\n</tbody></table>")
 
-    def table(self):
-        """Return the ledger table for display in a notebook."""
+    def table(self, rows: Sequence[Row] | None = None):
+        """Return the ledger table (default: the claims) for display in a notebook."""
         from IPython.display import HTML
 
-        return HTML(self.table_html())
+        return HTML(self.table_html(rows))
+
+    def remedies_table(self):
+        """Return this book's remedies as a table for display in a notebook."""
+        return self.table(self.remedies)
 
     def glued(self) -> dict[str, object]:
         """Return the values the prose cites (prefix ledger_)."""
         c = self.counts()
-        return {"ledger_model": self.model, "ledger_n_claims": len(self.rows), "ledger_n_confirmed": c[CONFIRMED],
+        by_source = {src: sum(r.claim.source == src for r in self.claims) for src in SOURCES if src != THIS_BOOK}
+        return {"ledger_model": self.model, "ledger_n_claims": len(self.claims), "ledger_n_confirmed": c[CONFIRMED],
                 "ledger_n_refuted": c[REFUTED], "ledger_n_untestable": c[UNTESTABLE], "ledger_n_not_run": c[NOT_RUN],
-                "ledger_count_sentence": count_sentence(c),
-                "ledger_refuted_sentence": list_sentence(self.rows, REFUTED),
-                "ledger_untestable_sentence": list_sentence(self.rows, UNTESTABLE),
-                "ledger_confirmed_sentence": list_sentence(self.rows, CONFIRMED)}
+                "ledger_count_sentence": count_sentence(c) + " " + source_sentence(by_source),
+                "ledger_refuted_sentence": list_sentence(self.claims, REFUTED),
+                "ledger_untestable_sentence": list_sentence(self.claims, UNTESTABLE),
+                "ledger_confirmed_sentence": list_sentence(self.claims, CONFIRMED),
+                "ledger_n_remedies": len(self.remedies),
+                "ledger_remedies_sentence": remedies_sentence(self.remedies)}
+
+
+def source_sentence(by_source: Mapping[str, int]) -> str:
+    """Return the sentence saying where the claims come from: how many from each study and from comments."""
+    return "By source: " + ", ".join(f"{n} from {src if src != COMMENT else 'comments'}" for src, n in by_source.items()) + "."
+
+
+def remedies_sentence(rows: Sequence[Row]) -> str:
+    """Return the sentence on this book's own remedies: which work (confirmed) and which do not, by the same rules."""
+    if not rows:
+        return "This build judged none of the book's remedies."
+    parts = []
+    for verdict, one, many in ((CONFIRMED, "works", "work"), (REFUTED, "does not work", "do not work"),
+                               (UNTESTABLE, "cannot be tested here", "cannot be tested here"),
+                               (NOT_RUN, "was not run", "were not run")):
+        names = [r.claim.claim.split(":")[0] for r in rows if r.verdict.verdict == verdict]
+        if names:
+            parts.append(f"{len(names)} {one if len(names) == 1 else many} ({', '.join(names)})")
+    return f"Of the book's {len(rows)} remedies, " + "; ".join(parts) + "."
 
 
 def analyze(values: Mapping[str, Mapping[str, object]], claims: Sequence[Claim] = CLAIMS) -> LedgerResult:

@@ -182,8 +182,14 @@ def test_constructed_values_give_the_expected_verdicts_and_missing_chapters_are_
     assert got["containment"] == REFUTED and got["early_layers"] == CONFIRMED
     assert {got[k] for k in ("rotary", "finetune", "loss")} == {NOT_RUN}
     counts = result.counts()
-    assert sum(counts.values()) == len(ledger.CLAIMS) and counts[NOT_RUN] == 3
+    remedies = [c for c in ledger.CLAIMS if c.source == ledger.THIS_BOOK]
+    assert [c.key for c in remedies] == ["fix_a", "fix_b", "fix_c", "fix_d"]  # the book's own, apart from the claims
+    assert sum(counts.values()) == len(ledger.CLAIMS) - len(remedies) and counts[NOT_RUN] == 3
     g = result.glued()
+    assert g["ledger_remedies_sentence"].startswith("Of the book's 4 remedies, ")
+    assert "1 works (fix (b))" in g["ledger_remedies_sentence"] and "fix (a)" in g["ledger_remedies_sentence"]
+    by_source = {src: sum(c.source == src for c in ledger.CLAIMS) for src in ledger.SOURCES}
+    assert f"{by_source[ledger.STUDY_2]} from study 2" in g["ledger_count_sentence"]
     check_prose_values(g)
     assert (g["ledger_n_confirmed"], g["ledger_n_refuted"], g["ledger_n_untestable"], g["ledger_n_not_run"]) == \
         (counts[CONFIRMED], counts[REFUTED], counts[UNTESTABLE], counts[NOT_RUN])
@@ -203,16 +209,26 @@ def test_past_context_values_are_judged():
 
 
 def test_the_table_escapes_text_and_links_each_section():
-    html = ledger.analyze(_values()).table_html()
-    assert html.count("<tr") == len(ledger.CLAIMS) + 1  # the header row and one row per claim
+    result = ledger.analyze(_values())
+    html = result.table_html()
+    n = len(result.claims)
+    assert html.count("<tr") == n + 1  # the header row and one row per claim (the remedies apart)
     assert '<a href="positional.html#position-vs-token-for-every-feature">' in html
     assert "R²_pos &lt; 0.05" in html  # text is escaped, links are not
-    assert "this book (toy)" in html
+    assert "this book (toy)" in html and "fix (a)" not in html
     # every cell names its column, which the narrow-screen cards show (possae/book_static/possae.css)
-    labels = ["claim", "study", "this book", "verdict", "reason", "section"]
-    assert html.count("<td ") == 6 * len(ledger.CLAIMS)
+    labels = ["claim", "source", "study", "this book", "verdict", "reason", "section"]
+    assert html.count("<td ") == len(labels) * n
     for label in labels:
-        assert html.count(f'<td data-label="{label}">') == len(ledger.CLAIMS), label
+        assert html.count(f'<td data-label="{label}">') == n, label
+    assert html.count('<td data-label="source">comment</td>') == 2  # the 0-or-100 % criterion and the loss
+    remedies = result.table_html(result.remedies)
+    assert remedies.count("<tr") == 5 and '<td data-label="remedy">fix (a)' in remedies and "study" not in remedies
+
+
+def test_a_claim_names_a_known_source():
+    with pytest.raises(ValueError, match="not one of study 1, study 2, comment, this book"):
+        ledger.Claim("x", "a claim", "-", "setup", ("setup", None), (), lambda v: ("", None), source="a blog")
 
 
 def test_every_link_points_at_a_heading_of_its_chapter():
