@@ -45,6 +45,7 @@ SINGLE_EARLY_MIN = 2  # early single-position features exist: at least two (one 
 SIGNIFICANCE = 0.05  # a rank correlation counts when its p-value is below this
 POWER_LAW_R2 = 0.9  # the count grows "predictably" with width: a log-log line explains at least 90 % of its variance
 MIN_WIDTHS = 3  # ... fitted to at least three widths (a line through two points always fits)
+MOST = 0.5  # "the first token's activation is higher": above the in-context average for more than half the SAEs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +118,17 @@ def width_verdict(slope: float, r2: float, n: int, least_r2: float = POWER_LAW_R
         return Verdict(CONFIRMED, f"count ∝ d_sae^{slope:.2f}, R² {r2:.3f} over {n} widths")
     return Verdict(REFUTED, f"log-log slope {slope:.2f}, R² {r2:.3f} over {n} widths (the rule asks a positive slope "
                             f"at R² ≥ {least_r2:g})")
+
+
+def first_token_verdict(n_higher: int, n_saes: int, most: float = MOST) -> Verdict:
+    """Return whether the average activation at position 0 exceeds the in-context average for more than `most` of the
+    SAEs."""
+    if n_saes == 0:
+        return Verdict(UNTESTABLE, "no SAE was run")
+    if n_higher > most * n_saes:
+        return Verdict(CONFIRMED, f"higher at position 0 for {n_higher} of {n_saes} SAEs")
+    return Verdict(REFUTED, f"higher at position 0 for only {n_higher} of {n_saes} SAEs (the rule asks more than "
+                            f"{most:.0%})")
 
 
 def as_if_verdict(earlier: float, last: float, cosine: float, threshold: float) -> Verdict:
@@ -285,6 +297,7 @@ SECTIONS = {  # (page, anchor or None for the page's top): the heading's text, a
     ("length_generalization", "fixes"): "Length: fixes",
     ("length_generalization", "positional-features-past-the-context"): "Length: positional features past the context",
     ("oscillation", "is-there-an-oscillation"): "Oscillation: is there an oscillation?",
+    ("oscillation", "average-activation-vs-position-layer-by-layer"): "Oscillation: activation vs position",
     ("oscillation", "ablating-the-positional-embedding"): "Oscillation: ablating W_pos",
     ("oscillation", "what-the-model-loses"): "Oscillation: what the model loses",
     ("matching", "different-seeds"): "Matching: different seeds",
@@ -363,6 +376,12 @@ def _width(v):
     return (f"{v['pos_sweep_first_count']} positional features at d_sae {v['pos_sweep_first_d_sae']:,}, "
             f"{v['pos_sweep_last_count']} at {v['pos_sweep_last_d_sae']:,}",
             width_verdict(v["pos_sweep_k"], v["pos_sweep_r2"], v["pos_sweep_n"]))
+
+
+def _first_token(v):
+    """Return (position 0's average activation over the in-context average, across the SAEs; verdict)."""
+    return (f"position 0 / in context: {v['osc_pos0_ratio_min']:.2f} to {v['osc_pos0_ratio_max']:.2f} over "
+            f"{v['osc_n_saes']} SAEs", first_token_verdict(v["osc_n_pos0_higher"], v["osc_n_saes"]))
 
 
 def _as_if(v):
@@ -546,6 +565,10 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("doubling", "layers 1-3 oscillate at twice layer 0's frequency", "2x", "oscillation",
           ("oscillation", "is-there-an-oscillation"),
           ("osc_ratios_to_base", "osc_n_osc_base", "osc_n_osc_later", "osc_n_later"), _doubling, source=STUDY_2),
+    Claim("first_token", "the first token's average activation is higher than at later positions", "-", "oscillation",
+          ("oscillation", "average-activation-vs-position-layer-by-layer"),
+          ("osc_n_pos0_higher", "osc_n_saes", "osc_pos0_ratio_min", "osc_pos0_ratio_max"), _first_token,
+          source=STUDY_2),
     Claim("ablation", "ablating W_pos removes the pattern", "-", "oscillation",
           ("oscillation", "ablating-the-positional-embedding"),
           ("osc_amp0_normal", "osc_amp0_zero", "osc_ref0", "osc_n_oscillating"), _ablation, source=STUDY_2),

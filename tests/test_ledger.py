@@ -157,7 +157,8 @@ def _values() -> dict[str, dict[str, object]]:
         "oscillation": {"osc_n_osc_base": 0, "osc_n_base": 2, "osc_n_oscillating": 0, "osc_n_saes": 8,
                         "osc_ratios_to_base": [], "osc_n_osc_later": 0, "osc_n_later": 6, "osc_amp0_normal": 0.09,
                         "osc_amp0_zero": 0.026, "osc_ref0": "relu-short", "osc_ce_normal": 3.6, "osc_ce_zero": 4.9,
-                        "osc_ce_shuffle": 5.9},
+                        "osc_ce_shuffle": 5.9, "osc_n_pos0_higher": 7, "osc_pos0_ratio_min": 0.8,
+                        "osc_pos0_ratio_max": 3.1},
         "matching": {"match_seeds_mean": 0.18, "match_datasets_mean": 0.02, "match_seeds_min": 0.16,
                      "match_seeds_max": 0.19, "match_datasets_min": 0.01, "match_datasets_max": 0.035,
                      "match_architectures_min": 0.003, "match_architectures_max": 0.14,
@@ -179,7 +180,7 @@ def test_constructed_values_give_the_expected_verdicts_and_missing_chapters_are_
     assert "full-context" in next(r for r in result.rows if r.claim.key == "fix_d").verdict.reason
     assert got["oscillation"] == REFUTED and got["doubling"] == UNTESTABLE and got["ablation"] == UNTESTABLE
     assert got["shuffle"] == REFUTED and got["dataset_seed"] == CONFIRMED and got["seeds"] == REFUTED
-    assert got["containment"] == REFUTED and got["early_layers"] == CONFIRMED
+    assert got["containment"] == REFUTED and got["early_layers"] == CONFIRMED and got["first_token"] == CONFIRMED
     assert {got[k] for k in ("rotary", "finetune", "loss")} == {NOT_RUN}
     counts = result.counts()
     remedies = [c for c in ledger.CLAIMS if c.source == ledger.THIS_BOOK]
@@ -224,6 +225,13 @@ def test_the_table_escapes_text_and_links_each_section():
     assert html.count('<td data-label="source">comment</td>') == 2  # the 0-or-100 % criterion and the loss
     remedies = result.table_html(result.remedies)
     assert remedies.count("<tr") == 5 and '<td data-label="remedy">fix (a)' in remedies and "study" not in remedies
+
+
+def test_first_token_rule_asks_most_saes():
+    from possae.ledger import first_token_verdict
+
+    assert first_token_verdict(5, 8).verdict == CONFIRMED and first_token_verdict(4, 8).verdict == REFUTED
+    assert first_token_verdict(0, 0).verdict == UNTESTABLE
 
 
 def test_a_claim_names_a_known_source():
