@@ -10,7 +10,8 @@ Cases: `rand` draws two independent dictionaries of unit directions (d=768: cosi
 case for sparse candidate graphs); `perm` takes b = a permuted + noise of the same norm (cosine ~0.7 with the
 partner, as between two SAEs sharing features); `rect` is a random pair of different widths.
 
-Run: .venv/bin/python benchmarks/bench_matching.py [--sizes 2048 8192 24576] [--dense-max 8192] [--rect]
+Run: .venv/bin/python benchmarks/bench_matching.py [--sizes 2048 8192 24576] [--dense-max 8192] [--rect] [--json PATH]
+(--json writes every run's figures, e.g. to benchmarks/results/matching_cpu.json, which the README quotes.)
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ def main() -> None:
     parser.add_argument("--rect", nargs="*", default=None, metavar="NAxNB",
                         help="rectangular random pairs (default none; e.g. 12288x24576 24576x32768)")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per run")
+    parser.add_argument("--json", type=Path, default=None, help="also write every run's figures to this JSON file")
     parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -107,6 +109,8 @@ def main() -> None:
             f"{'total cos':>13} {'cert':>5} {'gap bound':>9} {'rounds':>6} {'edges':>8} | same as dense")
     print(head)
     print("-" * len(head))
+    record = {"d": D, "cpu_count": os.cpu_count(), "threads": int(os.environ.get("BENCH_THREADS", "2")),
+              "date": time.strftime("%Y-%m-%d"), "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         for kind, n_a, n_b in cases:
             methods = (["dense"] if max(n_a, n_b) <= args.dense_max else []) + ["sparse", "+top"]
@@ -122,9 +126,15 @@ def main() -> None:
                     same = f"{'same pairs' if equal else 'other pairs'}, total {r['total'] - dense['total']:+.1e}"
                 elif m != "dense":
                     same = "(dense not run)"
+                record["runs"].append({"case": kind, "n_a": n_a, "n_b": n_b, "method": m, "seconds": r["wall"],
+                                       "base_rss_gib": r["base"], "peak_rss_gib": r["peak"], "total_cosine": r["total"],
+                                       "certified": r["certified"], "gap_bound": r["gap"], "rounds": r["rounds"],
+                                       "edges": r["edges"], "same_as_dense": same or None})
                 print(f"{kind:>5} {n_a:>6} {n_b:>6} | {m:>6} {r['wall']:>7.1f} {r['base']:>5.2f} {r['peak']:>5.2f} "
                       f"{r['peak'] - r['base']:>5.2f} | {r['total']:>13.6f} {str(r['certified']):>5} "
                       f"{r['gap']:>9.1e} {r['rounds']:>6} {r['edges']:>8} | {same}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":
