@@ -723,19 +723,30 @@ def resolve_groups(params: MatchingParams) -> Groups:
 
 
 @torch.no_grad()
-def firing_rates(model, sae, tokens: Int[Tensor, "n_windows pos"], batch_size: int = 16) -> Float[Tensor, "d_sae"]:
-    """Return the share of held-out tokens (positions inside the SAE's context, BOS excluded) on which each feature
-    fires."""
-    hook = sae_hook(sae)
-    positions = in_context_positions(sae_context_size(sae, tokens.shape[1]), model.cfg.n_ctx)
-    fired, n = torch.zeros(sae.cfg.d_sae, dtype=torch.float64), 0
+def hook_inputs(model, hook: str, tokens: Int[Tensor, "n_windows pos"], positions: range,
+                batch_size: int = 16) -> Float[Tensor, "n d_in"]:
+    """Return the model's activations at `hook` at `positions` of every window, flattened (each batch's forward pass
+    stops after the hook's block)."""
+    parts = []
     for start in range(0, len(tokens), batch_size):
         _, cache = model.run_with_cache(tokens[start : start + batch_size].to(model.cfg.device), names_filter=hook,
                                         stop_at_layer=hook_layer(hook) + 1)
-        x = cache[hook][:, positions.start : positions.stop].reshape(-1, sae.cfg.d_in).to(sae.W_dec.device)
-        fired += (sae.encode(x.to(sae.W_dec.dtype)) > 0).sum(0).double().cpu()
-        n += x.shape[0]
-    return (fired / n).float()
+        parts.append(cache[hook][:, positions.start : positions.stop].reshape(-1, cache[hook].shape[-1]))
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def firing_rates(model, sae, tokens: Int[Tensor, "n_windows pos"], batch_size: int = 16,
+                 inputs: Float[Tensor, "n d_in"] | None = None) -> Float[Tensor, "d_sae"]:
+    """Return the share of held-out tokens (positions inside the SAE's context, BOS excluded) on which each feature
+    fires; `inputs`: hook_inputs of those tokens and positions when already computed (SAEs at one hook share them)."""
+    if inputs is None:
+        positions = in_context_positions(sae_context_size(sae, tokens.shape[1]), model.cfg.n_ctx)
+        inputs = hook_inputs(model, sae_hook(sae), tokens, positions, batch_size)
+    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
+    for x in inputs.split(batch_size * tokens.shape[1]):
+        fired += (sae.encode(x.to(sae.W_dec.device, sae.W_dec.dtype)) > 0).sum(0).double().cpu()
+    return (fired / len(inputs)).float()
 
 
 def load_inputs(params: MatchingParams) -> tuple[Any, dict[str, Dictionary], Int[Tensor, "n_windows pos"]]:
@@ -749,14 +760,19 @@ def load_inputs(params: MatchingParams) -> tuple[Any, dict[str, Dictionary], Int
     model = load_model(name, device=str(default_device(params.device)), **kwargs)
     tokens = None
     live = set(groups.ids["architectures"])
+    inputs: dict[tuple[str, int, int], Tensor] = {}
     out: dict[str, Dictionary] = {}
     for ref in groups.refs():
         sae = load_sae_for(model, ref[0], ref[1], device=str(default_device(params.device)))
         if tokens is None:  # the base SAE comes first: windows of its context
             tokens = heldout_windows(model.tokenizer, sae_context_size(sae, model.cfg.n_ctx), params.n_heldout_tokens)
         d = dictionary_from_sae(sae, ref_label(ref, params.sae_release), *ref)
-        if ref in live:
-            d.firing = firing_rates(model, sae, tokens)
+        if ref in live:  # one forward pass per hook and context, shared by the SAEs that read it
+            positions = in_context_positions(sae_context_size(sae, tokens.shape[1]), model.cfg.n_ctx)
+            key = (sae_hook(sae), positions.start, positions.stop)
+            if key not in inputs:
+                inputs[key] = hook_inputs(model, key[0], tokens, positions)
+            d.firing = firing_rates(model, sae, tokens, inputs=inputs[key])
         out[d.label] = d
         del sae
     return model, out, tokens

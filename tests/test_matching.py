@@ -660,3 +660,24 @@ def test_layer_sentence_names_layers_not_the_family_when_there_is_one():
     two = adjacent.assign(family=["ReLU", "TopK"])
     assert layer_sentence(two, blocks, None, 0.1, "organism").startswith(
         "Among adjacent layers, 75.0% of features match for TopK 1→2, against 25.0% for ReLU 0→1")
+
+
+def test_firing_rates_from_shared_hook_inputs_equal_a_brute_force_count():
+    """firing_rates: each feature's share of in-context tokens (BOS slot left out) on which it fires, the same whether
+    it runs its own forward pass or reads inputs another SAE at its hook already gathered."""
+    from builders import make_sae, make_tiny_model
+
+    from possae.matching import firing_rates, hook_inputs
+
+    model = make_tiny_model(n_layers=2, n_ctx=10)
+    hook = "blocks.1.hook_resid_pre"
+    sae = make_sae(d=6, F=15, hook=hook)
+    sae.cfg.metadata.context_size = 6
+    tokens = torch.randint(1, 500, (7, 10), generator=torch.Generator().manual_seed(3))
+    _, cache = model.run_with_cache(tokens, names_filter=hook)
+    x = cache[hook][:, 1:6].reshape(-1, 6)  # positions 1..C-1 of the SAE's context C = 6
+    expected = (sae.encode(x) > 0).double().mean(0)
+    assert 0 < float(expected.mean()) < 1
+    own = firing_rates(model, sae, tokens, batch_size=3)
+    shared = firing_rates(model, sae, tokens, inputs=hook_inputs(model, hook, tokens, range(1, 6)))
+    assert torch.allclose(own.double(), expected, atol=1e-6) and torch.equal(own, shared)
