@@ -529,15 +529,22 @@ def analyze(model, sae: SAE, params: PastContextParams, control: SAE | None = No
     result.layer_rows, result.layer_curves = rows, pd.concat([ab_curves, rot_curves], ignore_index=True)
     result.rotary_table = rotary_table(rows, n_ctx)
     facts = rotary_facts() if params.rotary_release == "organism-rotary" else {"recipe": "given", "tokens": 0}
-    result.rotary_facts = {**facts, "loss": _mean_loss(twin, windows), "absolute_loss": _mean_loss(model, windows)}
+    # both over the same inputs: special-token inputs left out, as splice_position_sums leaves them out of ce:clean
+    result.rotary_facts = {**facts, "loss": _mean_loss(twin, windows),
+                           "absolute_loss": float(clean.sum() / sums.n.sum())}
     return result
 
 
 @torch.no_grad()
 def _mean_loss(model, windows: Int[Tensor, "n_windows pos_plus_1"]) -> float:
-    """Return a model's mean next-token loss (nats) over windows of n + 1 tokens."""
+    """Return a model's mean next-token loss (nats) over windows of n + 1 tokens, inputs that are special tokens (BOS,
+    EOS) left out, as splice_position_sums leaves them out."""
     batch_size = windows_per_batch(model, windows.shape[1] - 1)
-    total = sum(float(next_token_ce(model(windows[i : i + batch_size, :-1].to(model.cfg.device)),
-                                    windows[i : i + batch_size, 1:]).sum())
-                for i in range(0, len(windows), batch_size))
-    return total / windows[:, 1:].numel()
+    special = torch.tensor(special_token_ids(model.tokenizer), dtype=windows.dtype)
+    total, n = 0.0, 0
+    for i in range(0, len(windows), batch_size):
+        w = windows[i : i + batch_size]
+        keep = ~torch.isin(w[:, :-1], special)
+        ce = next_token_ce(model(w[:, :-1].to(model.cfg.device)), w[:, 1:]).cpu()
+        total, n = total + float(ce[keep].sum()), n + int(keep.sum())
+    return total / n

@@ -86,6 +86,18 @@ def test_spliced_ce_equals_running_from_the_replaced_stream(tiny_model):
     torch.testing.assert_close(PC.spliced_ce(model, tok, tgt, resid_pre(0), cache[resid_pre(0)]), clean)
 
 
+def test_mean_loss_is_the_clean_loss_the_splice_pass_pools(tiny_model):
+    """_mean_loss (its own pass) and splice_position_sums's ce:clean agree over the same windows, special-token
+    inputs left out by both (the rotary facts compare the twin's loss with the absolute model's this way)."""
+    w = windows(tiny_model)
+    sums = PC.splice_position_sums(tiny_model, identity_sae(6), w, progress=False)
+    pooled = float(sums.totals["ce:clean"].sum() / sums.n.sum())
+    assert abs(PC._mean_loss(tiny_model, w) - pooled) < 1e-9
+    with torch.no_grad():
+        everything = float(PC.next_token_ce(tiny_model(w[:, :-1]), w[:, 1:]).mean())
+    assert abs(everything - pooled) > 1e-6  # the BOS inputs are really left out
+
+
 def test_an_exact_sae_costs_nothing_and_a_zero_sae_costs_its_splice(tiny_model):
     model = tiny_model
     w = windows(model)
