@@ -33,7 +33,7 @@ device = None  # None picks CUDA when present
 control_sae_id = "relu-full"  # the same SAE trained on full n_ctx contexts (same release); None: no control
 n_heldout_tokens = 16384  # held-out text tokens per corpus (as in the setup chapter)
 n_vocab_sample = 4096  # tokens sampled from the vocabulary for the all-token curves; the whole vocabulary if larger
-seed = 0  # token sample and random reconstructions
+seed = 0  # the sample of vocabulary tokens for the all-token curves
 
 # %% tags=["remove-cell"]
 from IPython.display import display
@@ -69,7 +69,8 @@ glue_all(result.glued() | pages.glued("len", "the lines under the figures"))
 # over that same variance. Special tokens (BOS) are left out everywhere, as in sae_lens's evals.
 #
 # **Baselines.** Three reconstructions that know nothing of the individual input's direction, each computed on both
-# distributions, with `u` drawn uniformly on the unit sphere, independently for each input:
+# distributions, with `u` uniform on the unit sphere, independently for each input. A random vector's error is taken
+# exactly, as its expectation over `u` (no vector is drawn: `E||x - r u||² = ||x||² + r²`, since `E u = 0`):
 #
 # - *random, input's norm*: `x̂ = ||x|| u`, a random vector of the same norm as the input, the study's baseline.
 #   Its expected squared error is `2 ||x||²`, whatever the SAE does.

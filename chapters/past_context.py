@@ -42,7 +42,6 @@ relu_sae_ids = ["relu-short", "relu-L1", "relu-L2", "relu-L3"]  # the model's sh
 rotary_release = "organism-rotary"  # the rotary twin's model and SAE release; None: no rotary control
 rotary_sae_ids = ["relu-L0", "relu-L1", "relu-L2", "relu-L3"]  # its short-context SAEs, one per layer
 n_heldout_tokens = 16384  # held-out text tokens per corpus
-seed = 0  # the random directions of the length chapter's baseline (not drawn here) and of its fixes' tables
 
 # %% tags=["remove-cell"]
 from possae import past_context

@@ -6,7 +6,7 @@ the rows ``W_pos[p]`` for ``p >= C``. :func:`analyze` measures, for one SAE, eve
 * reconstruction error per position, on held-out text (:func:`heldout_position_sums`) and over the all-token
   distribution (:func:`all_token_position_sums`), beside three baselines (:data:`BASELINE_LABELS`): a random
   direction with the input's norm (the study's "random vector of the same norm"), a random direction with the
-  reconstruction's norm (:func:`random_equal_norm` of ``x`` and of ``x_hat``), and the mean input inside the context
+  reconstruction's norm (both exact expectations, :func:`random_baseline_sse`), and the mean input inside the context
   (:func:`with_mean_baseline`). Errors go into one :class:`possae.metrics.PositionSums` per distribution and are
   reported with possae.metrics's measures: ``mse`` (mean of ``||x - x_hat||^2``) and ``nmse``, the MSE over the
   total variance of the inputs inside the context (positions ``possae.hooks.in_context_positions``: 1..C-1), so
@@ -167,21 +167,21 @@ def span(positions: range) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def random_equal_norm(v: Float[Tensor, "batch d_in"], generator: torch.Generator | None = None) -> Float[Tensor, "batch d_in"]:
-    """Return vectors with the norms of v's rows and independent uniformly random directions.
+def random_baseline_sse(x: Float[Tensor, "batch d_in"], x_hat: Float[Tensor, "batch d_in"]) -> dict[str, Float[Tensor, " batch"]]:
+    """Return the squared error of each random baseline for each input, exactly as its expectation: a uniformly
+    random direction u (E u = 0) scaled to a norm r gives ``E||x - r u||^2 = ||x||^2 + r^2``. With r = ||x|| (the
+    study's baseline, RANDOM_LABEL) that is ``2 ||x||^2``; with r = ||x_hat|| (RANDOM_REC_LABEL),
+    ``||x||^2 + ||x_hat||^2``, which grows with the reconstruction's own norm. In that order."""
+    x2 = x.detach().pow(2).sum(-1)
+    return {RANDOM_LABEL: 2 * x2, RANDOM_REC_LABEL: x2 + x_hat.detach().to(x.device, x.dtype).pow(2).sum(-1)}
 
-    With v = x (the input) this is the study's baseline, ``E||x - r||^2 = 2 ||x||^2``; with v = x_hat (the
-    reconstruction), ``E||x - r||^2 = ||x||^2 + ||x_hat||^2``, which grows with the reconstruction's own norm.
-    """
-    u = torch.randn(v.shape, generator=generator, device=v.device, dtype=v.dtype)
-    return u / u.norm(dim=-1, keepdim=True) * v.norm(dim=-1, keepdim=True)
 
-
-def random_baselines(x: Float[Tensor, "batch d_in"], x_hat: Float[Tensor, "batch d_in"],
-                     generator: torch.Generator | None = None) -> dict[str, Float[Tensor, "batch d_in"]]:
-    """Return the two random baselines of x: a random direction with x's norm, then one with x_hat's (in that order,
-    from one generator, so that a seed fixes both)."""
-    return {RANDOM_LABEL: random_equal_norm(x, generator), RANDOM_REC_LABEL: random_equal_norm(x_hat, generator)}
+def error_sums(x: Float[Tensor, "batch d_in"], recons: dict[str, Float[Tensor, "batch d_in"]]) -> dict[str, Tensor]:
+    """Return reconstruction_sums of x for each method, with the random baselines' exact errors
+    (:func:`random_baseline_sse` of the SAE's output) placed right after the SAE's."""
+    rest = reconstruction_sums(x, recons)
+    head = {k: rest.pop(k) for k in ("x", "x2", f"sse:{SAE_LABEL}")}
+    return {**head, **{f"sse:{k}": v for k, v in random_baseline_sse(x, recons[SAE_LABEL]).items()}, **rest}
 
 
 def sample_tokens(d_vocab: int, n: int, seed: int = 0, exclude: list[int] | tuple[int, ...] = ()) -> Int[Tensor, " n"]:
@@ -270,13 +270,11 @@ def reconstructions(
     fixes: LengthFixes | None = None,
     tables: TokenTables | None = None,
     control: SAE | None = None,
-    generator: torch.Generator | None = None,
-    reconstruction_norm: bool = False,
 ) -> dict[str, Float[Tensor, "batch d_in"]]:
-    """Return each method's reconstruction of x (on the SAE's device): SAE, random baseline(s), the fixes, the control.
+    """Return each method's reconstruction of x (on the SAE's device): the SAE, the fixes, the control (the random
+    baselines need no vector: :func:`random_baseline_sse` gives their errors exactly).
 
-    The random baseline RANDOM_LABEL has the input's norm; with reconstruction_norm, RANDOM_REC_LABEL (a random
-    direction with the SAE output's norm) follows it (:func:`random_baselines`). With C = fixes.context_size, and the SAE's own output at p < C for (b) and (c):
+    With C = fixes.context_size, and the SAE's own output at p < C for (b) and (c):
     (a) ``SAE(W_E[t]) + W_pos[p]`` at every position;
     (b) for ``p >= C``: ``SAE(W_E[t] + W_pos[C-1]) - W_pos[C-1] + W_pos[p]``;
     (c) for ``p >= C``: ``(f with positional features zeroed) @ W_dec + b_dec - fixes.offset + W_pos[p]``
@@ -287,8 +285,7 @@ def reconstructions(
     pos = positions.to(dev)
     f = sae.encode(x)
     x_hat = sae.decode(f)
-    out = {SAE_LABEL: x_hat, **(random_baselines(x, x_hat, generator) if reconstruction_norm
-                                else {RANDOM_LABEL: random_equal_norm(x, generator)})}
+    out = {SAE_LABEL: x_hat}
     if fixes is not None:
         Wp = W_pos.detach().to(dev, dt)[pos]
         past = (pos >= fixes.context_size)[:, None]
@@ -334,7 +331,6 @@ def heldout_position_sums(
     fixes: LengthFixes | None = None,
     control: SAE | None = None,
     batch_size: int | None = None,
-    seed: int = 0,
     ignore: list[int] | tuple[int, ...] = (),
     progress: bool | None = None,
 ) -> PositionSums:
@@ -353,7 +349,6 @@ def heldout_position_sums(
     keep_tokens = ~torch.isin(tokens, torch.tensor(list(ignore), dtype=tokens.dtype))
     tables = token_tables(sae, model.W_E, model.W_pos, tokens, fixes.context_size) if fixes is not None else None
     sums = PositionSums.empty(n)
-    gen = torch.Generator(device=sae.W_enc.device).manual_seed(seed)
     starts = range(0, len(tokens), batch_size)
     for i in tqdm(starts, desc="held-out errors", delay=2.0, leave=False, disable=progress is False):
         batch = tokens[i : i + batch_size]
@@ -361,9 +356,8 @@ def heldout_position_sums(
         _, cache = model.run_with_cache(batch.to(model.cfg.device), names_filter=LAYER0_INPUT, stop_at_layer=1)
         x = cache[LAYER0_INPUT].flatten(0, 1)[keep.to(cache[LAYER0_INPUT].device)]
         pos = torch.arange(n).repeat(len(batch))[keep]
-        recons = reconstructions(x, batch.flatten()[keep], pos, sae, model.W_pos, fixes, tables, control, gen,
-                                 reconstruction_norm=True)
-        sums.add(pos, **reconstruction_sums(x.to(sae.W_enc.device, sae.W_enc.dtype), recons))
+        recons = reconstructions(x, batch.flatten()[keep], pos, sae, model.W_pos, fixes, tables, control)
+        sums.add(pos, **error_sums(x.to(sae.W_enc.device, sae.W_enc.dtype), recons))
     return sums
 
 
@@ -373,7 +367,6 @@ def all_token_position_sums(
     W_pos: Float[Tensor, "n_ctx d_model"],
     sae: SAE,
     first: int = 1,
-    seed: int = 0,
     batch_rows: int = 4096,
     method: str = "auto",
     progress: bool | None = None,
@@ -394,7 +387,6 @@ def all_token_position_sums(
         c, thr = c.to(W_enc.dtype), thr.to(W_enc.dtype)
         relu = bool((thr == 0).all())
     sums = PositionSums.empty(n)
-    gen = torch.Generator(device=dev).manual_seed(seed)
     tc = min(V, batch_rows)
     pc = max(1, batch_rows // tc)
     blocks = [(p0, t0) for p0 in range(first, n, pc) for t0 in range(0, V, tc)]
@@ -411,7 +403,7 @@ def all_token_position_sums(
             f = sae.encode(x)
         x_hat = sae.decode(f)
         pos = torch.arange(p0, p1).repeat_interleave(t1 - t0)
-        sums.add(pos, **reconstruction_sums(x, {SAE_LABEL: x_hat, **random_baselines(x, x_hat, gen)}))
+        sums.add(pos, **error_sums(x, {SAE_LABEL: x_hat}))
     return sums
 
 
@@ -1212,10 +1204,10 @@ def analyze(model, sae: SAE, params: LengthParams, control: SAE | None = None) -
     ignore = special_token_ids(model.tokenizer)
 
     tokens = heldout_windows(model.tokenizer, n_ctx, params.n_heldout_tokens)
-    held = heldout_position_sums(model, sae, tokens, fixes, control, seed=params.seed, ignore=ignore, progress=False)
+    held = heldout_position_sums(model, sae, tokens, fixes, control, ignore=ignore, progress=False)
     vocab = sample_tokens(model.cfg.d_vocab, params.n_vocab_sample, params.seed, exclude=ignore)
     allt = all_token_position_sums(model.W_E[vocab.to(model.W_E.device)], model.W_pos, sae,
-                                   first=in_context_positions(C, n_ctx).start, seed=params.seed, progress=False)
+                                   first=in_context_positions(C, n_ctx).start, progress=False)
     held, allt = with_mean_baseline(held, C), with_mean_baseline(allt, C)
     summaries = {**{("held-out text", m): error_summary(held, m, C) for m in methods_of(held)},
                  **{("all tokens", m): error_summary(allt, m, C) for m in methods_of(allt)}}

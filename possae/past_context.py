@@ -24,7 +24,6 @@ from possae.hooks import LAYER0_INPUT, hook_layer, in_context_positions, require
 from possae.length import (
     CONTROL_LABEL,
     FIX_LABELS,
-    RANDOM_LABEL,
     RESTORE_FACTOR,
     SAE_LABEL,
     ErrorSummary,
@@ -57,7 +56,6 @@ class PastContextParams(SubjectParams):
     rotary_release: str | None = "organism-rotary"
     rotary_sae_ids: tuple[str, ...] = ("relu-L0", "relu-L1", "relu-L2", "relu-L3")
     n_heldout_tokens: int = 16384
-    seed: int = 0
 
     def validate(self) -> None:
         """Raise ParameterError without held-out tokens, or with a fine-tuned id whose budget is unknown."""
@@ -95,7 +93,7 @@ def spliced_ce(model, tokens: Int[Tensor, "batch pos"], targets: Int[Tensor, "ba
 @torch.no_grad()
 def splice_position_sums(model, sae: SAE, windows: Int[Tensor, "n_windows pos_plus_1"], fixes: LengthFixes | None = None,
                          control: SAE | None = None, finetuned: dict[str, SAE] | None = None,
-                         batch_size: int | None = None, seed: int = 0, progress: bool | None = None) -> PositionSums:
+                         batch_size: int | None = None, progress: bool | None = None) -> PositionSums:
     """Return PositionSums over the layer-0 input of windows of n + 1 tokens (the model reads the first n): x, x2,
     sse:<method> and ce:<method> (next-token loss with that method's reconstruction spliced in), ce:clean, for the
     SAE, each fix, the control and each fine-tuned SAE, and l0:<label> (active features) of the SAE and each
@@ -109,7 +107,6 @@ def splice_position_sums(model, sae: SAE, windows: Int[Tensor, "n_windows pos_pl
     batch_size = batch_size or windows_per_batch(model, n)
     keep = ~torch.isin(tokens, torch.tensor(special_token_ids(model.tokenizer), dtype=tokens.dtype))
     tables = token_tables(sae, model.W_E, model.W_pos, tokens, fixes.context_size) if fixes is not None else None
-    gen = torch.Generator(device=sae.W_enc.device).manual_seed(seed)
     sums = PositionSums.empty(n)
     for i in tqdm(range(0, len(tokens), batch_size), desc="spliced loss", delay=2.0, leave=False,
                   disable=progress is False):
@@ -117,8 +114,7 @@ def splice_position_sums(model, sae: SAE, windows: Int[Tensor, "n_windows pos_pl
         logits, cache = model.run_with_cache(tok.to(model.cfg.device), names_filter=LAYER0_INPUT)
         x = cache[LAYER0_INPUT]
         pos = torch.arange(n).repeat(len(tok))
-        recons = reconstructions(x.flatten(0, 1), tok.flatten(), pos, sae, model.W_pos, fixes, tables, control, gen)
-        del recons[RANDOM_LABEL]  # the length chapter's baseline: its loss means nothing
+        recons = reconstructions(x.flatten(0, 1), tok.flatten(), pos, sae, model.W_pos, fixes, tables, control)
         active = {}
         for label, s in {SAE_LABEL: sae, **(finetuned or {})}.items():
             f = s.encode(x.flatten(0, 1).to(s.W_enc.device, s.W_enc.dtype))
@@ -502,7 +498,7 @@ def analyze(model, sae: SAE, params: PastContextParams, control: SAE | None = No
     finetuned = _finetuned(model, params, device)
     windows = heldout_windows(model.tokenizer, n_ctx + 1, params.n_heldout_tokens)
     sums = splice_position_sums(model, sae, windows, fixes, control, {k: s for k, (s, _) in finetuned.items()},
-                                seed=params.seed, progress=False)
+                                progress=False)
     methods = loss_methods(sums)
     errors = {m: error_summary(sums, m, C) for m in methods}
     losses = {m: loss_summary(sums, m, C) for m in methods}
