@@ -55,7 +55,7 @@ params = length.LengthParams.from_namespace(globals())
 model, sae, control = length.load_subjects(params)
 result = length.analyze(model, sae, params, control)
 pages = FeaturePages(params.sae_release, params.sae_id)  # the SAE's Neuronpedia pages (none for the organism)
-glue_all(result.glued() | pages.glued("len", "the lines under the figures"))
+glue_all(result.glued() | pages.glued("len", "the lines under the figures"), model=model)
 
 # %% [markdown]
 # ## Reconstruction error at every position

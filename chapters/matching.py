@@ -60,7 +60,7 @@ use_offline_renderer()
 params = MatchingParams.from_namespace(globals())
 model, dictionaries, tokens = load_inputs(params)
 result = analyze(model, dictionaries, tokens, params)
-glue_all(result.glued())
+glue_all(result.glued(), model=model)
 
 # %% [markdown]
 # ## 1. Measuring how much two dictionaries share

@@ -53,7 +53,7 @@ use_offline_renderer()
 params = OscillationParams.from_namespace(globals())
 model, saes = load_subjects(params)
 result = analyze(model, saes, params)
-glue_all(result.glued())
+glue_all(result.glued(), model=model)
 
 # %% [markdown]
 # ## 1. Average activation vs position, layer by layer

@@ -54,7 +54,7 @@ use_offline_renderer()
 params = past_context.PastContextParams.from_namespace(globals())
 model, sae, control = load_subjects(params)
 result = past_context.analyze(model, sae, params, control)
-glue_all(result.glued())
+glue_all(result.glued(), model=model)
 
 # %% [markdown]
 # ## 1. The next-token loss past the context

@@ -51,7 +51,7 @@ params = semantic.SemanticParams.from_namespace(globals())
 use_offline_renderer()
 model, sae = load_model_and_sae(params.sae_release, params.sae_id, device=params.device, model_name=params.model_name)
 result = semantic.analyze(model, sae, params)
-glue_all(result.glued())
+glue_all(result.glued(), model=model)
 
 # %% [markdown]
 # ## How much of each feature is token identity

@@ -43,7 +43,7 @@ use_offline_renderer()
 params = SetupParams.from_namespace(globals())
 model, sae = load_model_and_sae(params.sae_release, params.sae_id, device=params.device, model_name=params.model_name)
 result = analyze(model, sae, params)
-glue_all(result.glued())
+glue_all(result.glued(), model=model)
 
 # %% [markdown]
 # ## The model and the SAE

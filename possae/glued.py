@@ -70,10 +70,15 @@ def check_prose_values(values: Mapping[str, object]) -> None:
                              "and the chapter must not cite a missing value.")
 
 
-def glue_all(values: Mapping[str, object]) -> None:
-    """Glue every value of a chapter's result under its name for the prose (not displayed), after check_prose_values."""
+MODEL_GLUE = "book_model"  # every chapter glues the name of the model its numbers come from under this name
+
+
+def glue_all(values: Mapping[str, object], model=None) -> None:
+    """Glue every value of a chapter's result under its name for the prose (not displayed), after check_prose_values;
+    with `model`, also its cfg.model_name under MODEL_GLUE (the ledger names each row's model from it)."""
     from myst_nb import glue
 
+    values = {**values, **({MODEL_GLUE: model.cfg.model_name} if model is not None else {})}
     check_prose_values(values)
     for name, v in values.items():
         glue(name, v.item() if hasattr(v, "item") else v, display=False)

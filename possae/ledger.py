@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from possae.glued import glued_values
+from possae.glued import MODEL_GLUE, glued_values
 from possae.length import RESTORE_FACTOR, SAME_BAND, fmt, pct
 from possae.params import ChapterParams
 from possae.positional import NEAR_1
@@ -629,6 +629,7 @@ class Row:
     claim: Claim
     book: str
     verdict: Verdict
+    model: str = "-"  # the model the chapter's numbers come from (its MODEL_GLUE value)
 
 
 def judge(claim: Claim, values: Mapping[str, Mapping[str, object]]) -> Row:
@@ -636,10 +637,11 @@ def judge(claim: Claim, values: Mapping[str, Mapping[str, object]]) -> Row:
     if claim.chapter not in values:
         return Row(claim, "-", Verdict(NOT_RUN, f"the {claim.chapter} chapter has not been executed"))
     v = values[claim.chapter]
+    model = str(v.get(MODEL_GLUE, "-"))
     if any(name not in v for name in claim.names):
-        return Row(claim, "-", Verdict(UNTESTABLE, claim.missing))
+        return Row(claim, "-", Verdict(UNTESTABLE, claim.missing), model)
     book, verdict = claim.judge(v)
-    return Row(claim, book, verdict)
+    return Row(claim, book, verdict, model)
 
 
 def link(section: tuple[str, str | None]) -> str:
@@ -649,9 +651,17 @@ def link(section: tuple[str, str | None]) -> str:
     return f'<a href="{href}">{html.escape(SECTIONS[section])}</a>'
 
 
-def model_name(values: Mapping[str, Mapping[str, object]]) -> str:
-    """Return the name of the model the book's numbers come from (the setup chapter's), or 'this book'."""
-    return str(values.get("setup", {}).get("setup_model", "this book"))
+def models_sentence(values: Mapping[str, Mapping[str, object]]) -> str:
+    """Return which model each executed chapter's numbers come from, grouped by model."""
+    by_model: dict[str, list[str]] = {}
+    for chapter, v in values.items():
+        if MODEL_GLUE in v:
+            by_model.setdefault(str(v[MODEL_GLUE]), []).append(chapter)
+    if not by_model:
+        return "No executed chapter names its model."
+    parts = [f"{m} ({', '.join(ch.replace('_', ' ') for ch in chs)})" for m, chs in by_model.items()]
+    return ("The numbers come from " + (parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1])
+            + ".")
 
 
 def count_sentence(counts: Mapping[str, int]) -> str:
@@ -674,7 +684,7 @@ class LedgerResult:
     """Every claim judged, with the model the numbers come from."""
 
     rows: list[Row]
-    model: str
+    models: str  # models_sentence of the chapters read
 
     @property
     def claims(self) -> list[Row]:
@@ -697,7 +707,7 @@ class LedgerResult:
         rows = self.claims if rows is None else rows
         return pd.DataFrame({"claim": [r.claim.claim for r in rows], "source": [r.claim.source for r in rows],
                              "study": [r.claim.study for r in rows],
-                             f"this book ({self.model})": [r.book for r in rows],
+                             "this book": [r.book for r in rows], "model": [r.model for r in rows],
                              "verdict": [r.verdict.verdict for r in rows],
                              "reason": [r.verdict.reason for r in rows],
                              "section": [link(r.claim.section) for r in rows]})
@@ -707,7 +717,7 @@ class LedgerResult:
         df = self.frame(rows)
         if rows is not None and all(r.claim.source == THIS_BOOK for r in rows):  # remedies: no study, one source
             df = df.drop(columns=["source", "study"]).rename(columns={"claim": "remedy"})
-        labels = ["this book" if c.startswith("this book") else c for c in df.columns]
+        labels = list(df.columns)
         head = "".join(f"<th>{html.escape(c)}</th>" for c in df.columns)
         out = []
         for values in df.itertuples(index=False):
@@ -732,7 +742,7 @@ class LedgerResult:
         """Return the values the prose cites (prefix ledger_)."""
         c = self.counts()
         by_source = {src: sum(r.claim.source == src for r in self.claims) for src in SOURCES if src != THIS_BOOK}
-        return {"ledger_model": self.model, "ledger_n_claims": len(self.claims), "ledger_n_confirmed": c[CONFIRMED],
+        return {"ledger_models_sentence": self.models, "ledger_n_claims": len(self.claims), "ledger_n_confirmed": c[CONFIRMED],
                 "ledger_n_refuted": c[REFUTED], "ledger_n_untestable": c[UNTESTABLE], "ledger_n_not_run": c[NOT_RUN],
                 "ledger_count_sentence": count_sentence(c) + " " + source_sentence(by_source),
                 "ledger_refuted_sentence": list_sentence(self.claims, REFUTED),
@@ -763,4 +773,4 @@ def remedies_sentence(rows: Sequence[Row]) -> str:
 
 def analyze(values: Mapping[str, Mapping[str, object]], claims: Sequence[Claim] = CLAIMS) -> LedgerResult:
     """Return every claim judged on {chapter: glued values} (a chapter absent from it leaves its claims 'not run')."""
-    return LedgerResult([judge(c, values) for c in claims], model_name(values))
+    return LedgerResult([judge(c, values) for c in claims], models_sentence(values))

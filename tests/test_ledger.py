@@ -144,7 +144,7 @@ def test_every_glued_name_a_claim_reads_is_glued_by_its_chapters_module():
 def _values() -> dict[str, dict[str, object]]:
     """Return constructed glued values of every chapter but past_context, with known verdicts."""
     return {
-        "setup": {"setup_model": "toy", "gpt2_context_last": 127, "gpt2_top3_ctx": 0.957, "top3": 0.99},
+        "setup": {"setup_model": "toy", "book_model": "toy", "gpt2_context_last": 127, "gpt2_top3_ctx": 0.957, "top3": 0.99},
         "positional": {"pos_n_positional": 6, "pos_d_sae": 4096, "pos_share_positional": 6 / 4096, "pos_wpos_over_we": 0.59,
                        "pos_early_positions": "1-7", "pos_early_per_position": 0.7, "pos_late_per_position": 0.02,
                        "pos_low": 0.05, "pos_high": 0.95, "pos_pos_near0": 0.995, "pos_pos_near1": 0.0,
@@ -194,7 +194,7 @@ def test_constructed_values_give_the_expected_verdicts_and_missing_chapters_are_
     check_prose_values(g)
     assert (g["ledger_n_confirmed"], g["ledger_n_refuted"], g["ledger_n_untestable"], g["ledger_n_not_run"]) == \
         (counts[CONFIRMED], counts[REFUTED], counts[UNTESTABLE], counts[NOT_RUN])
-    assert g["ledger_model"] == "toy"
+    assert g["ledger_models_sentence"].startswith("The numbers come from toy (setup")
     assert f"{counts[REFUTED]} refuted" in g["ledger_count_sentence"]
 
 
@@ -216,9 +216,9 @@ def test_the_table_escapes_text_and_links_each_section():
     assert html.count("<tr") == n + 1  # the header row and one row per claim (the remedies apart)
     assert '<a href="positional.html#position-vs-token-for-every-feature">' in html
     assert "R²_pos &lt; 0.05" in html  # text is escaped, links are not
-    assert "this book (toy)" in html and "fix (a)" not in html
+    assert '<td data-label="model">toy</td>' in html and "fix (a)" not in html
     # every cell names its column, which the narrow-screen cards show (possae/book_static/possae.css)
-    labels = ["claim", "source", "study", "this book", "verdict", "reason", "section"]
+    labels = ["claim", "source", "study", "this book", "model", "verdict", "reason", "section"]
     assert html.count("<td ") == len(labels) * n
     for label in labels:
         assert html.count(f'<td data-label="{label}">') == n, label
@@ -302,3 +302,13 @@ def test_width_rule_asks_a_positive_power_law_that_fits_over_three_widths():
     assert width_verdict(flat["slope"], flat["r2"], flat["n"]).verdict == REFUTED
     two = loglog_fit(widths[:2], [3, 6])  # a line through two points: no test
     assert two["r2"] == 1.0 and width_verdict(two["slope"], two["r2"], two["n"]).verdict == UNTESTABLE
+
+
+def test_each_row_names_the_model_of_its_chapter():
+    values = _values()
+    values["oscillation"] = {**values["oscillation"], "book_model": "other"}
+    result = ledger.analyze(values)
+    models = {r.claim.chapter: r.model for r in result.rows if r.claim.chapter in ("setup", "oscillation")}
+    assert models == {"setup": "toy", "oscillation": "other"}
+    assert result.glued()["ledger_models_sentence"].endswith("and other (oscillation).")
+    assert ledger.models_sentence({}) == "No executed chapter names its model."
