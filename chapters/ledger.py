@@ -40,7 +40,7 @@ glue_all(result.glued())
 # %% [markdown]
 # ## The ledger
 #
-# The "model" column names the model each row's numbers come from: {glue:text}`ledger_models_sentence` Where a study's number
+# The "model" column names the model each row's numbers come from. {glue:text}`ledger_models_sentence` Where a study's number
 # belongs to GPT-2 small's SAEs only (a count of features out of 24,576), the ledger tests the form of the claim that
 # carries over to another model and says which form in the reason. The same chapter run on the `gpt2` profile
 # (`possae build --profile gpt2`) fills the columns with gpt2-small and `gpt2-small-res-jb`; those numbers need a
