@@ -274,6 +274,13 @@ def restore_verdict(past: float, sae_inside: float, factor: float = RESTORE_FACT
     return Verdict(REFUTED, f"{fmt(past / sae_inside)} times the SAE's own error inside the context (limit {factor:g})")
 
 
+def fidelity_verdict(after: float, before: float, band: float = SAME_BAND) -> Verdict:
+    """Return whether an SAE's nMSE inside its context after a change stays within `band` of its nMSE before."""
+    if after <= band * before:
+        return Verdict(CONFIRMED, f"inside the context the error stays within {band:g} times the SAE's own")
+    return Verdict(REFUTED, f"inside the context the error grows {fmt(after / before)} times (limit {band:g})")
+
+
 def loss_verdict(loss_inside: float, loss_past: float, factor: float = LOSS_FACTOR) -> Verdict:
     """Return whether splicing the SAE in adds at least `factor` times more next-token loss past the context."""
     if loss_past >= factor * loss_inside and loss_past > 0:
@@ -485,11 +492,17 @@ def _rotary(v):
         rotary_verdict(v["pc_rot_ratio_max"], v["pc_abs_ratio_later_max"])
 
 
-def _finetune(v):
-    """Return (nMSE past the context before and after fine-tuning, verdict)."""
+def _finetune_break(v):
+    """Return (nMSE past the context before and after fine-tuning, and the fine-tuned SAE's own inside; verdict)."""
     return (f"nMSE past {fmt(v['pc_sae_nmse_past'])} → {fmt(v['pc_ft_nmse_past_final'])} after "
-            f"{v['pc_ft_tokens_final']:,} tokens (relu-full: {fmt(v['pc_full_nmse_past'])})"), \
-        restore_verdict(v["pc_ft_nmse_past_final"], v["pc_sae_nmse_in"])
+            f"{v['pc_ft_tokens_final']:,} tokens; its own inside {fmt(v['pc_ft_nmse_in_final'])} (relu-full past: "
+            f"{fmt(v['pc_full_nmse_past'])})"), restore_verdict(v["pc_ft_nmse_past_final"], v["pc_ft_nmse_in_final"])
+
+
+def _finetune_fidelity(v):
+    """Return (nMSE inside the context before and after fine-tuning, verdict)."""
+    return (f"nMSE inside {fmt(v['pc_sae_nmse_in'])} → {fmt(v['pc_ft_nmse_in_final'])} after "
+            f"{v['pc_ft_tokens_final']:,} tokens"), fidelity_verdict(v["pc_ft_nmse_in_final"], v["pc_sae_nmse_in"])
 
 
 def _loss(v):
@@ -591,10 +604,14 @@ CLAIMS: tuple[Claim, ...] = (
           "past_context", ("past_context", "a-rotary-control"),
           ("pc_rot_recipe", "pc_rot_ratio_max", "pc_abs_ratio_later_max"), _rotary,
           "this build trained no rotary twin"),
-    Claim("finetune", "fine-tuning the SAE on a little longer-context data fixes it", "-", "past_context",
-          ("past_context", "the-fine-tuning-fix"),
-          ("pc_sae_nmse_past", "pc_sae_nmse_in", "pc_ft_nmse_past_final", "pc_ft_tokens_final", "pc_full_nmse_past"),
-          _finetune, "this build has no fine-tuned SAEs or no full-context reference"),
+    Claim("finetune_break", "fine-tuning the SAE on a little longer-context data removes the break past the context",
+          "-", "past_context", ("past_context", "the-fine-tuning-fix"),
+          ("pc_sae_nmse_past", "pc_ft_nmse_past_final", "pc_ft_nmse_in_final", "pc_ft_tokens_final", "pc_full_nmse_past"),
+          _finetune_break, "this build has no fine-tuned SAEs or no full-context reference"),
+    Claim("finetune_fidelity", "fine-tuning the SAE on a little longer-context data keeps its fidelity inside the context",
+          "-", "past_context", ("past_context", "the-fine-tuning-fix"),
+          ("pc_sae_nmse_in", "pc_ft_nmse_in_final", "pc_ft_tokens_final"), _finetune_fidelity,
+          "this build has no fine-tuned SAEs"),
     Claim("loss", "past the context, the SAE spliced in costs the model much more next-token loss", "-",
           "past_context", ("past_context", "the-next-token-loss-past-the-context"),
           ("pc_loss_sae_in", "pc_loss_sae_past"), _loss, source=COMMENT),

@@ -181,11 +181,11 @@ def test_constructed_values_give_the_expected_verdicts_and_missing_chapters_are_
     assert got["oscillation"] == REFUTED and got["doubling"] == UNTESTABLE and got["ablation"] == UNTESTABLE
     assert got["shuffle"] == REFUTED and got["dataset_seed"] == CONFIRMED and got["seeds"] == REFUTED
     assert got["containment"] == REFUTED and got["early_layers"] == CONFIRMED and got["first_token"] == CONFIRMED
-    assert {got[k] for k in ("rotary", "finetune", "loss")} == {NOT_RUN}
+    assert {got[k] for k in ("rotary", "finetune_break", "finetune_fidelity", "loss")} == {NOT_RUN}
     counts = result.counts()
     remedies = [c for c in ledger.CLAIMS if c.source == ledger.THIS_BOOK]
     assert [c.key for c in remedies] == ["fix_a", "fix_b", "fix_c", "fix_d"]  # the book's own, apart from the claims
-    assert sum(counts.values()) == len(ledger.CLAIMS) - len(remedies) and counts[NOT_RUN] == 3
+    assert sum(counts.values()) == len(ledger.CLAIMS) - len(remedies) and counts[NOT_RUN] == 4
     g = result.glued()
     assert g["ledger_remedies_sentence"].startswith("Of the book's 4 remedies, ")
     assert "1 works (fix (b))" in g["ledger_remedies_sentence"] and "fix (a)" in g["ledger_remedies_sentence"]
@@ -201,11 +201,13 @@ def test_constructed_values_give_the_expected_verdicts_and_missing_chapters_are_
 def test_past_context_values_are_judged():
     values = {**_values(), "past_context": {
         "pc_rot_recipe": "cpu", "pc_rot_ratio_max": 1.3, "pc_abs_ratio_later_max": 5000.0, "pc_sae_nmse_past": 13000.0,
-        "pc_sae_nmse_in": 0.08, "pc_ft_nmse_past_final": 0.1, "pc_ft_tokens_final": 400000,
+        "pc_sae_nmse_in": 0.08, "pc_ft_nmse_past_final": 0.1, "pc_ft_nmse_in_final": 0.09, "pc_ft_tokens_final": 400000,
         "pc_full_nmse_past": 0.081, "pc_loss_sae_in": 0.47, "pc_loss_sae_past": 6.4}}
     got = {r.claim.key: r for r in ledger.analyze(values).rows}
     assert got["rotary"].verdict.verdict == CONFIRMED and "cpu recipe" in got["rotary"].book
-    assert got["finetune"].verdict.verdict == CONFIRMED and "400,000" in got["finetune"].book
+    # the break is removed (0.1 past against its own 0.09 inside) but fidelity inside is lost (0.09 against 0.08)
+    assert got["finetune_break"].verdict.verdict == CONFIRMED and "400,000" in got["finetune_break"].book
+    assert got["finetune_fidelity"].verdict.verdict == REFUTED and "1.12 times" in got["finetune_fidelity"].verdict.reason
     assert got["loss"].verdict.verdict == CONFIRMED
 
 
