@@ -120,7 +120,10 @@ spectrum_figure(result.spectra)
 # zeros; **shuffle**, the rows of `W_pos` permuted by one fixed random permutation of positions (seed
 # {glue:text}`osc_seed`), so every position still gets a valid embedding but the wrong one. The token embeddings are
 # untouched. The relative amplitude of a curve is its standard deviation over the SAE's in-context positions `1..C-1`
-# divided by its mean there (so that a short-context SAE's rise past its context does not count).
+# divided by its mean there (so that a short-context SAE's rise past its context does not count). Permuting positions
+# leaves that number almost unchanged, so the table also gives how much of the normal curve's *pattern* an ablated
+# curve keeps: its slope on the normal curve over the same positions, both centred (`cov(ablated, normal) /
+# var(normal)`: 1 when the pattern is intact, at any level; 0 when it is gone).
 
 # %% tags=["remove-input"]
 result.tables["amplitude"].style.hide(axis="index")
@@ -131,8 +134,9 @@ amplitude_figure(result.amplitude)
 # %% [markdown]
 # For the layer-{glue:text}`osc_ref_layer` {glue:text}`osc_ref_family` SAE ({glue:text}`osc_ref0`) the relative
 # amplitude is {glue:text}`osc_amp0_normal:.3f` with `W_pos`, {glue:text}`osc_amp0_zero:.3f` with it zeroed and
-# {glue:text}`osc_amp0_shuffle:.3f` with it shuffled. At layer 0 the zeroed stream is `W_E[token]` alone, so what
-# remains of the curve there is the variation of token statistics with position. The curves under each condition:
+# {glue:text}`osc_amp0_shuffle:.3f` with it shuffled. {glue:text}`osc_pattern_sentence` At layer 0 the zeroed
+# stream is `W_E[token]` alone, so what remains of the curve there is the variation of token statistics with position.
+# The curves under each condition:
 
 # %% tags=["remove-input"]
 position_curves_figure(result.positions, "mean_act", first=1,

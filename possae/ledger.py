@@ -35,7 +35,7 @@ HELIX_TOLERANCE = 0.05  # "about 95 %": a top-3 share within 5 points of the stu
 MINORITY_SHARE = 0.01  # positional features are "a small minority" below 1 % of the dictionary
 EARLY_FACTOR = 2.0  # early positions get dedicated features: at least twice the later positions' features per position
 BIMODAL_SHARE = 0.95  # "about 0 % or about 100 %": at least this share of firing features near 0 or near 1 ...
-AMPLITUDE_DROP = 0.5  # zeroing W_pos "removes the pattern": the curve's relative amplitude at most halves
+AMPLITUDE_DROP = 0.5  # zeroing W_pos "removes the pattern": a curve keeps at most half of its normal pattern
 DOUBLING_BAND = (1.5, 2.5)  # a later layer's frequency "doubles" layer 0's within this band of ratios
 CONTAINED_SHARE = 0.5  # the small dictionary is "contained" in the large when at least half its features match there
 LOSS_FACTOR = 2.0  # the SAE "costs more past the context" when its added loss there is this many times its inside
@@ -203,15 +203,17 @@ def doubling_verdict(ratios: Sequence[float], n_base_oscillating: int, band: tup
                    f"median frequency ratio {median:.2f} ({'inside' if inside else 'outside'} {band[0]:g}-{band[1]:g})")
 
 
-def ablation_verdict(amp_normal: float, amp_zero: float, n_oscillating: int, drop: float = AMPLITUDE_DROP) -> Verdict:
-    """Return whether zeroing W_pos shrinks the curve's relative amplitude to at most `drop` of its normal value;
-    not testable when no curve oscillates (the pattern the claim removes is the oscillation)."""
-    if n_oscillating == 0:
-        return Verdict(UNTESTABLE, f"no curve oscillates, so there is no oscillation to remove; zeroing W_pos leaves "
-                                   f"{amp_zero / amp_normal:.0%} of the curve's variation with position")
-    if amp_zero <= drop * amp_normal:
-        return Verdict(CONFIRMED, f"the amplitude falls to {amp_zero / amp_normal:.0%} of its value with W_pos")
-    return Verdict(REFUTED, f"the amplitude keeps {amp_zero / amp_normal:.0%} of its value with W_pos")
+def ablation_verdict(kept: Sequence[float], drop: float = AMPLITUDE_DROP, most: float = MOST) -> Verdict:
+    """Return whether zeroing W_pos removes the curves' pattern over positions: each curve with one keeps at most
+    `drop` of it (oscillation.pattern_kept), for more than `most` of those SAEs."""
+    if not kept:
+        return Verdict(UNTESTABLE, "no SAE's curve varies with position, so there is no pattern to remove")
+    removed = sum(k <= drop for k in kept)
+    share = f"for {removed} of {len(kept)} SAEs (kept: {min(kept):.2f} to {max(kept):.2f} of the pattern)"
+    if removed > most * len(kept):
+        return Verdict(CONFIRMED, f"zeroing W_pos leaves at most {drop:.0%} of the pattern {share}")
+    return Verdict(REFUTED, f"zeroing W_pos leaves at most {drop:.0%} of the pattern only {share}; the rule asks "
+                            f"more than {most:.0%} of them")
 
 
 def shuffle_verdict(ce_normal: float, ce_zero: float, ce_shuffle: float) -> Verdict:
@@ -438,10 +440,9 @@ def _doubling(v):
 
 
 def _ablation(v):
-    """Return (the curve's amplitude with and without W_pos, verdict)."""
-    return (f"relative amplitude {v['osc_amp0_normal']:.3f} with W_pos, {v['osc_amp0_zero']:.3f} zeroed "
-            f"({v['osc_ref0']})"), ablation_verdict(v["osc_amp0_normal"], v["osc_amp0_zero"],
-                                                         v["osc_n_oscillating"])
+    """Return (how much of each curve's pattern survives zeroed W_pos, verdict)."""
+    return (f"pattern kept with W_pos zeroed: {v['osc_kept_zero_min']:.2f} to {v['osc_kept_zero_max']:.2f} over "
+            f"{v['osc_n_patterned']} SAEs"), ablation_verdict(v["osc_kept_zero_values"])
 
 
 def _shuffle(v):
@@ -584,7 +585,9 @@ CLAIMS: tuple[Claim, ...] = (
           source=STUDY_2),
     Claim("ablation", "ablating W_pos removes the pattern", "-", "oscillation",
           ("oscillation", "ablating-the-positional-embedding"),
-          ("osc_amp0_normal", "osc_amp0_zero", "osc_ref0", "osc_n_oscillating"), _ablation, source=STUDY_2),
+          ("osc_n_patterned", "osc_kept_zero_values", "osc_kept_zero_min", "osc_kept_zero_max"), _ablation,
+          "no SAE's curve varies with position by at least 1 % of its mean, so there is no pattern to remove",
+          source=STUDY_2),
     Claim("shuffle", "shuffling W_pos costs the model less than zeroing it", "-", "oscillation",
           ("oscillation", "what-the-model-loses"), ("osc_ce_normal", "osc_ce_zero", "osc_ce_shuffle"), _shuffle, source=STUDY_2),
     Claim("dataset_seed", "the dataset changes an SAE's dictionary more than the seed", "-", "matching",

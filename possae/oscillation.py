@@ -474,12 +474,43 @@ def frequency_sentence(freq: pd.DataFrame, family: str) -> str:
 
 
 def oscillation_amplitude(positions: pd.DataFrame, value: str = "mean_act") -> pd.DataFrame:
-    """Return per (ablation, SAE) the std of the curve over its in-context positions 1..C-1, its mean, and std/mean."""
+    """Return per (ablation, SAE) the std of the curve over its in-context positions 1..C-1, its mean, std/mean, and
+    `pattern_kept`: how much of the normal curve's pattern the curve keeps (pattern_kept)."""
     sub = positions[(positions["position"] >= 1) & (positions["position"] < positions["context_size"])]
     out = sub.groupby(["ablation", "sae_id", "family", "layer"], sort=False)[value].agg(amplitude="std", mean="mean")
     out = out.reset_index()
     out["relative_amplitude"] = out["amplitude"] / out["mean"].abs()
+    normal = {sid: g.set_index("position")[value] for sid, g in sub[sub["ablation"] == "normal"].groupby("sae_id")}
+    kept = {key: pattern_kept(g.set_index("position")[value], normal[key[1]])
+            for key, g in sub.groupby(["ablation", "sae_id"], sort=False)}
+    out["pattern_kept"] = [kept[(a, sid)] for a, sid in zip(out["ablation"], out["sae_id"])]
     return out
+
+
+PATTERNED = 0.01  # a curve has a pattern to remove when it varies by at least 1 % of its mean over positions 1..C-1
+
+
+def pattern_values(amplitude: pd.DataFrame) -> dict[str, float]:
+    """Return the glued summary of pattern_kept under zeroed W_pos: how many SAEs' normal curves have a pattern
+    (relative amplitude at least PATTERNED), and of those the least and most kept."""
+    normal = amplitude[amplitude["ablation"] == "normal"].set_index("sae_id")["relative_amplitude"]
+    zero = amplitude[amplitude["ablation"] == "zero"].set_index("sae_id")["pattern_kept"]
+    kept = zero[normal.reindex(zero.index) >= PATTERNED].dropna()
+    out = {"osc_n_patterned": len(kept), "osc_patterned_threshold": PATTERNED}
+    if len(kept):
+        out |= {"osc_kept_zero_min": float(kept.min()), "osc_kept_zero_max": float(kept.max()),
+                "osc_kept_zero_values": [float(v) for v in kept]}
+    return out
+
+
+def pattern_kept(curve: pd.Series, normal: pd.Series) -> float:
+    """Return how much of the normal curve's pattern over positions a curve keeps: the slope of the curve on the normal
+    one, both centred, cov(curve, normal) / var(normal) (1: the pattern intact, 0: gone, whatever the level; a curve
+    that only shrinks keeps its share of it). NaN when the normal curve is flat."""
+    a, b = curve.to_numpy(float), normal.loc[curve.index].to_numpy(float)
+    a, b = a - a.mean(), b - b.mean()
+    var = float(b @ b)
+    return float(a @ b) / var if var > 0 else float("nan")
 
 
 # ---------------------------------------------------------------- per-feature summary
@@ -613,11 +644,31 @@ def frequency_display(freq: pd.DataFrame) -> pd.DataFrame:
 
 
 def amplitude_display(amplitude: pd.DataFrame) -> pd.DataFrame:
-    """Return the relative amplitude (std / mean over positions 1..C-1) per SAE and W_pos condition (for display)."""
+    """Return per SAE the relative amplitude (std / mean over positions 1..C-1) under each W_pos condition and the
+    share of the normal curve's pattern each ablated curve keeps (for display)."""
     wide = amplitude.pivot_table(index=["sae_id", "layer"], columns="ablation", values="relative_amplitude",
                                  sort=False).reset_index()
+    kept = amplitude.pivot_table(index="sae_id", columns="ablation", values="pattern_kept", sort=False,
+                                 dropna=False).reindex(wide["sae_id"])
     return pd.DataFrame({"SAE": wide["sae_id"], "layer": wide["layer"],
-                         **{f"W_pos {a}": [f"{v:.3f}" for v in wide[a]] for a in ABLATIONS}})
+                         **{f"rel. amplitude, W_pos {a}": [f"{v:.3f}" for v in wide[a]] for a in ABLATIONS},
+                         **{f"pattern kept, W_pos {a}": [_num(v, ".2f") for v in kept[a]] for a in ABLATIONS
+                            if a != "normal"}})
+
+
+def pattern_sentence(amplitude: pd.DataFrame) -> str:
+    """Return how much of the normal curves' pattern survives zeroed and shuffled W_pos, over the SAEs whose normal
+    curve varies with position."""
+    v = pattern_values(amplitude)
+    if not v["osc_n_patterned"]:
+        return (f"No SAE's curve varies with position by {PATTERNED:.0%} of its mean or more, so there is no pattern for "
+                "an ablation to remove.")
+    normal = amplitude[amplitude["ablation"] == "normal"].set_index("sae_id")["relative_amplitude"]
+    shuffle = amplitude[amplitude["ablation"] == "shuffle"].set_index("sae_id")["pattern_kept"]
+    shuffle = shuffle[normal.reindex(shuffle.index) >= PATTERNED].dropna()
+    return (f"Over the {v['osc_n_patterned']} SAEs whose curve varies with position, zeroing W_pos keeps "
+            f"{v['osc_kept_zero_min']:.2f} to {v['osc_kept_zero_max']:.2f} of the normal curve's pattern, and "
+            f"shuffling it {shuffle.min():.2f} to {shuffle.max():.2f}.")
 
 
 def splice_display(splice: pd.DataFrame) -> pd.DataFrame:
@@ -754,6 +805,7 @@ def analyze(model, saes: dict[str, object], params: OscillationParams,
         "osc_n_oscillating": int(freq["oscillation"].sum()), "osc_n_saes": len(freq),
         "osc_freq_sentence": " ".join(frequency_sentence(freq, fam) for fam in freq["family"].unique()),
         **{f"osc_amp0_{a}": float(ref_amp[a]) for a in ABLATIONS},
+        **pattern_values(amplitude), "osc_pattern_sentence": pattern_sentence(amplitude),
         **{f"osc_ce_{a}": float(ce[a]) for a in ABLATIONS}, "osc_ce_sentence": ablation_loss_sentence(ce),
         "osc_quantile_tokens": QUANTILE_TOKENS, "osc_quantile_values": QUANTILE_VALUES,
         "osc_splice_sentence": splice_sentence(splice, str(ref["sae_id"]), n_ctx),

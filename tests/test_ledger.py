@@ -77,9 +77,10 @@ def test_oscillation_and_doubling_rules():
 
 
 def test_ablation_and_shuffle_rules():
-    assert ledger.ablation_verdict(0.1, 0.05, 1).verdict == CONFIRMED
-    assert ledger.ablation_verdict(0.1, 0.051, 1).verdict == REFUTED
-    assert ledger.ablation_verdict(0.1, 0.01, 0).verdict == UNTESTABLE
+    assert ledger.ablation_verdict([0.1, 0.5, 0.9]).verdict == CONFIRMED  # 2 of 3 keep at most half
+    assert ledger.ablation_verdict([0.1, 0.51, 0.9]).verdict == REFUTED
+    assert "for 1 of 3 SAEs (kept: 0.10 to 0.90" in ledger.ablation_verdict([0.1, 0.51, 0.9]).reason
+    assert ledger.ablation_verdict([]).verdict == UNTESTABLE
     assert ledger.shuffle_verdict(3.0, 4.0, 3.5).verdict == CONFIRMED
     assert ledger.shuffle_verdict(3.0, 4.0, 4.0).verdict == REFUTED
 
@@ -157,7 +158,9 @@ def _values() -> dict[str, dict[str, object]]:
         "oscillation": {"osc_n_osc_base": 0, "osc_n_base": 2, "osc_n_oscillating": 0, "osc_n_saes": 8,
                         "osc_ratios_to_base": [], "osc_n_osc_later": 0, "osc_n_later": 6, "osc_amp0_normal": 0.09,
                         "osc_amp0_zero": 0.026, "osc_ref0": "relu-short", "osc_ce_normal": 3.6, "osc_ce_zero": 4.9,
-                        "osc_ce_shuffle": 5.9, "osc_n_pos0_higher": 7, "osc_pos0_ratio_min": 0.8,
+                        "osc_ce_shuffle": 5.9, "osc_n_pos0_higher": 7, "osc_n_patterned": 8,
+                        "osc_kept_zero_values": [0.2, 0.3, 0.9, 0.1, 0.4, 0.8, 0.7, 0.6], "osc_kept_zero_min": 0.1,
+                        "osc_kept_zero_max": 0.9, "osc_pos0_ratio_min": 0.8,
                         "osc_pos0_ratio_max": 3.1},
         "matching": {"match_seeds_mean": 0.18, "match_datasets_mean": 0.02, "match_seeds_min": 0.16,
                      "match_seeds_max": 0.19, "match_datasets_min": 0.01, "match_datasets_max": 0.035,
@@ -178,7 +181,7 @@ def test_constructed_values_give_the_expected_verdicts_and_missing_chapters_are_
     assert got["spurious"] == CONFIRMED and got["fix_a"] == REFUTED and got["fix_b"] == CONFIRMED
     assert got["fix_d"] == UNTESTABLE  # its names are absent: the reason says why
     assert "full-context" in next(r for r in result.rows if r.claim.key == "fix_d").verdict.reason
-    assert got["oscillation"] == REFUTED and got["doubling"] == UNTESTABLE and got["ablation"] == UNTESTABLE
+    assert got["oscillation"] == REFUTED and got["doubling"] == UNTESTABLE and got["ablation"] == REFUTED
     assert got["shuffle"] == REFUTED and got["dataset_seed"] == CONFIRMED and got["seeds"] == REFUTED
     assert got["containment"] == REFUTED and got["early_layers"] == CONFIRMED and got["first_token"] == CONFIRMED
     assert {got[k] for k in ("rotary", "finetune_break", "finetune_fidelity", "loss")} == {NOT_RUN}
