@@ -26,6 +26,9 @@ STUDY_HELIX_TOP3 = 0.95  # study 1: GPT-2 small's W_pos rows 1..127 lie on a hel
 STUDY_N_POSITIONAL = 50  # study 1: about 50 positional features in the layer-0 SAE of gpt2-small-res-jb ...
 STUDY_D_SAE = 24576  # ... out of its 24,576 features
 STUDY_SEEDS = (0.55, 0.85)  # study 2: 55-85 % matched between SAEs that differ only in their seed
+STUDY_K = (0.33, 0.555)  # study 2: 33-55.5 % matched between SAEs that differ only in k (TopK)
+STUDY_ARCHITECTURES = (0.40, 0.60)  # study 2: 40-60 % matched between SAEs of different architectures
+STUDY_CONTAINMENT = "72.8-89.3 % small in large, 22-47 % large in small"  # study 2: dictionaries of different widths
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Verdicts and the thresholds of their rules
@@ -37,7 +40,8 @@ EARLY_FACTOR = 2.0  # early positions get dedicated features: at least twice the
 BIMODAL_SHARE = 0.95  # "about 0 % or about 100 %": at least this share of firing features near 0 or near 1 ...
 AMPLITUDE_DROP = 0.5  # zeroing W_pos "removes the pattern": a curve keeps at most half of its normal pattern
 DOUBLING_BAND = (1.5, 2.5)  # a later layer's frequency "doubles" layer 0's within this band of ratios
-CONTAINED_SHARE = 0.5  # the small dictionary is "contained" in the large when at least half its features match there
+CONTAINED_SHARE = 0.5  # the small dictionary is "contained" in the large when its features find a partner there at
+# least half as often as in a second seed of the same recipe (the seed ceiling: the most two runs of one recipe share)
 LOSS_FACTOR = 2.0  # the SAE "costs more past the context" when its added loss there is this many times its inside
 MIN_SPURIOUS = 1.0  # spurious firing exists: at least one spurious feature per token past the context, on average
 TILE_SHARE = 0.8  # features "tile every position": peaks at 4 in 5 positions or more (a peak's width covers a gap)
@@ -45,6 +49,7 @@ SINGLE_EARLY_MIN = 2  # early single-position features exist: at least two (one 
 SIGNIFICANCE = 0.05  # a rank correlation counts when its p-value is below this
 POWER_LAW_R2 = 0.9  # the count grows "predictably" with width: a log-log line explains at least 90 % of its variance
 MIN_WIDTHS = 3  # ... fitted to at least three widths (a line through two points always fits)
+GPT2_NAMES = ("gpt2", "gpt2-small")  # cfg.model_name of GPT-2 small: the only model the studies' levels belong to
 MOST = 0.5  # "the first token's activation is higher": above the in-context average for more than half the SAEs
 
 
@@ -241,13 +246,38 @@ def range_verdict(low: float, high: float, study: tuple[float, float]) -> Verdic
     return Verdict(CONFIRMED, f"overlaps the study's {study[0]:.0%}-{study[1]:.0%}")
 
 
-def containment_verdict(small_in_large: float, large_in_small: float, share: float = CONTAINED_SHARE) -> Verdict:
-    """Return whether at least `share` of the small dictionary's features have a partner in the large one."""
-    if small_in_large >= share:
-        return Verdict(CONFIRMED, f"at least {share:.0%} of the small dictionary's features have a partner")
-    way = "more than" if small_in_large > large_in_small else "not more than"
-    return Verdict(REFUTED, f"fewer than {share:.0%} of the small dictionary's features have a partner ({way} the "
-                            "other way round)")
+def containment_verdict(small_in_large: float, large_in_small: float, seed_ceiling: float,
+                        share: float = CONTAINED_SHARE) -> Verdict:
+    """Return whether the small dictionary is contained in the large one, in the form that carries over between
+    models: its features find a partner there at least `share` times as often as between two seeds of one recipe, and
+    more often than the large one's features find one in it (the asymmetry containment implies)."""
+    ratio = small_in_large / seed_ceiling
+    if ratio >= share and small_in_large > large_in_small:
+        return Verdict(CONFIRMED, f"small in large is {ratio:.2f} times the seed ceiling of {pct(seed_ceiling)}, and "
+                                  f"more than large in small")
+    why = (f"only {ratio:.2f} times the seed ceiling of {pct(seed_ceiling)} (the rule asks {share:g})"
+           if ratio < share else "no more than large in small: no asymmetry")
+    return Verdict(REFUTED, f"small in large is {why}")
+
+
+def ordering_verdict(means: Mapping[str, float]) -> Verdict:
+    """Return whether the mean matching shares follow the study's ordering of what changes a dictionary most:
+    datasets < architectures ≈ k < seeds < widths (a lower share: a larger change; architectures and k not ordered
+    against each other)."""
+    d, a, k, s, w = (means[n] for n in ("datasets", "architectures", "k", "seeds", "widths"))
+    order = f"datasets {pct(d)}, architectures {pct(a)}, k {pct(k)}, seeds {pct(s)}, widths {pct(w)}"
+    if d < min(a, k) and max(a, k) < s < w:
+        return Verdict(CONFIRMED, f"in the study's order: {order}")
+    return Verdict(REFUTED, f"not in the study's order: {order}")
+
+
+def level_premise(v: Mapping[str, object]) -> Verdict | None:
+    """Return 'not testable here' for a level claim of GPT-2 small's SAEs on any other model, else None."""
+    model = str(v.get(MODEL_GLUE, "-"))
+    if model.lower() in GPT2_NAMES:
+        return None
+    return Verdict(UNTESTABLE, f"a level of matching belongs to the model, the SAEs' width and their training tokens: "
+                               f"the study's levels are GPT-2 small's, and do not carry over to {model}")
 
 
 def early_layers_verdict(first_share: float, later_share: float) -> Verdict:
@@ -311,6 +341,9 @@ SECTIONS = {  # (page, anchor or None for the page's top): the heading's text, a
     ("oscillation", "what-the-model-loses"): "Oscillation: what the model loses",
     ("matching", "different-seeds"): "Matching: different seeds",
     ("matching", "width"): "Matching: width",
+    ("matching", "sparsity-k"): "Matching: sparsity (k)",
+    ("matching", "architecture"): "Matching: architecture",
+    ("matching", "against-the-study-and-best-match-against-one-to-one"): "Matching: against the study",
     ("matching", "layer-against-layer"): "Matching: layer against layer",
     ("past_context", "the-next-token-loss-past-the-context"): "Past the context: the next-token loss",
     ("past_context", "the-fine-tuning-fix"): "Past the context: the fine-tuning fix",
@@ -467,15 +500,21 @@ def _range_rule(name: str, study: tuple[float, float]):
     def judge(v):
         """Return (the range of shares, verdict)."""
         lo, hi = v[f"match_{name}_min"], v[f"match_{name}_max"]
-        return _share_range(lo, hi), range_verdict(lo, hi, study)
+        return _share_range(lo, hi), level_premise(v) or range_verdict(lo, hi, study)
     return judge
 
 
 def _containment(v):
     """Return (the containment shares both ways, verdict)."""
     return (f"small in large {pct(v['match_contain_small_in_large'])}, large in small "
-            f"{pct(v['match_contain_large_in_small'])}"), containment_verdict(v["match_contain_small_in_large"],
-                                                                            v["match_contain_large_in_small"])
+            f"{pct(v['match_contain_large_in_small'])}; seeds {pct(v['match_seeds_mean'])}"), \
+        containment_verdict(v["match_contain_small_in_large"], v["match_contain_large_in_small"], v["match_seeds_mean"])
+
+
+def _ordering(v):
+    """Return (each comparison's mean share, verdict)."""
+    means = {n: v[f"match_{n}_mean"] for n in ("datasets", "architectures", "k", "seeds", "widths")}
+    return ", ".join(f"{n} {pct(m)}" for n, m in means.items()), ordering_verdict(means)
 
 
 def _early_layers(v):
@@ -597,9 +636,20 @@ CLAIMS: tuple[Claim, ...] = (
           f"{STUDY_SEEDS[0]:.0%}-{STUDY_SEEDS[1]:.0%}", "matching", ("matching", "different-seeds"),
           ("match_seeds_min", "match_seeds_max"), _range_rule("seeds", STUDY_SEEDS),
           "this build compares no seed pairs", source=STUDY_2),
-    Claim("containment", "a smaller dictionary is contained in a larger one", "-", "matching", ("matching", "width"),
-          ("match_contain_small_in_large", "match_contain_large_in_small"), _containment,
-          "this build compares no widths", source=STUDY_2),
+    *(Claim(name, f"SAEs that differ only in {what} share {lo:.0%}-{hi:.1%} of features".replace(".0%", "%"),
+            f"{lo:.0%}-{hi:.1%}".replace(".0%", "%"), "matching", ("matching", anchor),
+            (f"match_{name}_min", f"match_{name}_max"), _range_rule(name, (lo, hi)),
+            f"this build compares no SAEs that differ in {what}", source=STUDY_2)
+      for name, what, (lo, hi), anchor in (("k", "k", STUDY_K, "sparsity-k"),
+                                           ("architectures", "their architecture", STUDY_ARCHITECTURES, "architecture"))),
+    Claim("containment", "a smaller dictionary is contained in a larger one", STUDY_CONTAINMENT, "matching",
+          ("matching", "width"),
+          ("match_contain_small_in_large", "match_contain_large_in_small", "match_seeds_mean"), _containment,
+          "this build compares no widths, or no seed pairs for the ceiling", source=STUDY_2),
+    Claim("ordering", "datasets change a dictionary most, then architectures and k, then seeds, then widths", "-",
+          "matching", ("matching", "against-the-study-and-best-match-against-one-to-one"),
+          tuple(f"match_{n}_mean" for n in ("datasets", "architectures", "k", "seeds", "widths")), _ordering,
+          "this build lacks one of the five comparisons", source=STUDY_2),
     Claim("early_layers", "early layers match less", "-", "matching", ("matching", "layer-against-layer"),
           ("match_adjacent_first_layer", "match_adjacent_first_share", "match_adjacent_later_share"), _early_layers,
           "this build compares fewer than three layers", source=STUDY_2),

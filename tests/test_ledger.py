@@ -92,8 +92,16 @@ def test_matching_rules():
     assert "below" in ledger.range_verdict(0.16, 0.19, (0.55, 0.85)).reason
     assert ledger.range_verdict(0.50, 0.55, (0.55, 0.85)).verdict == CONFIRMED
     assert ledger.range_verdict(0.86, 0.9, (0.55, 0.85)).verdict == REFUTED
-    assert ledger.containment_verdict(0.5, 0.1).verdict == CONFIRMED
-    assert ledger.containment_verdict(0.49, 0.1).verdict == REFUTED
+    # relative to the seed ceiling, and asymmetric
+    assert ledger.containment_verdict(0.25, 0.07, 0.18).verdict == CONFIRMED
+    assert "only 0.45 times the seed ceiling" in ledger.containment_verdict(0.09, 0.07, 0.2).reason
+    assert "no asymmetry" in ledger.containment_verdict(0.25, 0.25, 0.18).reason
+    means = {"datasets": 0.02, "architectures": 0.08, "k": 0.1, "seeds": 0.18, "widths": 0.25}
+    assert ledger.ordering_verdict(means).verdict == CONFIRMED
+    assert ledger.ordering_verdict({**means, "k": 0.2}).verdict == REFUTED  # k changes less than the seed
+    # a level of GPT-2 small's SAEs is not testable on another model; on gpt2 it is judged
+    assert ledger.level_premise({"book_model": "possae-organism"}).verdict == UNTESTABLE
+    assert ledger.level_premise({"book_model": "gpt2"}) is None
     assert ledger.early_layers_verdict(0.0, 0.3).verdict == CONFIRMED
     assert ledger.early_layers_verdict(0.3, 0.3).verdict == REFUTED
 
@@ -182,8 +190,9 @@ def test_constructed_values_give_the_expected_verdicts_and_missing_chapters_are_
     assert got["fix_d"] == UNTESTABLE  # its names are absent: the reason says why
     assert "full-context" in next(r for r in result.rows if r.claim.key == "fix_d").verdict.reason
     assert got["oscillation"] == REFUTED and got["doubling"] == UNTESTABLE and got["ablation"] == REFUTED
-    assert got["shuffle"] == REFUTED and got["dataset_seed"] == CONFIRMED and got["seeds"] == REFUTED
-    assert got["containment"] == REFUTED and got["early_layers"] == CONFIRMED and got["first_token"] == CONFIRMED
+    assert got["shuffle"] == REFUTED and got["dataset_seed"] == CONFIRMED and got["seeds"] == UNTESTABLE
+    assert got["architectures"] == UNTESTABLE and got["k"] == UNTESTABLE and got["ordering"] == UNTESTABLE
+    assert got["containment"] == CONFIRMED and got["early_layers"] == CONFIRMED and got["first_token"] == CONFIRMED
     assert {got[k] for k in ("rotary", "finetune_break", "finetune_fidelity", "loss")} == {NOT_RUN}
     counts = result.counts()
     remedies = [c for c in ledger.CLAIMS if c.source == ledger.THIS_BOOK]
@@ -307,6 +316,16 @@ def test_width_rule_asks_a_positive_power_law_that_fits_over_three_widths():
     assert width_verdict(flat["slope"], flat["r2"], flat["n"]).verdict == REFUTED
     two = loglog_fit(widths[:2], [3, 6])  # a line through two points: no test
     assert two["r2"] == 1.0 and width_verdict(two["slope"], two["r2"], two["n"]).verdict == UNTESTABLE
+
+
+def test_level_claims_are_judged_on_gpt2_only():
+    values = _values()
+    values["matching"] = {**values["matching"], "book_model": "gpt2"}
+    got = {r.claim.key: r.verdict for r in ledger.analyze(values).rows}
+    assert got["seeds"].verdict == REFUTED and got["architectures"].verdict == REFUTED  # 16-19 %, 0.3-14 %: below
+    values["matching"]["book_model"] = "possae-organism"
+    got = {r.claim.key: r.verdict for r in ledger.analyze(values).rows}
+    assert got["seeds"].verdict == UNTESTABLE and "do not carry over to possae-organism" in got["seeds"].reason
 
 
 def test_each_row_names_the_model_of_its_chapter():
