@@ -89,6 +89,8 @@ position_curves_figure(result.positions[result.positions["ablation"] == "normal"
 # %% [markdown]
 # ## 2. Is there an oscillation?
 #
+# {glue:text}`osc_premise_sentence`
+#
 # A curve that rises or bends across its window puts its power in the lowest Fourier bins, and the peak of a raw
 # spectrum then reports the window's length as a "period". So each SAE's curve is taken over its in-context positions
 # `1..C-1` only, a least-squares polynomial of degree {glue:text}`osc_detrend_degree` in the position is removed, and

@@ -18,6 +18,7 @@ from possae.glued import MODEL_GLUE, glued_values
 from possae.length import RESTORE_FACTOR, SAME_BAND, fmt, pct
 from possae.params import ChapterParams
 from possae.positional import NEAR_1
+from possae.wpos import MIN_TURNS, winding_word
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The studies' numbers (citations, not results)
@@ -184,6 +185,14 @@ def spurious_verdict(mean_spurious: float, non_positional: float, least: float =
     if non_positional < 0.5:
         return Verdict(REFUTED, "most spurious features are positional, not semantic")
     return Verdict(CONFIRMED, f"{pct(non_positional)} of the spurious (token, feature) pairs are non-positional")
+
+
+def turns_premise(turns: float, last: int, least: float = MIN_TURNS) -> Verdict | None:
+    """Return 'not testable here' when the model's W_pos (rows 1..last) winds less than `least` turns, else None."""
+    if turns >= least:
+        return None
+    return Verdict(UNTESTABLE, f"the model's W_pos is {winding_word(turns)} over rows 1..{last}, not a helix: with "
+                               f"under {least:g} turn it has no period to impose on the curves")
 
 
 def oscillation_verdict(n_oscillating: int, n_curves: int) -> Verdict:
@@ -461,7 +470,8 @@ def _spurious(v):
 def _oscillation(v):
     """Return (how many curves oscillate, verdict)."""
     return (f"{v['osc_n_osc_base']} of {v['osc_n_base']} lowest-layer curves oscillate ({v['osc_n_oscillating']} of "
-            f"{v['osc_n_saes']} in all)"), oscillation_verdict(v["osc_n_osc_base"], v["osc_n_base"])
+            f"{v['osc_n_saes']} in all)"), (turns_premise(v["osc_wpos_turns"], v["osc_n_ctx"] - 1)
+                                           or oscillation_verdict(v["osc_n_osc_base"], v["osc_n_base"]))
 
 
 def _doubling(v):
@@ -469,7 +479,7 @@ def _doubling(v):
     ratios = v["osc_ratios_to_base"]
     shown = ", ".join(f"{r:.2f}" for r in ratios) if ratios else "none measurable"
     return (f"{v['osc_n_osc_later']} of {v['osc_n_later']} later-layer curves oscillate; ratios: {shown}",
-            doubling_verdict(ratios, v["osc_n_osc_base"]))
+            turns_premise(v["osc_wpos_turns"], v["osc_n_ctx"] - 1) or doubling_verdict(ratios, v["osc_n_osc_base"]))
 
 
 def _ablation(v):
@@ -614,10 +624,12 @@ CLAIMS: tuple[Claim, ...] = (
       for k, text in FIX_CLAIMS.items()),
     Claim("oscillation", "the average activation oscillates with position (two periods)", "-", "oscillation",
           ("oscillation", "is-there-an-oscillation"),
-          ("osc_n_osc_base", "osc_n_base", "osc_n_oscillating", "osc_n_saes"), _oscillation, source=STUDY_2),
+          ("osc_n_osc_base", "osc_n_base", "osc_n_oscillating", "osc_n_saes", "osc_wpos_turns", "osc_n_ctx"),
+          _oscillation, "the model has no learned W_pos to wind", source=STUDY_2),
     Claim("doubling", "layers 1-3 oscillate at twice layer 0's frequency", "2x", "oscillation",
           ("oscillation", "is-there-an-oscillation"),
-          ("osc_ratios_to_base", "osc_n_osc_base", "osc_n_osc_later", "osc_n_later"), _doubling, source=STUDY_2),
+          ("osc_ratios_to_base", "osc_n_osc_base", "osc_n_osc_later", "osc_n_later", "osc_wpos_turns", "osc_n_ctx"),
+          _doubling, "the model has no learned W_pos to wind", source=STUDY_2),
     Claim("first_token", "the first token's average activation is higher than at later positions", "-", "oscillation",
           ("oscillation", "average-activation-vs-position-layer-by-layer"),
           ("osc_n_pos0_higher", "osc_n_saes", "osc_pos0_ratio_min", "osc_pos0_ratio_max"), _first_token,

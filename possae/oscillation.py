@@ -763,6 +763,27 @@ def _splice_frame(model, tokens, saes, info, normal: PositionPass) -> tuple[pd.D
     return pd.concat(curves, ignore_index=True), pd.DataFrame(rows)
 
 
+def wpos_turns(model) -> dict[str, float | str]:
+    """Return how many turns the model's W_pos rows 1.. sweep (wpos.pc_winding) beside GPT-2 small's, and the sentence
+    on what that means for an oscillation with position; without a learned W_pos (rotary), the sentence alone."""
+    from possae.wpos import MIN_TURNS, load_gpt2_wpos, pc_winding, winding_word
+
+    gpt2 = pc_winding(load_gpt2_wpos()[1:], 2)["turns"]
+    try:
+        W_pos = model.W_pos.detach()
+    except AttributeError:
+        return {"osc_premise_sentence": "This model has no learned W_pos, so nothing in its embedding winds with position."}
+    turns = pc_winding(W_pos[1:].cpu(), 2)["turns"]
+    shape = winding_word(turns)
+    verdict = ("so it can impose a period on the curves" if turns >= MIN_TURNS else
+               "with under one turn it has no period to impose on the curves: the test below runs and reports what it "
+               "finds, but the ledger counts the study's oscillation claims as not testable on this model")
+    return {"osc_wpos_turns": turns, "osc_gpt2_turns": gpt2,
+            "osc_premise_sentence": (f"The study ties the oscillation to W_pos, whose rows 1..1023 wind {gpt2:.1f} turns "
+                                     f"in GPT-2 small. This model's W_pos is {shape} over rows 1..{len(W_pos) - 1}, "
+                                     f"{verdict}.")}
+
+
 def analyze(model, saes: dict[str, object], params: OscillationParams,
             tokens: Int[Tensor, "n_windows n_ctx"] | None = None, n_null: int = N_NULL) -> OscillationResult:
     """Return the chapter's result: streamed passes under each W_pos condition, spectra, splices and feature stats."""
@@ -794,6 +815,7 @@ def analyze(model, saes: dict[str, object], params: OscillationParams,
     ref_amp = amplitude[amplitude["sae_id"] == ref["sae_id"]].set_index("ablation")["relative_amplitude"]
     values: dict[str, float | str] = {
         "osc_n_tokens": int(tokens.numel()), "osc_n_windows": int(n_win), "osc_n_ctx": int(n_ctx),
+        **wpos_turns(model),
         "osc_seed": int(params.seed), "osc_ref0": str(ref["sae_id"]), "osc_ref_family": str(ref["family"]),
         "osc_ref_layer": int(ref["layer"]), "osc_pos0_ratio": float(ref_act["position_0"] / ref_act[IN]),
         "osc_n_pos0_higher": int((activation["position_0"] > activation[IN]).sum()),

@@ -85,6 +85,10 @@ def norm_ratio(W_pos: Float[Tensor, "n_ctx d_model"], W_E: Float[Tensor, "d_voca
     return (W_pos[first:].detach().double().norm(dim=1).mean() / W_E.detach().double().norm(dim=1).mean()).item()
 
 
+MIN_TURNS = 1.0  # a W_pos "turns" from one whole turn on (below, an arc): an oscillation with position follows W_pos
+# around, so an arc cannot drive a periodic pattern, and the oscillation claims need at least this (GPT-2 small: 3.4)
+
+
 def winding_word(turns: float) -> str:
     """Return how to call a curve that winds `turns` times: an arc below one full turn, else a helix of that many turns."""
-    return f"an arc ({turns:.2f} of a turn)" if turns < 1 else f"a helix of {turns:.1f} turns"
+    return f"an arc ({turns:.2f} of a turn)" if turns < MIN_TURNS else f"a helix of {turns:.1f} turns"

@@ -165,6 +165,7 @@ def _values() -> dict[str, dict[str, object]]:
                                   "len_fix_b_past": 0.07, "len_fix_c_past": 12931.0},  # no (d): no control SAE
         "oscillation": {"osc_n_osc_base": 0, "osc_n_base": 2, "osc_n_oscillating": 0, "osc_n_saes": 8,
                         "osc_ratios_to_base": [], "osc_n_osc_later": 0, "osc_n_later": 6, "osc_amp0_normal": 0.09,
+                        "osc_wpos_turns": 3.4, "osc_n_ctx": 1024,
                         "osc_amp0_zero": 0.026, "osc_ref0": "relu-short", "osc_ce_normal": 3.6, "osc_ce_zero": 4.9,
                         "osc_ce_shuffle": 5.9, "osc_n_pos0_higher": 7, "osc_n_patterned": 8,
                         "osc_kept_zero_values": [0.2, 0.3, 0.9, 0.1, 0.4, 0.8, 0.7, 0.6], "osc_kept_zero_min": 0.1,
@@ -316,6 +317,19 @@ def test_width_rule_asks_a_positive_power_law_that_fits_over_three_widths():
     assert width_verdict(flat["slope"], flat["r2"], flat["n"]).verdict == REFUTED
     two = loglog_fit(widths[:2], [3, 6])  # a line through two points: no test
     assert two["r2"] == 1.0 and width_verdict(two["slope"], two["r2"], two["n"]).verdict == UNTESTABLE
+
+
+def test_oscillation_claims_need_a_wpos_that_turns():
+    """The premise: GPT-2's W_pos turns 3.4 times; on an arc (the first organism: 0.64 of a turn) the oscillation and
+    doubling claims are not testable, whatever the spectral test says."""
+    values = _values()
+    got = {r.claim.key: r.verdict for r in ledger.analyze(values).rows}
+    assert got["oscillation"].verdict == REFUTED  # turns: the test runs (and finds nothing)
+    values["oscillation"] = {**values["oscillation"], "osc_wpos_turns": 0.64, "osc_n_ctx": 256}
+    got = {r.claim.key: r.verdict for r in ledger.analyze(values).rows}
+    for key in ("oscillation", "doubling"):
+        assert got[key].verdict == UNTESTABLE and "an arc (0.64 of a turn) over rows 1..255" in got[key].reason
+    assert ledger.turns_premise(1.0, 255) is None
 
 
 def test_level_claims_are_judged_on_gpt2_only():
