@@ -31,6 +31,7 @@ device = None  # None picks CUDA when present
 tokens_of_interest = [" the", " and", " said", "."]  # strings that are one token each (mind the leading space)
 top_k = 5  # features shown per token of interest
 threshold = 0.5  # a feature is semantic when the token explains at least this share of its variance (R²_tok)
+n_heldout_tokens = 16384  # held-out text tokens per corpus, for the share of firings each kind of feature carries
 
 # %% tags=["remove-cell"]
 from IPython.display import display
@@ -83,6 +84,14 @@ score_curve_figure(result.curve, result.scores, params.threshold)
 # %% [markdown]
 # Of the {glue:text}`sem_n_features` features, **{glue:text}`sem_n_semantic` are semantic**
 # ({glue:text}`sem_semantic_share:.1%`). {glue:text}`sem_counts_sentence` {glue:text}`sem_typical_sentence`
+#
+# **Position-modulated features.** Since `R²_tok + R²_pos ≤ 1`, no feature can pass both thresholds, so counting
+# features that are "both" tests nothing. What mixes the two is the rest of a feature's variance, the interaction of
+# token and position `1 - R²_tok - R²_pos`, and what matters is how much of the text such features carry. So each is
+# weighted by held-out text: the SAE reads `W_E[t] + W_pos[p]` for every token of the held-out windows at positions
+# {glue:text}`sem_first_pos`..{glue:text}`sem_last_pos` (special tokens left out), and its firings (input-feature
+# pairs with a positive activation) and activation mass are pooled over all of them.
+# {glue:text}`sem_entangled_sentence`
 #
 # **Which positions count.** The counts depend on the positions the variance is taken over. The table adds position 0
 # (the BOS slot, which never held an ordinary token in training), and then every position up to the model's `n_ctx`

@@ -44,6 +44,7 @@ DOUBLING_BAND = (1.5, 2.5)  # a later layer's frequency "doubles" layer 0's with
 CONTAINED_SHARE = 0.5  # the small dictionary is "contained" in the large when its features find a partner there at
 # least half as often as in a second seed of the same recipe (the seed ceiling: the most two runs of one recipe share)
 LOSS_FACTOR = 2.0  # the SAE "costs more past the context" when its added loss there is this many times its inside
+DISJOINT_CARRY = 0.1  # disjoint: features that mix token and position carry under a tenth of text firings and mass
 MIN_SPURIOUS = 1.0  # spurious firing exists: at least one spurious feature per token past the context, on average
 TILE_SHARE = 0.8  # features "tile every position": peaks at 4 in 5 positions or more (a peak's width covers a gap)
 SINGLE_EARLY_MIN = 2  # early single-position features exist: at least two (one could be the BOS-adjacent slot alone)
@@ -147,13 +148,13 @@ def as_if_verdict(earlier: float, last: float, cosine: float, threshold: float) 
     return Verdict(REFUTED, f"{pct(last)} of past positions act as the last position, not an earlier one")
 
 
-def disjoint_verdict(n_both: int, n_positional: int) -> Verdict:
-    """Return whether no feature is both positional and semantic."""
-    if n_positional == 0:
-        return Verdict(UNTESTABLE, "no feature is positional here")
-    if n_both == 0:
-        return Verdict(CONFIRMED, "no feature has both R²_pos and R²_tok at or above the thresholds")
-    return Verdict(REFUTED, f"{n_both} features are both")
+def disjoint_verdict(firing_share: float, mass_share: float, limit: float = DISJOINT_CARRY) -> Verdict:
+    """Return whether positional and semantic features are disjoint on text: the position-modulated features (token x
+    position interaction share >= semantic.INTERACTION_SHARE) carry under `limit` of the firings and of the mass."""
+    carried = f"position-modulated features carry {pct(firing_share)} of firings and {pct(mass_share)} of activation mass"
+    if firing_share < limit and mass_share < limit:
+        return Verdict(CONFIRMED, f"{carried} on text (under {limit:.0%})")
+    return Verdict(REFUTED, f"{carried} on text (the rule asks under {limit:.0%} of both)")
 
 
 def bimodal_verdict(near_0: float, near_1: float, max_r2: float, share: float = BIMODAL_SHARE,
@@ -443,9 +444,10 @@ def _as_if(v):
 
 
 def _disjoint(v):
-    """Return (the count of features both positional and semantic, verdict)."""
-    return (f"{v['sem_n_both']} of {v['sem_n_features']:,} features both ({v['sem_n_positional']} positional, "
-            f"{v['sem_n_semantic']:,} semantic)"), disjoint_verdict(v["sem_n_both"], v["sem_n_positional"])
+    """Return (the position-modulated features and the share of text they carry, verdict)."""
+    return (f"{v['sem_n_entangled']:,} of {v['sem_n_features']:,} features at least {v['sem_interaction_threshold']:.0%} "
+            f"interaction; they carry {pct(v['sem_entangled_firing_share'])} of text firings"), \
+        disjoint_verdict(v["sem_entangled_firing_share"], v["sem_entangled_mass_share"])
 
 
 def _bimodal(v):
@@ -605,7 +607,8 @@ CLAIMS: tuple[Claim, ...] = (
           "this build runs no width sweep, or fewer than two of its widths have positional features"),
     Claim("disjoint", "positional and semantic features are disjoint at layer 0", "-", "semantic",
           ("semantic", "how-much-of-each-feature-is-token-identity"),
-          ("sem_n_both", "sem_n_features", "sem_n_positional", "sem_n_semantic"), _disjoint),
+          ("sem_n_entangled", "sem_n_features", "sem_interaction_threshold", "sem_entangled_firing_share",
+           "sem_entangled_mass_share"), _disjoint),
     Claim("bimodal", "position explains about 0 % or about 100 % of each feature's variance",
           "0 % or 100 %", "positional", ("positional", "position-vs-token-for-every-feature"),
           ("pos_low", "pos_high", "pos_pos_near0", "pos_pos_near1", "pos_max_r2"), _bimodal, source=COMMENT),

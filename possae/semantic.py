@@ -114,6 +114,77 @@ def semantic_counts(stats: Layer0Stats, threshold: float = SEMANTIC_R2,
     }
 
 
+INTERACTION_SHARE = 0.2  # a feature is position-modulated when the token x position interaction holds this share of
+# its variance or more: neither a function of the token alone nor of the position alone
+N_FREQUENT = 5  # the most frequent tokens of the held-out text whose top features the page names
+
+
+def interaction_share(stats: Layer0Stats) -> Float[Tensor, " d_sae"]:
+    """Return each feature's share of variance in the token x position interaction, 1 - R2_tok - R2_pos (>= 0)."""
+    return (1.0 - stats.r2_tok - stats.r2_pos).clamp(min=0.0)
+
+
+@torch.no_grad()
+def text_carry(W_E: Float[Tensor, "d_vocab d_model"], W_pos: Float[Tensor, "n_ctx d_model"], sae: SAE,
+               tokens: Int[Tensor, "n_windows C"], features: Bool[Tensor, " d_sae"], positions: range,
+               ignore: Sequence[int] = (), n_frequent: int = N_FREQUENT, batch_windows: int = 16) -> dict[str, object]:
+    """Return, over held-out text at `positions` (tokens in `ignore` left out): the number of inputs, the share of all
+    firings ((input, feature) pairs with a positive activation) and of all activation mass carried by `features`, and
+    the n_frequent most frequent tokens with each one's top feature on text (largest mean activation) and count.
+
+    A layer-0 SAE reads W_E[t] + W_pos[p] exactly, so no forward pass is needed."""
+    dev, dt = sae.W_enc.device, sae.W_enc.dtype
+    cols = torch.arange(positions.start, positions.stop)
+    toks = tokens[:, cols]
+    keep = ~torch.isin(toks, torch.tensor(list(ignore), dtype=toks.dtype))
+    counts = torch.bincount(toks[keep], minlength=W_E.shape[0])
+    frequent = torch.sort(counts, descending=True, stable=True).indices[:n_frequent]  # ties: the lower id first
+    feats = features.to(dev)
+    fired = torch.zeros(2, dtype=torch.float64)  # all, carried
+    mass = torch.zeros(2, dtype=torch.float64)
+    per_token = torch.zeros(len(frequent), sae.cfg.d_sae, dtype=torch.float64)
+    Wp = W_pos.detach()[cols].to(dev, dt)
+    for i in range(0, len(toks), batch_windows):
+        t, k = toks[i : i + batch_windows], keep[i : i + batch_windows]
+        x = (W_E.detach()[t.to(W_E.device)].to(dev, dt) + Wp)[k.to(dev)]
+        f = sae.encode(x)
+        on = f > 0
+        fired += torch.tensor([float(on.sum()), float(on[:, feats].sum())], dtype=torch.float64)
+        mass += torch.tensor([float(f.sum()), float(f[:, feats].sum())], dtype=torch.float64)
+        tk = t[k]
+        for j, tok in enumerate(frequent):
+            rows = (tk == tok).to(dev)
+            if bool(rows.any()):
+                per_token[j] += f[rows].sum(0).double().cpu()
+    top = per_token.argmax(1)
+    return {"inputs": int(keep.sum()), "firing_share": float(fired[1] / fired[0]) if fired[0] else 0.0,
+            "mass_share": float(mass[1] / mass[0]) if mass[0] else 0.0,
+            "frequent": pd.DataFrame({"token": frequent.numpy(), "count": counts[frequent].numpy(),
+                                      "top_feature": top.numpy(),
+                                      "top_mean": (per_token.max(1).values / counts[frequent].double()).numpy()})}
+
+
+def entangled_sentence(carry: dict[str, object], share: Float[Tensor, " d_sae"], n_entangled: int, d_sae: int,
+                       labels: Sequence[str], threshold: float = INTERACTION_SHARE) -> str:
+    """Return the sentence on the position-modulated features: how many, the share of text firings and activation
+    mass they carry, and which of the most frequent tokens' top features are among them."""
+    freq = carry["frequent"]
+    named = [f"{lab!r} (feature {int(f)}, interaction {float(share[int(f)]):.0%})" for lab, f in zip(labels, freq["top_feature"])]
+    modulated = [n for n, f in zip(named, freq["top_feature"]) if float(share[int(f)]) >= threshold]
+    plain = [n for n, f in zip(named, freq["top_feature"]) if float(share[int(f)]) < threshold]
+    text = (f"{n_entangled:,} of the {d_sae:,} features ({n_entangled / d_sae:.1%}) hold at least {threshold:.0%} of their "
+            f"variance in the interaction of token and position: they are neither semantic nor positional but "
+            f"position-modulated. On {carry['inputs']:,} held-out text inputs they carry {carry['firing_share']:.1%} of "
+            f"all firings and {carry['mass_share']:.1%} of the activation mass.")
+    if modulated:
+        text += f" Among the {len(named)} most frequent tokens, the top feature of " + ", ".join(modulated) + \
+            " is position-modulated"
+        text += (f"; that of " + ", ".join(plain) + " is not." if plain else ".")
+    else:
+        text += f" None of the {len(named)} most frequent tokens' top features is position-modulated."
+    return text
+
+
 def sorted_scores_frame(stats: Layer0Stats) -> pd.DataFrame:
     """Return one row per rank: R2_tok and R2_pos, each sorted in decreasing order over the features."""
     return pd.DataFrame({
@@ -417,6 +488,7 @@ class SemanticParams(Layer0Params):
     tokens_of_interest: tuple[str, ...] = (" the", " and", " said", ".")
     top_k: int = 5
     threshold: float = SEMANTIC_R2
+    n_heldout_tokens: int = 16384  # held-out text tokens per corpus, for the share of firings each kind carries
 
     def validate(self) -> None:
         """Raise ParameterError on a threshold outside (0, 1], top_k < 1 or no token of interest."""
@@ -426,6 +498,8 @@ class SemanticParams(Layer0Params):
             raise ParameterError(f"top_k must be >= 1; got {self.top_k}.")
         if not self.tokens_of_interest:
             raise ParameterError("tokens_of_interest is empty: pass at least one token string, e.g. [' the'].")
+        if self.n_heldout_tokens < 1:
+            raise ParameterError(f"n_heldout_tokens must be >= 1; got {self.n_heldout_tokens}.")
 
 
 def _pct(x: float, digits: int = 1) -> str:
@@ -660,6 +734,9 @@ class SemanticResult:
     invariance: pd.DataFrame  # position_invariance_frame
     best: pd.DataFrame  # most_invariant_features, with top_labels
     best_profiles: pd.DataFrame  # label, feature, position, activation for the first N_INVARIANT_PROFILES of best
+    interaction: Float[Tensor, " d_sae"]  # interaction_share over `positions`
+    carry: dict[str, object]  # text_carry of the position-modulated features (interaction >= INTERACTION_SHARE)
+    frequent_labels: list[str]  # the decoded tokens of carry["frequent"]
 
     @property
     def kinds_table(self) -> pd.DataFrame:
@@ -706,7 +783,17 @@ class SemanticResult:
             "sem_inv_sentence": invariance_sentence(self.invariance, self.best, p.threshold),
             "sem_inv_summary": invariance_summary_sentence(self.invariance, self.best, p.threshold),
             "sem_links_sentence": self.pages.sentence(),
+            "sem_interaction_threshold": INTERACTION_SHARE, "sem_n_entangled": self.n_entangled,
+            "sem_entangled_firing_share": self.carry["firing_share"], "sem_entangled_mass_share": self.carry["mass_share"],
+            "sem_text_inputs": self.carry["inputs"],
+            "sem_entangled_sentence": entangled_sentence(self.carry, self.interaction, self.n_entangled, c["n_features"],
+                                                         self.frequent_labels),
         }
+
+    @property
+    def n_entangled(self) -> int:
+        """Return how many firing features are position-modulated (interaction share >= INTERACTION_SHARE)."""
+        return int((self.interaction >= INTERACTION_SHARE).sum())
 
 
 def top_features_of_tokens(W_E: Float[Tensor, "d_vocab d_model"], W_pos: Float[Tensor, "n_ctx d_model"], sae: SAE,
@@ -741,8 +828,11 @@ def top_feature_profiles(W_E: Float[Tensor, "d_vocab d_model"], W_pos: Float[Ten
     })
 
 
-def analyze(model, sae: SAE, params: SemanticParams) -> SemanticResult:
-    """Return the chapter's result: exact scores over the in-context positions, ranges, top features, invariance."""
+def analyze(model, sae: SAE, params: SemanticParams,
+            text: Int[Tensor, "n_windows C"] | None = None) -> SemanticResult:
+    """Return the chapter's result: exact scores over the in-context positions, ranges, top features, invariance, and
+    the share of text the position-modulated features carry (over `text`: windows of the SAE's context; None: the
+    held-out windows, n_heldout_tokens per corpus)."""
     require_layer0(sae, "The semantic-features chapter")
     W_E, W_pos, dev = model.W_E, model.W_pos, params.device
     token_ids = single_token_ids(model.tokenizer, list(params.tokens_of_interest), W_E.shape[0])
@@ -760,6 +850,15 @@ def analyze(model, sae: SAE, params: SemanticParams) -> SemanticResult:
     shown = best.head(N_INVARIANT_PROFILES)
     pairs = pd.DataFrame({"token": shown["top_token"].values, "feature": shown.index.values, "rank": 1,
                           "label": [f"feature {i} on {t[0]}" for i, t in zip(shown.index, shown["top_labels"])]})
+    from possae.heldout import heldout_windows
+    from possae.length import special_token_ids
+
+    interaction = torch.where(alive_features(stats), interaction_share(stats), torch.zeros_like(stats.r2_tok))
+    if text is None:
+        text = heldout_windows(model.tokenizer, context_size, params.n_heldout_tokens)
+    carry = text_carry(W_E, W_pos, sae, text,
+                       interaction >= INTERACTION_SHARE, in_context_positions(context_size, n_ctx),
+                       ignore=special_token_ids(model.tokenizer))
     return SemanticResult(
         params=params, context_size=context_size, n_ctx=n_ctx, d_vocab=W_E.shape[0], 
         positions=in_context_positions(context_size, n_ctx),
@@ -769,4 +868,6 @@ def analyze(model, sae: SAE, params: SemanticParams) -> SemanticResult:
         token_profiles=top_feature_profiles(W_E, W_pos, sae, top, dev), invariance=frame, best=best,
         best_profiles=top_feature_profiles(W_E, W_pos, sae, pairs, dev) if len(pairs) else
         pd.DataFrame(columns=["label", "rank", "feature", "position", "activation"]),
+        interaction=interaction, carry=carry,
+        frequent_labels=decode_tokens(model.tokenizer, carry["frequent"]["token"].tolist()),
     )

@@ -40,9 +40,10 @@ def test_early_positions_rule():
 
 
 def test_disjoint_rule():
-    assert ledger.disjoint_verdict(0, 6).verdict == CONFIRMED
-    assert ledger.disjoint_verdict(1, 6).verdict == REFUTED
-    assert ledger.disjoint_verdict(0, 0).verdict == UNTESTABLE
+    # judged by the text the position-modulated features carry, not by a count of "both" (R²_pos + R²_tok <= 1 makes
+    # that count zero whatever the SAE does)
+    assert ledger.disjoint_verdict(0.05, 0.09).verdict == CONFIRMED
+    assert ledger.disjoint_verdict(0.45, 0.29).verdict == REFUTED and ledger.disjoint_verdict(0.05, 0.1).verdict == REFUTED
 
 
 def test_bimodal_rule():
@@ -158,7 +159,9 @@ def _values() -> dict[str, dict[str, object]]:
                        "pos_early_positions": "1-7", "pos_early_per_position": 0.7, "pos_late_per_position": 0.02,
                        "pos_low": 0.05, "pos_high": 0.95, "pos_pos_near0": 0.995, "pos_pos_near1": 0.0,
                        "pos_max_r2": 0.8},
-        "semantic": {"sem_n_both": 0, "sem_n_features": 4096, "sem_n_positional": 6, "sem_n_semantic": 3955},
+        "semantic": {"sem_n_both": 0, "sem_n_features": 4096, "sem_n_positional": 6, "sem_n_semantic": 3955,
+                     "sem_n_entangled": 327, "sem_interaction_threshold": 0.2, "sem_entangled_firing_share": 0.45,
+                     "sem_entangled_mass_share": 0.29},
         "length_generalization": {"len_heldout_past": 13000.0, "len_heldout_rand_past": 12987.0,
                                   "len_spur_mean": 1451.7, "len_spur_share": 0.83, "len_spur_nonpos": 0.9999,
                                   "len_fix_sae_in": 0.08, "len_restore_factor": 2.0, "len_fix_a_past": 1729.0,
@@ -186,7 +189,7 @@ def test_constructed_values_give_the_expected_verdicts_and_missing_chapters_are_
     helix = next(r for r in result.rows if r.claim.key == "helix")
     assert helix.book == "GPT-2 small rows 1..127: 95.7% (toy, all rows: 99.0%)"  # the model named, not "organism"
     assert got["helix"] == CONFIRMED and got["few_positional"] == CONFIRMED and got["early_positions"] == CONFIRMED
-    assert got["disjoint"] == CONFIRMED and got["bimodal"] == REFUTED and got["random"] == REFUTED
+    assert got["disjoint"] == REFUTED and got["bimodal"] == REFUTED and got["random"] == REFUTED
     assert got["spurious"] == CONFIRMED and got["fix_a"] == REFUTED and got["fix_b"] == CONFIRMED
     assert got["fix_d"] == UNTESTABLE  # its names are absent: the reason says why
     assert "full-context" in next(r for r in result.rows if r.claim.key == "fix_d").verdict.reason

@@ -365,9 +365,12 @@ def tiny_world(token_features=True):
     return model, sae
 
 
+TEXT = torch.tensor([[0, 3, 4, 3, 1], [0, 2, 3, 4, 4]])  # two windows of the context (5) over the tiny vocabulary
+
+
 def run(tokens=("d", "e"), top_k=2, **kw):
     model, sae = tiny_world(**kw)
-    return analyze(model, sae, SemanticParams(tokens_of_interest=tokens, top_k=top_k))
+    return analyze(model, sae, SemanticParams(tokens_of_interest=tokens, top_k=top_k), text=TEXT)
 
 
 def test_params_are_the_chapter_cell_and_reject_bad_values():
@@ -389,7 +392,7 @@ def test_params_are_the_chapter_cell_and_reject_bad_values():
 def test_analyze_counts_over_the_in_context_positions_like_the_positional_chapter():
     """The finding: this chapter counted positional features over 1..C-1, the positional chapter over 0..C-1."""
     model, sae = tiny_world()
-    r = analyze(model, sae, SemanticParams(tokens_of_interest=("d", "e"), top_k=2))
+    r = analyze(model, sae, SemanticParams(tokens_of_interest=("d", "e"), top_k=2), text=TEXT)
     assert r.positions == in_context_positions(5, 6) == range(1, 5)
     inside = layer0_stats_from_model(model, sae, positions=in_context_positions(5, 6), progress=False)
     assert r.counts["n_positional"] == int(positional_features(inside).sum()) == 1  # feature 1 only
@@ -408,7 +411,7 @@ def test_analyze_counts_over_the_in_context_positions_like_the_positional_chapte
 
 def test_analyze_top_features_of_tokens_known_answers_and_hook_agreement():
     model, sae = tiny_world()
-    r = analyze(model, sae, SemanticParams(tokens_of_interest=("d", "e"), top_k=2))
+    r = analyze(model, sae, SemanticParams(tokens_of_interest=("d", "e"), top_k=2), text=TEXT)
     top = r.top
     # token d = [0.5, 4]: f2 = 4 + mean W_pos[1:5, 3] = 6, f1 = mean W_pos[1:5, 2] = 2.5;
     # token e = [3, 1.5]: f2 = 3.5, f0 = 3
@@ -504,3 +507,32 @@ def test_chapter_holds_no_logic():
     statements = ast.unparse(tree)  # without comments
     for text in ("metadata", "hook_resid_pre", "glue(", "nan", "context_size =", ".cfg", "range("):
         assert text not in statements
+
+
+def test_text_carry_pools_firings_and_mass_as_a_direct_count():
+    """text_carry: the share of text firings and mass a set of features carries, and the frequent tokens' top features,
+    equal a direct encoding of every kept input (special tokens out, position 0 out)."""
+    from builders import make_sae, make_weights
+
+    from possae.semantic import entangled_sentence, text_carry
+
+    sae = make_sae(d=6, F=15, seed=3)
+    W_E, W_pos = make_weights(V=40, d=6, n=12, seed=3)
+    tokens = torch.randint(0, 40, (7, 12), generator=torch.Generator().manual_seed(5))
+    feats = torch.zeros(15, dtype=torch.bool)
+    feats[:5] = True
+    carry = text_carry(W_E, W_pos, sae, tokens, feats, range(1, 12), ignore=[0], n_frequent=3, batch_windows=2)
+    toks = tokens[:, 1:]
+    keep = toks != 0
+    f = sae.encode((W_E[toks] + W_pos[1:12])[keep]).detach()
+    assert carry["inputs"] == int(keep.sum())
+    assert carry["firing_share"] == pytest.approx(float((f[:, :5] > 0).sum() / (f > 0).sum()))
+    assert carry["mass_share"] == pytest.approx(float(f[:, :5].sum() / f.sum()))
+    top = carry["frequent"].iloc[0]
+    counts = torch.bincount(toks[keep], minlength=40)
+    assert top["token"] == int(counts.argmax()) and top["count"] == int(counts.max())
+    assert top["top_feature"] == int(f[toks[keep] == top["token"]].mean(0).argmax())
+    share = torch.zeros(15, dtype=torch.float64)
+    share[int(top["top_feature"])] = 0.5
+    text = entangled_sentence(carry, share, 5, 15, ["a", "b", "c"])
+    assert text.startswith("5 of the 15 features (33.3%) hold at least 20%") and "the top feature of 'a' (feature" in text
