@@ -32,6 +32,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "results" / "book_organism_cpu.json"
+README_TEST = "tests/test_book.py::test_the_readme_time_table_is_the_recorded_book_benchmark"
 
 
 def _parse() -> argparse.Namespace:
@@ -104,9 +105,9 @@ def main() -> None:
     if not args.skip_tests:
         for run in ("test", "test_again"):
             junit = logs / f"{run}.xml"
-            # the README-table test fails in the clone until this record exists: the failures are counted, not fatal
-            seconds = timed(["make", "test", f"PYTEST_ARGS=--junitxml={junit}"], clone, logs / f"{run}.log", env,
-                            check=False)
+            # the README-table test can pass only once this record exists: left out here; failures are counted
+            seconds = timed(["make", "test", f"PYTEST_ARGS=--junitxml={junit} --deselect {README_TEST}"], clone,
+                            logs / f"{run}.log", env, check=False)
             suite = ET.parse(junit).getroot()
             suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
             record[run] = {"make_test_s": seconds, "failures": int(suite.get("failures", 0)) + int(suite.get("errors", 0)),
@@ -115,14 +116,12 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1) + "\n")
     print(f"[bench] wrote {args.out}", flush=True)
-    if args.out == OUT:  # the README's time table quotes the recorded file
-        from possae.benchmark_results import README_TABLE_END, README_TABLE_START, book_time_table
-
-        readme = REPO / "README.md"
-        text = readme.read_text()
-        start, end = text.index(README_TABLE_START), text.index(README_TABLE_END) + len(README_TABLE_END)
-        readme.write_text(text[:start] + book_time_table(OUT) + text[end:])
-        print(f"[bench] updated the time table of {readme}", flush=True)
+    if args.out == OUT:  # the README's time table quotes the recorded file (written by the clone's environment)
+        update = ("from pathlib import Path; from possae.benchmark_results import README_TABLE_END as E, "
+                  "README_TABLE_START as S, book_time_table; r = Path('README.md'); t = r.read_text(); "
+                  "r.write_text(t[:t.index(S)] + book_time_table() + t[t.index(E) + len(E):])")
+        subprocess.run([str(clone / ".venv" / "bin" / "python"), "-c", update], cwd=REPO, check=True)
+        print(f"[bench] updated the time table of {REPO / 'README.md'}", flush=True)
     if args.keep:
         print(f"[bench] kept {base}")
     else:

@@ -72,8 +72,9 @@ def book_time_table(path: str | Path = BOOK_BENCHMARK) -> str:
     for key, label in (("test", "`make test` next (its `quick`-profile book included)"),
                        ("test_again", "`make test` again (its `quick`-profile book up to date)")):
         if key in r:
-            n = sum(f["tests"] for f in r[key]["files"].values())
-            rows.append((f"{label}: {n} tests", r[key]["make_test_s"]))
+            n, failed = sum(f["tests"] for f in r[key]["files"].values()), r[key].get("failures", 0)
+            rows.append((f"{label}: {n} tests" + (f", {failed} failed" if failed else ", all passed"),
+                         r[key]["make_test_s"]))
     lines = [README_TABLE_START, f"Measured by `benchmarks/bench_book.py` at commit {r['commit'][:10]} on "
              f"{r['machine']['cpu_count']} CPU cores ({r['machine']['cpu_model']}), {r['date']}:", "",
              "| step | wall time |", "|---|---|", *(f"| {label} | {s:.0f} s |" for label, s in rows), README_TABLE_END]
