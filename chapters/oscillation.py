@@ -124,8 +124,8 @@ spectrum_figure(result.spectra)
 # untouched. The relative amplitude of a curve is its standard deviation over the SAE's in-context positions `1..C-1`
 # divided by its mean there (so that a short-context SAE's rise past its context does not count). Permuting positions
 # leaves that number almost unchanged, so the table also gives how much of the normal curve's *pattern* an ablated
-# curve keeps: its slope on the normal curve over the same positions, both centred (`cov(ablated, normal) /
-# var(normal)`: 1 when the pattern is intact, at any level; 0 when it is gone).
+# curve keeps: its correlation with the normal curve over the same positions (1: the same shape, at any level or
+# scale; 0 or below: the pattern gone).
 
 # %% tags=["remove-input"]
 result.tables["amplitude"].style.hide(axis="index")

@@ -39,7 +39,8 @@ HELIX_TOLERANCE = 0.05  # "about 95 %": a top-3 share within 5 points of the stu
 MINORITY_SHARE = 0.01  # positional features are "a small minority" below 1 % of the dictionary
 EARLY_FACTOR = 2.0  # early positions get dedicated features: at least twice the later positions' features per position
 BIMODAL_SHARE = 0.95  # "about 0 % or about 100 %": at least this share of firing features near 0 or near 1 ...
-AMPLITUDE_DROP = 0.5  # zeroing W_pos "removes the pattern": a curve keeps at most half of its normal pattern
+AMPLITUDE_DROP = 0.5  # zeroing W_pos "removes the pattern": the ablated curve correlates at most 0.5 with the normal
+# one over positions 1..C-1 (a correlation of 0.5 shares a quarter of its variance with it)
 DOUBLING_BAND = (1.5, 2.5)  # a later layer's frequency "doubles" layer 0's within this band of ratios
 CONTAINED_SHARE = 0.5  # the small dictionary is "contained" in the large when its features find a partner there at
 # least half as often as in a second seed of the same recipe (the seed ceiling: the most two runs of one recipe share)
@@ -219,16 +220,16 @@ def doubling_verdict(ratios: Sequence[float], n_base_oscillating: int, band: tup
 
 
 def ablation_verdict(kept: Sequence[float], drop: float = AMPLITUDE_DROP, most: float = MOST) -> Verdict:
-    """Return whether zeroing W_pos removes the curves' pattern over positions: each curve with one keeps at most
-    `drop` of it (oscillation.pattern_kept), for more than `most` of those SAEs."""
+    """Return whether zeroing W_pos removes the curves' pattern over positions: the zeroed curve correlates at most
+    `drop` with the normal one (oscillation.pattern_kept), for more than `most` of the SAEs whose curve varies."""
     if not kept:
         return Verdict(UNTESTABLE, "no SAE's curve varies with position, so there is no pattern to remove")
     removed = sum(k <= drop for k in kept)
-    share = f"for {removed} of {len(kept)} SAEs (kept: {min(kept):.2f} to {max(kept):.2f} of the pattern)"
+    share = f"for {removed} of {len(kept)} SAEs (correlations {min(kept):.2f} to {max(kept):.2f})"
     if removed > most * len(kept):
-        return Verdict(CONFIRMED, f"zeroing W_pos leaves at most {drop:.0%} of the pattern {share}")
-    return Verdict(REFUTED, f"zeroing W_pos leaves at most {drop:.0%} of the pattern only {share}; the rule asks "
-                            f"more than {most:.0%} of them")
+        return Verdict(CONFIRMED, f"the zeroed curve correlates at most {drop:g} with the normal one {share}")
+    return Verdict(REFUTED, f"the zeroed curve correlates at most {drop:g} with the normal one only {share}; the rule "
+                            f"asks more than {most:.0%} of them")
 
 
 def shuffle_verdict(ce_normal: float, ce_zero: float, ce_shuffle: float) -> Verdict:
@@ -486,8 +487,8 @@ def _doubling(v):
 
 def _ablation(v):
     """Return (how much of each curve's pattern survives zeroed W_pos, verdict)."""
-    return (f"pattern kept with W_pos zeroed: {v['osc_kept_zero_min']:.2f} to {v['osc_kept_zero_max']:.2f} over "
-            f"{v['osc_n_patterned']} SAEs"), ablation_verdict(v["osc_kept_zero_values"])
+    return (f"correlation of the zeroed curve with the normal one: {v['osc_kept_zero_min']:.2f} to "
+            f"{v['osc_kept_zero_max']:.2f} over {v['osc_n_patterned']} SAEs"), ablation_verdict(v["osc_kept_zero_values"])
 
 
 def _shuffle(v):

@@ -475,7 +475,7 @@ def frequency_sentence(freq: pd.DataFrame, family: str) -> str:
 
 def oscillation_amplitude(positions: pd.DataFrame, value: str = "mean_act") -> pd.DataFrame:
     """Return per (ablation, SAE) the std of the curve over its in-context positions 1..C-1, its mean, std/mean, and
-    `pattern_kept`: how much of the normal curve's pattern the curve keeps (pattern_kept)."""
+    `pattern_kept`: its correlation with the normal curve there (pattern_kept)."""
     sub = positions[(positions["position"] >= 1) & (positions["position"] < positions["context_size"])]
     out = sub.groupby(["ablation", "sae_id", "family", "layer"], sort=False)[value].agg(amplitude="std", mean="mean")
     out = out.reset_index()
@@ -504,13 +504,16 @@ def pattern_values(amplitude: pd.DataFrame) -> dict[str, float]:
 
 
 def pattern_kept(curve: pd.Series, normal: pd.Series) -> float:
-    """Return how much of the normal curve's pattern over positions a curve keeps: the slope of the curve on the normal
-    one, both centred, cov(curve, normal) / var(normal) (1: the pattern intact, 0: gone, whatever the level; a curve
-    that only shrinks keeps its share of it). NaN when the normal curve is flat."""
+    """Return how much of the normal curve's pattern over positions a curve keeps: their correlation (1: the same
+    shape, at any level or scale; 0 or below: the pattern gone). A flat curve keeps none (0); NaN when the normal
+    curve is flat."""
     a, b = curve.to_numpy(float), normal.loc[curve.index].to_numpy(float)
     a, b = a - a.mean(), b - b.mean()
-    var = float(b @ b)
-    return float(a @ b) / var if var > 0 else float("nan")
+    if not float(b @ b) > 0:
+        return float("nan")
+    if not float(a @ a) > 0:
+        return 0.0
+    return float(a @ b) / float(np.sqrt((a @ a) * (b @ b)))
 
 
 # ---------------------------------------------------------------- per-feature summary
@@ -644,15 +647,15 @@ def frequency_display(freq: pd.DataFrame) -> pd.DataFrame:
 
 
 def amplitude_display(amplitude: pd.DataFrame) -> pd.DataFrame:
-    """Return per SAE the relative amplitude (std / mean over positions 1..C-1) under each W_pos condition and the
-    share of the normal curve's pattern each ablated curve keeps (for display)."""
+    """Return per SAE the relative amplitude (std / mean over positions 1..C-1) under each W_pos condition and each
+    ablated curve's correlation with the normal one there (for display)."""
     wide = amplitude.pivot_table(index=["sae_id", "layer"], columns="ablation", values="relative_amplitude",
                                  sort=False).reset_index()
     kept = amplitude.pivot_table(index="sae_id", columns="ablation", values="pattern_kept", sort=False,
                                  dropna=False).reindex(wide["sae_id"])
     return pd.DataFrame({"SAE": wide["sae_id"], "layer": wide["layer"],
                          **{f"rel. amplitude, W_pos {a}": [f"{v:.3f}" for v in wide[a]] for a in ABLATIONS},
-                         **{f"pattern kept, W_pos {a}": [_num(v, ".2f") for v in kept[a]] for a in ABLATIONS
+                         **{f"correlation with normal, W_pos {a}": [_num(v, ".2f") for v in kept[a]] for a in ABLATIONS
                             if a != "normal"}})
 
 
@@ -666,9 +669,9 @@ def pattern_sentence(amplitude: pd.DataFrame) -> str:
     normal = amplitude[amplitude["ablation"] == "normal"].set_index("sae_id")["relative_amplitude"]
     shuffle = amplitude[amplitude["ablation"] == "shuffle"].set_index("sae_id")["pattern_kept"]
     shuffle = shuffle[normal.reindex(shuffle.index) >= PATTERNED].dropna()
-    return (f"Over the {v['osc_n_patterned']} SAEs whose curve varies with position, zeroing W_pos keeps "
-            f"{v['osc_kept_zero_min']:.2f} to {v['osc_kept_zero_max']:.2f} of the normal curve's pattern, and "
-            f"shuffling it {shuffle.min():.2f} to {shuffle.max():.2f}.")
+    return (f"Over the {v['osc_n_patterned']} SAEs whose curve varies with position, the curve with W_pos zeroed "
+            f"correlates {v['osc_kept_zero_min']:.2f} to {v['osc_kept_zero_max']:.2f} with the normal one, and with "
+            f"it shuffled {shuffle.min():.2f} to {shuffle.max():.2f}.")
 
 
 def splice_display(splice: pd.DataFrame) -> pd.DataFrame:

@@ -169,7 +169,7 @@ def entangled_sentence(carry: dict[str, object], share: Float[Tensor, " d_sae"],
     """Return the sentence on the position-modulated features: how many, the share of text firings and activation
     mass they carry, and which of the most frequent tokens' top features are among them."""
     freq = carry["frequent"]
-    named = [f"{lab!r} (feature {int(f)}, interaction {float(share[int(f)]):.0%})" for lab, f in zip(labels, freq["top_feature"])]
+    named = [f"{lab} (feature {int(f)}, interaction {float(share[int(f)]):.0%})" for lab, f in zip(labels, freq["top_feature"])]
     modulated = [n for n, f in zip(named, freq["top_feature"]) if float(share[int(f)]) >= threshold]
     plain = [n for n, f in zip(named, freq["top_feature"]) if float(share[int(f)]) < threshold]
     text = (f"{n_entangled:,} of the {d_sae:,} features ({n_entangled / d_sae:.1%}) hold at least {threshold:.0%} of their "
@@ -177,9 +177,8 @@ def entangled_sentence(carry: dict[str, object], share: Float[Tensor, " d_sae"],
             f"position-modulated. On {carry['inputs']:,} held-out text inputs they carry {carry['firing_share']:.1%} of "
             f"all firings and {carry['mass_share']:.1%} of the activation mass.")
     if modulated:
-        text += f" Among the {len(named)} most frequent tokens, the top feature of " + ", ".join(modulated) + \
-            " is position-modulated"
-        text += (f"; that of " + ", ".join(plain) + " is not." if plain else ".")
+        text += (f" Of the {len(named)} most frequent tokens of the text, the top feature is position-modulated for "
+                 + ", ".join(modulated) + ("; it is not for " + ", ".join(plain) + "." if plain else "."))
     else:
         text += f" None of the {len(named)} most frequent tokens' top features is position-modulated."
     return text

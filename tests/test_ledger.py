@@ -80,7 +80,7 @@ def test_oscillation_and_doubling_rules():
 def test_ablation_and_shuffle_rules():
     assert ledger.ablation_verdict([0.1, 0.5, 0.9]).verdict == CONFIRMED  # 2 of 3 keep at most half
     assert ledger.ablation_verdict([0.1, 0.51, 0.9]).verdict == REFUTED
-    assert "for 1 of 3 SAEs (kept: 0.10 to 0.90" in ledger.ablation_verdict([0.1, 0.51, 0.9]).reason
+    assert "for 1 of 3 SAEs (correlations 0.10 to 0.90" in ledger.ablation_verdict([0.1, 0.51, 0.9]).reason
     assert ledger.ablation_verdict([]).verdict == UNTESTABLE
     assert ledger.shuffle_verdict(3.0, 4.0, 3.5).verdict == CONFIRMED
     assert ledger.shuffle_verdict(3.0, 4.0, 4.0).verdict == REFUTED

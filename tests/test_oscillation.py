@@ -400,10 +400,10 @@ def test_feature_scatter_draws_every_live_feature_up_to_the_cap_then_a_fixed_sam
     assert "30 live features per SAE" in capped.layout.title.text
 
 
-def test_pattern_kept_is_the_share_of_the_normal_curve_a_curve_keeps():
-    """Controls: an unchanged curve keeps all of the pattern, whatever its level; a flat one none; a curve at 30 %
-    of the normal one's variation keeps 0.3; an unrelated curve about none. pattern_values counts only SAEs whose normal
-    curve varies."""
+def test_pattern_kept_is_the_correlation_with_the_normal_curve():
+    """Controls: an unchanged curve keeps all of the pattern, whatever its level or scale; a flat one none; an
+    unrelated one about none; the same values in shuffled order (what std / mean cannot see) little. pattern_values
+    counts only SAEs whose normal curve varies."""
     import numpy as np
     import pandas as pd
 
@@ -412,17 +412,19 @@ def test_pattern_kept_is_the_share_of_the_normal_curve_a_curve_keeps():
     pos = np.arange(1, 64)
     normal = pd.Series(np.sin(pos / 5.0) + pos / 40.0, index=pos)
     assert pattern_kept(normal + 7.0, normal) == pytest.approx(1.0)
-    assert pattern_kept(pd.Series(2.0, index=pos), normal) == pytest.approx(0.0, abs=1e-12)
-    assert pattern_kept(0.3 * normal - 1.0, normal) == pytest.approx(0.3)
+    assert pattern_kept(0.3 * normal - 1.0, normal) == pytest.approx(1.0)
+    assert pattern_kept(pd.Series(2.0, index=pos), normal) == 0.0
     noise = pd.Series(np.random.default_rng(0).normal(size=len(pos)), index=pos)
     assert abs(pattern_kept(noise, normal)) < 0.5
+    shuffled = pd.Series(normal.to_numpy()[np.random.default_rng(1).permutation(len(pos))], index=pos)
+    assert shuffled.std() == pytest.approx(normal.std()) and abs(pattern_kept(shuffled, normal)) < 0.5
     rows = []
     for sid, base in (("a", normal + 10.0), ("flat", pd.Series(10.0, index=pos))):
-        for ablation, curve in (("normal", base), ("zero", 0.2 * (base - 10.0) + 9.0), ("shuffle", base)):
+        for ablation, curve in (("normal", base), ("zero", noise + 9.0), ("shuffle", shuffled + 10.0)):
             rows.append(pd.DataFrame({"ablation": ablation, "sae_id": sid, "family": "ReLU", "layer": 0,
                                       "context_size": 64, "position": pos, "mean_act": curve.to_numpy()}))
     amp = oscillation_amplitude(pd.concat(rows, ignore_index=True))
     kept = amp.set_index(["ablation", "sae_id"])["pattern_kept"]
-    assert kept[("zero", "a")] == pytest.approx(0.2) and kept[("normal", "a")] == pytest.approx(1.0)
+    assert kept[("zero", "a")] == pytest.approx(pattern_kept(noise, normal)) and kept[("normal", "a")] == pytest.approx(1.0)
     v = pattern_values(amp)
-    assert v["osc_n_patterned"] == 1 and v["osc_kept_zero_values"] == [pytest.approx(0.2)]  # the flat SAE left out
+    assert v["osc_n_patterned"] == 1 and v["osc_kept_zero_values"] == [pytest.approx(kept[("zero", "a")])]

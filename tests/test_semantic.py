@@ -535,4 +535,4 @@ def test_text_carry_pools_firings_and_mass_as_a_direct_count():
     share = torch.zeros(15, dtype=torch.float64)
     share[int(top["top_feature"])] = 0.5
     text = entangled_sentence(carry, share, 5, 15, ["a", "b", "c"])
-    assert text.startswith("5 of the 15 features (33.3%) hold at least 20%") and "the top feature of 'a' (feature" in text
+    assert text.startswith("5 of the 15 features (33.3%) hold at least 20%") and "the top feature is position-modulated for a (feature" in text
