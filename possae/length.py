@@ -74,6 +74,7 @@ from possae.positional import (
     top_positional_features,
 )
 from possae.progress import tqdm
+from possae.tokenizer import special_token_ids
 
 SAE_LABEL = "SAE"
 RANDOM_LABEL = "random, input's norm"  # the study's "random vector of the same norm": E||x - r||^2 = 2 ||x||^2
@@ -314,13 +315,6 @@ def layer0_input_gap(model, tokens: Int[Tensor, "batch pos"]) -> float:
     names = (TOKEN_EMBED, POS_EMBED, LAYER0_INPUT)
     _, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=lambda n: n in names, stop_at_layer=1)
     return float((cache[LAYER0_INPUT] - cache[TOKEN_EMBED] - cache[POS_EMBED]).abs().max())
-
-
-def special_token_ids(tokenizer) -> list[int]:
-    """Return the ids sae_lens's evals leave out (BOS, EOS, padding), sorted; none without a tokenizer."""
-    from sae_lens.evals import get_special_token_ids
-
-    return sorted(get_special_token_ids(tokenizer)) if tokenizer is not None else []
 
 
 @torch.no_grad()

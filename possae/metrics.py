@@ -206,12 +206,14 @@ def sae_quality(model, sae, tokens: Int[Tensor, "n_windows pos"], batch_size: in
     `loss_windows` windows spread evenly over `tokens` (loss_subset; all when None: the spliced loss runs the whole
     model four times per window).
     """
-    from sae_lens.evals import get_downstream_reconstruction_metrics, get_sparsity_and_variance_metrics, get_special_token_ids
+    from sae_lens.evals import get_downstream_reconstruction_metrics, get_sparsity_and_variance_metrics
     from sae_lens.training.activation_scaler import ActivationScaler
+
+    from possae.tokenizer import special_token_ids
 
     if sae_hook(sae) not in model.hook_dict:
         raise ValueError(f"SAE hook {sae_hook(sae)!r} is not a hook of model {model.cfg.model_name!r}.")
-    ignore = sorted(get_special_token_ids(model.tokenizer)) if model.tokenizer is not None else []
+    ignore = special_token_ids(model.tokenizer)
     bs = max(d for d in range(1, min(batch_size, len(tokens)) + 1) if len(tokens) % d == 0)  # every window, once
     n_batches = len(tokens) // bs
     kept = int((~torch.isin(tokens, torch.tensor(ignore, dtype=tokens.dtype))).sum()) if ignore else tokens.numel()

@@ -35,12 +35,12 @@ from possae.length import (
     sae_reconstruct,
     short_context,
     span,
-    special_token_ids,
     token_tables,
 )
 from possae.metrics import PositionSums, next_token_ce, reconstruction_sums, windows_per_batch
 from possae.params import ParameterError, SubjectParams
 from possae.progress import tqdm
+from possae.tokenizer import special_token_ids
 
 CLEAN = "clean"  # the model's own loss, nothing spliced
 ROTARY_LABEL, ABSOLUTE_LABEL = "rotary twin", "learned absolute (the organism)"

@@ -57,7 +57,7 @@ from possae.hooks import in_context_positions, require_layer0, sae_context_size
 from possae.neuronpedia import NO_PAGES, FeaturePages
 from possae.params import Layer0Params, ParameterError
 from possae.positional import POSITIONAL_R2, positional_features
-from possae.tokenizer import decode_tokens
+from possae.tokenizer import decode_tokens, special_token_ids
 
 SEMANTIC_R2 = 0.5
 N_TOP_TOKENS = 5  # tokens per feature whose cv the invariance table averages
@@ -850,7 +850,6 @@ def analyze(model, sae: SAE, params: SemanticParams,
     pairs = pd.DataFrame({"token": shown["top_token"].values, "feature": shown.index.values, "rank": 1,
                           "label": [f"feature {i} on {t[0]}" for i, t in zip(shown.index, shown["top_labels"])]})
     from possae.heldout import heldout_windows
-    from possae.length import special_token_ids
 
     interaction = torch.where(alive_features(stats), interaction_share(stats), torch.zeros_like(stats.r2_tok))
     if text is None:

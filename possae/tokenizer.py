@@ -98,3 +98,10 @@ def token_label(tokenizer, token_id: int) -> str:
 def decode_tokens(tokenizer, tokens) -> list[str]:
     """Return each token id decoded on its own as a label (token_label)."""
     return [token_label(tokenizer, int(t)) for t in tokens]
+
+
+def special_token_ids(tokenizer) -> list[int]:
+    """Return the ids sae_lens's evals leave out (BOS, EOS, padding), sorted; none without a tokenizer."""
+    from sae_lens.evals import get_special_token_ids
+
+    return sorted(get_special_token_ids(tokenizer)) if tokenizer is not None else []
