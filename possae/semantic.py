@@ -601,11 +601,15 @@ def typical_sentence(counts: dict[str, float], threshold: float) -> str:
             f"inside its context, {verdict}.")
 
 
-def both_sentence(counts: dict[str, float]) -> str:
-    """Return the sentence saying how many features are both semantic and positional."""
-    if not counts["n_both"]:
-        return "No feature is both semantic and positional."
-    return f"{counts['n_both']} features are both semantic and positional."
+def both_sentence(counts: dict[str, float], threshold: float = SEMANTIC_R2, positional_threshold: float = POSITIONAL_R2) -> str:
+    """Return the sentence saying how many features are both semantic and positional, and when that count can only be
+    zero (thresholds summing to 1 or more, since R2_tok + R2_pos <= 1)."""
+    if counts["n_both"]:
+        return f"{counts['n_both']} features are both semantic and positional."
+    if threshold + positional_threshold >= 1:
+        return ("No feature is both semantic and positional, and with these thresholds none could be: "
+                "R²_tok + R²_pos ≤ 1. What mixes the two is the interaction (below).")
+    return "No feature is both semantic and positional."
 
 
 def range_sentence(by_range: dict[str, dict[str, float]], context_size: int, n_ctx: int) -> str:
@@ -773,7 +777,7 @@ class SemanticResult:
             "sem_n_features": c["n_features"], "sem_n_semantic": c["n_semantic"],
             "sem_semantic_share": c["semantic_share"], "sem_n_positional": c["n_positional"],
             "sem_counts_sentence": counts_sentence(c), "sem_typical_sentence": typical_sentence(c, p.threshold),
-            "sem_both_sentence": both_sentence(c), "sem_n_both": c["n_both"],
+            "sem_both_sentence": both_sentence(c, p.threshold), "sem_n_both": c["n_both"],
             "sem_all_range": widest[0].split(" ")[0], "sem_all_n_semantic": widest[1]["n_semantic"],
             "sem_all_share": widest[1]["semantic_share"],
             "sem_range_sentence": range_sentence(self.by_range, self.context_size, self.n_ctx),
