@@ -490,12 +490,18 @@ def oscillation_amplitude(positions: pd.DataFrame, value: str = "mean_act") -> p
 PATTERNED = 0.01  # a curve has a pattern to remove when it varies by at least 1 % of its mean over positions 1..C-1
 
 
+def patterned_kept(amplitude: pd.DataFrame, ablation: str) -> pd.Series:
+    """Return pattern_kept under one ablation, per SAE whose normal curve has a pattern (relative amplitude at least
+    PATTERNED)."""
+    normal = amplitude[amplitude["ablation"] == "normal"].set_index("sae_id")["relative_amplitude"]
+    kept = amplitude[amplitude["ablation"] == ablation].set_index("sae_id")["pattern_kept"]
+    return kept[normal.reindex(kept.index) >= PATTERNED].dropna()
+
+
 def pattern_values(amplitude: pd.DataFrame) -> dict[str, float]:
     """Return the glued summary of pattern_kept under zeroed W_pos: how many SAEs' normal curves have a pattern
     (relative amplitude at least PATTERNED), and of those the least and most kept."""
-    normal = amplitude[amplitude["ablation"] == "normal"].set_index("sae_id")["relative_amplitude"]
-    zero = amplitude[amplitude["ablation"] == "zero"].set_index("sae_id")["pattern_kept"]
-    kept = zero[normal.reindex(zero.index) >= PATTERNED].dropna()
+    kept = patterned_kept(amplitude, "zero")
     out = {"osc_n_patterned": len(kept), "osc_patterned_threshold": PATTERNED}
     if len(kept):
         out |= {"osc_kept_zero_min": float(kept.min()), "osc_kept_zero_max": float(kept.max()),
@@ -666,9 +672,7 @@ def pattern_sentence(amplitude: pd.DataFrame) -> str:
     if not v["osc_n_patterned"]:
         return (f"No SAE's curve varies with position by {PATTERNED:.0%} of its mean or more, so there is no pattern for "
                 "an ablation to remove.")
-    normal = amplitude[amplitude["ablation"] == "normal"].set_index("sae_id")["relative_amplitude"]
-    shuffle = amplitude[amplitude["ablation"] == "shuffle"].set_index("sae_id")["pattern_kept"]
-    shuffle = shuffle[normal.reindex(shuffle.index) >= PATTERNED].dropna()
+    shuffle = patterned_kept(amplitude, "shuffle")
     return (f"Over the {v['osc_n_patterned']} SAEs whose curve varies with position, the curve with W_pos zeroed "
             f"correlates {v['osc_kept_zero_min']:.2f} to {v['osc_kept_zero_max']:.2f} with the normal one, and with "
             f"it shuffled {shuffle.min():.2f} to {shuffle.max():.2f}.")
@@ -816,14 +820,14 @@ def analyze(model, saes: dict[str, object], params: OscillationParams,
     ref = freq[freq["family"] == info["family"].iloc[0]].sort_values("layer", kind="stable").iloc[0]
     ref_act = activation.set_index("sae_id").loc[ref["sae_id"]]
     ref_amp = amplitude[amplitude["sae_id"] == ref["sae_id"]].set_index("ablation")["relative_amplitude"]
+    pos0_ratio = activation["position_0"] / activation[IN]  # per SAE: position 0's mean activation over the context's
     values: dict[str, float | str] = {
         "osc_n_tokens": int(tokens.numel()), "osc_n_windows": int(n_win), "osc_n_ctx": int(n_ctx),
         **wpos_turns(model),
         "osc_seed": int(params.seed), "osc_ref0": str(ref["sae_id"]), "osc_ref_family": str(ref["family"]),
         "osc_ref_layer": int(ref["layer"]), "osc_pos0_ratio": float(ref_act["position_0"] / ref_act[IN]),
-        "osc_n_pos0_higher": int((activation["position_0"] > activation[IN]).sum()),
-        "osc_pos0_ratio_min": float((activation["position_0"] / activation[IN]).min()),
-        "osc_pos0_ratio_max": float((activation["position_0"] / activation[IN]).max()),
+        "osc_n_pos0_higher": int((pos0_ratio > 1).sum()),
+        "osc_pos0_ratio_min": float(pos0_ratio.min()), "osc_pos0_ratio_max": float(pos0_ratio.max()),
         "osc_past_sentence": past_context_sentence(activation, n_ctx),
         "osc_detrend_degree": DETREND_DEGREE, "osc_min_cycles": MIN_RESOLVED_CYCLES, "osc_n_null": n_null,
         "osc_null_quantile": NULL_QUANTILE,

@@ -99,7 +99,7 @@ def semantic_counts(stats: Layer0Stats, threshold: float = SEMANTIC_R2,
     pos = positional_features(stats, None, positional_threshold)
     alive = alive_features(stats)
     n, n_alive, n_sem = int(sem.numel()), int(alive.sum()), int(sem.sum())
-    interaction = (1 - stats.r2_tok - stats.r2_pos)[alive]
+    interaction = interaction_share(stats)[alive]
     return {
         "n_features": n,
         "n_alive": n_alive,
