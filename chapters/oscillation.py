@@ -31,7 +31,7 @@ sae_release = "organism"  # 'organism', a sae_lens release, or a local sae_lens 
 device = None  # None picks CUDA when present
 relu_sae_ids = ["relu-short", "relu-L1", "relu-L2", "relu-L3"]  # ReLU/L1 SAEs, in layer order; [] skips them
 topk_sae_ids = ["topk-L0", "topk-L1", "topk-L2", "topk-L3"]  # TopK SAEs, in layer order; [] skips them
-n_heldout_tokens = 16384  # held-out tokens per corpus, in windows of the model's full context n_ctx
+n_heldout_tokens = 4096  # held-out tokens per corpus, in windows of the model's full context n_ctx (section 6 checks it suffices)
 seed = 0  # seed of the shuffle ablation's permutation of positions and of the spectral test's null
 
 # %% tags=["remove-cell"]
@@ -209,6 +209,19 @@ decile_figure(result.features, result.layers, sae_families(result.positions))
 # %% [markdown]
 # {glue:text}`osc_corr_sentence`
 #
+# ## 6. How sure: the verdicts' figures with intervals
+#
+# This chapter runs on {glue:text}`osc_n_heldout_tokens:,` held-out tokens per corpus, fewer than the layer-0
+# chapters read, to keep the book fast. Each figure that a verdict of the [ledger](ledger) compares with a threshold
+# is given a 95 % interval: the windows were dealt in turn into blocks, the figure is recomputed with each block left
+# out, and the spread of those values gives a jackknife standard error (Student's t with one degree of freedom fewer
+# than blocks). A figure whose whole interval lies on one side of its threshold would give the same verdict on a larger
+# sample. {glue:text}`osc_check_sentence`
+
+# %% tags=["remove-input"]
+result.tables["checks"].style.hide(axis="index")
+
+# %% [markdown]
 # ## Summary and what's next
 #
 # - The average SAE activation is measured position by position at every layer given; whether it *oscillates*

@@ -57,23 +57,28 @@ def next_token_ce(logits: Float[Tensor, "batch pos d_vocab"], targets: Int[Tenso
 
 @dataclass
 class PositionSums:
-    """Per-position input counts and sums (float64, CPU) of named quantities, accumulated batch by batch."""
+    """Per-position input counts and sums (float64, CPU) of named quantities, accumulated batch by batch; with parts,
+    each batch also lands in one of several disjoint parts (blocks of windows), so that a statistic of the sums gets a
+    leave-one-part-out interval (possae.intervals)."""
 
     n: Float[Tensor, " n_pos"]
     totals: dict[str, Tensor] = field(default_factory=dict)
+    parts: list[PositionSums] = field(default_factory=list)
 
     @classmethod
-    def empty(cls, n_pos: int) -> PositionSums:
-        """Return zeroed sums over n_pos positions."""
-        return cls(torch.zeros(n_pos, dtype=torch.float64))
+    def empty(cls, n_pos: int, parts: int = 0) -> PositionSums:
+        """Return zeroed sums over n_pos positions, with `parts` zeroed parts."""
+        return cls(torch.zeros(n_pos, dtype=torch.float64), parts=[cls.empty(n_pos) for _ in range(parts)])
 
     @property
     def n_pos(self) -> int:
         """Return the number of positions."""
         return self.n.shape[0]
 
-    def add(self, positions: Int[Tensor, " batch"], **values: Float[Tensor, "batch ..."]) -> PositionSums:
-        """Return self after adding one batch: each input's position and its named values (one row per input).
+    def add(self, positions: Int[Tensor, " batch"], part: int | None = None,
+            **values: Float[Tensor, "batch ..."]) -> PositionSums:
+        """Return self after adding one batch: each input's position and its named values (one row per input), and,
+        when `part` is given, adding it to that part too.
 
         Every call must carry the same names (the counts are shared).
         """
@@ -82,17 +87,23 @@ class PositionSums:
             raise ValueError(f"positions must lie in 0..{self.n_pos - 1}; got {int(pos.min())}..{int(pos.max())}.")
         if self.totals and set(values) != set(self.totals):
             raise ValueError(f"every batch must carry the same quantities: {sorted(self.totals)} vs {sorted(values)}.")
-        self.n += torch.bincount(pos, minlength=self.n_pos).double()
+        if part is not None and not 0 <= part < len(self.parts):
+            raise ValueError(f"part {part} does not exist: these sums have {len(self.parts)} parts.")
+        counts = torch.bincount(pos, minlength=self.n_pos).double()
+        self.n += counts
+        if part is not None:
+            self.parts[part].n += counts
         for name, v in values.items():
             if v.shape[0] != pos.shape[0]:
                 raise ValueError(f"{name}: {v.shape[0]} rows but {pos.shape[0]} positions.")
             v = v.detach().double()
-            part = torch.zeros(self.n_pos, *v.shape[1:], dtype=v.dtype, device=v.device).index_add_(0, pos.to(v.device), v)
-            self.totals[name] = self.totals[name] + part.cpu() if name in self.totals else part.cpu()
+            piece = torch.zeros(self.n_pos, *v.shape[1:], dtype=v.dtype, device=v.device).index_add_(0, pos.to(v.device), v).cpu()
+            for target in (self, self.parts[part]) if part is not None else (self,):
+                target.totals[name] = target.totals[name] + piece if name in target.totals else piece
         return self
 
-    def add_windows(self, **values: Float[Tensor, "batch pos ..."]) -> PositionSums:
-        """Return self after adding windows whose second axis is the position 0..pos-1."""
+    def add_windows(self, part: int | None = None, **values: Float[Tensor, "batch pos ..."]) -> PositionSums:
+        """Return self after adding windows whose second axis is the position 0..pos-1 (to `part` too, if given)."""
         shapes = {v.shape[:2] for v in values.values()}
         if len(shapes) != 1:
             raise ValueError(f"every quantity needs the same (batch, pos) shape; got {sorted(shapes)}.")
@@ -100,7 +111,14 @@ class PositionSums:
         if p > self.n_pos:
             raise ValueError(f"windows of {p} positions but the sums hold {self.n_pos}.")
         positions = torch.arange(p).repeat(b)
-        return self.add(positions, **{k: v.flatten(0, 1) for k, v in values.items()})
+        return self.add(positions, part, **{k: v.flatten(0, 1) for k, v in values.items()})
+
+    def leave_out(self, part: int | None) -> PositionSums:
+        """Return the sums without one part (all of them, without parts, when part is None)."""
+        if part is None:
+            return PositionSums(self.n, self.totals)
+        out = self.parts[part]
+        return PositionSums(self.n - out.n, {k: v - out.totals.get(k, 0) for k, v in self.totals.items()})
 
     def mean(self, name: str) -> Float[Tensor, "n_pos ..."]:
         """Return the mean of a quantity at each position (NaN where no input was seen)."""

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from possae.hooks import (POS_EMBED, hook_layer, in_context_positions, resid_pre, sae_context_size, sae_family,
                           sae_hook, sae_layer)
+from possae.intervals import N_BLOCKS, block_of, check_display, check_sentence, check_table, filled_blocks, jackknife
 from possae.metrics import PositionSums, mse_by_position, reconstruction_sums, total_variance, windows_per_batch
 from possae.params import ChapterParams, ParameterError
 from possae.progress import tqdm
@@ -43,7 +44,7 @@ class OscillationParams(ChapterParams):
     device: str | None = None
     relu_sae_ids: tuple[str, ...] = ("relu-short", "relu-L1", "relu-L2", "relu-L3")
     topk_sae_ids: tuple[str, ...] = ("topk-L0", "topk-L1", "topk-L2", "topk-L3")
-    n_heldout_tokens: int = 16384
+    n_heldout_tokens: int = 4096
     seed: int = 0
 
     def validate(self) -> None:
@@ -230,19 +231,19 @@ def position_pass(model, tokens: Int[Tensor, "n_windows pos"], saes: dict[str, o
     n_win, n_pos = tokens.shape
     batch_size = batch_size or windows_per_batch(model, n_pos)
     needed = {sae_hook(sae) for sae in saes.values()}
-    sums = {sid: PositionSums.empty(n_pos) for sid in saes}
-    loss = PositionSums.empty(n_pos - 1)
+    sums = {sid: PositionSums.empty(n_pos, N_BLOCKS) for sid in saes}
+    loss = PositionSums.empty(n_pos - 1, N_BLOCKS)
     feats = {sid: {r: FeatureSums(sae.cfg.d_sae) for r in regions(sae_context_size(sae, n_pos), n_pos)}
              for sid, sae in saes.items()} if feature_stats else {}
     starts = {sid: resumable_layer(model, sae_hook(sae)) for sid, sae in saes.items()} if splice else {}
-    spliced = {sid: PositionSums.empty(n_pos - 1) for sid, layer in starts.items() if layer is not None}
+    spliced = {sid: PositionSums.empty(n_pos - 1, N_BLOCKS) for sid, layer in starts.items() if layer is not None}
     hook = pos_embed_ablation(ablation, seed)
     fwd_hooks = [(POS_EMBED, hook)] if hook is not None else []
     for i in tqdm(range(0, n_win, batch_size), desc=f"pass ({ablation})", leave=False):
-        batch = tokens[i : i + batch_size].to(model.cfg.device)
+        batch, part = tokens[i : i + batch_size].to(model.cfg.device), block_of(i // batch_size)
         with model.hooks(fwd_hooks=fwd_hooks):
             logits, cache = model.run_with_cache(batch, names_filter=lambda name: name in needed)
-        loss.add_windows(ce=model.loss_fn(logits, batch, per_token=True))
+        loss.add_windows(part, ce=model.loss_fn(logits, batch, per_token=True))
         del logits
         for sid, sae in saes.items():
             act = cache[sae_hook(sae)]
@@ -250,14 +251,14 @@ def position_pass(model, tokens: Int[Tensor, "n_windows pos"], saes: dict[str, o
             f = sae.encode(x)
             x_hat = sae.decode(f)
             fired = f > 0
-            sums[sid].add_windows(act=f.sum(-1), nnz=fired.sum(-1, dtype=torch.int32), **reconstruction_sums(x, {"sae": x_hat}))
+            sums[sid].add_windows(part, act=f.sum(-1), nnz=fired.sum(-1, dtype=torch.int32), **reconstruction_sums(x, {"sae": x_hat}))
             for r, acc in feats.get(sid, {}).items():
                 pos = regions(sae_context_size(sae, n_pos), n_pos)[r]
                 acc.add(f[:, pos.start : pos.stop].flatten(0, 1), fired[:, pos.start : pos.stop].flatten(0, 1))
             del f, fired
             if sid in spliced:
                 resid = x_hat.to(act.device, act.dtype)
-                spliced[sid].add_windows(ce=model(resid, start_at_layer=starts[sid], tokens=batch, return_type="loss",
+                spliced[sid].add_windows(part, ce=model(resid, start_at_layer=starts[sid], tokens=batch, return_type="loss",
                                                   loss_per_token=True))
         del cache
     return PositionPass(sums, loss, feats, spliced)
@@ -265,18 +266,19 @@ def position_pass(model, tokens: Int[Tensor, "n_windows pos"], saes: dict[str, o
 
 @torch.no_grad()
 def spliced_loss(model, tokens: Int[Tensor, "n_windows pos"], sae=None,
-                 batch_size: int | None = None) -> Float[Tensor, "n_pos_1"]:
-    """Return cross-entropy per position with the SAE's reconstruction spliced in at its hook (clean if sae is None).
+                 batch_size: int | None = None) -> PositionSums:
+    """Return the sums of cross-entropy (ce) per position, in blocks, with the SAE's reconstruction spliced in at its
+    hook (clean if sae is None).
 
     batch_size: windows per forward pass; None: windows_per_batch.
     """
     batch_size = batch_size or windows_per_batch(model, tokens.shape[1])
     fwd_hooks = [] if sae is None else [(sae_hook(sae), splice_hook(sae))]
-    ce = PositionSums.empty(tokens.shape[1] - 1)
+    ce = PositionSums.empty(tokens.shape[1] - 1, N_BLOCKS)
     for i in tqdm(range(0, len(tokens), batch_size), desc="spliced loss", leave=False):
         batch = tokens[i : i + batch_size].to(model.cfg.device)
-        ce.add_windows(ce=model.run_with_hooks(batch, return_type="loss", loss_per_token=True, fwd_hooks=fwd_hooks))
-    return ce.mean("ce")
+        ce.add_windows(block_of(i // batch_size), ce=model.run_with_hooks(batch, return_type="loss", loss_per_token=True, fwd_hooks=fwd_hooks))
+    return ce
 
 
 # ---------------------------------------------------------------- per-position curves
@@ -752,22 +754,56 @@ def _mean_over(values: Float[np.ndarray, "n"], positions: range | None) -> float
     return float(values[positions.start : positions.stop].mean())
 
 
-def _splice_frame(model, tokens, saes, info, normal: PositionPass) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Return per-position CE of the clean and every spliced model, and per SAE its mean ΔCE in and past context
-    (taken from the normal pass where it spliced the SAE, else from spliced_loss)."""
-    n_pos = tokens.shape[1]
+def _splice_frame(info: pd.DataFrame, normal: PositionPass) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Return per-position CE of the clean and every spliced model, and per SAE its mean ΔCE in and past context."""
     clean = normal.loss.mean("ce")
+    n_pos = len(clean) + 1
     curves = [pd.DataFrame({"model": "clean", "position": np.arange(n_pos - 1), "ce": clean.numpy()})]
     rows = []
     for row in info.itertuples():
-        done = normal.spliced.get(row.sae_id)
-        ce = done.mean("ce") if done is not None else spliced_loss(model, tokens, saes[row.sae_id])
+        ce = normal.spliced[row.sae_id].mean("ce")
         curves.append(pd.DataFrame({"model": f"{row.sae_id} (layer {row.layer})", "position": np.arange(n_pos - 1),
                                     "ce": ce.numpy()}))
         delta = (ce - clean).numpy()
         r = regions(row.context_size, n_pos)
         rows.append({"sae_id": row.sae_id, **{f"dce_{k}": _mean_over(delta, r.get(k)) for k in (IN, PAST)}})
     return pd.concat(curves, ignore_index=True), pd.DataFrame(rows)
+
+
+def leave_out(passes: dict[str, PositionPass], block: int | None) -> dict[str, PositionPass]:
+    """Return the passes with one block of windows left out (all of them when block is None); features stay whole."""
+    return {a: p._replace(sums={k: v.leave_out(block) for k, v in p.sums.items()}, loss=p.loss.leave_out(block),
+                          spliced={k: v.leave_out(block) for k, v in p.spliced.items()}) for a, p in passes.items()}
+
+
+def verdict_figures(passes: dict[str, PositionPass], info: pd.DataFrame, d_sae: dict[str, int],
+                    patterned: Sequence[str]) -> dict[str, float]:
+    """Return the figures the ledger's oscillation verdicts compare with a threshold: zeroing's loss minus shuffling's
+    (positive: shuffling costs less), each SAE's position-0 activation over its in-context mean (above 1: higher),
+    and each patterned SAE's zeroed pattern_kept (at most ledger.AMPLITUDE_DROP: removed)."""
+    positions = position_frame(passes, info, d_sae)
+    ce = {a: float(p.loss.mean("ce")[1:].mean()) for a, p in passes.items()}  # position 0 sees BOS alone
+    act = region_means(positions, info, "mean_act")
+    amplitude = oscillation_amplitude(positions).set_index(["ablation", "sae_id"])["pattern_kept"]
+    return {"loss zeroed − loss shuffled": ce["zero"] - ce["shuffle"],
+            **{f"{sid}: position 0 / in context": p0 / inside
+               for sid, p0, inside in zip(act["sae_id"], act["position_0"], act[IN])},
+            **{f"{sid}: zeroed pattern kept": float(amplitude[("zero", sid)]) for sid in patterned}}
+
+
+def verdict_checks(passes: dict[str, PositionPass], info: pd.DataFrame, d_sae: dict[str, int],
+                   amplitude: pd.DataFrame) -> pd.DataFrame:
+    """Return intervals.check_table of verdict_figures: each with its jackknife interval over blocks of windows and
+    the threshold its verdict compares it with."""
+    from possae.ledger import AMPLITUDE_DROP
+
+    patterned = list(patterned_kept(amplitude, "zero").index) if "zero" in passes else []
+    if not {"zero", "shuffle"} <= set(passes):
+        return check_table([])
+    figures = jackknife(lambda block: verdict_figures(leave_out(passes, block), info, d_sae, patterned),
+                        filled_blocks(passes["normal"].loss))
+    return check_table([(name, iv, 0.0 if name.startswith("loss") else AMPLITUDE_DROP if "pattern" in name else 1.0)
+                        for name, iv in figures.items()])
 
 
 def wpos_turns(model) -> dict[str, float | str]:
@@ -804,7 +840,11 @@ def analyze(model, saes: dict[str, object], params: OscillationParams,
     info = sae_info(saes, n_ctx)
     passes = {a: position_pass(model, tokens, saes, a, seed=params.seed, feature_stats=a == "normal",
                                splice=a == "normal") for a in ABLATIONS}
-    positions = position_frame(passes, info, {sid: sae.cfg.d_sae for sid, sae in saes.items()})
+    for sid, sae in saes.items():  # SAEs the normal pass could not splice (not at a resid_pre hook)
+        if sid not in passes["normal"].spliced:
+            passes["normal"].spliced[sid] = spliced_loss(model, tokens, sae)
+    d_sae = {sid: sae.cfg.d_sae for sid, sae in saes.items()}
+    positions = position_frame(passes, info, d_sae)
     loss = pd.concat([pd.DataFrame({"ablation": a, "position": np.arange(n_ctx - 1), "ce": p.loss.mean("ce").numpy()})
                       for a, p in passes.items()], ignore_index=True)
     ce = loss[loss["position"] >= 1].groupby("ablation", sort=False)["ce"].mean()  # position 0 sees BOS alone
@@ -812,7 +852,8 @@ def analyze(model, saes: dict[str, object], params: OscillationParams,
     nmse = region_means(positions, info, "nmse").rename(columns={IN: "nmse_" + IN, PAST: "nmse_" + PAST})
     freq = frequency_table(positions, info, n_null=n_null, seed=params.seed)
     amplitude = oscillation_amplitude(positions)
-    spliced, dce = _splice_frame(model, tokens, saes, info, passes["normal"])
+    spliced, dce = _splice_frame(info, passes["normal"])
+    checks = verdict_checks(passes, info, d_sae, amplitude)
     splice = nmse.merge(dce, on="sae_id")
     feats = {sid: {r: s.frame() for r, s in by_region.items()} for sid, by_region in passes["normal"].features.items()}
     summary = feature_summary(feats, info, n_ctx)
@@ -822,7 +863,7 @@ def analyze(model, saes: dict[str, object], params: OscillationParams,
     ref_amp = amplitude[amplitude["sae_id"] == ref["sae_id"]].set_index("ablation")["relative_amplitude"]
     pos0_ratio = activation["position_0"] / activation[IN]  # per SAE: position 0's mean activation over the context's
     values: dict[str, float | str] = {
-        "osc_n_tokens": int(tokens.numel()), "osc_n_windows": int(n_win), "osc_n_ctx": int(n_ctx),
+        "osc_n_tokens": int(tokens.numel()), "osc_n_heldout_tokens": int(params.n_heldout_tokens), "osc_n_windows": int(n_win), "osc_n_ctx": int(n_ctx),
         **wpos_turns(model),
         "osc_seed": int(params.seed), "osc_ref0": str(ref["sae_id"]), "osc_ref_family": str(ref["family"]),
         "osc_ref_layer": int(ref["layer"]), "osc_pos0_ratio": float(ref_act["position_0"] / ref_act[IN]),
@@ -840,10 +881,12 @@ def analyze(model, saes: dict[str, object], params: OscillationParams,
         "osc_splice_sentence": splice_sentence(splice, str(ref["sae_id"]), n_ctx),
         "osc_density_sentence": density_sentence(summary),
         "osc_corr_sentence": correlation_sentence(summary),
+        "osc_check_sentence": check_sentence(checks, f"this sample ({int(tokens.numel()):,} tokens in {n_win} windows)"),
     }
     tables = {"activation": activation_table(activation), "frequency": frequency_display(freq),
               "amplitude": amplitude_display(amplitude), "splice": splice_display(splice),
-              "features": feature_display(summary), "shape": shape_display(summary)}
+              "features": feature_display(summary), "shape": shape_display(summary),
+              "checks": check_display(checks)}
     return OscillationResult(values=values, tables=tables, positions=positions,
                              spectra=spectrum_frame(positions, freq, n_ctx), amplitude=amplitude, loss=loss,
                              spliced=spliced, features={sid: f[IN] for sid, f in feats.items()},

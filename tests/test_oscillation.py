@@ -177,9 +177,9 @@ def test_zero_ablation_flattens_layer0_curve(model):
 
 def test_spliced_loss(model):
     toks = tokens(4)
-    clean = spliced_loss(model, toks, None, batch_size=3)
+    clean = spliced_loss(model, toks, None, batch_size=3).mean("ce")
     np.testing.assert_allclose(clean, position_pass(model, toks, {}).loss.mean("ce"), rtol=1e-6)
-    spliced = spliced_loss(model, toks, make_sae("relu", 1), batch_size=3)
+    spliced = spliced_loss(model, toks, make_sae("relu", 1), batch_size=3).mean("ce")
     assert len(spliced) == N_CTX - 1 and not np.allclose(spliced, clean)
 
 
@@ -194,7 +194,7 @@ def test_pass_splice_equals_spliced_loss(model):
     res = position_pass(model, toks, {**saes, "mlp": other}, "normal", splice=True, batch_size=2)
     assert set(res.spliced) == set(saes)
     for sid, sae in saes.items():
-        np.testing.assert_allclose(res.spliced[sid].mean("ce"), spliced_loss(model, toks, sae, batch_size=3),
+        np.testing.assert_allclose(res.spliced[sid].mean("ce"), spliced_loss(model, toks, sae, batch_size=3).mean("ce"),
                                    rtol=1e-5, atol=1e-6)
     assert not np.allclose(res.spliced["r0"].mean("ce"), res.loss.mean("ce"))
     assert position_pass(model, toks, saes, "normal", batch_size=2).spliced == {}
