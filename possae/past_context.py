@@ -37,6 +37,7 @@ from possae.length import (
     span,
     token_tables,
 )
+from possae.intervals import N_BLOCKS, block_of, check_display, check_sentence, check_table, filled_blocks, jackknife
 from possae.metrics import PositionSums, next_token_ce, reconstruction_sums, windows_per_batch
 from possae.params import ParameterError, SubjectParams
 from possae.progress import tqdm
@@ -55,7 +56,7 @@ class PastContextParams(SubjectParams):
     relu_sae_ids: tuple[str, ...] = ("relu-short", "relu-L1", "relu-L2", "relu-L3")
     rotary_release: str | None = "organism-rotary"
     rotary_sae_ids: tuple[str, ...] = ("relu-L0", "relu-L1", "relu-L2", "relu-L3")
-    n_heldout_tokens: int = 16384
+    n_heldout_tokens: int = 4096
 
     def validate(self) -> None:
         """Raise ParameterError without held-out tokens, or with a fine-tuned id whose budget is unknown."""
@@ -107,7 +108,7 @@ def splice_position_sums(model, sae: SAE, windows: Int[Tensor, "n_windows pos_pl
     batch_size = batch_size or windows_per_batch(model, n)
     keep = ~torch.isin(tokens, torch.tensor(special_token_ids(model.tokenizer), dtype=tokens.dtype))
     tables = token_tables(sae, model.W_E, model.W_pos, tokens, fixes.context_size) if fixes is not None else None
-    sums = PositionSums.empty(n)
+    sums = PositionSums.empty(n, N_BLOCKS)
     for i in tqdm(range(0, len(tokens), batch_size), desc="spliced loss", delay=2.0, leave=False,
                   disable=progress is False):
         tok, tgt, k = tokens[i : i + batch_size], targets[i : i + batch_size], keep[i : i + batch_size].flatten()
@@ -125,7 +126,7 @@ def splice_position_sums(model, sae: SAE, windows: Int[Tensor, "n_windows pos_pl
         values[f"ce:{CLEAN}"] = next_token_ce(logits, tgt).flatten()
         for label, x_hat in recons.items():
             values[f"ce:{label}"] = spliced_ce(model, tok, tgt, LAYER0_INPUT, x_hat.view_as(x)).flatten()
-        sums.add(pos[k], **{name: v[k.to(v.device)] for name, v in values.items()})
+        sums.add(pos[k], block_of(i // batch_size), **{name: v[k.to(v.device)] for name, v in values.items()})
     return sums
 
 
@@ -184,7 +185,7 @@ def layer_position_sums(model, saes: dict[str, SAE], tokens: Int[Tensor, "n_wind
     n = tokens.shape[1]
     batch_size = batch_size or windows_per_batch(model, n)
     keep = ~torch.isin(tokens, torch.tensor(special_token_ids(model.tokenizer), dtype=tokens.dtype))
-    sums = {label: PositionSums.empty(n) for label in saes}
+    sums = {label: PositionSums.empty(n, N_BLOCKS) for label in saes}
     for i in tqdm(range(0, len(tokens), batch_size), desc=f"errors at {len(set(hooks.values()))} hooks", delay=2.0,
                   leave=False, disable=progress is False):
         tok, k = tokens[i : i + batch_size], keep[i : i + batch_size].flatten()
@@ -194,7 +195,7 @@ def layer_position_sums(model, saes: dict[str, SAE], tokens: Int[Tensor, "n_wind
         for label, sae in saes.items():
             x = cache[hooks[label]].flatten(0, 1).to(sae.W_enc.device, sae.W_enc.dtype)
             values = reconstruction_sums(x, {SAE_LABEL: sae_reconstruct(sae, x)})
-            sums[label].add(pos, **{name: v[k.to(v.device)] for name, v in values.items()})
+            sums[label].add(pos, block_of(i // batch_size), **{name: v[k.to(v.device)] for name, v in values.items()})
     return sums
 
 
@@ -207,6 +208,7 @@ class LayerErrors:
     sae_id: str
     context_size: int
     summary: ErrorSummary
+    sums: PositionSums | None = field(default=None, repr=False, compare=False)  # what the summary came from, in blocks
 
 
 def layer_errors(model, model_label: str, saes: dict[str, SAE], tokens: Int[Tensor, "n_windows pos"],
@@ -223,7 +225,7 @@ def layer_errors(model, model_label: str, saes: dict[str, SAE], tokens: Int[Tens
     out, curves = [], []
     for sae_id, sae in saes.items():
         C, sums, layer = sae_context_size(sae, model.cfg.n_ctx), by_sae[sae_id], sae_layer(sae)
-        out.append(LayerErrors(model_label, layer, sae_id, C, error_summary(sums, SAE_LABEL, C)))
+        out.append(LayerErrors(model_label, layer, sae_id, C, error_summary(sums, SAE_LABEL, C), sums))
         curves.append(error_curves(sums, C).assign(model=model_label, layer=layer, sae_id=sae_id))
     return out, pd.concat(curves, ignore_index=True)
 
@@ -413,6 +415,12 @@ class PastContextResult:
     layer_curves: pd.DataFrame = field(default_factory=pd.DataFrame)
     rotary_table: pd.DataFrame = field(default_factory=pd.DataFrame)
     rotary_facts: dict[str, object] = field(default_factory=dict)  # recipe, tokens, held-out loss of both models
+    checks: pd.DataFrame = field(default_factory=lambda: check_table([]))  # verdict figures with their intervals
+    n_heldout_tokens: int = 0  # held-out tokens per corpus the sample was cut from
+
+    def check_display(self) -> pd.DataFrame:
+        """Return the verdict figures, their intervals and thresholds, for display."""
+        return check_display(self.checks)
 
     def finetune_table(self) -> pd.DataFrame:
         """Return the fine-tuning budgets' nMSE and L0 inside and past the context, for display."""
@@ -440,7 +448,8 @@ class PastContextResult:
             "pc_rotary_sentence": rotary_sentence(self.layer_rows),
             "pc_rotary_setup": rotary_setup_sentence(self.rotary_facts),
             "pc_ranking_sentence": ranking_sentence(self.errors, self.losses),
-            "pc_restore_factor": RESTORE_FACTOR,
+            "pc_restore_factor": RESTORE_FACTOR, "pc_n_heldout_tokens": self.n_heldout_tokens,
+            "pc_check_sentence": check_sentence(self.checks, f"this sample ({self.heldout_inputs:,} inputs)"),
         }
         for k, label in FIX_LABELS.items():
             if label in self.losses:
@@ -485,6 +494,37 @@ def rotary_facts() -> dict[str, object]:
     return {"recipe": name, "tokens": int(recipe["train_tokens"])}
 
 
+def verdict_figures(sums: PositionSums, context_size: int, final: str | None, rows: list[LayerErrors],
+                    block: int | None) -> dict[str, float]:
+    """Return, with one block of windows left out (none when block is None), the figures the ledger's past-context
+    verdicts compare with a threshold: the SAE's added loss past the context over inside, the last fine-tuned SAE's
+    nMSE past and inside over the SAE's own inside, and each layer >= 1 SAE's nMSE past over inside on both models."""
+    s = sums.leave_out(block)
+    loss = loss_summary(s, SAE_LABEL, context_size)
+    own = error_summary(s, SAE_LABEL, context_size)
+    out = {"SAE: added loss past / inside": loss.past / loss.in_context}
+    if final is not None:
+        ft = error_summary(s, final, context_size)
+        out |= {f"{final}: nMSE past / SAE's inside": ft.nmse_past / own.nmse_in,
+                f"{final}: nMSE inside / SAE's inside": ft.nmse_in / own.nmse_in}
+    for r in rows:
+        if r.layer >= 1 and r.sums is not None:
+            out[f"{r.model} layer {r.layer}: nMSE past / inside"] = error_summary(r.sums.leave_out(block), SAE_LABEL,
+                                                                                 r.context_size).ratio
+    return out
+
+
+def verdict_checks(sums: PositionSums, context_size: int, final: str | None, rows: list[LayerErrors]) -> pd.DataFrame:
+    """Return intervals.check_table of verdict_figures: each with its jackknife interval over blocks of windows and
+    the threshold its verdict compares it with (ledger.LOSS_FACTOR, length.RESTORE_FACTOR, length.SAME_BAND)."""
+    from possae.ledger import LOSS_FACTOR
+    from possae.length import RESTORE_FACTOR, SAME_BAND
+
+    figures = jackknife(lambda block: verdict_figures(sums, context_size, final, rows, block), filled_blocks(sums))
+    return check_table([(name, iv, LOSS_FACTOR if "loss" in name else SAME_BAND if "inside / SAE" in name
+                         else RESTORE_FACTOR) for name, iv in figures.items()])
+
+
 @torch.no_grad()
 def analyze(model, sae: SAE, params: PastContextParams, control: SAE | None = None) -> PastContextResult:
     """Return the PastContextResult of a layer-0 SAE trained on a context shorter than the model's n_ctx."""
@@ -511,9 +551,11 @@ def analyze(model, sae: SAE, params: PastContextParams, control: SAE | None = No
         clean_loss=clean_loss, loss_curves=loss_curves(sums), method_table=method_table(errors, losses, C, n_ctx),
         finetune=finetune_frame(errors, {k: t for k, (_, t) in finetuned.items()},
                                 {k: l0_summary(sums, k, C) for k in [SAE_LABEL, *finetuned]}),
-        control_label=CONTROL_LABEL if control is not None else None,
+        control_label=CONTROL_LABEL if control is not None else None, n_heldout_tokens=params.n_heldout_tokens,
     )
+    final = str(result.finetune.iloc[-1].label) if finetuned else None
     if params.rotary_release is None:
+        result.checks = verdict_checks(sums, C, final, [])
         return result
     tokens = heldout_windows(model.tokenizer, n_ctx, params.n_heldout_tokens)
     ab_rows, ab_curves = layer_errors(model, ABSOLUTE_LABEL, {i: load_sae_for(model, params.sae_release, i, device)
@@ -528,6 +570,7 @@ def analyze(model, sae: SAE, params: PastContextParams, control: SAE | None = No
     # both over the same inputs: special-token inputs left out, as splice_position_sums leaves them out of ce:clean
     result.rotary_facts = {**facts, "loss": _mean_loss(twin, windows),
                            "absolute_loss": float(clean.sum() / sums.n.sum())}
+    result.checks = verdict_checks(sums, C, final, rows)
     return result
 
 
