@@ -32,7 +32,7 @@ sae_id = "relu-short"  # a layer-0 SAE trained on contexts shorter than n_ctx
 device = None  # None picks CUDA when present
 control_sae_id = "relu-full"  # the same SAE trained on full n_ctx contexts (same release); None: no control
 n_heldout_tokens = 16384  # held-out text tokens per corpus (as in the setup chapter)
-n_vocab_sample = 4096  # tokens sampled from the vocabulary for the all-token curves; the whole vocabulary if larger
+n_vocab_sample = 1024  # tokens sampled from the vocabulary for the all-token curves (intervals in section 1); the whole vocabulary if larger
 seed = 0  # the sample of vocabulary tokens for the all-token curves
 
 # %% tags=["remove-cell"]
@@ -107,8 +107,8 @@ error_vs_position_figure({"held-out text": result.heldout_curves, "all tokens": 
 # {glue:text}`len_heldout_mse_in:.3g`) and {glue:text}`len_heldout_past_text` past it (MSE
 # {glue:text}`len_heldout_mse_past_text`), {glue:text}`len_heldout_change`. Over the all-token distribution it is
 # {glue:text}`len_alltok_in:.3f` inside and {glue:text}`len_alltok_past_text` past it,
-# {glue:text}`len_alltok_change`. An nMSE above 1 means a squared error larger than the in-context inputs' total
-# variance. {glue:text}`len_random_sentence` The constant mean input leaves {glue:text}`len_heldout_mean_past_text`
+# {glue:text}`len_alltok_change`. {glue:text}`len_alltok_interval_sentence` An nMSE above 1 means a squared error
+# larger than the in-context inputs' total variance. {glue:text}`len_random_sentence` The constant mean input leaves {glue:text}`len_heldout_mean_past_text`
 # past the context on held-out text ({glue:text}`len_alltok_mean_past_text` over all tokens), and the two random
 # vectors {glue:text}`len_heldout_rand_past_text` (input's norm) and {glue:text}`len_heldout_randrec_past_text`
 # (reconstruction's norm); over all tokens, {glue:text}`len_alltok_rand_past_text` and

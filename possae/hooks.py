@@ -88,3 +88,14 @@ def in_context_positions(context_size: int, n_ctx: int, first: int = FIRST_TEXT_
     if not 0 <= first < context_size:
         raise ValueError(f"first must lie in 0..context_size-1={context_size - 1}; got {first}.")
     return range(first, context_size)
+
+
+def hook_activations(model, tokens, hook: str):
+    """Return the model's activations at `hook` on `tokens` (batch, pos, ...), running no block past the hook's: a
+    residual stream entering block L comes from the forward pass stopped before block L (TransformerLens returns that
+    residual exactly, as block L's hook_resid_pre would see it), any other hook from the pass stopped after its block."""
+    layer = hook_layer(hook)
+    if hook == resid_pre(layer):
+        return model(tokens, stop_at_layer=layer)
+    _, cache = model.run_with_cache(tokens, names_filter=hook, stop_at_layer=layer + 1)
+    return cache[hook]

@@ -29,6 +29,7 @@ the rows ``W_pos[p]`` for ``p >= C``. :func:`analyze` measures, for one SAE, eve
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -42,6 +43,7 @@ from possae.hooks import (
     LAYER0_INPUT,
     POS_EMBED,
     TOKEN_EMBED,
+    hook_activations,
     in_context_positions,
     require_layer0,
     sae_context_size,
@@ -54,6 +56,7 @@ from possae.layer0_stats import (
     layer0_stats_from_model,
     round_down,
 )
+from possae.intervals import LEVEL, N_BLOCKS, Interval, filled_blocks, jackknife
 from possae.metrics import (
     PositionSums,
     mse_by_position,
@@ -107,7 +110,7 @@ class LengthParams(Layer0Params):
 
     control_sae_id: str | None = "relu-full"
     n_heldout_tokens: int = 16384
-    n_vocab_sample: int = 4096
+    n_vocab_sample: int = 1024
     seed: int = 0
 
     def validate(self) -> None:
@@ -347,8 +350,8 @@ def heldout_position_sums(
     for i in tqdm(starts, desc="held-out errors", delay=2.0, leave=False, disable=progress is False):
         batch = tokens[i : i + batch_size]
         keep = keep_tokens[i : i + batch_size].flatten()
-        _, cache = model.run_with_cache(batch.to(model.cfg.device), names_filter=LAYER0_INPUT, stop_at_layer=1)
-        x = cache[LAYER0_INPUT].flatten(0, 1)[keep.to(cache[LAYER0_INPUT].device)]
+        x = hook_activations(model, batch.to(model.cfg.device), LAYER0_INPUT)
+        x = x.flatten(0, 1)[keep.to(x.device)]
         pos = torch.arange(n).repeat(len(batch))[keep]
         recons = reconstructions(x, batch.flatten()[keep], pos, sae, model.W_pos, fixes, tables, control)
         sums.add(pos, **error_sums(x.to(sae.W_enc.device, sae.W_enc.dtype), recons))
@@ -365,7 +368,8 @@ def all_token_position_sums(
     method: str = "auto",
     progress: bool | None = None,
 ) -> PositionSums:
-    """Return PositionSums (x, x2, sse:SAE, sse:<each random baseline>) on x = W_E_rows[t] + W_pos[p], every t, p >= first.
+    """Return PositionSums (x, x2, sse:SAE, sse:<each random baseline>) on x = W_E_rows[t] + W_pos[p], every t, p >= first,
+    in N_BLOCKS parts: token row t goes to part t mod N_BLOCKS (for jackknife intervals over the token sample).
 
     The "exact" method encodes through the split ``a(t) + c(p)`` (one matmul for the tokens, one for the positions);
     "brute_force" calls sae.encode on every input. Both decode with sae.decode.
@@ -380,7 +384,7 @@ def all_token_position_sums(
         A = (E.to(W_enc.dtype) * s) @ W_enc
         c, thr = c.to(W_enc.dtype), thr.to(W_enc.dtype)
         relu = bool((thr == 0).all())
-    sums = PositionSums.empty(n)
+    sums = PositionSums.empty(n, N_BLOCKS)
     tc = min(V, batch_rows)
     pc = max(1, batch_rows // tc)
     blocks = [(p0, t0) for p0 in range(first, n, pc) for t0 in range(0, V, tc)]
@@ -397,8 +401,42 @@ def all_token_position_sums(
             f = sae.encode(x)
         x_hat = sae.decode(f)
         pos = torch.arange(p0, p1).repeat_interleave(t1 - t0)
-        sums.add(pos, **error_sums(x, {SAE_LABEL: x_hat}))
+        part = torch.arange(t0, t1).repeat(p1 - p0) % N_BLOCKS
+        values = error_sums(x, {SAE_LABEL: x_hat})
+        for b in range(N_BLOCKS):
+            rows = (part == b).nonzero().squeeze(1)
+            if len(rows):
+                sums.add(pos[rows], b, **{k: v[rows.to(v.device)] for k, v in values.items()})
     return sums
+
+
+def token_sample_intervals(sums: PositionSums, context_size: int) -> dict[str, Interval]:
+    """Return the SAE's all-token nMSE inside and past the context and their ratio, with jackknife intervals over the
+    blocks of the vocabulary sample (all_token_position_sums deals token rows into blocks)."""
+    def figures(block: int | None) -> dict[str, float]:
+        e = error_summary(sums.leave_out(block), SAE_LABEL, context_size)
+        return {"in": e.nmse_in, "past": e.nmse_past, "ratio": e.ratio}
+
+    return jackknife(figures, filled_blocks(sums))
+
+
+def interval_text(iv: Interval) -> str:
+    """Return an interval as prose: 'a to b' (3 significant digits), or 'not measurable' without one."""
+    return f"{fmt(iv.low)} to {fmt(iv.high)}" if math.isfinite(iv.low) else "not measurable (too few tokens)"
+
+
+def alltok_interval_sentence(intervals: dict[str, Interval], n_tokens: int) -> str:
+    """Return the sentence giving the all-token figures' intervals over the vocabulary sample, and whether the
+    failure past the context (the ratio above RESTORE_FACTOR) holds over the whole interval."""
+    if not intervals:
+        return ""
+    ratio = intervals["ratio"]
+    holds = ("so a larger vocabulary sample would not change the conclusion" if ratio.low > RESTORE_FACTOR else
+             f"so a larger vocabulary sample could bring it within {RESTORE_FACTOR:g} times")
+    return (f"Over this sample of {n_tokens:,} vocabulary tokens, the {LEVEL:.0%} jackknife intervals (over "
+            f"{N_BLOCKS} blocks of tokens) are {interval_text(intervals['in'])} inside and "
+            f"{interval_text(intervals['past'])} past the context; past over inside is {interval_text(ratio)}, "
+            f"{holds}.")
 
 
 def with_mean_baseline(sums: PositionSums, context_size: int) -> PositionSums:
@@ -1051,6 +1089,7 @@ class LengthResult:
     example_profile: pd.DataFrame  # token_activation_vs_position rows with a 'label' column
     example_strings: dict[str, str] = field(default_factory=dict)  # 'token', 'top'
     control_context: int | None = None
+    alltok_intervals: dict[str, Interval] = field(default_factory=dict)  # the SAE's all-token nMSE: in, past, ratio
 
     @property
     def inside(self) -> range:
@@ -1089,6 +1128,7 @@ class LengthResult:
             "len_heldout_change": times_phrase(held.nmse_past, held.nmse_in),
             "len_alltok_in": allt.nmse_in, "len_alltok_past": allt.nmse_past,
             "len_alltok_change": times_phrase(allt.nmse_past, allt.nmse_in),
+            "len_alltok_interval_sentence": alltok_interval_sentence(self.alltok_intervals, self.vocab_sample),
             # baselines past the context: rand = random direction with the input's norm (the study's reading),
             # randrec = random direction with the reconstruction's norm, mean = the mean input inside the context
             **{f"len_{'heldout' if dist == 'held-out text' else 'alltok'}_{key}_past": x
@@ -1202,6 +1242,7 @@ def analyze(model, sae: SAE, params: LengthParams, control: SAE | None = None) -
     vocab = sample_tokens(model.cfg.d_vocab, params.n_vocab_sample, params.seed, exclude=ignore)
     allt = all_token_position_sums(model.W_E[vocab.to(model.W_E.device)], model.W_pos, sae,
                                    first=in_context_positions(C, n_ctx).start, progress=False)
+    alltok_intervals = token_sample_intervals(allt, C)
     held, allt = with_mean_baseline(held, C), with_mean_baseline(allt, C)
     summaries = {**{("held-out text", m): error_summary(held, m, C) for m in methods_of(held)},
                  **{("all tokens", m): error_summary(allt, m, C) for m in methods_of(allt)}}
@@ -1229,4 +1270,5 @@ def analyze(model, sae: SAE, params: LengthParams, control: SAE | None = None) -
         spurious_table=spurious_table(rates, C), spurious=spurious_summary(rates, C), example=example,
         example_top_tokens=top_table, example_profile=profile, example_strings=strings,
         control_context=None if control is None else sae_context_size(control, n_ctx),
+        alltok_intervals=alltok_intervals,
     )

@@ -20,7 +20,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from possae.devices import default_device
-from possae.hooks import act_name, hook_layer, in_context_positions, resid_pre, sae_context_size, sae_hook
+from possae.hooks import act_name, hook_activations, hook_layer, in_context_positions, resid_pre, sae_context_size, sae_hook
 from possae.params import ChapterParams, ParameterError
 from possae.progress import tqdm
 from possae.sae_files import hub_offline, sae_cached
@@ -729,9 +729,8 @@ def hook_inputs(model, hook: str, tokens: Int[Tensor, "n_windows pos"], position
     stops after the hook's block)."""
     parts = []
     for start in range(0, len(tokens), batch_size):
-        _, cache = model.run_with_cache(tokens[start : start + batch_size].to(model.cfg.device), names_filter=hook,
-                                        stop_at_layer=hook_layer(hook) + 1)
-        parts.append(cache[hook][:, positions.start : positions.stop].reshape(-1, cache[hook].shape[-1]))
+        act = hook_activations(model, tokens[start : start + batch_size].to(model.cfg.device), hook)
+        parts.append(act[:, positions.start : positions.stop].reshape(-1, act.shape[-1]))
     return torch.cat(parts)
 
 

@@ -62,3 +62,24 @@ def test_possae_has_no_import_cycles():
     graph = import_graph()
     assert "possae.loaders" in graph and "possae.hooks" in graph["possae.loaders"]
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_hook_activations_equal_the_cached_hook_and_run_no_later_block():
+    """hook_activations gives exactly what run_with_cache records at the hook; at a resid_pre hook it runs no block
+    from the hook's own on (a hook inside that block never fires)."""
+    import torch
+
+    from possae.hooks import act_name, hook_activations, resid_pre
+    from tests.builders import make_tiny_model
+
+    model = make_tiny_model(n_layers=2)
+    tokens = torch.randint(0, 500, (2, 7))
+    for hook in (resid_pre(0), resid_pre(1), act_name("mlp_out", 0)):
+        _, cache = model.run_with_cache(tokens, names_filter=hook)
+        fired = []
+        model.add_hook(act_name("attn_out", 1), lambda act, hook: fired.append(hook.name))
+        try:
+            assert torch.equal(hook_activations(model, tokens, hook), cache[hook]), hook
+        finally:
+            model.reset_hooks()
+        assert not fired, hook
