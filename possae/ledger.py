@@ -15,9 +15,9 @@ from pathlib import Path
 import pandas as pd
 
 from possae.glued import MODEL_GLUE, glued_values
-from possae.length import RESTORE_FACTOR, SAME_BAND, fmt, pct
+from possae.numbers import fmt, pct
 from possae.params import ChapterParams
-from possae.positional import NEAR_1
+from possae.thresholds import NEAR_1, RESTORE_FACTOR, SAME_BAND
 from possae.wpos import MIN_TURNS, winding_word
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -57,6 +57,8 @@ from possae.layer0_stats import (
     round_down,
 )
 from possae.intervals import LEVEL, N_BLOCKS, Interval, filled_blocks, jackknife
+from possae.numbers import fmt, pct
+from possae.thresholds import RESTORE_FACTOR, SAME_BAND
 from possae.metrics import (
     PositionSums,
     mse_by_position,
@@ -89,8 +91,6 @@ CLAMP_LABEL = "(b) token read at position C-1"
 SWAP_LABEL = "(c) positional features -> true W_pos"
 CONTROL_LABEL = "(d) full-context SAE"
 FIX_LABELS = {"a": TOKEN_ONLY_LABEL, "b": CLAMP_LABEL, "c": SWAP_LABEL, "d": CONTROL_LABEL}
-RESTORE_FACTOR = 2.0  # a fix restores the SAE if its nMSE past the context is within this factor of the SAE's inside
-SAME_BAND = 1.1  # two errors within this factor of each other read as "about the same"
 FAR_COSINE = 0.5  # a row of W_pos is "far" from the context if no in-context row has a higher cosine with it
 # a past position acts "as if at" an in-context position q when their positional-feature patterns have cosine >= this:
 # q's pattern then carries cos^2 >= 81% of the past pattern's squared length, most of it
@@ -137,20 +137,6 @@ def load_subjects(params: LengthParams):
 # ----------------------------------------------------------------------------------------------
 # Number formatting for tables and sentences
 # ----------------------------------------------------------------------------------------------
-
-
-def fmt(x: float) -> str:
-    """Return x with 3 significant digits, or as a whole number with thousands separators from 1,000 up."""
-    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.3g}"
-
-
-def pct(x: float) -> str:
-    """Return a share as a percentage with one decimal, never rounding a share below 1 up to 100% (or above 0 to 0%)."""
-    if 0.999 <= x < 1:
-        return "more than 99.9%"
-    if 0 < x < 0.001:
-        return "less than 0.1%"
-    return f"{x:.1%}"
 
 
 def times_phrase(past: float, inside: float) -> str:

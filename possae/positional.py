@@ -24,12 +24,12 @@ from possae.metrics import PositionSums, r2_pos
 from possae.neuronpedia import FeaturePages
 from possae.params import Layer0Params, ParameterError
 from possae.progress import tqdm
+from possae.thresholds import NEAR_0, NEAR_1
 from possae.wpos import norm_ratio, pc_winding, pca, winding_word
 
 POSITIONAL_R2 = 0.5  # a feature is positional if position explains at least this share of its variance
 PEAK_RANGE_EDGES = (8,)  # the in-context positions are grouped at these edges: 1..7 and 8..C-1
 THRESHOLD_GRID = (0.1, 0.3, 0.5, 0.7, 0.9)  # thresholds of the count table (the chapter's own is added)
-NEAR_0, NEAR_1 = 0.05, 0.95  # cut-offs of "R² near 0" and "R² near 1"
 SCATTER_POINTS = 5000  # at most this many features in the R²_tok vs R²_pos scatter
 DASH = "—"  # a table cell with no value
 
