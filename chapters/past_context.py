@@ -121,7 +121,7 @@ result.rotary_table
 #
 # This chapter runs on {glue:text}`pc_n_heldout_tokens:,` held-out tokens per corpus, fewer than the layer-0
 # chapters read, to keep the book fast. Each figure that a verdict of the [ledger](ledger) compares with a threshold
-# is given a 95 % interval: the windows were dealt in turn into blocks, the figure is recomputed with each block left
+# is given an interval: the windows were dealt in turn into blocks, the figure is recomputed with each block left
 # out, and the spread of those values gives a jackknife standard error (Student's t with one degree of freedom fewer
 # than blocks). A figure whose whole interval lies on one side of its threshold would give the same verdict on a larger
 # sample. {glue:text}`pc_check_sentence`

@@ -102,3 +102,20 @@ def check_display(table: pd.DataFrame) -> pd.DataFrame:
                                                    else "— (too few windows)" for lo, hi in zip(table["low"], table["high"])],
                          "threshold": [f"{t:g}" for t in table["threshold"]],
                          "same side over the interval": ["yes" if h else "no" for h in table["holds"]]})
+
+
+def count_rule_sentence(table: pd.DataFrame, suffix: str, what: str, side: str, most: float) -> str:
+    """Return whether a verdict that counts figures (those whose name ends in `suffix`) on one side of their threshold
+    ('above' or 'below'), and asks more than `most` of them, holds over every figure's interval: it does when the
+    figures on that side over their whole interval are already enough, or when those on the other side over their whole
+    interval already make it fail."""
+    rows = table[table["figure"].str.endswith(suffix)]
+    if rows.empty:
+        return ""
+    sure_in = int(((rows["low"] > rows["threshold"]) if side == "above" else (rows["high"] < rows["threshold"])).sum())
+    sure_out = int(((rows["high"] < rows["threshold"]) if side == "above" else (rows["low"] > rows["threshold"])).sum())
+    n, need = len(rows), math.floor(most * len(rows)) + 1
+    settled = sure_in >= need or n - sure_out < need
+    return (f"Of the {n} {what}, {sure_in} lie {side} {rows['threshold'].iloc[0]:g} over their whole interval and "
+            f"{sure_out} on the other side; the rule asks for {need}, so its verdict "
+            f"{'holds whatever the others are' if settled else 'could change with a larger sample'}.")

@@ -17,7 +17,7 @@ import pandas as pd
 from possae.glued import MODEL_GLUE, glued_values
 from possae.numbers import fmt, pct
 from possae.params import ChapterParams
-from possae.thresholds import NEAR_1, RESTORE_FACTOR, SAME_BAND
+from possae.thresholds import AMPLITUDE_DROP, LOSS_FACTOR, MOST, NEAR_1, RESTORE_FACTOR, SAME_BAND
 from possae.wpos import MIN_TURNS, winding_word
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -39,12 +39,9 @@ HELIX_TOLERANCE = 0.05  # "about 95 %": a top-3 share within 5 points of the stu
 MINORITY_SHARE = 0.01  # positional features are "a small minority" below 1 % of the dictionary
 EARLY_FACTOR = 2.0  # early positions get dedicated features: at least twice the later positions' features per position
 BIMODAL_SHARE = 0.95  # "about 0 % or about 100 %": at least this share of firing features near 0 or near 1 ...
-AMPLITUDE_DROP = 0.5  # zeroing W_pos "removes the pattern": the ablated curve correlates at most 0.5 with the normal
-# one over positions 1..C-1 (a correlation of 0.5 shares a quarter of its variance with it)
 DOUBLING_BAND = (1.5, 2.5)  # a later layer's frequency "doubles" layer 0's within this band of ratios
 CONTAINED_SHARE = 0.5  # the small dictionary is "contained" in the large when its features find a partner there at
 # least half as often as in a second seed of the same recipe (the seed ceiling: the most two runs of one recipe share)
-LOSS_FACTOR = 2.0  # the SAE "costs more past the context" when its added loss there is this many times its inside
 DISJOINT_CARRY = 0.1  # disjoint: features that mix token and position carry under a tenth of text firings and mass
 MIN_SPURIOUS = 1.0  # spurious firing exists: at least one spurious feature per token past the context, on average
 TILE_SHARE = 0.8  # features "tile every position": peaks at 4 in 5 positions or more (a peak's width covers a gap)
@@ -53,7 +50,6 @@ SIGNIFICANCE = 0.05  # a rank correlation counts when its p-value is below this
 POWER_LAW_R2 = 0.9  # the count grows "predictably" with width: a log-log line explains at least 90 % of its variance
 MIN_WIDTHS = 3  # ... fitted to at least three widths (a line through two points always fits)
 GPT2_NAMES = ("gpt2", "gpt2-small")  # cfg.model_name of GPT-2 small: the only model the studies' levels belong to
-MOST = 0.5  # "the first token's activation is higher": above the in-context average for more than half the SAEs
 
 
 @dataclasses.dataclass(frozen=True)

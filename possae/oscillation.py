@@ -18,10 +18,12 @@ from torch import Tensor
 
 from possae.hooks import (POS_EMBED, hook_layer, in_context_positions, resid_pre, sae_context_size, sae_family,
                           sae_hook, sae_layer)
-from possae.intervals import N_BLOCKS, block_of, check_display, check_sentence, check_table, filled_blocks, jackknife
+from possae.intervals import (N_BLOCKS, block_of, check_display, check_sentence, check_table, count_rule_sentence,
+                              filled_blocks, jackknife)
 from possae.metrics import PositionSums, mse_by_position, reconstruction_sums, total_variance, windows_per_batch
 from possae.params import ChapterParams, ParameterError
 from possae.progress import tqdm
+from possae.thresholds import AMPLITUDE_DROP, MOST
 
 ABLATIONS = ("normal", "zero", "shuffle")  # what hook_pos_embed outputs: itself, zeros, rows of a fixed permutation
 DECILES = tuple(round(0.1 * i, 1) for i in range(1, 10))
@@ -780,7 +782,7 @@ def verdict_figures(passes: dict[str, PositionPass], info: pd.DataFrame, d_sae: 
                     patterned: Sequence[str]) -> dict[str, float]:
     """Return the figures the ledger's oscillation verdicts compare with a threshold: zeroing's loss minus shuffling's
     (positive: shuffling costs less), each SAE's position-0 activation over its in-context mean (above 1: higher),
-    and each patterned SAE's zeroed pattern_kept (at most ledger.AMPLITUDE_DROP: removed)."""
+    and each patterned SAE's zeroed pattern_kept (at most thresholds.AMPLITUDE_DROP: removed)."""
     positions = position_frame(passes, info, d_sae)
     ce = {a: float(p.loss.mean("ce")[1:].mean()) for a, p in passes.items()}  # position 0 sees BOS alone
     act = region_means(positions, info, "mean_act")
@@ -795,8 +797,6 @@ def verdict_checks(passes: dict[str, PositionPass], info: pd.DataFrame, d_sae: d
                    amplitude: pd.DataFrame) -> pd.DataFrame:
     """Return intervals.check_table of verdict_figures: each with its jackknife interval over blocks of windows and
     the threshold its verdict compares it with."""
-    from possae.ledger import AMPLITUDE_DROP
-
     patterned = list(patterned_kept(amplitude, "zero").index) if "zero" in passes else []
     if not {"zero", "shuffle"} <= set(passes):
         return check_table([])
@@ -881,7 +881,10 @@ def analyze(model, saes: dict[str, object], params: OscillationParams,
         "osc_splice_sentence": splice_sentence(splice, str(ref["sae_id"]), n_ctx),
         "osc_density_sentence": density_sentence(summary),
         "osc_corr_sentence": correlation_sentence(summary),
-        "osc_check_sentence": check_sentence(checks, f"this sample ({int(tokens.numel()):,} tokens in {n_win} windows)"),
+        "osc_check_sentence": " ".join(filter(None, [
+            check_sentence(checks, f"this sample ({int(tokens.numel()):,} tokens in {n_win} windows)"),
+            count_rule_sentence(checks, "position 0 / in context", "position-0 ratios", "above", MOST),
+            count_rule_sentence(checks, "zeroed pattern kept", "zeroed pattern-kept correlations", "below", MOST)])),
     }
     tables = {"activation": activation_table(activation), "frequency": frequency_display(freq),
               "amplitude": amplitude_display(amplitude), "splice": splice_display(splice),

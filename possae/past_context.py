@@ -516,9 +516,8 @@ def verdict_figures(sums: PositionSums, context_size: int, final: str | None, ro
 
 def verdict_checks(sums: PositionSums, context_size: int, final: str | None, rows: list[LayerErrors]) -> pd.DataFrame:
     """Return intervals.check_table of verdict_figures: each with its jackknife interval over blocks of windows and
-    the threshold its verdict compares it with (ledger.LOSS_FACTOR, length.RESTORE_FACTOR, length.SAME_BAND)."""
-    from possae.ledger import LOSS_FACTOR
-    from possae.thresholds import RESTORE_FACTOR, SAME_BAND
+    the threshold its verdict compares it with (thresholds.LOSS_FACTOR, RESTORE_FACTOR, SAME_BAND)."""
+    from possae.thresholds import LOSS_FACTOR, RESTORE_FACTOR, SAME_BAND
 
     figures = jackknife(lambda block: verdict_figures(sums, context_size, final, rows, block), filled_blocks(sums))
     return check_table([(name, iv, LOSS_FACTOR if "loss" in name else SAME_BAND if "inside / SAE" in name

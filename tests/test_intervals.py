@@ -94,3 +94,18 @@ def test_one_block_gives_no_interval_and_blocks_deal_in_turn():
     assert iv.value == 1.0 and math.isnan(iv.low) and not iv.excludes(0.0)
     assert [block_of(i) for i in range(N_BLOCKS + 2)] == [*range(N_BLOCKS), 0, 1]
     assert filled_blocks(blocked(torch.ones(3, 2))) == 3 and filled_blocks(blocked(torch.ones(20, 2))) == N_BLOCKS
+
+
+def test_count_rule_settles_only_when_the_sure_figures_decide_it():
+    """A 'more than half below 0.5' rule over 4 figures needs 3: settled by 3 surely below, or by 2 surely above
+    (then at most 2 can be below); open otherwise."""
+    def table(*intervals):
+        return check_table([(f"s{i}: kept", Interval((lo + hi) / 2, lo, hi), 0.5) for i, (lo, hi) in enumerate(intervals)])
+
+    from possae.intervals import count_rule_sentence
+    below, above, across = (0.1, 0.3), (0.6, 0.9), (0.3, 0.7)
+    assert "holds whatever" in count_rule_sentence(table(below, below, below, across), "kept", "x", "below", 0.5)
+    assert "holds whatever" in count_rule_sentence(table(above, above, below, across), "kept", "x", "below", 0.5)
+    assert "could change" in count_rule_sentence(table(below, below, across, above), "kept", "x", "below", 0.5)
+    assert "asks for 3" in count_rule_sentence(table(below, below, across, above), "kept", "x", "below", 0.5)
+    assert count_rule_sentence(table(below), "other", "x", "below", 0.5) == ""
