@@ -22,8 +22,9 @@ from possae.progress import DISABLE_ENV
 
 PROFILES: dict[str, dict] = {
     "organism": {},  # the offline default: every chapter's own defaults
-    # organism with small samples, for tests
-    "quick": {"n_heldout_tokens": 1024, "n_vocab_sample": 256},
+    # for tests: every chapter on the first organism (n_ctx 256: the layer-0 chapters' exact statistics cover a quarter
+    # of organism-gpt2pos's positions), with small samples
+    "quick": {"model_name": "organism", "sae_release": "organism", "n_heldout_tokens": 1024, "n_vocab_sample": 256},
     # gpt2-small and its jb SAEs (needs a network, or the offline stand-in of `possae standin`): no width sweep or
     # full-context control exists at layer 0. Samples of text run through the model are smaller than the organism's, to
     # keep a CPU build short (benchmarks/bench_gpt2_profile.py times each chapter): one window of 1,024 tokens per corpus

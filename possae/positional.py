@@ -540,11 +540,12 @@ def sweep_row(stats: Layer0Stats, context_size: int | None = None, threshold: fl
 
 
 def width_sweep_frame(model, saes: dict, threshold: float = POSITIONAL_R2, progress: bool | None = None,
-                      device: str | torch.device | None = None) -> pd.DataFrame:
-    """Return sweep_row for each named layer-0 SAE (exact stats inside its own context), sorted by d_sae."""
+                      device: str | torch.device | None = None, known: dict[str, Layer0Stats] | None = None) -> pd.DataFrame:
+    """Return sweep_row for each named layer-0 SAE (exact stats inside its own context), sorted by d_sae; `known`:
+    context_stats already computed, by sae_id (the chapter's own SAE)."""
     rows = []
     for sid, sae in tqdm(saes.items(), desc="width sweep", disable=progress is False, leave=False):
-        stats = context_stats(model, sae, device=device)
+        stats = (known or {}).get(sid) or context_stats(model, sae, device=device)
         rows.append({"sae_id": sid, "context_size": sae_context_size(sae, model.cfg.n_ctx),
                      **sweep_row(stats, None, threshold)})
     columns = ["sae_id", "context_size", "d_sae", "positional", "share", "distinct_peaks", "mean_peak_width"]
@@ -1068,7 +1069,9 @@ def analyze(model, sae, params: PositionalParams) -> PositionalResult:
     W_dec = sae.W_dec.detach()
     rows, dirs = helix_projection(model.W_pos, W_dec[feats.to(W_dec.device)], positions.start, C)
     bos = slot_decoders(model, sae, bos_slot)
-    sweep = width_sweep_frame(model, load_sweep(model, sae, params), t, progress=False, device=params.device)
+    sweep_saes = load_sweep(model, sae, params)
+    sweep = width_sweep_frame(model, sweep_saes, t, progress=False, device=params.device,
+                              known={sid: stats for sid, s in sweep_saes.items() if s is sae})
     sample = scatter_sample(len(scores), SCATTER_POINTS, keep=positional)
     cov = coverage(scores, positional, positions)
     other = other_organism_row(model, t, device=params.device)
