@@ -90,8 +90,8 @@ def check_sentence(table: pd.DataFrame, sample: str) -> str:
     if loose.empty:
         return f"{head} stays on one side of its threshold: a larger sample would not change these verdicts."
     names = ", ".join(loose["figure"])
-    return (f"{head} stays on one side of its threshold except {len(loose)}: {names}. Their verdicts could change "
-            "with a larger sample.")
+    return (f"{head} stays on one side of its threshold except {len(loose)}: {names}. With a larger sample these "
+            "could fall on either side.")
 
 
 def check_display(table: pd.DataFrame) -> pd.DataFrame:
