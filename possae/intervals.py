@@ -71,12 +71,27 @@ def jackknife(figures: Callable[[int | None], Mapping[str, float]], n_blocks: in
     return out
 
 
-def check_table(rows: list[tuple[str, Interval, float]]) -> pd.DataFrame:
+def check_table(rows: list[tuple[str, Interval, float]], n_blocks: int = N_BLOCKS) -> pd.DataFrame:
     """Return one row per (figure, interval, threshold): the figure, its interval, the threshold its verdict compares
-    it with, and whether the whole interval stays on the figure's side of it."""
+    it with, whether the whole interval stays on the figure's side of it, and the blocks the interval came from."""
     return pd.DataFrame([{"figure": name, "value": iv.value, "low": iv.low, "high": iv.high, "threshold": threshold,
-                          "holds": iv.excludes(threshold)} for name, iv, threshold in rows],
-                        columns=["figure", "value", "low", "high", "threshold", "holds"])
+                          "holds": iv.excludes(threshold), "blocks": n_blocks} for name, iv, threshold in rows],
+                        columns=["figure", "value", "low", "high", "threshold", "holds", "blocks"])
+
+
+def check(figures: Callable[[int | None], Mapping[str, tuple[float, float]]], n_blocks: int = N_BLOCKS) -> pd.DataFrame:
+    """Return check_table of figures that come with their thresholds: figures(block) gives {name: (value,
+    threshold)} with that block left out (none when block is None)."""
+    thresholds: dict[str, float] = {}
+
+    def values(block: int | None) -> dict[str, float]:
+        out = figures(block)
+        if block is None:
+            thresholds.update({name: t for name, (_, t) in out.items()})
+        return {name: v for name, (v, _) in out.items()}
+
+    intervals = jackknife(values, n_blocks)
+    return check_table([(name, iv, thresholds[name]) for name, iv in intervals.items()], n_blocks)
 
 
 def check_sentence(table: pd.DataFrame, sample: str) -> str:
@@ -85,8 +100,8 @@ def check_sentence(table: pd.DataFrame, sample: str) -> str:
     if table.empty:
         return "No verdict of this page compares a figure with a threshold, so no interval is checked."
     loose = table[~table["holds"]]
-    head = (f"On {sample}, the {LEVEL:.0%} jackknife interval over {N_BLOCKS} blocks of windows of each of the "
-            f"{len(table)} figures that verdicts read")
+    head = (f"On {sample}, the {LEVEL:.0%} jackknife interval over {int(table['blocks'].iloc[0])} blocks of windows of "
+            f"each of the {len(table)} figures that verdicts read")
     if loose.empty:
         return f"{head} stays on one side of its threshold: a larger sample would not change these verdicts."
     names = ", ".join(loose["figure"])

@@ -420,7 +420,7 @@ def alltok_interval_sentence(intervals: dict[str, Interval], n_tokens: int) -> s
     holds = ("so a larger vocabulary sample would not change the conclusion" if ratio.low > RESTORE_FACTOR else
              f"so a larger vocabulary sample could bring it within {RESTORE_FACTOR:g} times")
     return (f"Over this sample of {n_tokens:,} vocabulary tokens, the {LEVEL:.0%} jackknife intervals (over "
-            f"{N_BLOCKS} blocks of tokens) are {interval_text(intervals['in'])} inside and "
+            f"{min(N_BLOCKS, n_tokens)} blocks of tokens) are {interval_text(intervals['in'])} inside and "
             f"{interval_text(intervals['past'])} past the context; past over inside is {interval_text(ratio)}, "
             f"{holds}.")
 

@@ -18,8 +18,8 @@ from torch import Tensor
 
 from possae.hooks import (POS_EMBED, hook_layer, in_context_positions, resid_pre, sae_context_size, sae_family,
                           sae_hook, sae_layer)
-from possae.intervals import (N_BLOCKS, block_of, check_display, check_sentence, check_table, count_rule_sentence,
-                              filled_blocks, jackknife)
+from possae.intervals import (N_BLOCKS, block_of, check, check_display, check_sentence, check_table,
+                              count_rule_sentence, filled_blocks)
 from possae.metrics import PositionSums, mse_by_position, reconstruction_sums, total_variance, windows_per_batch
 from possae.params import ChapterParams, ParameterError
 from possae.progress import tqdm
@@ -779,31 +779,29 @@ def leave_out(passes: dict[str, PositionPass], block: int | None) -> dict[str, P
 
 
 def verdict_figures(passes: dict[str, PositionPass], info: pd.DataFrame, d_sae: dict[str, int],
-                    patterned: Sequence[str]) -> dict[str, float]:
-    """Return the figures the ledger's oscillation verdicts compare with a threshold: zeroing's loss minus shuffling's
-    (positive: shuffling costs less), each SAE's position-0 activation over its in-context mean (above 1: higher),
-    and each patterned SAE's zeroed pattern_kept (at most thresholds.AMPLITUDE_DROP: removed)."""
+                    patterned: Sequence[str]) -> dict[str, tuple[float, float]]:
+    """Return {name: (figure, threshold)} for the figures the ledger's oscillation verdicts compare with a threshold:
+    zeroing's loss minus shuffling's (above 0: shuffling costs less), each SAE's position-0 activation over its
+    in-context mean (above 1: higher), and each patterned SAE's zeroed pattern_kept (at most AMPLITUDE_DROP: removed)."""
     positions = position_frame(passes, info, d_sae)
     ce = {a: float(p.loss.mean("ce")[1:].mean()) for a, p in passes.items()}  # position 0 sees BOS alone
     act = region_means(positions, info, "mean_act")
     amplitude = oscillation_amplitude(positions).set_index(["ablation", "sae_id"])["pattern_kept"]
-    return {"loss zeroed − loss shuffled": ce["zero"] - ce["shuffle"],
-            **{f"{sid}: position 0 / in context": p0 / inside
+    return {"loss zeroed − loss shuffled": (ce["zero"] - ce["shuffle"], 0.0),
+            **{f"{sid}: position 0 / in context": (p0 / inside, 1.0)
                for sid, p0, inside in zip(act["sae_id"], act["position_0"], act[IN])},
-            **{f"{sid}: zeroed pattern kept": float(amplitude[("zero", sid)]) for sid in patterned}}
+            **{f"{sid}: zeroed pattern kept": (float(amplitude[("zero", sid)]), AMPLITUDE_DROP) for sid in patterned}}
 
 
 def verdict_checks(passes: dict[str, PositionPass], info: pd.DataFrame, d_sae: dict[str, int],
                    amplitude: pd.DataFrame) -> pd.DataFrame:
-    """Return intervals.check_table of verdict_figures: each with its jackknife interval over blocks of windows and
-    the threshold its verdict compares it with."""
-    patterned = list(patterned_kept(amplitude, "zero").index) if "zero" in passes else []
+    """Return intervals.check of verdict_figures: each with its jackknife interval over blocks of windows and the
+    threshold its verdict compares it with (none without the zeroed and shuffled passes)."""
     if not {"zero", "shuffle"} <= set(passes):
         return check_table([])
-    figures = jackknife(lambda block: verdict_figures(leave_out(passes, block), info, d_sae, patterned),
-                        filled_blocks(passes["normal"].loss))
-    return check_table([(name, iv, 0.0 if name.startswith("loss") else AMPLITUDE_DROP if "pattern" in name else 1.0)
-                        for name, iv in figures.items()])
+    patterned = list(patterned_kept(amplitude, "zero").index)
+    return check(lambda block: verdict_figures(leave_out(passes, block), info, d_sae, patterned),
+                 filled_blocks(passes["normal"].loss))
 
 
 def wpos_turns(model) -> dict[str, float | str]:

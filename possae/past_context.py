@@ -37,7 +37,7 @@ from possae.length import (
     span,
     token_tables,
 )
-from possae.intervals import N_BLOCKS, block_of, check_display, check_sentence, check_table, filled_blocks, jackknife
+from possae.intervals import N_BLOCKS, block_of, check, check_display, check_sentence, check_table, filled_blocks
 from possae.metrics import PositionSums, next_token_ce, reconstruction_sums, windows_per_batch
 from possae.params import ParameterError, SubjectParams
 from possae.progress import tqdm
@@ -495,33 +495,32 @@ def rotary_facts() -> dict[str, object]:
 
 
 def verdict_figures(sums: PositionSums, context_size: int, final: str | None, rows: list[LayerErrors],
-                    block: int | None) -> dict[str, float]:
-    """Return, with one block of windows left out (none when block is None), the figures the ledger's past-context
-    verdicts compare with a threshold: the SAE's added loss past the context over inside, the last fine-tuned SAE's
-    nMSE past and inside over the SAE's own inside, and each layer >= 1 SAE's nMSE past over inside on both models."""
+                    block: int | None) -> dict[str, tuple[float, float]]:
+    """Return {name: (figure, threshold)}, with one block of windows left out (none when block is None), for the
+    figures the ledger's past-context verdicts compare with a threshold: the SAE's added loss past the context over
+    inside (LOSS_FACTOR), the last fine-tuned SAE's nMSE past (RESTORE_FACTOR) and inside (SAME_BAND) over the SAE's
+    own inside, and each layer >= 1 SAE's nMSE past over inside on both models (RESTORE_FACTOR)."""
+    from possae.thresholds import LOSS_FACTOR, RESTORE_FACTOR, SAME_BAND
+
     s = sums.leave_out(block)
     loss = loss_summary(s, SAE_LABEL, context_size)
     own = error_summary(s, SAE_LABEL, context_size)
-    out = {"SAE: added loss past / inside": loss.past / loss.in_context}
+    out = {"SAE: added loss past / inside": (loss.past / loss.in_context, LOSS_FACTOR)}
     if final is not None:
         ft = error_summary(s, final, context_size)
-        out |= {f"{final}: nMSE past / SAE's inside": ft.nmse_past / own.nmse_in,
-                f"{final}: nMSE inside / SAE's inside": ft.nmse_in / own.nmse_in}
+        out |= {f"{final}: nMSE past / SAE's inside": (ft.nmse_past / own.nmse_in, RESTORE_FACTOR),
+                f"{final}: nMSE inside / SAE's inside": (ft.nmse_in / own.nmse_in, SAME_BAND)}
     for r in rows:
         if r.layer >= 1 and r.sums is not None:
-            out[f"{r.model} layer {r.layer}: nMSE past / inside"] = error_summary(r.sums.leave_out(block), SAE_LABEL,
-                                                                                 r.context_size).ratio
+            ratio = error_summary(r.sums.leave_out(block), SAE_LABEL, r.context_size).ratio
+            out[f"{r.model} layer {r.layer}: nMSE past / inside"] = (ratio, RESTORE_FACTOR)
     return out
 
 
 def verdict_checks(sums: PositionSums, context_size: int, final: str | None, rows: list[LayerErrors]) -> pd.DataFrame:
-    """Return intervals.check_table of verdict_figures: each with its jackknife interval over blocks of windows and
-    the threshold its verdict compares it with (thresholds.LOSS_FACTOR, RESTORE_FACTOR, SAME_BAND)."""
-    from possae.thresholds import LOSS_FACTOR, RESTORE_FACTOR, SAME_BAND
-
-    figures = jackknife(lambda block: verdict_figures(sums, context_size, final, rows, block), filled_blocks(sums))
-    return check_table([(name, iv, LOSS_FACTOR if "loss" in name else SAME_BAND if "inside / SAE" in name
-                         else RESTORE_FACTOR) for name, iv in figures.items()])
+    """Return intervals.check of verdict_figures: each with its jackknife interval over blocks of windows and the
+    threshold its verdict compares it with."""
+    return check(lambda block: verdict_figures(sums, context_size, final, rows, block), filled_blocks(sums))
 
 
 @torch.no_grad()

@@ -109,3 +109,17 @@ def test_count_rule_settles_only_when_the_sure_figures_decide_it():
     assert "could change" in count_rule_sentence(table(below, below, across, above), "kept", "x", "below", 0.5)
     assert "asks for 3" in count_rule_sentence(table(below, below, across, above), "kept", "x", "below", 0.5)
     assert count_rule_sentence(table(below), "other", "x", "below", 0.5) == ""
+
+
+def test_check_carries_each_figures_threshold_and_the_blocks_it_used():
+    sums = blocked(torch.arange(12.0).reshape(6, 2), 3)  # 6 windows in 3 blocks
+
+    def figures(block):
+        m = sums.leave_out(block).mean("v")
+        return {"first": (float(m[0]), 100.0), "second": (float(m[1]), -1.0)}
+
+    from possae.intervals import check
+    table = check(figures, 3)
+    assert table["threshold"].tolist() == [100.0, -1.0] and table["holds"].tolist() == [True, True]
+    assert table["value"].tolist() == [5.0, 6.0] and (table["blocks"] == 3).all()
+    assert "over 3 blocks of windows" in check_sentence(table, "a sample")
