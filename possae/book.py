@@ -204,10 +204,26 @@ def execute_chapter(chapter: Path, out: Path, parameters: dict, cwd: Path = REPO
     return out
 
 
+# loggers of the executor an interrupt abandons: once its kernel is killed, nbclient's pending cell logs "Kernel died"
+# and asyncio reports that task's exception at exit, after the interrupt's own line
+ABANDONED_LOGGERS = ("nbclient", "papermill", "traitlets", "asyncio")
+
+
+def silence_abandoned_executor() -> None:
+    """Silence the loggers of a chapter's executor once an interrupt abandons it: what they would report (its kernel
+    shut down or killed under a pending cell) is the interrupt itself, already reported in one line."""
+    import logging
+
+    for name in ABANDONED_LOGGERS:
+        logging.getLogger(name).disabled = True
+
+
 def stop_child_processes(timeout: float = 3.0) -> None:
     """Kill every process this one started (the kernel of an interrupted chapter, jupyter-book): their work is thrown
     away, and a kernel asked to stop politely prints tracebacks from its closing sockets onto the terminal."""
     import psutil
+
+    silence_abandoned_executor()
 
     children = psutil.Process().children(recursive=True)
     for child in children:

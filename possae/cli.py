@@ -116,8 +116,13 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread like Ctrl-C so that every clean-up (temporary folders, kernels) runs."""
 
 
-def _terminate(signum, frame) -> None:
-    raise Terminated()
+def _interrupted(signum, frame) -> None:
+    """Raise Terminated (SIGTERM) or KeyboardInterrupt (SIGINT), the chapter executor's loggers silenced first: the
+    exception unwinds through papermill's kernel shutdown, whose reports would follow the interrupt's one line."""
+    from possae.book import silence_abandoned_executor
+
+    silence_abandoned_executor()
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 AFTER_INTERRUPT = {  # what an interrupted command leaves, by command
@@ -172,7 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--profile", default="gpt2", help="the profile whose SAEs to write")
     s.set_defaults(func=_standin)
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, _interrupted)
+    signal.signal(signal.SIGINT, _interrupted)
     try:
         args.func(args)
     except KeyboardInterrupt as e:
