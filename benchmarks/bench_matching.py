@@ -10,7 +10,13 @@ Cases: `rand` draws two independent dictionaries of unit directions (d=768: cosi
 case for sparse candidate graphs); `perm` takes b = a permuted + noise of the same norm (cosine ~0.7 with the
 partner, as between two SAEs sharing features); `rect` is a random pair of different widths.
 
-Run: .venv/bin/python benchmarks/bench_matching.py [--sizes 2048 8192 24576] [--dense-max 8192] [--rect] [--json PATH]
+--organism adds the matching chapter's own one-to-one matches on the shipped organism suite (every pair of its
+comparisons and controls, with the chapter's default parameters): for dense and sparse (given match_pair's top-4
+cosines, as the chapter runs it), each in its own process, the seconds of every pair, their sum, the process's peak
+memory, and whether sparse certified itself and returned dense's pairs. The record goes under "organism_suite".
+
+Run: .venv/bin/python benchmarks/bench_matching.py [--sizes 2048 8192 24576] [--dense-max 8192] [--rect] [--organism]
+     [--json PATH]
 (--json writes every run's figures, e.g. to benchmarks/results/matching_cpu.json, which the README quotes.)
 """
 
@@ -69,6 +75,67 @@ def worker(method: str, kind: str, n_a: int, n_b: int, out: str) -> None:
         "gap": m.gap_bound, "rounds": m.rounds, "edges": m.n_edges, "k": m.k}))
 
 
+def suite_pairs():
+    """Return ({label: Dictionary} of the matching chapter's SAEs, the (label_a, label_b) pairs it matches one-to-one)."""
+    from possae.matching import MatchingParams, comparison_pairs, load_inputs, ref_label, resolve_groups
+
+    params = MatchingParams()
+    _, dictionaries, _ = load_inputs(params)
+    groups = resolve_groups(params)
+    pairs = [p for ps in comparison_pairs(groups, dictionaries, params.sae_release).values() for p in ps]
+    pairs += [(ref_label(a, params.sae_release), ref_label(b, params.sae_release)) for a, b in groups.controls]
+    return dictionaries, list(dict.fromkeys(pairs))
+
+
+def suite_worker(method: str, out: str) -> None:
+    """Match every pair of the organism suite one-to-one with `method` (dense or sparse) and write the figures."""
+    import numpy as np
+    import torch
+
+    from possae.matching import TOP_K, hungarian_match, sparse_match, top_cosines
+
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    dictionaries, pairs = suite_pairs()
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rows, cols = [], {}
+    for la, lb in pairs:
+        a, b = dictionaries[la].decoder, dictionaries[lb].decoder
+        top = top_cosines(a, b, TOP_K, device="cpu") if method == "sparse" else None
+        t = time.perf_counter()
+        m = hungarian_match(a, b, device="cpu") if method == "dense" else sparse_match(a, b, device="cpu", top=top)
+        rows.append({"a": la, "b": lb, "n_a": a.shape[0], "n_b": b.shape[0], "seconds": time.perf_counter() - t,
+                     "total_cosine": m.total, "certified": bool(m.certified), "gap_bound": m.gap_bound})
+        cols[f"{la}|{lb}"] = np.stack([m.rows, m.cols])
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    np.savez(out + ".npz", **cols)
+    Path(out).write_text(json.dumps({"pairs": rows, "base": base / 2**20, "peak": peak / 2**20}))
+
+
+def organism_suite(tmp: str, timeout: int) -> dict:
+    """Return the organism suite's one-to-one matches, dense and sparse, each timed in a fresh process."""
+    import numpy as np
+
+    res = {}
+    for method in ("dense", "sparse"):
+        out = os.path.join(tmp, f"suite-{method}.json")
+        subprocess.run([sys.executable, __file__, "--suite-worker", method, out], check=True, timeout=timeout)
+        res[method] = json.loads(Path(out).read_text())
+        res[method]["cols"] = np.load(out + ".npz")
+    record = {"pairs": []}
+    for d, s in zip(res["dense"]["pairs"], res["sparse"]["pairs"]):
+        key = f"{d['a']}|{d['b']}"
+        same = np.array_equal(res["dense"]["cols"][key], res["sparse"]["cols"][key])
+        record["pairs"].append({"a": d["a"], "b": d["b"], "n_a": d["n_a"], "n_b": d["n_b"],
+                                "dense_seconds": d["seconds"], "sparse_seconds": s["seconds"],
+                                "sparse_certified": s["certified"], "sparse_gap_bound": s["gap_bound"],
+                                "same_pairs": bool(same), "total_difference": s["total_cosine"] - d["total_cosine"]})
+    for method in ("dense", "sparse"):
+        record[f"{method}_seconds"] = sum(p["seconds"] for p in res[method]["pairs"])
+        record[f"{method}_peak_rss_gib"] = res[method]["peak"]
+        record[f"{method}_base_rss_gib"] = res[method]["base"]
+    return record
+
+
 def run(method: str, kind: str, n_a: int, n_b: int, tmp: str, timeout: int) -> dict:
     """Run worker in a fresh process; return its figures (or the reason it gave none)."""
     out = os.path.join(tmp, f"{method}-{kind}-{n_a}-{n_b}.json")
@@ -93,8 +160,13 @@ def main() -> None:
                         help="rectangular random pairs (default none; e.g. 12288x24576 24576x32768)")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per run")
     parser.add_argument("--json", type=Path, default=None, help="also write every run's figures to this JSON file")
+    parser.add_argument("--organism", action="store_true", help="also time the organism suite's pairs, dense and sparse")
     parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--suite-worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.suite_worker:
+        suite_worker(*args.suite_worker)
+        return
     if args.worker:
         method, kind, n_a, n_b, out = args.worker
         worker(method, kind, int(n_a), int(n_b), out)
@@ -133,6 +205,13 @@ def main() -> None:
                 print(f"{kind:>5} {n_a:>6} {n_b:>6} | {m:>6} {r['wall']:>7.1f} {r['base']:>5.2f} {r['peak']:>5.2f} "
                       f"{r['peak'] - r['base']:>5.2f} | {r['total']:>13.6f} {str(r['certified']):>5} "
                       f"{r['gap']:>9.1e} {r['rounds']:>6} {r['edges']:>8} | {same}", flush=True)
+        if args.organism:
+            suite = record["organism_suite"] = organism_suite(tmp, args.timeout)
+            print(f"organism suite, {len(suite['pairs'])} pairs: dense {suite['dense_seconds']:.1f} s (peak "
+                  f"{suite['dense_peak_rss_gib']:.2f} GB), sparse {suite['sparse_seconds']:.1f} s (peak "
+                  f"{suite['sparse_peak_rss_gib']:.2f} GB); sparse certified on "
+                  f"{sum(p['sparse_certified'] for p in suite['pairs'])}, same pairs as dense on "
+                  f"{sum(p['same_pairs'] for p in suite['pairs'])}")
     if args.json:
         args.json.write_text(json.dumps(record, indent=1) + "\n")
 

@@ -354,8 +354,12 @@ def _execute_job(src: Path, out: Path, given: dict, cwd: Path, threads: int) -> 
     time, and its kernel's CPU time and peak resident memory."""
     import resource
 
+    from possae.cache import CACHE_ENV
+
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # the kernel inherits them: torch sizes its pool from them
         os.environ[var] = str(threads)
+    # results that several chapters need are computed once per build, in the staging folder (possae.cache)
+    os.environ.setdefault(CACHE_ENV, str(out.parent.parent / "cache"))
     t0 = time.perf_counter()
     execute_chapter(src, out, given, cwd=cwd)
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the kernel, waited for by papermill's kernel manager

@@ -57,6 +57,7 @@ from sae_lens import SAE, GatedSAE, JumpReLUSAE, StandardSAE
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
+from possae.cache import cached
 from possae.devices import default_device
 from possae.hooks import require_layer0
 from possae.metrics import ZERO_VAR_RTOL, r2_pos as r2_pos_of
@@ -681,8 +682,10 @@ def layer0_stats(
     path = choose_method(sae, method)
     dev = default_device(device)
     rows = W_pos.detach()[pos.to(W_pos.device)]
-    if path == "exact":
-        return exact_stats(W_E.detach(), rows, sae, w, pos, dev, feature_chunk, progress=progress)
+    if path == "exact":  # computed once per build for each SAE and set of positions (possae.cache)
+        chunk = feature_chunk or default_feature_chunk(dev)
+        return cached("layer0_exact", (W_E, rows, sae, input_scale(sae), w, pos, dev.type, chunk),
+                      lambda: exact_stats(W_E.detach(), rows, sae, w, pos, dev, chunk, progress=progress))
     return brute_force_stats(W_E.detach(), rows, sae, w, pos, dev, batch_size, progress)
 
 

@@ -21,6 +21,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from possae.cache import cached
 from possae.hooks import sae_hook
 
 ZERO_VAR_RTOL = 1e-12  # a variance below this share of the second moment counts as zero
@@ -236,20 +237,29 @@ def sae_quality(model, sae, tokens: Int[Tensor, "n_windows pos"], batch_size: in
     n_batches = len(tokens) // bs
     kept = int((~torch.isin(tokens, torch.tensor(ignore, dtype=tokens.dtype))).sum()) if ignore else tokens.numel()
     scaler = ActivationScaler()
-    m, f = get_sparsity_and_variance_metrics(
-        sae, model, WindowStore(tokens, model.cfg.device), scaler, n_batches=n_batches, compute_l2_norms=False,
-        compute_sparsity_metrics=True, compute_variance_metrics=True, compute_featurewise_density_statistics=True,
-        eval_batch_size_prompts=bs, model_kwargs={}, ignore_tokens=ignore)
-    out = {"tokens": int(kept), "l0": m["l0"], "explained_variance": m["explained_variance"],
-           "nmse": 1.0 - m["explained_variance"], "mse": m["mse"],
-           "dead_share": float((torch.tensor(f["feature_density"]) == 0).double().mean())}
+
+    def variance() -> dict[str, float]:
+        m, f = get_sparsity_and_variance_metrics(
+            sae, model, WindowStore(tokens, model.cfg.device), scaler, n_batches=n_batches, compute_l2_norms=False,
+            compute_sparsity_metrics=True, compute_variance_metrics=True, compute_featurewise_density_statistics=True,
+            eval_batch_size_prompts=bs, model_kwargs={}, ignore_tokens=ignore)
+        return {"tokens": int(kept), "l0": m["l0"], "explained_variance": m["explained_variance"],
+                "nmse": 1.0 - m["explained_variance"], "mse": m["mse"],
+                "dead_share": float((torch.tensor(f["feature_density"]) == 0).double().mean())}
+
+    # each part is computed once per build for a given model, SAE and sample (possae.cache)
+    out = cached("sae_variance", (model, sae, tokens, bs, ignore, str(model.cfg.device)), variance)
     if spliced_loss:
         sub = tokens[loss_subset(len(tokens), loss_windows)]
         bs = max(d for d in range(1, min(batch_size, len(sub)) + 1) if len(sub) % d == 0)
-        d = get_downstream_reconstruction_metrics(
-            sae, model, WindowStore(sub, model.cfg.device), scaler, compute_kl=True, compute_ce_loss=True,
-            n_batches=len(sub) // bs, eval_batch_size_prompts=bs, ignore_tokens=ignore)
-        out.update({k: d[k] for k in ("ce_loss_without_sae", "ce_loss_with_sae", "ce_loss_with_ablation",
-                                        "ce_loss_score", "kl_div_with_sae")})
+
+        def spliced() -> dict[str, float]:
+            d = get_downstream_reconstruction_metrics(
+                sae, model, WindowStore(sub, model.cfg.device), scaler, compute_kl=True, compute_ce_loss=True,
+                n_batches=len(sub) // bs, eval_batch_size_prompts=bs, ignore_tokens=ignore)
+            return {k: d[k] for k in ("ce_loss_without_sae", "ce_loss_with_sae", "ce_loss_with_ablation",
+                                      "ce_loss_score", "kl_div_with_sae")}
+
+        out = {**out, **cached("sae_spliced", (model, sae, sub, bs, ignore, str(model.cfg.device)), spliced)}
         out["loss_tokens"] = int((~torch.isin(sub, torch.tensor(ignore, dtype=sub.dtype))).sum()) if ignore else sub.numel()
     return out
