@@ -97,20 +97,29 @@ position_curves_figure(result.positions[result.positions["ablation"] == "normal"
 # the spectrum (`rfft`) of what remains is read at its largest peak, refined between bins by a parabola through the
 # log-powers. The peak counts as an **oscillation** only when both hold:
 #
-# - it is *resolved*: at least {glue:text}`osc_min_cycles:g` cycles over the window (below that, it is left-over trend);
+# - it is *resolved*: at least {glue:text}`osc_min_cycles:g` cycles over the window. The residual of a least-squares
+#   polynomial of degree d on any smooth curve swings through about (d + 1) / 2 cycles, so a peak below that plus half
+#   a cycle is left-over trend.
 # - it is *significant*: its power exceeds the {glue:text}`osc_null_quantile:.0%` quantile of the largest detrended
-#   power of the same curve with its positions shuffled ({glue:text}`osc_n_null` seeded permutations), which keeps the
-#   curve's values and destroys their order. The p-value is the share of shuffles (counting the curve itself) that
-#   reach the peak's power. The shuffled curves keep the trend's variance, so a weak oscillation riding on a steep
-#   trend can fall below this threshold: the test is conservative.
+#   power of {glue:text}`osc_n_null` seeded *red-noise surrogates* of the curve. Each surrogate is the curve's own
+#   polynomial trend plus an AR(1) series with the lag-1 autocorrelation of the curve's detrended residual, scaled to
+#   the residual's power. The null thus keeps the trend and the residual's smoothness, and asks only whether one
+#   frequency stands out more than smooth noise of the same size makes one stand out. The p-value is the share of
+#   surrogates (counting the curve itself) that reach the peak's power. An oscillation raises the residual's
+#   autocorrelation too, which makes the test conservative.
+#
+# The package's tests check this method on controls shaped like these curves, a cubic trend plus smooth noise: without
+# a sine it calls an oscillation at about the rate its quantile allows, and it finds a sine riding on the trend. The
+# book's earlier null, which shuffled the raw curve's positions, fails that positive control: it spreads the trend's
+# variance over every frequency and misses the sine.
 
 # %% tags=["remove-input"]
 result.tables["frequency"].style.hide(axis="index")
 
 # %% [markdown]
 # {glue:text}`osc_n_oscillating` of the {glue:text}`osc_n_saes` curves pass both tests.
-# {glue:text}`osc_freq_sentence` The spectra, each over its shuffled-position threshold (a point above the dashed line
-# at 1 has more power than {glue:text}`osc_null_quantile:.0%` of the shuffles' largest peaks):
+# {glue:text}`osc_freq_sentence` The spectra, each over its red-noise threshold (a point above the dashed line at 1 has
+# more power than {glue:text}`osc_null_quantile:.0%` of the surrogates' largest peaks):
 
 # %% tags=["remove-input"]
 spectrum_figure(result.spectra)

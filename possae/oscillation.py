@@ -1,5 +1,5 @@
 """Average SAE activation vs token position across layers: streamed per-position statistics, a detrended spectrum
-tested against a shuffled-position null, W_pos ablations (zeroed, shuffled), spliced-SAE cross-entropy and
+tested against a trend-keeping red-noise null, W_pos ablations (zeroed, shuffled), spliced-SAE cross-entropy and
 per-feature activation statistics inside and past each SAE's training context.
 
 The chapter calls :func:`analyze` once; everything it shows is in the returned :class:`OscillationResult`.
@@ -10,9 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Sequence
 
+import math
+
 import numpy as np
 import pandas as pd
 import torch
+from scipy.signal import lfilter
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
@@ -29,8 +32,11 @@ ABLATIONS = ("normal", "zero", "shuffle")  # what hook_pos_embed outputs: itself
 DECILES = tuple(round(0.1 * i, 1) for i in range(1, 10))
 IN, PAST = "in context", "past context"  # the two regions of positions of an SAE: 1..C-1 and C..n_ctx-1
 DETREND_DEGREE = 3  # the least-squares polynomial removed from a curve before its spectrum (trend, bend, S-shape)
-MIN_RESOLVED_CYCLES = 2.0  # a spectral peak under 2 cycles per window is left-over trend, not a period
-N_NULL = 1000  # permutations of positions in the shuffled-position null
+# the residual of a least-squares polynomial of degree d on a smooth curve swings through about (d + 1) / 2 cycles (its
+# d + 2 alternating extremes): a spectral peak needs half a cycle more to be a period rather than that left-over trend
+MIN_RESOLVED_CYCLES = (DETREND_DEGREE + 2) / 2
+N_NULL = 1000  # red-noise surrogates of a curve in the spectral test's null
+MAX_AR1 = 0.99  # the largest lag-1 autocorrelation the null's AR(1) surrogates take
 NULL_QUANTILE = 0.95  # a peak is significant when its power exceeds this quantile of the null's maximum power
 QUANTILE_TOKENS = 32_768  # tokens per SAE and region whose nonzero activations give the per-feature deciles
 QUANTILE_VALUES = 1 << 22  # at most this many nonzero values kept per SAE and region (32 MiB): whole tokens, in order
@@ -349,13 +355,36 @@ def power_spectrum(curves: Float[Tensor, "... n"], degree: int = DETREND_DEGREE)
     return torch.fft.rfft(detrended(curves, degree)).abs().pow(2)
 
 
+def lag1_autocorrelation(x: Float[Tensor, "n"]) -> float:
+    """Return the lag-1 autocorrelation of a (detrended) series, bias-corrected and clamped to [0, MAX_AR1]."""
+    x = x - x.mean()
+    den = float((x * x).sum())
+    rho = float((x[1:] * x[:-1]).sum()) / den if den > 0 else 0.0
+    rho += (1 + 4 * rho) / len(x)  # Kendall's correction of the estimate's downward bias in a short series
+    return min(max(rho, 0.0), MAX_AR1)
+
+
 def null_max_power(curve: Float[Tensor, "n"], n_null: int = N_NULL, seed: int = 0,
                    degree: int = DETREND_DEGREE) -> Float[Tensor, "n_null"]:
-    """Return the largest detrended power (bins 1..) of the curve with its positions shuffled, per permutation."""
+    """Return the largest detrended power (bins 1..) of trend-keeping red-noise surrogates of the curve, per draw.
+
+    Each surrogate is the curve's own polynomial trend plus an AR(1) series with the lag-1 autocorrelation of the
+    curve's detrended residual; after the same detrending its power is scaled to the residual's total power. So the
+    null keeps the trend and the residual's smoothness and size, and asks only whether one frequency stands out more
+    than smooth noise makes one stand out. An oscillation in the residual raises its autocorrelation too, which makes
+    the test conservative.
+    """
     c = torch.tensor(np.asarray(curve, dtype=np.float64))
+    resid = detrended(c, degree)
+    trend = c - resid
+    rho, n = lag1_autocorrelation(resid), len(c)
     g = torch.Generator().manual_seed(seed)
-    perms = torch.argsort(torch.rand(n_null, len(c), generator=g), dim=1)
-    return power_spectrum(c[perms], degree)[:, 1:].max(1).values
+    eps = torch.randn(n_null, n, generator=g, dtype=torch.float64)
+    eps[:, 0] /= math.sqrt(1 - rho**2)  # the stationary start
+    x = torch.from_numpy(lfilter([1.0], [1.0, -rho], eps.numpy(), axis=1))  # x_t = rho x_{t-1} + eps_t
+    power = power_spectrum(trend + x, degree)[:, 1:]
+    total = float(power_spectrum(c, degree)[1:].sum())
+    return power.max(1).values * (total / power.sum(1).clamp_min(1e-300))
 
 
 def refined_peak(power: Float[Tensor, "n_freq"]) -> tuple[int, float]:
@@ -370,7 +399,7 @@ def refined_peak(power: Float[Tensor, "n_freq"]) -> tuple[int, float]:
 
 def spectral_peak(curve: Float[Tensor, "n"], n_null: int = N_NULL, seed: int = 0, degree: int = DETREND_DEGREE,
                   min_cycles: float = MIN_RESOLVED_CYCLES, quantile: float = NULL_QUANTILE) -> dict:
-    """Return the detrended curve's spectral peak tested against the shuffled-position null.
+    """Return the detrended curve's spectral peak tested against the trend-keeping red-noise null (null_max_power).
 
     Keys: cycles (per window, refined), period (positions), power_share (of the detrended power), null_threshold
     (the quantile of the null's maximum power), peak_over_null, p_value, resolved (>= min_cycles), significant
@@ -435,7 +464,7 @@ def _no_oscillation_reason(row) -> str:
         return (f"its detrended spectrum peaks at {row['cycles']:.2f} cycles over the window, under the "
                 f"{MIN_RESOLVED_CYCLES:g} a period needs to be resolved: what remains is trend, not a period")
     return (f"its detrended spectrum peaks at a period of {row['period']:.1f} positions, but with only "
-            f"{row['peak_over_null']:.2f} times the power that positions shuffled at random reach in "
+            f"{row['peak_over_null']:.2f} times the power that smooth noise of the same size reaches in "
             f"{NULL_QUANTILE:.0%} of {N_NULL} draws (p = {row['p_value']:.2f})")
 
 
@@ -458,7 +487,7 @@ def frequency_sentence(freq: pd.DataFrame, family: str) -> str:
         return text + (f" Without a layer-{base['layer']} period, the frequency doubling reported for GPT-2 small "
                        "(layers 1-3 at twice layer 0's frequency) cannot be tested here.")
     text = head + (f"oscillates with a period of {base['period']:.1f} positions ({base['cycles']:.1f} cycles over the "
-                   f"window, {base['peak_over_null']:.1f} times the shuffled-position threshold, "
+                   f"window, {base['peak_over_null']:.1f} times the red-noise threshold, "
                    f"p = {base['p_value']:.3f}).")
     if len(osc):
         text += (f" {_layers(osc['layer']).capitalize()} oscillate{'s' if len(osc) == 1 else ''} at "

@@ -221,13 +221,66 @@ def test_sine_of_period_16_with_noise_is_a_significant_oscillation():
     noise = np.random.default_rng(0).standard_normal(len(t))
     peak = spectral_peak(3 + np.sin(2 * np.pi * t / 16 + 0.4) + 0.3 * noise)
     assert peak["oscillation"] and peak["resolved"] and peak["significant"]
-    assert abs(peak["period"] - 16) < 0.5 and peak["p_value"] <= 0.002 and peak["peak_over_null"] > 2
+    assert abs(peak["period"] - 16) < 0.5 and peak["p_value"] <= 0.002 and peak["peak_over_null"] > 1
 
 
 def test_white_noise_is_not_significant():
     noise = np.random.default_rng(1).standard_normal(127)
     peak = spectral_peak(noise)
     assert not peak["significant"] and not peak["oscillation"] and peak["p_value"] > 0.05
+
+
+# Controls of the spectral test, on curves shaped like the chapter's: a cubic trend over 127 in-context positions plus
+# AR(1) noise (smooth, as an average over tokens is), with or without a sine of period 16 positions.
+CONTROL_T = np.arange(1, 128, dtype=float)
+CONTROL_TREND = 2 + 3 * ((CONTROL_T - 64) / 64) ** 3 - 1.5 * ((CONTROL_T - 64) / 64)
+
+
+def _control_curve(rng, amplitude, rho=0.5, scale=0.1):
+    """Return the trend, plus a sine of period 16 with this amplitude (random phase), plus AR(1) noise."""
+    from scipy.signal import lfilter
+
+    e = rng.standard_normal(len(CONTROL_T))
+    e[0] /= np.sqrt(1 - rho**2)
+    sine = amplitude * np.sin(2 * np.pi * CONTROL_T / 16 + rng.uniform(0, 2 * np.pi))
+    return CONTROL_TREND + sine + scale * lfilter([1.0], [1.0, -rho], e)
+
+
+def _shuffled_raw_curve_call(c, n_null=200, seed=0):
+    """The test the book used before: the null shuffles the raw curve's positions (so it loses the trend's order but
+    keeps its variance), then detrends. Returns whether it calls an oscillation."""
+    from possae.oscillation import NULL_QUANTILE, power_spectrum
+
+    x = torch.tensor(c)
+    perms = torch.argsort(torch.rand(n_null, len(x), generator=torch.Generator().manual_seed(seed)), dim=1)
+    threshold = float(torch.quantile(power_spectrum(x[perms])[:, 1:].max(1).values, NULL_QUANTILE))
+    return spectral_peak(c, n_null=n_null)["resolved"] and float(power_spectrum(x)[1:].max()) > threshold
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.5, 0.9])
+def test_negative_control_trend_and_smooth_noise_is_called_about_5_percent_of_the_time(rho):
+    rng = np.random.default_rng(10)
+    calls = [spectral_peak(_control_curve(rng, 0.0, rho), n_null=200, seed=i)["oscillation"] for i in range(300)]
+    assert 0.01 <= np.mean(calls) <= 0.11  # nominal 5 %; 300 draws
+
+
+def test_positive_control_a_sine_on_a_trend_is_found_and_the_old_raw_curve_null_misses_it():
+    rng = np.random.default_rng(11)
+    curves = [_control_curve(rng, 0.2) for _ in range(50)]
+    found = [spectral_peak(c, n_null=200, seed=i) for i, c in enumerate(curves)]
+    assert np.mean([p["oscillation"] for p in found]) >= 0.9
+    assert all(abs(p["period"] - 16) < 1 for p in found if p["oscillation"])
+    # the control fails the old test: shuffling the raw curve spreads the trend's variance over every frequency
+    assert np.mean([_shuffled_raw_curve_call(c) for c in curves]) <= 0.2
+
+
+def test_the_red_noise_null_keeps_the_trend():
+    """Adding any cubic to a curve changes neither its detrended spectrum nor the null: the trend is kept, not
+    scrambled into noise."""
+    from possae.oscillation import null_max_power
+
+    c = _control_curve(np.random.default_rng(12), 0.1)
+    assert torch.allclose(null_max_power(c, 100), null_max_power(c + 50 * (CONTROL_T / 127) ** 3 - 7 * CONTROL_T, 100))
 
 
 def test_null_is_seeded():

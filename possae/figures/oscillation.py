@@ -71,7 +71,7 @@ def position_curves_figure(positions: pd.DataFrame, value: str = "mean_act", fir
 
 
 def spectrum_figure(spectra: pd.DataFrame) -> go.Figure:
-    """Return each SAE's detrended power spectrum over the shuffled-position threshold against the period (log axes),
+    """Return each SAE's detrended power spectrum over the red-noise threshold against the period (log axes),
     one panel per family."""
     fams = _families(spectra)
     fig = make_subplots(1, len(fams), subplot_titles=[f"{f} SAEs" for f in fams], shared_yaxes=True,
@@ -87,7 +87,7 @@ def spectrum_figure(spectra: pd.DataFrame) -> go.Figure:
     fig.update_yaxes(title_text="power / null threshold", type="log", col=1,
                      **log_ticks(list(spectra["power_over_null"]) + [1.0]))
     fig.update_layout(height=400, title="Detrended spectrum of the average activation<br>over the "
-                                        "shuffled-position threshold (dashed: 1)", margin=dict(l=60, r=20, t=120))
+                                        "red-noise threshold (dashed: 1)", margin=dict(l=60, r=20, t=120))
     return legend_below(fig)
 
 
