@@ -117,10 +117,8 @@ def main() -> None:
     args.out.write_text(json.dumps(record, indent=1) + "\n")
     print(f"[bench] wrote {args.out}", flush=True)
     if args.out == OUT:  # the README's time table quotes the recorded file (written by the clone's environment)
-        update = ("from pathlib import Path; from possae.benchmark_results import README_TABLE_END as E, "
-                  "README_TABLE_START as S, book_time_table; r = Path('README.md'); t = r.read_text(); "
-                  "r.write_text(t[:t.index(S)] + book_time_table() + t[t.index(E) + len(E):])")
-        subprocess.run([str(clone / ".venv" / "bin" / "python"), "-c", update], cwd=REPO, check=True)
+        subprocess.run([str(clone / ".venv" / "bin" / "python"), "-m", "possae.benchmark_results"], cwd=REPO,
+                       check=True)
         print(f"[bench] updated the time table of {REPO / 'README.md'}", flush=True)
     if args.keep:
         print(f"[bench] kept {base}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -79,3 +80,102 @@ def book_time_table(path: str | Path = BOOK_BENCHMARK) -> str:
              f"{r['machine']['cpu_count']} CPU cores ({r['machine']['cpu_model']}), {r['date']}:", "",
              "| step | wall time |", "|---|---|", *(f"| {label} | {s:.0f} s |" for label, s in rows), README_TABLE_END]
     return "\n".join(lines)
+
+
+SIDE_BY_SIDE = REPO_ROOT / "benchmarks" / "results" / "layer0_stats_side_by_side.json"
+MATCHING_BENCHMARK = REPO_ROOT / "benchmarks" / "results" / "matching_cpu.json"
+README_ENGINE_START, README_ENGINE_END = "<!-- engine-figures: start -->", "<!-- engine-figures: end -->"
+SAME_CODE = 1.05  # two commits' exact/matmul ratios within 5 % of each other, timed side by side: the code did not slow
+
+
+def _span(values: list[float]) -> str:
+    """Return '7.1-7.6 s' (or '7.1 s' for one value)."""
+    lo, hi = min(values), max(values)
+    return f"{lo:.1f} s" if f"{lo:.1f}" == f"{hi:.1f}" else f"{lo:.1f}-{hi:.1f} s"
+
+
+def engine_paragraph(layer0: str | Path = LAYER0_BENCHMARK, side: str | Path = SIDE_BY_SIDE,
+                     matching: str | Path = MATCHING_BENCHMARK) -> str:
+    """Return the README's figures for the exact layer-0 engine and the one-to-one matching, from the recorded
+    benchmarks (no figure typed)."""
+    r = json.loads(Path(layer0).read_text())
+    cpu = next(s for s in r["sections"] if s["device"] == "cpu")
+    name = re.sub(r"^cpu \((.*)\)$", r"\1", cpu["device_name"])
+    lines = [README_ENGINE_START,
+             f"On the CPU ({name}, {cpu['torch_threads']} threads): "
+             f"{cpu['exact_seconds']:.1f} s for the full "
+             f"{r['inputs_total'] / 1e6:.0f}M-input distribution, {cpu['ratio_exact_over_matmul']:.2f}x the one "
+             f"unavoidable matmul ({cpu['matmul_seconds']:.1f} s), about {cpu['speedup_vs_brute_force']:,.0f}x faster "
+             f"than brute force (timed on {cpu['brute_force_inputs_subsample']:,} inputs and extrapolated)."]
+    if Path(side).is_file():
+        sb = json.loads(Path(side).read_text())
+        then = sb["recorded_then"]
+        old, new = (c for c in dict.fromkeys(run["commit"] for run in sb["runs"]))
+        runs = {c: [x for x in sb["runs"] if x["commit"] == c] for c in (old, new)}
+        ratio = {c: sum(x["ratio_exact_over_matmul"] for x in v) / len(v) for c, v in runs.items()}
+        floors = [x["matmul_seconds"] for x in sb["runs"]]
+        recorded = {c: v["exact_seconds"] / v["matmul_seconds"] for c, v in then.items()}
+        slowed = ratio[new] > SAME_CODE * ratio[old]
+        floors_then = ", ".join(f"{v['matmul_seconds']:.1f} s" for v in then.values())
+        lines.append(
+            f"The ratio was recorded as {' and then '.join(f'{x:.2f}x' for x in recorded.values())} on earlier runs. "
+            f"Run side by side on one machine ({Path(side).name}, {len(runs[old])} rounds each), commit {old} (which "
+            f"recorded {recorded.get(old, float('nan')):.2f}x) and commit {new} take "
+            f"{_span([x['exact_seconds'] for x in runs[old]])} and {_span([x['exact_seconds'] for x in runs[new]])} "
+            f"over a matmul of {_span(floors)} (mean ratios {ratio[old]:.2f}x and {ratio[new]:.2f}x): "
+            + ("the newer code is slower." if slowed else
+               "the code did not slow down. The machines differ: the matmul took "
+               f"{floors_then} in the earlier records, while the rest of the exact path, which does not scale with "
+               f"the matmul, takes {cpu['exact_seconds'] - cpu['matmul_seconds']:.1f} s here."))
+    gpu = next((s for s in r["sections"] if s["device"] == "cuda"), None)
+    if gpu:
+        stats_mb = 4 * r["shapes"]["n_ctx"] * r["shapes"]["d_sae"] * 8 / 1e6  # mean, std, rate, pre-activation
+        lines.append(
+            f"On an {gpu['device_name']}: brute force over all {r['inputs_total'] / 1e6:.0f}M inputs in batches of "
+            f"{gpu['brute_force_batch_size']:,} takes {gpu['brute_force_seconds_subsample']:.1f} s; the exact path "
+            f"takes {gpu['exact_seconds_on_device']:.3f} s with its statistics left on the GPU "
+            f"({gpu['exact_seconds_on_device'] / gpu['matmul_seconds']:.2f}x the matmul, {gpu['matmul_seconds']:.3f} s), "
+            f"and {gpu['exact_seconds']:.2f} s when its {stats_mb:.0f} MB of float64 statistics are copied into newly "
+            "allocated host memory, which is what `layer0_stats` returns.")
+    if Path(matching).is_file():
+        m = json.loads(Path(matching).read_text())
+        big = max(x["n_a"] for x in m["runs"])
+        for x in (x for x in m["runs"] if x["n_a"] == big and x["case"] == "rand" and x["method"] == "sparse"):
+            dense = next((d for d in m["runs"] if d["n_a"] == big and d["case"] == "rand" and d["method"] == "dense"),
+                         None)
+            lines.append(
+                f"One-to-one matching of two random {big:,}-feature dictionaries on {m['threads']} threads: the sparse "
+                f"match takes {x['seconds']:.1f} s and {x['peak_rss_gib']:.2f} GB at peak, "
+                + ("certified optimal" if x["certified"] else f"within {x['gap_bound']:.1e} of optimal")
+                + (f", with the dense Hungarian match's pairs ({dense['seconds']:.1f} s, {dense['peak_rss_gib']:.2f} GB)"
+                   if dense and x["same_as_dense"] and x["same_as_dense"].startswith("same pairs") else "") + ".")
+        suite = m.get("organism_suite")
+        if suite:
+            n = len(suite["pairs"])
+            lines.append(
+                f"The matching chapter's {n} one-to-one matches on the organism suite take {suite['dense_seconds']:.1f} s "
+                f"dense and {suite['sparse_seconds']:.1f} s sparse in all; the sparse match certified itself on "
+                f"{sum(p['sparse_certified'] for p in suite['pairs'])} of {n} pairs and returned the dense pairs on "
+                f"{sum(p['same_pairs'] for p in suite['pairs'])}.")
+    lines.append(README_ENGINE_END)
+    return "\n".join(lines)
+
+
+README = REPO_ROOT / "README.md"
+
+
+def refresh_readme(path: str | Path = README) -> None:
+    """Rewrite the README's generated blocks (the book's time table, the engine figures) from the recorded files."""
+    path = Path(path)
+    text = path.read_text()
+    for start, end, make in ((README_TABLE_START, README_TABLE_END, book_time_table),
+                             (README_ENGINE_START, README_ENGINE_END, engine_paragraph)):
+        if start not in text or end not in text:
+            raise ValueError(f"{path} has no block {start} ... {end} to rewrite; put the two markers back.")
+        text = text[: text.index(start)] + make() + text[text.index(end) + len(end):]
+    path.write_text(text)
+
+
+if __name__ == "__main__":  # python -m possae.benchmark_results: the README quotes the benchmarks just recorded
+    refresh_readme()
+    print(f"rewrote the generated blocks of {README}")
