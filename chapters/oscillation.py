@@ -98,8 +98,8 @@ position_curves_figure(result.positions[result.positions["ablation"] == "normal"
 # log-powers. The peak counts as an **oscillation** only when both hold:
 #
 # - it is *resolved*: at least {glue:text}`osc_min_cycles:g` cycles over the window. The residual of a least-squares
-#   polynomial of degree d on any smooth curve swings through about (d + 1) / 2 cycles, so a peak below that plus half
-#   a cycle is left-over trend.
+#   polynomial of degree d on any smooth curve swings through about (d + 1) / 2 cycles, so a peak below that plus one
+#   cycle is left-over trend.
 # - it is *significant*: its power exceeds the {glue:text}`osc_null_quantile:.0%` quantile of the largest detrended
 #   power of {glue:text}`osc_n_null` seeded *red-noise surrogates* of the curve. Each surrogate is the curve's own
 #   polynomial trend plus an AR(1) series with the lag-1 autocorrelation of the curve's detrended residual, scaled to
@@ -129,8 +129,8 @@ spectrum_figure(result.spectra)
 #
 # Three conditions, each one streamed pass with a hook on `hook_pos_embed`: **normal**; **zero**, `W_pos` replaced by
 # zeros; **shuffle**, the rows of `W_pos` permuted by one fixed random permutation of positions (seed
-# {glue:text}`osc_seed`), so every position still gets a valid embedding but the wrong one. The token embeddings are
-# untouched. The relative amplitude of a curve is its standard deviation over the SAE's in-context positions `1..C-1`
+# {glue:text}`osc_seed`), so every position still gets a valid embedding but the wrong one.
+# {glue:text}`osc_shuffle_sentence` The token embeddings are untouched. The relative amplitude of a curve is its standard deviation over the SAE's in-context positions `1..C-1`
 # divided by its mean there (so that a short-context SAE's rise past its context does not count). Permuting positions
 # leaves that number almost unchanged, so the table also gives how much of the normal curve's *pattern* an ablated
 # curve keeps: its correlation with the normal curve over the same positions (1: the same shape, at any level or

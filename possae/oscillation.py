@@ -28,13 +28,14 @@ from possae.params import ChapterParams, ParameterError
 from possae.progress import tqdm
 from possae.thresholds import AMPLITUDE_DROP, MOST
 
-ABLATIONS = ("normal", "zero", "shuffle")  # what hook_pos_embed outputs: itself, zeros, rows of a fixed permutation
+ABLATIONS = ("normal", "zero", "shuffle")  # hook_pos_embed's output: itself, zeros, rows of a fixed permutation that
+# keeps each SAE's context (position_permutation)
 DECILES = tuple(round(0.1 * i, 1) for i in range(1, 10))
 IN, PAST = "in context", "past context"  # the two regions of positions of an SAE: 1..C-1 and C..n_ctx-1
 DETREND_DEGREE = 3  # the least-squares polynomial removed from a curve before its spectrum (trend, bend, S-shape)
 # the residual of a least-squares polynomial of degree d on a smooth curve swings through about (d + 1) / 2 cycles (its
-# d + 2 alternating extremes): a spectral peak needs half a cycle more to be a period rather than that left-over trend
-MIN_RESOLVED_CYCLES = (DETREND_DEGREE + 2) / 2
+# d + 2 alternating extremes): a spectral peak needs one whole cycle more to be a period rather than that left-over trend
+MIN_RESOLVED_CYCLES = (DETREND_DEGREE + 3) / 2
 N_NULL = 1000  # red-noise surrogates of a curve in the spectral test's null
 MAX_AR1 = 0.99  # the largest lag-1 autocorrelation the null's AR(1) surrogates take
 NULL_QUANTILE = 0.95  # a peak is significant when its power exceeds this quantile of the null's maximum power
@@ -73,13 +74,17 @@ class OscillationParams(ChapterParams):
 # ---------------------------------------------------------------- hooks
 
 
-def position_permutation(n_pos: int, seed: int = 0) -> Int[Tensor, "n_pos"]:
-    """Return the fixed random permutation of positions 0..n_pos-1 drawn from `seed`."""
-    return torch.randperm(n_pos, generator=torch.Generator().manual_seed(seed))
+def position_permutation(n_pos: int, seed: int = 0, bounds: Sequence[int] = ()) -> Int[Tensor, "n_pos"]:
+    """Return the fixed random permutation of positions 0..n_pos-1 drawn from `seed` that keeps every segment between
+    consecutive bounds (and 0, n_pos) in place: positions below a bound C are permuted among themselves."""
+    g = torch.Generator().manual_seed(seed)
+    edges = sorted({0, n_pos, *(int(b) for b in bounds if 0 < int(b) < n_pos)})
+    return torch.cat([lo + torch.randperm(hi - lo, generator=g) for lo, hi in zip(edges, edges[1:])])
 
 
-def pos_embed_ablation(ablation: str, seed: int = 0) -> Callable | None:
-    """Return a hook for hook_pos_embed that zeroes or position-shuffles it (None for 'normal')."""
+def pos_embed_ablation(ablation: str, seed: int = 0, bounds: Sequence[int] = ()) -> Callable | None:
+    """Return a hook for hook_pos_embed that zeroes or position-shuffles it (None for 'normal'); the shuffle keeps
+    positions below each bound (an SAE's training context) below it (position_permutation)."""
     if ablation not in ABLATIONS:
         raise ValueError(f"Unknown ablation {ablation!r}; choose one of {ABLATIONS}.")
     if ablation == "normal":
@@ -88,9 +93,22 @@ def pos_embed_ablation(ablation: str, seed: int = 0) -> Callable | None:
         return lambda act, hook: torch.zeros_like(act)
 
     def shuffle(act: Float[Tensor, "batch pos d_model"], hook) -> Float[Tensor, "batch pos d_model"]:
-        return act[:, position_permutation(act.shape[1], seed).to(act.device)]
+        return act[:, position_permutation(act.shape[1], seed, bounds).to(act.device)]
 
     return shuffle
+
+
+def shuffle_sentence(info: pd.DataFrame, n_ctx: int) -> str:
+    """Return how the shuffle keeps the SAEs' training contexts (positions below each context permuted among
+    themselves)."""
+    short = info[info["context_size"] < n_ctx]
+    if not len(short):
+        return f"Every SAE here reads all {n_ctx} positions, so the permutation runs over all of them."
+    bounds = sorted(set(short["context_size"].astype(int)))
+    return (f"The permutation keeps each SAE's training context: positions 0..{bounds[0] - 1} are permuted among "
+            "themselves" + "".join(f", {lo}..{hi - 1} among themselves" for lo, hi in zip(bounds, bounds[1:] + [n_ctx]))
+            + f", so that {', '.join(short['sae_id'])} sees{'' if len(short) == 1 else ' each'} only rows from inside "
+            "its context, and its in-context curve measures the shuffle rather than the rows it was never trained on.")
 
 
 def splice_hook(sae) -> Callable:
@@ -245,7 +263,8 @@ def position_pass(model, tokens: Int[Tensor, "n_windows pos"], saes: dict[str, o
              for sid, sae in saes.items()} if feature_stats else {}
     starts = {sid: resumable_layer(model, sae_hook(sae)) for sid, sae in saes.items()} if splice else {}
     spliced = {sid: PositionSums.empty(n_pos - 1, N_BLOCKS) for sid, layer in starts.items() if layer is not None}
-    hook = pos_embed_ablation(ablation, seed)
+    # a short-context SAE's positions are shuffled within its context, so that no row from past it comes inside
+    hook = pos_embed_ablation(ablation, seed, [sae_context_size(sae, n_pos) for sae in saes.values()])
     fwd_hooks = [(POS_EMBED, hook)] if hook is not None else []
     for i in tqdm(range(0, n_win, batch_size), desc=f"pass ({ablation})", leave=False):
         batch, part = tokens[i : i + batch_size].to(model.cfg.device), block_of(i // batch_size)
@@ -892,6 +911,7 @@ def analyze(model, saes: dict[str, object], params: OscillationParams,
     values: dict[str, float | str] = {
         "osc_n_tokens": int(tokens.numel()), "osc_n_heldout_tokens": int(params.n_heldout_tokens), "osc_n_windows": int(n_win), "osc_n_ctx": int(n_ctx),
         **wpos_turns(model),
+        "osc_shuffle_sentence": shuffle_sentence(info, n_ctx),
         "osc_seed": int(params.seed), "osc_ref0": str(ref["sae_id"]), "osc_ref_family": str(ref["family"]),
         "osc_ref_layer": int(ref["layer"]), "osc_pos0_ratio": float(ref_act["position_0"] / ref_act[IN]),
         "osc_n_pos0_higher": int((pos0_ratio > 1).sum()),

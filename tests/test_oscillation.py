@@ -120,6 +120,41 @@ def test_permutation_is_fixed_and_a_permutation():
         pos_embed_ablation("reverse")
 
 
+def test_a_bounded_permutation_shuffles_within_each_context_only():
+    p = position_permutation(100, 7, bounds=[30, 100, 0])
+    assert torch.equal(p[:30].sort().values, torch.arange(30)) and torch.equal(p[30:].sort().values, torch.arange(30, 100))
+    assert (p[:30] != torch.arange(30)).sum() > 20 and (p[30:] != torch.arange(30, 100)).sum() > 60
+    assert torch.equal(position_permutation(100, 7, bounds=[100]), position_permutation(100, 7))  # no inner bound
+
+
+def test_the_shuffle_pass_keeps_a_short_saes_positions_inside_its_context(model, monkeypatch):
+    """With a ReLU SAE trained on SHORT positions, rows of positions >= SHORT never enter positions < SHORT."""
+    import possae.oscillation as osc
+
+    toks = tokens(2)
+    _, clean = model.run_with_cache(toks, names_filter=["hook_pos_embed"])
+    seen = {}
+    original = osc.pos_embed_ablation
+
+    def spy(ablation, seed=0, bounds=()):
+        hook = original(ablation, seed, bounds)
+        seen["bounds"] = sorted(bounds)
+
+        def recorded(act, hook_point=None, **kw):
+            seen["pos"] = hook(act, kw.get("hook", hook_point))
+            return seen["pos"]
+
+        return recorded
+
+    monkeypatch.setattr(osc, "pos_embed_ablation", spy)
+    osc.position_pass(model, toks, {"short": make_sae("relu", 0), "full": make_sae("topk", 0)}, "shuffle", seed=3,
+                      batch_size=2)
+    assert seen["bounds"] == [SHORT, N_CTX]
+    rows, inside = clean["hook_pos_embed"][0], seen["pos"][0, :SHORT]
+    source = (inside[:, None, :] == rows[None, :, :]).all(-1).float().argmax(1)  # which clean row each one is
+    assert (source < SHORT).all() and not torch.equal(source, torch.arange(SHORT))
+
+
 # ---------------------------------------------------------------- streamed pass vs brute force
 
 
