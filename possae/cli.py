@@ -72,7 +72,11 @@ def _organism(args: argparse.Namespace) -> None:
         elif step == "card":
             from possae.organism import card
 
-            print("model card ->", card.write_model_card(recipe, device=args.device, folder=out_dir, work_dir=work_dir))
+            if args.only:  # only the SAEs just retrained are measured again; the rest of the card stays
+                print("model card ->", card.refresh_sae_entries(set(args.only.split(",")), recipe, args.device, out_dir))
+            else:
+                print("model card ->", card.write_model_card(recipe, device=args.device, folder=out_dir,
+                                                             work_dir=work_dir))
 
 
 def _build(args: argparse.Namespace) -> None:
@@ -149,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     org.add_argument("--init-from", default=None, help="folder holding model/ to continue from (--recipe continue)")
     org.add_argument("--force", action="store_true", help="train the gpu recipe on a CPU anyway")
     org.add_argument("--tokens", type=int, default=None, help="override the language model's training tokens")
-    org.add_argument("--only", default=None, help="comma-separated SAE ids to (re)train")
+    org.add_argument("--only", default=None, help="comma-separated SAE ids to (re)train (saes) or measure again (card)")
     org.set_defaults(func=_organism)
     b = sub.add_parser("build", help="execute the chapters with papermill and build the book's HTML")
     b.add_argument("--profile", default="organism", help="organism (default, offline), quick, or gpt2 (needs network)")

@@ -107,8 +107,8 @@ def shuffle_sentence(info: pd.DataFrame, n_ctx: int) -> str:
     bounds = sorted(set(short["context_size"].astype(int)))
     return (f"The permutation keeps each SAE's training context: positions 0..{bounds[0] - 1} are permuted among "
             "themselves" + "".join(f", {lo}..{hi - 1} among themselves" for lo, hi in zip(bounds, bounds[1:] + [n_ctx]))
-            + f", so that {', '.join(short['sae_id'])} sees{'' if len(short) == 1 else ' each'} only rows from inside "
-            "its context, and its in-context curve measures the shuffle rather than the rows it was never trained on.")
+            + f", so that {'' if len(short) == 1 else 'each of '}{', '.join(short['sae_id'])} sees only rows from inside "
+            "its context, and its in-context curve measures the shuffle rather than rows it was never trained on.")
 
 
 def splice_hook(sae) -> Callable:
@@ -622,8 +622,9 @@ def ablation_loss_sentence(ce: pd.Series) -> str:
     zero, shuffle = ce["zero"] - ce["normal"], ce["shuffle"] - ce["normal"]
     text = f"Zeroing W_pos adds {zero:.3f} nats to the loss and shuffling it {shuffle:.3f} nats"
     if shuffle > zero:
-        return text + (": wrong positions cost the model more than none at all (a zeroed W_pos still leaves causal "
-                       "attention some sense of position, through how many tokens each position attends to).")
+        return text + (": wrong positions cost the model more than none at all. A conjecture, not tested here: a zeroed "
+                       "W_pos still leaves causal attention some sense of position, through how many tokens each "
+                       "position attends to.")
     return text + ": here no positions cost the model at least as much as wrong ones."
 
 

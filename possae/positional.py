@@ -385,8 +385,8 @@ def norm_sentence(norm_first: float, norm_last: float, token_norm: float, first:
     text = (f"The norm of W_pos[p] {trend} from {norm_first:.2f} at position {first} to {norm_last:.2f} at the last "
             f"context position, {last}, against a mean token-embedding norm of {token_norm:.2f}")
     if norm_last < token_norm and norm_last < norm_first:
-        return text + (": late positions move the input less than the token does, so they are cheaper to leave to "
-                       "the decoder bias and the token features.")
+        return text + (": late positions move the input less than the token does. A conjecture, not tested here: "
+                       "that makes them cheaper to leave to the decoder bias and the token features.")
     return text + "."
 
 

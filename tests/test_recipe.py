@@ -58,3 +58,23 @@ def test_gpt2pos_recipes_fix_gpt2s_wpos_and_refuse_contradictions():
     suite = {s.sae_id: s for s in gpt2pos_saes()}
     assert suite["relu-short"].context_size == 128 and suite["relu-full"].context_size == 1024
     assert sorted(s.expansion for s in suite.values() if s.context_size == 128) == [8, 16, 32, 64]
+
+
+def test_a_fresh_jumprelu_sae_starts_at_its_target_l0():
+    """jumprelu_start_threshold puts a fresh sae_lens JumpReLU SAE's L0 at the target on inputs of norm sqrt(d_in)."""
+    import pytest
+    import torch
+    from sae_lens import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
+
+    from possae.organism.saes import jumprelu_start_threshold
+
+    d_in, d_sae, k = 64, 2048, 16
+    torch.manual_seed(0)
+    sae = JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(
+        d_in=d_in, d_sae=d_sae, jumprelu_init_threshold=jumprelu_start_threshold(k, d_sae), apply_b_dec_to_input=False))
+    x = torch.randn(4096, d_in)
+    x = x * (d_in**0.5 / x.norm(dim=-1, keepdim=True))
+    l0 = (sae.encode(x) > 0).float().sum(-1).mean().item()
+    assert 0.7 * k < l0 < 1.3 * k
+    with pytest.raises(ValueError, match="strictly between 0 and d_sae"):
+        jumprelu_start_threshold(d_sae, d_sae)

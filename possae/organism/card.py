@@ -75,8 +75,6 @@ def collect_model_card(recipe: OrganismRecipe = OrganismRecipe(), device: str = 
                        work_dir: Path | None = None) -> dict:
     """Measure everything the model card reports, on held-out text, and return it as a dict (the first organism's,
     or with folder and work_dir of a variant, that variant's; the tokenizer is always the first organism's)."""
-    from sae_lens import SAE
-
     from possae.organism.data import TOKENIZER_DIR
     from possae.organism.lm import MODEL_DIR, load_saved_model
 
@@ -111,20 +109,8 @@ def collect_model_card(recipe: OrganismRecipe = OrganismRecipe(), device: str = 
         "saes": {},
     }
     for r in recipe.saes:
-        sae_folder = folder / SAE_DIR / r.sae_id
-        if not (sae_folder / "cfg.json").is_file():
-            continue
-        sae = SAE.load_from_disk(sae_folder, device=device)
-        facts = json.loads((sae_folder / "training.json").read_text())
-        card["saes"][r.sae_id] = {
-            "description": r.description, "hook_name": r.hook_name, "architecture": r.architecture,
-            "d_sae": sae.cfg.d_sae, "context_size": r.context_size, "training_tokens": r.training_tokens,
-            "l1_coefficient": r.l1_coefficient if r.architecture == "standard" else None, "k": r.k,
-            "corpora": list(r.corpora) if r.corpora else "all", "seed": r.seed,
-            "train_seconds": facts["train_seconds"], "device": facts["device"],
-            "dead_window_tokens": r.dead_window_tokens, "dead_latent_loss": facts.get("dead_latent_loss"),
-            "heldout": evaluate_sae(model, sae, r.context_size),
-        }
+        if (folder / SAE_DIR / r.sae_id / "cfg.json").is_file():
+            card["saes"][r.sae_id] = sae_card_entry(r, model, folder, device)
     if model.cfg.model_name == GPT2POS_MODEL_NAME:
         card["wpos_projection"] = stages[-1].get("wpos_projection")
         card["gpt2_check"] = gpt2_geometry_check(W_pos, load_gpt2_wpos())
@@ -133,6 +119,46 @@ def collect_model_card(recipe: OrganismRecipe = OrganismRecipe(), device: str = 
                                   "wpos": wpos_facts(first.W_pos.detach().cpu(), first.W_E.detach().cpu())}
     card["artifact_mb"] = artifact_megabytes(folder)
     return card
+
+
+def sae_card_entry(r, model, folder: Path = ARTIFACTS, device: str = "cpu") -> dict:
+    """Return the model card's entry for the SAE of recipe r saved in folder: its recipe, training facts and held-out
+    figures."""
+    from sae_lens import SAE
+
+    sae_folder = folder / SAE_DIR / r.sae_id
+    sae = SAE.load_from_disk(sae_folder, device=device)
+    facts = json.loads((sae_folder / "training.json").read_text())
+    return {
+        "description": r.description, "hook_name": r.hook_name, "architecture": r.architecture,
+        "d_sae": sae.cfg.d_sae, "context_size": r.context_size, "training_tokens": r.training_tokens,
+        "l1_coefficient": r.l1_coefficient if r.architecture == "standard" else None, "k": r.k,
+        "corpora": list(r.corpora) if r.corpora else "all", "seed": r.seed,
+        "train_seconds": facts["train_seconds"], "device": facts["device"],
+        "dead_window_tokens": r.dead_window_tokens, "dead_latent_loss": facts.get("dead_latent_loss"),
+        "heldout": evaluate_sae(model, sae, r.context_size),
+    }
+
+
+def refresh_sae_entries(ids: set[str], recipe: OrganismRecipe = OrganismRecipe(), device: str | None = None,
+                        folder: Path = ARTIFACTS) -> Path:
+    """Measure again only the SAEs named in ids (retrained with `possae organism saes --only`) and rewrite their entries
+    of the model card, keeping every other figure; return the markdown path."""
+    from possae.organism.data import TOKENIZER_DIR
+    from possae.organism.lm import MODEL_DIR, load_saved_model
+
+    recipes = {r.sae_id: r for r in recipe.saes}
+    unknown = sorted(ids - set(recipes))
+    if unknown:
+        raise ValueError(f"no SAE of this organism's recipe is called {', '.join(unknown)}; known: {', '.join(recipes)}.")
+    card = read_model_card(folder)
+    model = load_saved_model(folder / MODEL_DIR, ARTIFACTS / TOKENIZER_DIR, device=device or "cpu")
+    for sae_id in sorted(ids):
+        card["saes"][sae_id] = sae_card_entry(recipes[sae_id], model, folder, device or "cpu")
+    card["artifact_mb"] = artifact_megabytes(folder)
+    (folder / CARD_JSON).write_text(json.dumps(card, indent=1))
+    (folder / CARD_MD).write_text(card_markdown(card))
+    return folder / CARD_MD
 
 
 def stages_frame(card: dict) -> pd.DataFrame:
