@@ -866,15 +866,17 @@ def containment_table(contain: pd.DataFrame) -> pd.DataFrame:
 
 
 def architecture_frame(dictionaries: dict[str, Dictionary], labels: Sequence[str]) -> pd.DataFrame:
-    """Return per dictionary its architecture, width, recorded L0, share of features firing on held-out text, and the
-    mean cosine between each feature's encoder column and decoder row, for firing and for silent features."""
+    """Return per dictionary its architecture, width, L0 (on held-out text: the sum of its features' firing shares;
+    the SAE's recorded L0 where firing was not measured), share of features firing on held-out text, and the mean
+    cosine between each feature's encoder column and decoder row, for firing and for silent features."""
     rows = []
     for lab in labels:
         d = dictionaries[lab]
         live = d.firing > 0 if d.firing is not None else torch.ones(d.d_sae, dtype=torch.bool)
         cos = d.self_cosine
         rows.append({"SAE": lab, "architecture": d.architecture, "d_sae": d.d_sae,
-                     "l0": np.nan if d.l0 is None else d.l0, "n_live": int(live.sum()),
+                     "l0": float(d.firing.double().sum()) if d.firing is not None else np.nan if d.l0 is None else d.l0,
+                     "l0_heldout": d.firing is not None, "n_live": int(live.sum()),
                      "live_share": float(live.float().mean()),
                      "cos_live": float(cos[live].mean()) if live.any() else np.nan,
                      "cos_dead": float(cos[~live].mean()) if (~live).any() else np.nan,
@@ -887,7 +889,8 @@ def architecture_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Return the architecture frame for display (7 columns, dashes where a value does not exist)."""
     return pd.DataFrame({
         "SAE": frame["SAE"], "architecture": frame["architecture"], "d_sae": frame["d_sae"],
-        "L0 (recorded)": frame["l0"].map(lambda v: fmt(v, ".1f")),
+        "L0 (held-out text)": [fmt(v, ".1f") + ("" if held else " (recorded)") for v, held in
+                               zip(frame["l0"], frame["l0_heldout"])],
         "features firing": [f"{n} ({pct(s)})" for n, s in zip(frame["n_live"], frame["live_share"])],
         "enc·dec cos, firing": frame["cos_live"].map(fmt), "enc·dec cos, silent": frame["cos_dead"].map(fmt)})
 
@@ -987,7 +990,8 @@ def architecture_sentence(frame: pd.DataFrame, live: pd.DataFrame, release: str)
         return one_architecture_sentence(frame, release)
     x = frame.sort_values("live_share").iloc[0]
     l0 = frame["l0"].dropna()
-    text = (f"The SAEs' recorded L0s run from {l0.min():.1f} to {l0.max():.1f} active features per token. " if len(l0)
+    where = "on held-out text" if frame["l0_heldout"].all() else "on held-out text or as recorded in their metadata"
+    text = (f"The SAEs' L0s {where} run from {l0.min():.1f} to {l0.max():.1f} active features per token. " if len(l0)
             else "")
     if x["live_share"] >= 0.5:
         return text + (f"Every architecture's features mostly fire on held-out text (at least {pct(x['live_share'])}, "

@@ -350,6 +350,8 @@ def test_silent_features_explain_a_near_zero_encoder_and_decoder_share():
     jr = half_dead("jr", live, q[16:28], q[40:52])  # 4 of 16 fire; silent ones: encoder orthogonal to decoder
     frame = architecture_frame({"full": full, "jr": jr}, ["full", "jr"]).set_index("SAE")
     assert frame.loc["jr", "n_live"] == 4 and frame.loc["jr", "live_share"] == 0.25
+    # L0 on held-out text is the sum of the features' firing shares: 16 x 0.2 and 4 x 0.1
+    assert frame.loc["full", "l0"] == pytest.approx(3.2) and frame.loc["jr", "l0"] == pytest.approx(0.4)
     assert frame.loc["jr", "cos_live"] == pytest.approx(1.0) and frame.loc["jr", "cos_dead"] == pytest.approx(0.0, abs=1e-6)
     assert frame.loc["jr", "norm_dead"] == pytest.approx(0.05) and np.isnan(frame.loc["full", "cos_dead"])
     live_frame = live_pair_frame([("full", "jr")], {"full": full, "jr": jr}, device="cpu").iloc[0]
