@@ -36,7 +36,8 @@ def test_matching_suite_varies_one_thing_at_a_time_on_one_budget():
     expected |= {"match-stories-seed2": {"corpora", "seed"}, "match-technical-seed2": {"corpora", "seed"},
                  "match-seed2": {"seed"}, "match-4x": {"expansion"}, "match-8x": {"expansion"},
                  "match-k8": {"k"}, "match-k32": {"k"}, "match-batchtopk": {"architecture"},
-                 "match-jumprelu": {"architecture"}}
+                 # the pre-activation loss is JumpReLU's own: no other architecture reads that field
+                 "match-jumprelu": {"architecture", "pre_act_loss_coefficient"}}
     assert {k: _diff(r, base) for k, r in suite.items()} == expected
     for group in ("stories", "technical"):  # second seeds differ from their first seed only by the seed
         assert _diff(suite[f"match-{group}-seed2"], suite[f"match-{group}"]) == {"seed"}
