@@ -7,16 +7,15 @@ The chapter calls :func:`analyze` once; everything it shows is in the returned :
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Sequence
-
-import math
 
 import numpy as np
 import pandas as pd
 import torch
-from scipy.signal import lfilter
 from jaxtyping import Bool, Float, Int
+from scipy.signal import lfilter
 from torch import Tensor
 
 from possae.hooks import (POS_EMBED, hook_layer, in_context_positions, resid_pre, sae_context_size, sae_family,

@@ -1,6 +1,7 @@
 """Tests of possae.oscillation: parameters, W_pos ablation hooks, streamed per-position statistics vs brute force,
-the detrended spectrum and its shuffled-position null on curves whose answer is known, per-feature statistics inside
-and past the training context, the chapter's result (no NaN, narrow tables) and the figure builders."""
+the detrended spectrum and its red-noise null (with positive and negative controls) on curves whose answer is known,
+per-feature statistics inside and past the training context, the chapter's result (no NaN, narrow tables) and the
+figure builders."""
 
 import math
 from pathlib import Path
