@@ -110,7 +110,7 @@ def engine_paragraph(layer0: str | Path = LAYER0_BENCHMARK, side: str | Path = S
     if Path(side).is_file():
         sb = json.loads(Path(side).read_text())
         then = sb["recorded_then"]
-        old, new = (c for c in dict.fromkeys(run["commit"] for run in sb["runs"]))
+        old, new = dict.fromkeys(run["commit"] for run in sb["runs"])  # the two commits, in the order they ran
         runs = {c: [x for x in sb["runs"] if x["commit"] == c] for c in (old, new)}
         ratio = {c: sum(x["ratio_exact_over_matmul"] for x in v) / len(v) for c, v in runs.items()}
         floors = [x["matmul_seconds"] for x in sb["runs"]]
@@ -140,9 +140,9 @@ def engine_paragraph(layer0: str | Path = LAYER0_BENCHMARK, side: str | Path = S
     if Path(matching).is_file():
         m = json.loads(Path(matching).read_text())
         big = max(x["n_a"] for x in m["runs"])
-        for x in (x for x in m["runs"] if x["n_a"] == big and x["case"] == "rand" and x["method"] == "sparse"):
-            dense = next((d for d in m["runs"] if d["n_a"] == big and d["case"] == "rand" and d["method"] == "dense"),
-                         None)
+        run = {x["method"]: x for x in m["runs"] if x["n_a"] == big and x["case"] == "rand"}
+        x, dense = run.get("sparse"), run.get("dense")
+        if x:
             lines.append(
                 f"One-to-one matching of two random {big:,}-feature dictionaries on {m['threads']} threads: the sparse "
                 f"match takes {x['seconds']:.1f} s and {x['peak_rss_gib']:.2f} GB at peak, "

@@ -389,18 +389,17 @@ def null_max_power(curve: Float[Tensor, "n"], n_null: int = N_NULL, seed: int = 
     Each surrogate is the curve's own polynomial trend plus an AR(1) series with the lag-1 autocorrelation of the
     curve's detrended residual; after the same detrending its power is scaled to the residual's total power. So the
     null keeps the trend and the residual's smoothness and size, and asks only whether one frequency stands out more
-    than smooth noise makes one stand out. An oscillation in the residual raises its autocorrelation too, which makes
-    the test conservative.
+    than smooth noise makes one stand out. (The detrending removes the trend exactly, so only the AR(1) series is
+    drawn and detrended.) An oscillation in the residual raises its autocorrelation too, which makes the test
+    conservative.
     """
     c = torch.tensor(np.asarray(curve, dtype=np.float64))
-    resid = detrended(c, degree)
-    trend = c - resid
-    rho, n = lag1_autocorrelation(resid), len(c)
+    rho, n = lag1_autocorrelation(detrended(c, degree)), len(c)
     g = torch.Generator().manual_seed(seed)
     eps = torch.randn(n_null, n, generator=g, dtype=torch.float64)
     eps[:, 0] /= math.sqrt(1 - rho**2)  # the stationary start
     x = torch.from_numpy(lfilter([1.0], [1.0, -rho], eps.numpy(), axis=1))  # x_t = rho x_{t-1} + eps_t
-    power = power_spectrum(trend + x, degree)[:, 1:]
+    power = power_spectrum(x, degree)[:, 1:]
     total = float(power_spectrum(c, degree)[1:].sum())
     return power.max(1).values * (total / power.sum(1).clamp_min(1e-300))
 
