@@ -15,7 +15,7 @@ STEPS = ("tokenizer", "tokens", "model", "saes", "card")
 
 
 def _organism(args: argparse.Namespace) -> None:
-    from possae.organism.recipe import ARTIFACTS, OrganismRecipe, build_dir, gpt2pos_saes, rotary_saes, twin_dirs
+    from possae.organism.recipe import ARTIFACTS, OrganismRecipe, build_dir, twin_dirs, variant_saes
 
     if args.data:
         os.environ["POSSAE_DATA"] = args.data
@@ -24,13 +24,13 @@ def _organism(args: argparse.Namespace) -> None:
     recipe = OrganismRecipe(lm=lm_recipe(args.recipe, args.positional))
     if args.tokens:
         recipe = dataclasses.replace(recipe, lm=dataclasses.replace(recipe.lm, train_tokens=args.tokens))
-    out_dir, work_dir, _ = twin_dirs(args.positional)
+    out_dir, work_dir, model_name = twin_dirs(args.positional)
     twin = args.positional != "standard"
     if twin:
-        if args.step not in ("model", "saes", "card") or (args.step == "card" and args.positional == "rotary"):
+        if args.step not in ("model", "saes", "card") or (args.step == "card" and args.positional.endswith("rotary")):
             raise SystemExit(f"The {args.positional} organism shares the organism's tokenizer, tokens and card: "
                              "its steps are `model` and `saes`.")
-        recipe = dataclasses.replace(recipe, saes=rotary_saes() if args.positional == "rotary" else gpt2pos_saes())
+        recipe = dataclasses.replace(recipe, saes=variant_saes(args.positional))
     steps = STEPS if args.step == "all" else (args.step,)
     for step in steps:
         if step == "tokenizer":
@@ -57,7 +57,7 @@ def _organism(args: argparse.Namespace) -> None:
             facts = lm.train_language_model(recipe.lm, out_dir=out_dir, work_dir=work_dir, device=device,
                                             log_file=work_dir / "lm_training.log", init_from=args.init_from,
                                             compile=device != "cpu", tokenizer_dir=ARTIFACTS / "tokenizer",
-                                            token_cache=build_dir() / "tokens")
+                                            token_cache=build_dir() / "tokens", model_name=model_name)
             if twin:  # shipped beside the twin: what trained it (the past-context chapter names its recipe)
                 (out_dir / "lm_training.json").write_text(json.dumps(facts, indent=1))
             print(json.dumps({k: v for k, v in facts.items() if k != "history"}, indent=1))
@@ -146,10 +146,12 @@ def main(argv: list[str] | None = None) -> None:
     org.add_argument("--recipe", default="gpu", choices=("gpu", "cpu", "continue"),
                      help="language-model recipe: gpu (recorded, default), cpu (laptop fallback), continue (resume "
                           "a trained model with every position scored; needs --init-from)")
-    org.add_argument("--positional", default="standard", choices=("standard", "rotary", "gpt2"),
+    org.add_argument("--positional", default="standard", choices=("standard", "rotary", "gpt2", "gpt2-rotary"),
                      help="standard: the organism (learned absolute W_pos); rotary: its rotary twin, written to "
                           "possae/artifacts/organism-rotary; gpt2: GPT-2 small's W_pos, frozen, n_ctx 1,024, written "
-                          "to possae/artifacts/organism-gpt2pos (twins: steps model and saes)")
+                          "to possae/artifacts/organism-gpt2pos; gpt2-rotary: that organism's rotary twin (the same "
+                          "recipe and tokens), written to possae/artifacts/organism-gpt2pos-rotary (twins: steps model "
+                          "and saes)")
     org.add_argument("--init-from", default=None, help="folder holding model/ to continue from (--recipe continue)")
     org.add_argument("--force", action="store_true", help="train the gpu recipe on a CPU anyway")
     org.add_argument("--tokens", type=int, default=None, help="override the language model's training tokens")

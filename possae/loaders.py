@@ -12,10 +12,12 @@ from typing import Any
 import torch
 
 from possae.devices import default_device
-from possae.organism.recipe import ARTIFACTS, GPT2POS_MODEL_NAME, ORGANISM_MODEL_NAME, ROTARY_MODEL_NAME
+from possae.organism.recipe import (ARTIFACTS, GPT2POS_MODEL_NAME, GPT2POS_ROTARY_MODEL_NAME, ORGANISM_MODEL_NAME,
+                                    ROTARY_MODEL_NAME)
 from possae.sae_files import (  # noqa: F401  (the file checks are part of the loaders' interface)
     LOCAL_SAE_FIX,
     GPT2POS,
+    GPT2POS_ROTARY,
     ORGANISM,
     ORGANISMS,
     ROTARY,
@@ -32,7 +34,8 @@ from possae.sae_files import (  # noqa: F401  (the file checks are part of the l
     sae_folder,
 )
 
-MODEL_NAMES = {ORGANISM_MODEL_NAME: ORGANISM, ROTARY_MODEL_NAME: ROTARY, GPT2POS_MODEL_NAME: GPT2POS}  # cfg model_name -> name
+MODEL_NAMES = {ORGANISM_MODEL_NAME: ORGANISM, ROTARY_MODEL_NAME: ROTARY, GPT2POS_MODEL_NAME: GPT2POS,
+               GPT2POS_ROTARY_MODEL_NAME: GPT2POS_ROTARY}  # cfg model_name -> name
 OFFLINE_HINT = (
     "Offline, run on the model organism shipped with possae: load_model('organism') and "
     "load_sae('organism', SAE_ID) (ids: {ids}), or the book's `organism` profile."

@@ -32,9 +32,16 @@ ABLATIONS = ("normal", "zero", "shuffle")  # hook_pos_embed's output: itself, ze
 DECILES = tuple(round(0.1 * i, 1) for i in range(1, 10))
 IN, PAST = "in context", "past context"  # the two regions of positions of an SAE: 1..C-1 and C..n_ctx-1
 DETREND_DEGREE = 3  # the least-squares polynomial removed from a curve before its spectrum (trend, bend, S-shape)
-# the residual of a least-squares polynomial of degree d on a smooth curve swings through about (d + 1) / 2 cycles (its
-# d + 2 alternating extremes): a spectral peak needs one whole cycle more to be a period rather than that left-over trend
-MIN_RESOLVED_CYCLES = (DETREND_DEGREE + 3) / 2
+# A smooth trend that is no polynomial (a log-like rise, a decay) leaves a residual after the cubic that swings through
+# about two cycles, where a real period of two cycles also lies. So a peak is a *period* only when a sinusoid (three
+# parameters: cycles, amplitude, phase) fits the curve better, beside the cubic, than a trend with three parameters
+# more does (trend_rss: the polynomial terms of the next degrees, or a logistic step): a trend is fitted better by
+# the trend, an oscillation by the sinusoid.
+SINE_PARAMETERS = 3
+MIN_CYCLES = 1.5  # an oscillation rises, falls and rises again inside the window: at least three half-cycles
+SINE_SEARCH = 1.0  # the sinusoid's cycles are searched within this many cycles of the spectral peak...
+SINE_STEP = 0.01  # ...in steps of this many cycles
+STEP_CENTRES, STEP_WIDTHS = 64, 10  # the trend's logistic step: positions over the window, widths 1..n/16 (log-spaced: sharp rises; a wider one is a polynomial)
 N_NULL = 1000  # red-noise surrogates of a curve in the spectral test's null
 MAX_AR1 = 0.99  # the largest lag-1 autocorrelation the null's AR(1) surrogates take
 NULL_QUANTILE = 0.95  # a peak is significant when its power exceeds this quantile of the null's maximum power
@@ -362,9 +369,7 @@ def region_means(positions: pd.DataFrame, info: pd.DataFrame, value: str, ablati
 def detrended(curves: Float[Tensor, "... n"], degree: int = DETREND_DEGREE) -> Float[Tensor, "... n"]:
     """Return the curves minus their least-squares polynomial of the given degree in the position."""
     c = torch.tensor(np.asarray(curves, dtype=np.float64)) if not isinstance(curves, Tensor) else curves.double()
-    n = c.shape[-1]
-    t = torch.linspace(-1, 1, n, dtype=torch.float64)
-    q, _ = torch.linalg.qr(torch.stack([t**j for j in range(min(degree, n - 1) + 1)], 1))
+    q = polynomial_basis(c.shape[-1], degree)
     return c - (c @ q) @ q.T
 
 
@@ -414,25 +419,72 @@ def refined_peak(power: Float[Tensor, "n_freq"]) -> tuple[int, float]:
     return k, k + (0.5 * (a - c) / denom if denom < 0 else 0.0)
 
 
-def spectral_peak(curve: Float[Tensor, "n"], n_null: int = N_NULL, seed: int = 0, degree: int = DETREND_DEGREE,
-                  min_cycles: float = MIN_RESOLVED_CYCLES, quantile: float = NULL_QUANTILE) -> dict:
-    """Return the detrended curve's spectral peak tested against the trend-keeping red-noise null (null_max_power).
+def polynomial_basis(n: int, degree: int) -> Float[Tensor, "n degree_plus_1"]:
+    """Return an orthonormal basis (float64) of the polynomials of the given degree in the position, over n points."""
+    t = torch.linspace(-1, 1, n, dtype=torch.float64)
+    return torch.linalg.qr(torch.stack([t**j for j in range(min(degree, n - 1) + 1)], 1))[0]
 
-    Keys: cycles (per window, refined), period (positions), power_share (of the detrended power), null_threshold
-    (the quantile of the null's maximum power), peak_over_null, p_value, resolved (>= min_cycles), significant
-    (power above the threshold), oscillation (both).
+
+def sinusoid_fit(curve: Float[Tensor, "n"], cycles: float, degree: int = DETREND_DEGREE, span: float = SINE_SEARCH,
+                 step: float = SINE_STEP) -> tuple[float, float]:
+    """Return (cycles, residual sum of squares) of the least-squares fit of a polynomial of the given degree plus one
+    sinusoid, its cycles over the window searched within `span` of `cycles`."""
+    c = torch.tensor(np.asarray(curve, dtype=np.float64))
+    n = len(c)
+    q = polynomial_basis(n, degree)
+    r = c - q @ (q.T @ c)
+    grid = torch.arange(max(step, cycles - span), max(step, cycles + span) + step / 2, step, dtype=torch.float64)
+    phase = 2 * math.pi * grid[:, None] * torch.arange(n, dtype=torch.float64) / n
+    waves = torch.stack([phase.cos(), phase.sin()], 1)  # (grid, 2, n)
+    waves = waves - (waves @ q) @ q.T  # the part of each sinusoid the polynomial cannot fit
+    gram = waves @ waves.transpose(1, 2) + 1e-9 * torch.eye(2, dtype=torch.float64)  # (grid, 2, 2); a sine at n / 2 cycles is 0
+    proj = waves @ r  # (grid, 2)
+    explained = (proj[:, None, :] @ torch.linalg.solve(gram, proj[:, :, None])).reshape(-1)
+    best = int(explained.argmax())
+    return float(grid[best]), float(r @ r - explained[best])
+
+
+def trend_rss(curve: Float[Tensor, "n"], degree: int = DETREND_DEGREE, extra: int = SINE_PARAMETERS) -> float:
+    """Return the smallest residual sum of squares of two trends with `extra` parameters beyond the polynomial of the
+    given degree: the polynomial of degree + extra, and the polynomial plus a logistic step (its position, width and
+    height searched; a sharp rise somewhere in the window)."""
+    c = torch.tensor(np.asarray(curve, dtype=np.float64))
+    n = len(c)
+    q = polynomial_basis(n, degree)
+    r = c - q @ (q.T @ c)
+    wider = c - (q6 := polynomial_basis(n, degree + extra)) @ (q6.T @ c)
+    t = torch.arange(n, dtype=torch.float64)
+    centres = torch.linspace(0, n - 1, STEP_CENTRES, dtype=torch.float64)
+    widths = torch.logspace(0, math.log10(max(n / 16, 1.0)), STEP_WIDTHS, dtype=torch.float64)
+    steps = torch.sigmoid((t - centres[:, None, None]) / widths[None, :, None]).reshape(-1, n)
+    steps = steps - (steps @ q) @ q.T
+    explained = (steps @ r) ** 2 / (steps * steps).sum(1).clamp_min(1e-300)
+    return float(min(wider @ wider, r @ r - explained.max()))
+
+
+def spectral_peak(curve: Float[Tensor, "n"], n_null: int = N_NULL, seed: int = 0, degree: int = DETREND_DEGREE,
+                  quantile: float = NULL_QUANTILE) -> dict:
+    """Return the detrended curve's spectral peak, tested against the trend-keeping red-noise null (null_max_power),
+    and whether a sinusoid there fits better than a trend with as many parameters (sinusoid_fit, trend_rss).
+
+    Keys: cycles (per window, of the fitted sinusoid), period (positions), power_share (of the detrended power at the
+    peak bin), null_threshold (the quantile of the null's maximum power), peak_over_null, p_value, sine_over_trend
+    (the residual sum of squares of the best trend over that of the polynomial plus the sinusoid), resolved
+    (sine_over_trend > 1 and at least MIN_CYCLES), significant (power above the threshold), oscillation (both).
     """
     c = torch.tensor(np.asarray(curve, dtype=np.float64))
     power = power_spectrum(c, degree)
-    k, cycles = refined_peak(power)
+    k, peak_cycles = refined_peak(power)
+    cycles, rss_sine = sinusoid_fit(c, peak_cycles, degree)
+    sine_over_trend = trend_rss(c, degree) / max(rss_sine, 1e-300)
     null = null_max_power(c, n_null, seed, degree)
     threshold = float(torch.quantile(null, quantile))
     peak = float(power[k])
-    resolved, significant = cycles >= min_cycles, peak > threshold
+    resolved, significant = bool(sine_over_trend > 1 and cycles >= MIN_CYCLES), peak > threshold
     return {"cycles": cycles, "period": len(c) / cycles, "power_share": peak / max(float(power[1:].sum()), 1e-300),
             "null_threshold": threshold, "peak_over_null": peak / threshold if threshold > 0 else 0.0,
-            "p_value": (1 + int((null >= peak).sum())) / (1 + n_null), "resolved": resolved,
-            "significant": significant, "oscillation": resolved and significant}
+            "p_value": (1 + int((null >= peak).sum())) / (1 + n_null), "sine_over_trend": sine_over_trend,
+            "resolved": resolved, "significant": significant, "oscillation": resolved and significant}
 
 
 def frequency_table(positions: pd.DataFrame, info: pd.DataFrame, n_null: int = N_NULL, seed: int = 0,
@@ -478,8 +530,12 @@ def _layers(layers: Sequence[int]) -> str:
 def _no_oscillation_reason(row) -> str:
     """Return why a spectral peak is not called an oscillation."""
     if not row["resolved"]:
-        return (f"its detrended spectrum peaks at {row['cycles']:.2f} cycles over the window, under the "
-                f"{MIN_RESOLVED_CYCLES:g} a period needs to be resolved: what remains is trend, not a period")
+        if row["sine_over_trend"] > 1:
+            return (f"the sinusoid that fits it best has {row['cycles']:.2f} cycles over the window, under the "
+                    f"{MIN_CYCLES:g} an oscillation needs: what remains is trend, not a period")
+        return (f"a sinusoid (best at {row['cycles']:.2f} cycles over the window) fits it no better than a trend with as "
+                f"many parameters (the trend's residual is {row['sine_over_trend']:.2f} times the sinusoid's): "
+                "what remains is trend, not a period")
     return (f"its detrended spectrum peaks at a period of {row['period']:.1f} positions, but with only "
             f"{row['peak_over_null']:.2f} times the power that smooth noise of the same size reaches in "
             f"{NULL_QUANTILE:.0%} of {N_NULL} draws (p = {row['p_value']:.2f})")
@@ -916,7 +972,7 @@ def analyze(model, saes: dict[str, object], params: OscillationParams,
         "osc_n_pos0_higher": int((pos0_ratio > 1).sum()),
         "osc_pos0_ratio_min": float(pos0_ratio.min()), "osc_pos0_ratio_max": float(pos0_ratio.max()),
         "osc_past_sentence": past_context_sentence(activation, n_ctx),
-        "osc_detrend_degree": DETREND_DEGREE, "osc_min_cycles": MIN_RESOLVED_CYCLES, "osc_n_null": n_null,
+        "osc_detrend_degree": DETREND_DEGREE, "osc_poly_degree": DETREND_DEGREE + SINE_PARAMETERS, "osc_n_null": n_null,
         "osc_null_quantile": NULL_QUANTILE,
         "osc_n_oscillating": int(freq["oscillation"].sum()), "osc_n_saes": len(freq),
         "osc_freq_sentence": " ".join(frequency_sentence(freq, fam) for fam in freq["family"].unique()),

@@ -16,14 +16,17 @@ from pathlib import Path
 
 import numpy as np
 
-from possae.organism.recipe import ARTIFACTS, GPT2POS_ARTIFACTS, ROTARY_ARTIFACTS
+from possae.organism.recipe import ARTIFACTS, GPT2POS_ARTIFACTS, GPT2POS_ROTARY_ARTIFACTS, ROTARY_ARTIFACTS
 
 ORGANISM = "organism"  # the first organism (learned W_pos, n_ctx 256): model name and SAE release
 ROTARY = "organism-rotary"  # its rotary twin (the same recipe with rotary positions): model name and SAE release
 GPT2POS = "organism-gpt2pos"  # GPT-2 small's own W_pos (projected, frozen), n_ctx 1,024: the layer-0 chapters' default
+GPT2POS_ROTARY = "organism-gpt2pos-rotary"  # its rotary twin: the same recipe and tokens, rotary positions
 OTHER_ORGANISM = {GPT2POS: ORGANISM, ORGANISM: GPT2POS}  # the layer-0 organisms, each set beside the other
-ORGANISMS = {ORGANISM: ARTIFACTS, ROTARY: ROTARY_ARTIFACTS, GPT2POS: GPT2POS_ARTIFACTS}  # name -> shipped folder
-VARIANT_FLAGS = {ORGANISM: "", ROTARY: " --positional rotary", GPT2POS: " --positional gpt2"}  # `possae organism` flag
+ORGANISMS = {ORGANISM: ARTIFACTS, ROTARY: ROTARY_ARTIFACTS, GPT2POS: GPT2POS_ARTIFACTS,
+             GPT2POS_ROTARY: GPT2POS_ROTARY_ARTIFACTS}  # name -> shipped folder
+VARIANT_FLAGS = {ORGANISM: "", ROTARY: " --positional rotary", GPT2POS: " --positional gpt2",
+                 GPT2POS_ROTARY: " --positional gpt2-rotary"}  # `possae organism` flag
 SAE_FILES = ("cfg.json", "sae_weights.safetensors")  # what sae_lens's SAE.save_model writes
 SAE_SHAPES = {"W_enc": ("d_in", "d_sae"), "W_dec": ("d_sae", "d_in"), "b_dec": ("d_in",)}  # any other vector: d_sae
 LOCAL_SAE_FIX = "Copy or save the SAE there again (sae_lens's SAE.save_model writes both files)."

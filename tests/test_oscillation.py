@@ -310,6 +310,67 @@ def test_positive_control_a_sine_on_a_trend_is_found_and_the_old_raw_curve_null_
     assert np.mean([_shuffled_raw_curve_call(c) for c in curves]) <= 0.2
 
 
+# The issue's controls at GPT-2's length: 1,023 in-context positions, white noise and a sine at the levels measured on
+# the GPT-2-geometry organism's layer-0 curve (relu-full, 4,096 held-out tokens per corpus: mean 0.014, residual noise
+# 0.0005 with lag-1 autocorrelation 0.02, a swing of amplitude about 0.001), on a cubic trend that rises by 0.02 and
+# bends back: the detrending removes any cubic exactly, and a large one defeats the methods this one replaced.
+LONG_T = np.arange(1023) / 1023
+LONG_TREND = 0.03 + 0.02 * (2 * LONG_T - 1) - 0.015 * (2 * LONG_T - 1) ** 3
+LONG_NOISE, LONG_AMPLITUDE = 0.0005, 0.001
+LONG_TRENDS = {"cubic": LONG_TREND, "log": 0.014 + 0.001 * np.log(LONG_T + 0.01),
+               "decay": 0.014 + 0.003 * np.exp(-LONG_T / 0.05), "sqrt": 0.014 + 0.002 * np.sqrt(LONG_T),
+               "step": 0.014 + 0.002 * np.tanh((LONG_T - 0.4) / 0.02)}
+
+
+def _long_curve(rng, trend, cycles=0.0, amplitude=LONG_AMPLITUDE):
+    """Return trend + a sine of `cycles` over the window (random phase) + white noise at the measured level."""
+    sine = amplitude * np.sin(2 * np.pi * cycles * LONG_T + rng.uniform(0, 2 * np.pi)) if cycles else 0.0
+    return trend + sine + LONG_NOISE * rng.standard_normal(len(LONG_T))
+
+
+def _lowest_bin_cycles(c):
+    """The first book's method: the peak of the raw (not detrended) spectrum, in cycles over the window."""
+    return int(np.abs(np.fft.rfft(c - c.mean()))[1:].argmax()) + 1
+
+
+@pytest.mark.parametrize("cycles", [2, 4])
+def test_long_control_two_and_four_cycles_on_a_cubic_trend_are_found_with_their_cycles(cycles):
+    rng = np.random.default_rng(20 + cycles)
+    curves = [_long_curve(rng, LONG_TREND, cycles) for _ in range(40)]
+    found = [spectral_peak(c, n_null=200, seed=i) for i, c in enumerate(curves)]
+    assert np.mean([p["oscillation"] for p in found]) >= (0.8 if cycles == 2 else 0.95)
+    assert all(abs(p["cycles"] - cycles) < 0.3 for p in found if p["oscillation"])
+    # the methods this one replaced fail the same control: the raw spectrum's lowest bin is the trend's, and the null
+    # that shuffles the raw curve spreads the trend's variance over every frequency
+    assert np.mean([_lowest_bin_cycles(c) == cycles for c in curves]) <= 0.1
+    assert np.mean([_shuffled_raw_curve_call(c) for c in curves]) <= 0.2
+
+
+@pytest.mark.parametrize("trend", sorted(LONG_TRENDS))
+def test_long_control_trends_with_noise_are_not_found(trend):
+    rng = np.random.default_rng(30)
+    calls = [spectral_peak(_long_curve(rng, LONG_TRENDS[trend]), n_null=200, seed=i)["oscillation"] for i in range(40)]
+    assert np.mean(calls) <= 0.1  # nominal 5 %
+
+
+def test_long_control_pure_noise_is_not_found():
+    rng = np.random.default_rng(31)
+    calls = [spectral_peak(LONG_NOISE * rng.standard_normal(1023), n_null=200, seed=i)["oscillation"] for i in range(40)]
+    assert np.mean(calls) <= 0.1
+
+
+def test_a_sinusoid_must_beat_a_trend_with_as_many_parameters():
+    """A sharp step or a log-like rise leaves about two cycles after the cubic; a sinusoid of two cycles does not fit
+    them better than the next polynomial terms or a logistic step, so they are trend; a real sine is not."""
+    from possae.oscillation import trend_rss, sinusoid_fit
+
+    step = LONG_TRENDS["step"]
+    assert trend_rss(step) < 0.05 * sinusoid_fit(step, 2.0)[1]  # a logistic step of the searched grid fits it closely
+    sine = LONG_TREND + LONG_AMPLITUDE * np.sin(2 * np.pi * 2 * LONG_T)
+    cycles, rss = sinusoid_fit(sine, 2.3)
+    assert abs(cycles - 2) < 0.01 and rss < 1e-12 and trend_rss(sine) > 1e-8
+
+
 def test_the_red_noise_null_keeps_the_trend():
     """Adding any cubic to a curve changes neither its detrended spectrum nor the null: the trend is kept, not
     scrambled into noise."""
@@ -360,7 +421,7 @@ def test_a_trend_in_the_lowest_bin_is_not_reported_as_a_period():
 
 def _freq_rows(rows):
     return pd.DataFrame([{"family": "ReLU", "sae_id": f"s{l}", "layer": l, "first": 1, "last": 63, "window": 63,
-                          "cycles": c, "period": 63 / c, "resolved": c >= 2, "significant": s,
+                          "cycles": c, "period": 63 / c, "resolved": c >= 2, "significant": s, "sine_over_trend": 2.0,
                           "oscillation": c >= 2 and s,
                           "peak_over_null": 3.0 if s else 0.5, "p_value": 0.001 if s else 0.4, "base_layer": 0,
                           "ratio_to_base": r} for l, c, s, r in rows])

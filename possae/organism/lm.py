@@ -33,8 +33,9 @@ from possae.wpos import wpos_geometry
 MODEL_DIR = "model"
 
 
-def lm_config(recipe: LMRecipe) -> dict:
-    """Return the HookedTransformerConfig keyword arguments of the organism's architecture (or its rotary twin's)."""
+def lm_config(recipe: LMRecipe, model_name: str | None = None) -> dict:
+    """Return the HookedTransformerConfig keyword arguments of the organism's architecture (or its rotary twin's);
+    `model_name` names a twin that the recipe alone does not (the GPT-2-geometry organism's rotary twin)."""
     d_head = recipe.d_model // recipe.n_heads
     rotary = recipe.positional_embedding_type == "rotary"
     return dict(
@@ -42,7 +43,8 @@ def lm_config(recipe: LMRecipe) -> dict:
         d_mlp=recipe.d_mlp, n_layers=recipe.n_layers, n_ctx=recipe.n_ctx, d_vocab=recipe.d_vocab,
         act_fn=recipe.act_fn, normalization_type="LN", positional_embedding_type=recipe.positional_embedding_type,
         original_architecture="GPT2LMHeadModel",
-        model_name=ROTARY_MODEL_NAME if rotary else GPT2POS_MODEL_NAME if recipe.wpos == "gpt2" else ORGANISM_MODEL_NAME,
+        model_name=model_name or (ROTARY_MODEL_NAME if rotary else GPT2POS_MODEL_NAME if recipe.wpos == "gpt2"
+                                  else ORGANISM_MODEL_NAME),
         seed=recipe.seed, default_prepend_bos=True, **({"rotary_dim": d_head} if rotary else {}),
     )
 
@@ -146,6 +148,7 @@ def train_language_model(
     init_from: Path | None = None,
     tokenizer_dir: Path | None = None,
     token_cache: Path | None = None,
+    model_name: str | None = None,
 ) -> dict:
     """Train (or resume) the organism's language model; save it to out_dir/model; return training facts.
 
@@ -161,7 +164,7 @@ def train_language_model(
     tok = load_tokenizer(tokenizer_dir)
     bos = tok.token_to_id(BOS)
     torch.manual_seed(recipe.seed)
-    model = build_model(lm_config(recipe), tokenizer_dir, device)
+    model = build_model(lm_config(recipe, model_name), tokenizer_dir, device)
     has_wpos = recipe.positional_embedding_type == "standard"
     projection = None
     if recipe.wpos == "gpt2":  # GPT-2's geometry, fixed: every weight but W_pos trains

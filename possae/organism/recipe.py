@@ -14,13 +14,17 @@ ARTIFACTS = PACKAGE_DIR / "artifacts" / "organism"  # shipped: tokenizer, model,
 ROTARY_ARTIFACTS = PACKAGE_DIR / "artifacts" / "organism-rotary"  # the rotary twin: model and SAEs (tokenizer shared)
 # the organism with GPT-2 small's own positional embedding (projected to d_model, frozen), n_ctx 1,024
 GPT2POS_ARTIFACTS = PACKAGE_DIR / "artifacts" / "organism-gpt2pos"
+# its rotary twin: the same recipe and tokens, rotary positions instead of W_pos (the past-context chapter's control)
+GPT2POS_ROTARY_ARTIFACTS = PACKAGE_DIR / "artifacts" / "organism-gpt2pos-rotary"
 BUILD_ENV = "POSSAE_BUILD"
 ORGANISM_MODEL_NAME = "possae-organism"  # the organism's model_name in its config and in its SAEs' metadata
 ROTARY_MODEL_NAME = "possae-organism-rotary"  # the rotary twin's
 GPT2POS_MODEL_NAME = "possae-organism-gpt2pos"  # the GPT-2-geometry organism's
+GPT2POS_ROTARY_MODEL_NAME = "possae-organism-gpt2pos-rotary"  # its rotary twin's
 POSITIONAL_TYPES = ("standard", "rotary")  # TransformerLens's positional_embedding_type: learned absolute, or rotary
 WPOS_SOURCES = ("learned", "gpt2")  # W_pos trained from zero, or GPT-2 small's projected to d_model and frozen
-VARIANTS = ("standard", "rotary", "gpt2")  # the organisms possae trains: the first, its rotary twin, GPT-2's geometry
+# the organisms possae trains: the first, its rotary twin, GPT-2's geometry, and that one's rotary twin
+VARIANTS = ("standard", "rotary", "gpt2", "gpt2-rotary")
 
 
 def build_dir() -> Path:
@@ -38,9 +42,9 @@ def twin_dirs(variant: str) -> tuple[Path, Path, str]:
         return ARTIFACTS, build_dir(), ORGANISM_MODEL_NAME
     work = build_dir() / variant
     work.mkdir(parents=True, exist_ok=True)
-    if variant == "rotary":
-        return ROTARY_ARTIFACTS, work, ROTARY_MODEL_NAME
-    return GPT2POS_ARTIFACTS, work, GPT2POS_MODEL_NAME
+    return {"rotary": (ROTARY_ARTIFACTS, work, ROTARY_MODEL_NAME),
+            "gpt2": (GPT2POS_ARTIFACTS, work, GPT2POS_MODEL_NAME),
+            "gpt2-rotary": (GPT2POS_ROTARY_ARTIFACTS, work, GPT2POS_ROTARY_MODEL_NAME)}[variant]
 
 
 @dataclass(frozen=True)
@@ -118,11 +122,13 @@ GPT2POS_LM_RECIPES: dict[str, LMRecipe] = {
 
 def lm_recipe(name: str, variant: str = "standard") -> LMRecipe:
     """Return the named language-model recipe of an organism variant, or raise listing the names."""
-    recipes = GPT2POS_LM_RECIPES if variant == "gpt2" else LM_RECIPES
+    recipes = GPT2POS_LM_RECIPES if variant.startswith("gpt2") else LM_RECIPES
     if name not in recipes:
         raise ValueError(f"Unknown language-model recipe {name!r} for the {variant} organism; recipes: {', '.join(recipes)}")
     recipe = recipes[name]
-    return dataclasses.replace(recipe, positional_embedding_type="rotary") if variant == "rotary" else recipe
+    if variant.endswith("rotary"):  # the twin: the same recipe and tokens, with rotary positions and no W_pos
+        return dataclasses.replace(recipe, positional_embedding_type="rotary", wpos="learned", zero_init_wpos=True)
+    return recipe
 
 
 def cpu_hours(recipe: LMRecipe) -> float:
@@ -278,6 +284,41 @@ def gpt2pos_saes(n_ctx: int = 1024, short: int = GPT2POS_SHORT) -> tuple[SAEReci
     )
     return relu + (SAERecipe("relu-full", context_size=n_ctx, lr=GPT2POS_LR,
                              description=f"ReLU+L1, 32x, full contexts of {n_ctx} (control)"),)
+
+
+def gpt2pos_layer_saes(n_layers: int = LMRecipe.n_layers, n_ctx: int = 1024,
+                       short: int = GPT2POS_SHORT) -> tuple[SAERecipe, ...]:
+    """Return the GPT-2-geometry organism's layers 1..: ReLU+L1 32x at full context and at context `short`, and TopK
+    16x k=16 at full context at every layer (layer 0's ReLU SAEs are relu-full and relu-short)."""
+    full = tuple(SAERecipe(f"relu-full-L{layer}", hook_name=f"blocks.{layer}.hook_resid_pre", context_size=n_ctx,
+                           lr=GPT2POS_LR, description=f"layer {layer}: ReLU+L1, 32x, full contexts of {n_ctx}")
+                 for layer in range(1, n_layers))
+    short_ = tuple(SAERecipe(f"relu-short-L{layer}", hook_name=f"blocks.{layer}.hook_resid_pre", context_size=short,
+                             lr=GPT2POS_LR, description=f"layer {layer}: ReLU+L1, 32x, contexts of {short} of {n_ctx}")
+                   for layer in range(1, n_layers))
+    topk = tuple(SAERecipe(f"topk-L{layer}", hook_name=f"blocks.{layer}.hook_resid_pre", architecture="topk",
+                           expansion=16, k=16, context_size=n_ctx,
+                           description=f"layer {layer}: TopK k=16, 16x, full contexts of {n_ctx}")
+                 for layer in range(n_layers))
+    return full + short_ + topk
+
+
+def gpt2pos_rotary_saes(n_layers: int = LMRecipe.n_layers, n_ctx: int = 1024,
+                        short: int = GPT2POS_SHORT) -> tuple[SAERecipe, ...]:
+    """Return the rotary twin of the GPT-2-geometry organism's suite: ReLU+L1 32x at context `short` at every layer,
+    the recipe of its relu-short and relu-short-L1..3."""
+    return tuple(SAERecipe("relu-short" if layer == 0 else f"relu-short-L{layer}",
+                           hook_name=f"blocks.{layer}.hook_resid_pre", context_size=short, lr=GPT2POS_LR,
+                           description=f"rotary twin, layer {layer}: ReLU+L1, 32x, contexts of {short} of {n_ctx}")
+                 for layer in range(n_layers))
+
+
+def variant_saes(variant: str) -> tuple[SAERecipe, ...]:
+    """Return the SAE suite of an organism variant (VARIANTS)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"organism variant {variant!r}: one of {', '.join(VARIANTS)}")
+    return {"standard": all_saes, "rotary": rotary_saes, "gpt2": lambda: gpt2pos_saes() + gpt2pos_layer_saes(),
+            "gpt2-rotary": gpt2pos_rotary_saes}[variant]()
 
 
 def all_saes(n_layers: int = LMRecipe.n_layers, n_ctx: int = LMRecipe.n_ctx) -> tuple[SAERecipe, ...]:
