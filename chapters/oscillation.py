@@ -15,24 +15,27 @@
 # # Multi-layer oscillation: average SAE activation vs token position
 #
 # **Overview.** In GPT-2 small, the average activation of residual-stream SAE features was reported to rise and fall
-# with token position, following the periodic structure of the positional embedding `W_pos`, and in layers 1-3 at
-# roughly twice layer 0's frequency. This chapter measures the same curve at every layer given, for ReLU (L1) SAEs and
-# TopK SAEs; asks whether a curve oscillates at all (a detrended spectrum tested against curves with their positions
-# shuffled); removes or scrambles `W_pos` to see what the curve and the model's loss owe to it; splices every SAE into
-# the model; and looks at how each feature's activations are distributed, inside and past its training context.
+# with token position, in two periods over its 1,024 positions, following the turns of the positional embedding
+# `W_pos`, and in layers 1-3 at roughly twice layer 0's frequency (study 2). This chapter measures the same curve at
+# every layer given, for ReLU (L1) SAEs and TopK SAEs, on the organism that carries GPT-2's own `W_pos`
+# (organism-gpt2pos: GPT-2 small's rows, projected to the organism's width and frozen, over all 1,024 positions); asks
+# whether a curve oscillates at all, with a test that keeps the curve's trend; tests the first organism's curves beside
+# it; removes or scrambles `W_pos` to see what the curve and the model's loss owe to it; splices every SAE into the
+# model; and looks at how each feature's activations are distributed.
 #
-# **Prerequisites.** The [setup chapter](setup) (the model, `W_pos`, held-out text). An SAE at
+# **Prerequisites.** The [setup chapter](setup) (the models, `W_pos`, held-out text). An SAE at
 # `blocks.L.hook_resid_pre` reads the residual stream entering block `L`; at layer 0 that is
 # `W_E[token] + W_pos[position]`.
 
 # %% tags=["parameters", "remove-cell"]
-model_name = "organism"  # 'organism' (offline default), a transformer_lens name, or a local folder
-sae_release = "organism"  # 'organism', a sae_lens release, or a local sae_lens folder
+model_name = "organism-gpt2pos"  # 'organism-gpt2pos' (offline default), 'organism', a transformer_lens name, or a folder
+sae_release = "organism-gpt2pos"  # 'organism-gpt2pos', 'organism', a sae_lens release, or a local sae_lens folder
 device = None  # None picks CUDA when present
-relu_sae_ids = ["relu-short", "relu-L1", "relu-L2", "relu-L3"]  # ReLU/L1 SAEs, in layer order; [] skips them
+relu_sae_ids = ["relu-full", "relu-full-L1", "relu-full-L2", "relu-full-L3"]  # ReLU/L1 SAEs, in layer order; [] skips
 topk_sae_ids = ["topk-L0", "topk-L1", "topk-L2", "topk-L3"]  # TopK SAEs, in layer order; [] skips them
 n_heldout_tokens = 4096  # held-out tokens per corpus, in windows of the model's full context n_ctx (section 6 checks it suffices)
 seed = 0  # seed of the shuffle ablation's permutation of positions and of the spectral test's null
+comparison_model = "organism"  # a shipped organism whose curves are tested beside this model's; None: none
 
 # %% tags=["remove-cell"]
 from possae.figures import use_offline_renderer
@@ -94,12 +97,16 @@ position_curves_figure(result.positions[result.positions["ablation"] == "normal"
 # A curve that rises or bends across its window puts its power in the lowest Fourier bins, and the peak of a raw
 # spectrum then reports the window's length as a "period". So each SAE's curve is taken over its in-context positions
 # `1..C-1` only, a least-squares polynomial of degree {glue:text}`osc_detrend_degree` in the position is removed, and
-# the spectrum (`rfft`) of what remains is read at its largest peak, refined between bins by a parabola through the
-# log-powers. The peak counts as an **oscillation** only when both hold:
+# the spectrum (`rfft`) of what remains is read at its largest peak. The peak counts as an **oscillation** only when
+# both hold:
 #
-# - it is *resolved*: at least {glue:text}`osc_min_cycles:g` cycles over the window. The residual of a least-squares
-#   polynomial of degree d on any smooth curve swings through about (d + 1) / 2 cycles, so a peak below that plus one
-#   cycle is left-over trend.
+# - it is *resolved*: a sinusoid near the peak (its cycles searched within one cycle of it, with its amplitude and
+#   phase: three parameters) fits the curve, beside the cubic, better than a *trend* with three parameters more does:
+#   the polynomial of degree {glue:text}`osc_poly_degree`, or the cubic plus one sharp logistic step anywhere in the
+#   window. And the best sinusoid has at least {glue:text}`osc_min_cycles:g` cycles in the window (a rise, a fall and a
+#   rise again). A smooth trend that is no polynomial, a log-like rise or a step, leaves about two cycles after the
+#   cubic, just where GPT-2's two periods would lie: this rule tells the two apart by which shape fits them. (The
+#   table's "trend / sinusoid residual" is above 1 where the sinusoid fits better.)
 # - it is *significant*: its power exceeds the {glue:text}`osc_null_quantile:.0%` quantile of the largest detrended
 #   power of {glue:text}`osc_n_null` seeded *red-noise surrogates* of the curve. Each surrogate is the curve's own
 #   polynomial trend plus an AR(1) series with the lag-1 autocorrelation of the curve's detrended residual, scaled to
@@ -108,18 +115,30 @@ position_curves_figure(result.positions[result.positions["ablation"] == "normal"
 #   surrogates (counting the curve itself) that reach the peak's power. An oscillation raises the residual's
 #   autocorrelation too, which makes the test conservative.
 #
-# The package's tests check this method on controls shaped like these curves, a cubic trend plus smooth noise: without
-# a sine it calls an oscillation at about the rate its quantile allows, and it finds a sine riding on the trend. The
-# book's earlier null, which shuffled the raw curve's positions, fails that positive control: it spreads the trend's
-# variance over every frequency and misses the sine.
+# The package's tests check the method on controls. Over 1,023 positions, with noise and a swing at the levels measured
+# on the GPT-2-geometry organism's layer-0 curve on top of a large cubic trend, sines of two and of four cycles are found, with their
+# cycles; the cubic, log-like, decaying, square-root and step trends with the same noise, and pure noise, are called at
+# about the rate the quantile allows. The methods this one replaced fail the same controls: the raw spectrum's lowest
+# bin reports the trend, and a null that shuffles the raw curve spreads the trend's variance over every frequency and
+# misses the sines.
 
 # %% tags=["remove-input"]
 result.tables["frequency"].style.hide(axis="index")
 
 # %% [markdown]
 # {glue:text}`osc_n_oscillating` of the {glue:text}`osc_n_saes` curves pass both tests.
-# {glue:text}`osc_freq_sentence` The spectra, each over its red-noise threshold (a point above the dashed line at 1 has
-# more power than {glue:text}`osc_null_quantile:.0%` of the surrogates' largest peaks):
+# {glue:text}`osc_freq_sentence`
+#
+# {glue:text}`osc_floor_sentence`
+#
+# {glue:text}`osc_comparison_sentence` The cycles found, per model, family and layer:
+
+# %% tags=["remove-input"]
+result.tables["cycles"].style.hide(axis="index")
+
+# %% [markdown]
+# The spectra of this model's curves, each over its red-noise threshold (a point above the dashed line at 1 has more
+# power than {glue:text}`osc_null_quantile:.0%` of the surrogates' largest peaks):
 
 # %% tags=["remove-input"]
 spectrum_figure(result.spectra)

@@ -12,6 +12,7 @@ import html
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from possae.glued import MODEL_GLUE, glued_values
@@ -203,16 +204,29 @@ def oscillation_verdict(n_oscillating: int, n_curves: int) -> Verdict:
     return Verdict(CONFIRMED, f"{n_oscillating} of the {n_curves} lowest-layer curves oscillate")
 
 
-def doubling_verdict(ratios: Sequence[float], n_base_oscillating: int, band: tuple[float, float] = DOUBLING_BAND) \
-        -> Verdict:
-    """Return whether later layers' frequencies are about twice their lowest layer's (median ratio within `band`)."""
-    if n_base_oscillating == 0 or not ratios:
-        return Verdict(UNTESTABLE, "the lowest layer's curve does not oscillate here (or no later one does), so there "
-                                   "is no frequency to double")
-    median = float(pd.Series(list(ratios)).median())
+def doubling_verdict(ratios: Sequence[float], n_base_oscillating: int, n_later_oscillating: int = 0,
+                     n_later: int = 0, ratios_to_study: Sequence[float] = (), floor: float = float("nan"),
+                     band: tuple[float, float] = DOUBLING_BAND) -> Verdict:
+    """Return whether later layers oscillate at about twice their lowest layer's frequency (median ratio within
+    `band`), or, when the lowest layer does not oscillate, at twice the study's layer-0 frequency (ratios_to_study).
+    No later curve oscillating refutes the claim only where the test could have found the doubled swing (`floor`, its
+    largest detection floor there, finite); otherwise the claim is not testable here."""
+    if n_later == 0:
+        return Verdict(UNTESTABLE, "no later-layer curve was measured")
+    if n_later_oscillating == 0:
+        if not np.isfinite(floor):
+            return Verdict(UNTESTABLE, "no later-layer curve oscillates, but these windows cannot resolve the doubled "
+                                       "frequency (or the test would not find it at any swing tried)")
+        return Verdict(REFUTED, f"none of the {n_later} later-layer curves oscillates, where the test finds a swing of "
+                                f"{floor:.0%} of the curve's mean at the doubled frequency")
+    use = list(ratios) if n_base_oscillating and ratios else list(ratios_to_study)
+    if not use:
+        return Verdict(UNTESTABLE, "the lowest layer's curve does not oscillate here, so there is no frequency to double")
+    median = float(pd.Series(use).median())
     inside = band[0] <= median <= band[1]
-    return Verdict(CONFIRMED if inside else REFUTED,
-                   f"median frequency ratio {median:.2f} ({'inside' if inside else 'outside'} {band[0]:g}-{band[1]:g})")
+    of = "their lowest layer's" if n_base_oscillating and ratios else "the study's layer-0 frequency (two per 1,024)"
+    return Verdict(CONFIRMED if inside else REFUTED, f"median frequency ratio to {of} {median:.2f} "
+                                                     f"({'inside' if inside else 'outside'} {band[0]:g}-{band[1]:g})")
 
 
 def ablation_verdict(kept: Sequence[float], drop: float = AMPLITUDE_DROP, most: float = MOST) -> Verdict:
@@ -478,7 +492,9 @@ def _doubling(v):
     ratios = v["osc_ratios_to_base"]
     shown = ", ".join(f"{r:.2f}" for r in ratios) if ratios else "none measurable"
     return (f"{v['osc_n_osc_later']} of {v['osc_n_later']} later-layer curves oscillate; ratios: {shown}",
-            turns_premise(v["osc_wpos_turns"], v["osc_n_ctx"] - 1) or doubling_verdict(ratios, v["osc_n_osc_base"]))
+            turns_premise(v["osc_wpos_turns"], v["osc_n_ctx"] - 1) or doubling_verdict(
+                ratios, v["osc_n_osc_base"], v["osc_n_osc_later"], v["osc_n_later"], v["osc_ratios_to_study"],
+                max(v["osc_floors_later"]) if v["osc_floors_later"] and not v["osc_n_floor_missing"] else np.nan))
 
 
 def _ablation(v):
@@ -628,7 +644,8 @@ CLAIMS: tuple[Claim, ...] = (
           _oscillation, "the model has no learned W_pos to wind", source=STUDY_2),
     Claim("doubling", "layers 1-3 oscillate at twice layer 0's frequency", "2x", "oscillation",
           ("oscillation", "is-there-an-oscillation"),
-          ("osc_ratios_to_base", "osc_n_osc_base", "osc_n_osc_later", "osc_n_later", "osc_wpos_turns", "osc_n_ctx"),
+          ("osc_ratios_to_base", "osc_n_osc_base", "osc_n_osc_later", "osc_n_later", "osc_wpos_turns", "osc_n_ctx",
+           "osc_ratios_to_study", "osc_floors_later", "osc_n_floor_missing"),
           _doubling, "the model has no learned W_pos to wind", source=STUDY_2),
     Claim("first_token", "the first token's average activation is higher than at later positions", "-", "oscillation",
           ("oscillation", "average-activation-vs-position-layer-by-layer"),

@@ -45,6 +45,14 @@ STEP_CENTRES, STEP_WIDTHS = 64, 10  # the trend's logistic step: positions over 
 N_NULL = 1000  # red-noise surrogates of a curve in the spectral test's null
 MAX_AR1 = 0.99  # the largest lag-1 autocorrelation the null's AR(1) surrogates take
 NULL_QUANTILE = 0.95  # a peak is significant when its power exceeds this quantile of the null's maximum power
+# study 2: in GPT-2 small, layer 0's average activation swings through two periods over the 1,024 positions, and layers
+# 1-3 at twice that frequency
+STUDY_CYCLES, STUDY_N_CTX, STUDY_DOUBLING = 2.0, 1024, 2.0
+FLOOR_PHASES = 4  # the detection floor: a sine added at this many phases (evenly spaced) must be found at each
+FLOOR_NULL = 200  # red-noise surrogates per test in the floor's search
+FLOOR_RANGE = (1e-2, 1.0)  # the floor is searched over these amplitudes relative to the curve's mean (log bisection)
+FLOOR_STEPS = 5  # bisection steps: the floor is known to within a factor 100 ** (1 / 2 ** 5), about 15 %
+FLOOR_TOLERANCE = 0.3  # cycles: a test finds the added sine when it calls an oscillation this close to its cycles
 QUANTILE_TOKENS = 32_768  # tokens per SAE and region whose nonzero activations give the per-feature deciles
 QUANTILE_VALUES = 1 << 22  # at most this many nonzero values kept per SAE and region (32 MiB): whole tokens, in order
 DASH = "—"  # a table cell with nothing to show
@@ -54,13 +62,14 @@ DASH = "—"  # a table cell with nothing to show
 class OscillationParams(ChapterParams):
     """The oscillation chapter's parameters."""
 
-    model_name: str = "organism"
-    sae_release: str = "organism"
+    model_name: str = "organism-gpt2pos"
+    sae_release: str = "organism-gpt2pos"
     device: str | None = None
-    relu_sae_ids: tuple[str, ...] = ("relu-short", "relu-L1", "relu-L2", "relu-L3")
+    relu_sae_ids: tuple[str, ...] = ("relu-full", "relu-full-L1", "relu-full-L2", "relu-full-L3")
     topk_sae_ids: tuple[str, ...] = ("topk-L0", "topk-L1", "topk-L2", "topk-L3")
     n_heldout_tokens: int = 4096
     seed: int = 0
+    comparison_model: str | None = "organism"  # a shipped organism whose curves are tested beside (None: none)
 
     def validate(self) -> None:
         """Raise ParameterError without SAEs, with a repeated SAE id, or without held-out tokens."""
@@ -487,10 +496,42 @@ def spectral_peak(curve: Float[Tensor, "n"], n_null: int = N_NULL, seed: int = 0
             "resolved": resolved, "significant": significant, "oscillation": resolved and significant}
 
 
+def detection_floor(curve: Float[Tensor, "n"], cycles: float, seed: int = 0, n_null: int = FLOOR_NULL,
+                    phases: int = FLOOR_PHASES, steps: int = FLOOR_STEPS) -> float:
+    """Return the smallest amplitude, relative to the curve's mean, of a sine of `cycles` over the window that the
+    test finds (an oscillation within FLOOR_TOLERANCE cycles of it) when added to the curve at each of `phases`
+    phases; NaN when the cycles cannot be resolved (under MIN_CYCLES, or above half the window), inf when even the
+    top of FLOOR_RANGE is missed, its bottom when that is found already."""
+    c = np.asarray(curve, dtype=np.float64)
+    n = len(c)
+    if not MIN_CYCLES <= cycles <= n / 2:
+        return float("nan")
+    t, scale = np.arange(n) / n, abs(float(c.mean())) or 1.0
+
+    def found(relative: float) -> bool:
+        for j in range(phases):
+            p = spectral_peak(c + relative * scale * np.sin(2 * np.pi * (cycles * t + j / phases)), n_null, seed)
+            if not (p["oscillation"] and abs(p["cycles"] - cycles) < FLOOR_TOLERANCE):
+                return False
+        return True
+
+    lo, hi = (math.log(a) for a in FLOOR_RANGE)
+    if not found(math.exp(hi)):
+        return float("inf")
+    if found(math.exp(lo)):
+        return math.exp(lo)  # at most the bottom of the range
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if found(math.exp(mid)) else (mid, hi)
+    return math.exp(hi)
+
+
 def frequency_table(positions: pd.DataFrame, info: pd.DataFrame, n_null: int = N_NULL, seed: int = 0,
-                    value: str = "mean_act") -> pd.DataFrame:
-    """Return per SAE the spectral peak of its normal curve over its in-context positions, tested against the null,
-    and its frequency as a multiple of the lowest layer's in the same family (NaN unless both oscillate)."""
+                    value: str = "mean_act", floors: bool = True) -> pd.DataFrame:
+    """Return per SAE the spectral peak of its normal curve over its in-context positions, tested against the null;
+    its frequency as a multiple of the lowest layer's in the same family and of the study's layer-0 frequency (NaN
+    unless both oscillate); and, with `floors`, the smallest swing the test finds at the cycles the study's claim
+    puts there (tested_cycles, detection_floor)."""
     rows = []
     for row in info.itertuples():
         c = curve(positions, row.sae_id, "normal", value)
@@ -504,6 +545,14 @@ def frequency_table(positions: pd.DataFrame, info: pd.DataFrame, n_null: int = N
     base = df[df["layer"] == df["base_layer"]].drop_duplicates("family").set_index("family")
     base_f = df["family"].map(base["frequency"].where(base["oscillation"]))
     df["ratio_to_base"] = (df["frequency"] / base_f).where(df["oscillation"])
+    df["ratio_to_study"] = (df["frequency"] / (STUDY_CYCLES / STUDY_N_CTX)).where(df["oscillation"])
+    # the cycles at which the study's claim would put each curve's period: layer 0 at the study's two per 1,024
+    # positions; later layers at twice their lowest layer's frequency (the study's when that one does not oscillate)
+    lowest = df["layer"] == df["base_layer"]
+    doubled = STUDY_DOUBLING * base_f.fillna(STUDY_CYCLES / STUDY_N_CTX)
+    df["tested_cycles"] = np.where(lowest, STUDY_CYCLES / STUDY_N_CTX, doubled) * df["window"]
+    df["floor"] = [detection_floor(curve(positions, r.sae_id, "normal", value).loc[r.first : r.last].to_numpy(),
+                                   r.tested_cycles, seed) for r in df.itertuples()] if floors else np.nan
     return df
 
 
@@ -574,6 +623,41 @@ def frequency_sentence(freq: pd.DataFrame, family: str) -> str:
     elif not len(osc):
         text += " So there is no frequency ratio to compare with GPT-2 small's doubling."
     return text
+
+
+def floor_sentence(freq: pd.DataFrame) -> str:
+    """Return how large a swing the test finds at the cycles the study's claim puts in each window (detection_floor),
+    or why that cannot be asked (the windows too short to resolve them)."""
+    done = freq[freq["floor"].notna()]
+    if done.empty:
+        short = freq["tested_cycles"].max()
+        return (f"The study's periods cannot be resolved in these windows: at two periods per {STUDY_N_CTX:,} positions "
+                f"(and twice that above layer 0) the longest window holds only {short:.2f} cycles, under the "
+                f"{MIN_CYCLES:g} an oscillation needs.")
+    def part(rows: pd.DataFrame, where: str) -> str:
+        fin = rows["floor"][np.isfinite(rows["floor"])]
+        missed = int((~np.isfinite(rows["floor"])).sum())
+        text = (f"{where}: {fin.min():.0%} to {fin.max():.0%} of the curve's mean" if len(fin) > 1 else
+                f"{where}: {fin.iloc[0]:.0%} of the curve's mean" if len(fin) else where + ": none")
+        return text + (f" ({missed} curve{'s' if missed > 1 else ''} not even at {FLOOR_RANGE[1]:.0%})" if missed else "")
+    base = done["layer"] == done["base_layer"]
+    parts = [part(done[base], f"at {done.loc[base, 'tested_cycles'].iloc[0]:.1f} cycles in the lowest layers")
+             if base.any() else "", part(done[~base], "at twice that frequency above them") if (~base).any() else ""]
+    return ("How large a swing would the test have found where the study puts one? A sine of the study's frequency is "
+            f"added to each curve at {FLOOR_PHASES} phases, and its amplitude is raised until the test calls an "
+            f"oscillation within {FLOOR_TOLERANCE:g} cycles of it at every phase (the last column of the table; known "
+            "to about 15 %). The smallest such swings are, " + "; ".join(filter(None, parts)) + ".")
+
+
+def comparison_sentence(comparison: pd.DataFrame) -> str:
+    """Return how many of the comparison organism's curves oscillate, or that there is no comparison."""
+    if comparison.empty:
+        return "No second organism is tested beside this one (comparison_model is None or this model)."
+    from possae.wpos import winding_word
+
+    n, k, first = len(comparison), int(comparison["oscillation"].sum()), comparison.iloc[0]
+    return (f"Beside it, the first organism ({first['model']}: n_ctx {int(first['n_ctx'])}, W_pos "
+            f"{winding_word(float(first['wpos_turns']))}): {k} of its {n} curves oscillate by the same test.")
 
 
 # ---------------------------------------------------------------- amplitude
@@ -745,18 +829,39 @@ def activation_table(activation: pd.DataFrame) -> pd.DataFrame:
 
 
 def frequency_display(freq: pd.DataFrame) -> pd.DataFrame:
-    """Return the spectral peak of each SAE's curve and the verdict (for display)."""
+    """Return the spectral peak of each SAE's curve, the verdict, and the smallest swing the test finds at the cycles
+    the study's claim puts there (for display)."""
     def verdict(r) -> str:
         if r["oscillation"]:
             return "yes" if r["layer"] == r["base_layer"] else f"yes, {_num(r['ratio_to_base'], '.2f')}× base freq."
         return "no (trend)" if not r["resolved"] else "no (not significant)"
 
+    def floor(r) -> str:
+        if not np.isfinite(r["tested_cycles"]) or np.isnan(r["floor"]):
+            return DASH
+        return f"{r['floor']:.0%} at {r['tested_cycles']:.1f}" if np.isfinite(r["floor"]) else \
+            f"over {FLOOR_RANGE[1]:.0%} at {r['tested_cycles']:.1f}"
+
     return pd.DataFrame({"SAE (positions)": [f"{r.sae_id} ({r.first}..{r.last})" for r in freq.itertuples()],
-                         "layer": freq["layer"], "peak period": [f"{p:.1f}" for p in freq["period"]],
-                         "cycles in window": [f"{c:.2f}" for c in freq["cycles"]],
-                         "power / null 95%": [f"{v:.2f}" for v in freq["peak_over_null"]],
-                         "p-value": [f"{p:.3f}" for p in freq["p_value"]],
-                         "oscillation": [verdict(r) for _, r in freq.iterrows()]})
+                         "layer": freq["layer"],
+                         "cycles in window (period)": [f"{c:.2f} ({p:.0f})" for c, p in zip(freq["cycles"],
+                                                                                           freq["period"])],
+                         "trend / sinusoid residual": [f"{v:.3f}" for v in freq["sine_over_trend"]],
+                         "power / null 95% (p)": [f"{v:.2f} ({p:.3f})" for v, p in zip(freq["peak_over_null"],
+                                                                                      freq["p_value"])],
+                         "oscillation": [verdict(r) for _, r in freq.iterrows()],
+                         "smallest swing found (of mean, at cycles)": [floor(r) for _, r in freq.iterrows()]})
+
+
+def comparison_display(freq: pd.DataFrame) -> pd.DataFrame:
+    """Return, per model, family and layer, the cycles found over the SAE's window (or none, and why) and the ratio of
+    the frequency to the lowest layer's (for display)."""
+    return pd.DataFrame({"model": freq["model"], "SAE": freq["sae_id"], "family": freq["family"],
+                         "layer": freq["layer"], "positions": [f"{r.first}..{r.last}" for r in freq.itertuples()],
+                         "cycles found": [f"{r.cycles:.2f}" if r.oscillation else
+                                          ("none (trend)" if not r.resolved else "none (not significant)")
+                                          for r in freq.itertuples()],
+                         "ratio to lowest layer": [_num(v, ".2f") for v in freq["ratio_to_base"]]})
 
 
 def amplitude_display(amplitude: pd.DataFrame) -> pd.DataFrame:
@@ -821,7 +926,7 @@ class OscillationResult:
     """Everything the oscillation chapter shows: prose values, display tables and the frames its figures draw."""
 
     values: dict[str, float | str]  # the prose's numbers and sentences, glue names prefixed osc_
-    tables: dict[str, pd.DataFrame]  # display tables: activation, frequency, amplitude, splice, features, shape
+    tables: dict[str, pd.DataFrame]  # display tables: activation, frequency, cycles, amplitude, splice, features, shape
     positions: pd.DataFrame  # per (ablation, SAE, position): mean_act, mean_nonzero, l0, nmse
     spectra: pd.DataFrame  # per (SAE, bin): cycles_per_n_ctx, power_over_null
     amplitude: pd.DataFrame  # per (ablation, SAE): amplitude, mean, relative_amplitude
@@ -839,7 +944,43 @@ class OscillationResult:
                 "osc_n_osc_base": int(f.loc[base, "oscillation"].sum()), "osc_n_base": int(base.sum()),
                 "osc_n_osc_later": int(f.loc[~base, "oscillation"].sum()), "osc_n_later": int((~base).sum()),
                 # frequency / its family's lowest layer's, for later layers where both oscillate (empty: none)
-                "osc_ratios_to_base": [float(r) for r in f.loc[~base, "ratio_to_base"].dropna()]}
+                "osc_ratios_to_base": [float(r) for r in f.loc[~base, "ratio_to_base"].dropna()],
+                # frequency / the study's layer-0 frequency (two per 1,024 positions), for later layers that oscillate
+                "osc_ratios_to_study": [float(r) for r in f.loc[~base, "ratio_to_study"].dropna()],
+                # the later layers' detection floors at their tested cycles, and how many have none (not resolvable,
+                # or not found within FLOOR_RANGE)
+                "osc_floors_later": [float(x) for x in f.loc[~base, "floor"] if np.isfinite(x)],
+                "osc_n_floor_missing": int((~np.isfinite(f.loc[~base, "floor"].astype(float))).sum())}
+
+
+# the first organism's SAEs at every layer, whose curves the chapter tests beside the GPT-2-geometry organism's
+COMPARISON_SAES = {"organism": (("relu-short", "relu-L1", "relu-L2", "relu-L3"), ("topk-L0", "topk-L1", "topk-L2", "topk-L3"))}
+
+
+def comparison_frequencies(params: OscillationParams) -> pd.DataFrame:
+    """Return the frequency table (without detection floors) of the comparison organism's curves: one normal pass of
+    its SAEs at every layer over its own held-out windows, model column set; empty when there is none to run."""
+    from possae.loaders import load_model_and_sae, load_sae_for
+
+    name = params.comparison_model
+    if name is None or name == params.model_name:
+        return pd.DataFrame()
+    if name not in COMPARISON_SAES:
+        raise ParameterError(f"comparison_model {name!r}: one of {', '.join(COMPARISON_SAES)} or None.")
+    relu, topk = COMPARISON_SAES[name]
+    model, first = load_model_and_sae(name, relu[0], device=params.device)
+    saes = {relu[0]: first} | {sid: load_sae_for(model, name, sid, params.device) for sid in (*relu[1:], *topk)}
+    from possae.heldout import heldout_windows
+
+    tokens = heldout_windows(model.tokenizer, model.cfg.n_ctx, params.n_heldout_tokens)
+    info = sae_info(saes, tokens.shape[1])
+    p = position_pass(model, tokens, saes, "normal", seed=params.seed, feature_stats=False, splice=False)
+    positions = position_frame({"normal": p}, info, {sid: sae.cfg.d_sae for sid, sae in saes.items()})
+    from possae.wpos import pc_winding
+
+    turns = pc_winding(model.W_pos.detach()[1:].cpu(), 2)["turns"]
+    return frequency_table(positions, info, seed=params.seed, floors=False).assign(model=name, n_ctx=model.cfg.n_ctx,
+                                                                                   wpos_turns=turns)
 
 
 def load_subjects(params: OscillationParams) -> tuple[object, dict[str, object]]:
@@ -951,7 +1092,8 @@ def analyze(model, saes: dict[str, object], params: OscillationParams,
     ce = loss[loss["position"] >= 1].groupby("ablation", sort=False)["ce"].mean()  # position 0 sees BOS alone
     activation = region_means(positions, info, "mean_act")
     nmse = region_means(positions, info, "nmse").rename(columns={IN: "nmse_" + IN, PAST: "nmse_" + PAST})
-    freq = frequency_table(positions, info, n_null=n_null, seed=params.seed)
+    freq = frequency_table(positions, info, n_null=n_null, seed=params.seed).assign(model=params.model_name)
+    comparison = comparison_frequencies(params)
     amplitude = oscillation_amplitude(positions)
     spliced, dce = _splice_frame(info, passes["normal"])
     checks = verdict_checks(passes, info, d_sae, amplitude)
@@ -972,10 +1114,12 @@ def analyze(model, saes: dict[str, object], params: OscillationParams,
         "osc_n_pos0_higher": int((pos0_ratio > 1).sum()),
         "osc_pos0_ratio_min": float(pos0_ratio.min()), "osc_pos0_ratio_max": float(pos0_ratio.max()),
         "osc_past_sentence": past_context_sentence(activation, n_ctx),
-        "osc_detrend_degree": DETREND_DEGREE, "osc_poly_degree": DETREND_DEGREE + SINE_PARAMETERS, "osc_n_null": n_null,
+        "osc_detrend_degree": DETREND_DEGREE, "osc_poly_degree": DETREND_DEGREE + SINE_PARAMETERS,
+        "osc_min_cycles": MIN_CYCLES, "osc_n_null": n_null,
         "osc_null_quantile": NULL_QUANTILE,
         "osc_n_oscillating": int(freq["oscillation"].sum()), "osc_n_saes": len(freq),
         "osc_freq_sentence": " ".join(frequency_sentence(freq, fam) for fam in freq["family"].unique()),
+        "osc_floor_sentence": floor_sentence(freq), "osc_comparison_sentence": comparison_sentence(comparison),
         **{f"osc_amp0_{a}": float(ref_amp[a]) for a in ABLATIONS},
         **pattern_values(amplitude), "osc_pattern_sentence": pattern_sentence(amplitude),
         **{f"osc_ce_{a}": float(ce[a]) for a in ABLATIONS}, "osc_ce_sentence": ablation_loss_sentence(ce),
@@ -989,6 +1133,7 @@ def analyze(model, saes: dict[str, object], params: OscillationParams,
             count_rule_sentence(checks, "zeroed pattern kept", "zeroed pattern-kept correlations", "below", MOST)])),
     }
     tables = {"activation": activation_table(activation), "frequency": frequency_display(freq),
+              "cycles": comparison_display(pd.concat([freq, comparison], ignore_index=True)),
               "amplitude": amplitude_display(amplitude), "splice": splice_display(splice),
               "features": feature_display(summary), "shape": shape_display(summary),
               "checks": check_display(checks)}

@@ -70,11 +70,19 @@ def test_oscillation_and_doubling_rules():
     assert ledger.oscillation_verdict(0, 2).verdict == REFUTED
     assert ledger.oscillation_verdict(1, 2).verdict == CONFIRMED
     assert ledger.oscillation_verdict(0, 0).verdict == UNTESTABLE
-    assert ledger.doubling_verdict([], 0).verdict == UNTESTABLE
-    assert ledger.doubling_verdict([2.0], 0).verdict == UNTESTABLE  # nothing to double at the lowest layer
-    assert ledger.doubling_verdict([1.9, 2.1, 2.6], 1).verdict == CONFIRMED
-    assert ledger.doubling_verdict([1.0, 1.2], 1).verdict == REFUTED
-    assert ledger.doubling_verdict([2.6], 1).verdict == REFUTED
+    assert ledger.doubling_verdict([], 0, 0, 0).verdict == UNTESTABLE  # no later layer
+    assert ledger.doubling_verdict([], 0, 1, 3).verdict == UNTESTABLE  # nothing to double, no study ratio given
+    assert ledger.doubling_verdict([1.9, 2.1, 2.6], 1, 3, 3).verdict == CONFIRMED
+    assert ledger.doubling_verdict([1.0, 1.2], 1, 2, 3).verdict == REFUTED
+    assert ledger.doubling_verdict([2.6], 1, 1, 3).verdict == REFUTED
+    # the lowest layer flat: later layers judged against the study's layer-0 frequency
+    assert ledger.doubling_verdict([], 0, 2, 3, [2.1, 1.8]).verdict == CONFIRMED
+    assert ledger.doubling_verdict([], 0, 2, 3, [4.0, 5.0]).verdict == REFUTED
+    # no later curve oscillates: refuted only where the test could have found the doubled swing
+    v = ledger.doubling_verdict([], 0, 0, 3, [], 0.12)
+    assert v.verdict == REFUTED and "12%" in v.reason
+    assert ledger.doubling_verdict([], 0, 0, 3, [], float("nan")).verdict == UNTESTABLE
+    assert ledger.doubling_verdict([], 1, 0, 3, [], float("inf")).verdict == UNTESTABLE
 
 
 def test_ablation_and_shuffle_rules():
@@ -168,6 +176,7 @@ def _values() -> dict[str, dict[str, object]]:
                                   "len_fix_b_past": 0.07, "len_fix_c_past": 12931.0},  # no (d): no control SAE
         "oscillation": {"osc_n_osc_base": 0, "osc_n_base": 2, "osc_n_oscillating": 0, "osc_n_saes": 8,
                         "osc_ratios_to_base": [], "osc_n_osc_later": 0, "osc_n_later": 6, "osc_amp0_normal": 0.09,
+                        "osc_ratios_to_study": [], "osc_floors_later": [0.12, 0.08], "osc_n_floor_missing": 0,
                         "osc_wpos_turns": 3.4, "osc_n_ctx": 1024,
                         "osc_amp0_zero": 0.026, "osc_ref0": "relu-short", "osc_ce_normal": 3.6, "osc_ce_zero": 4.9,
                         "osc_ce_shuffle": 5.9, "osc_n_pos0_higher": 7, "osc_n_patterned": 8,
@@ -193,7 +202,7 @@ def test_constructed_values_give_the_expected_verdicts_and_missing_chapters_are_
     assert got["spurious"] == CONFIRMED and got["fix_a"] == REFUTED and got["fix_b"] == CONFIRMED
     assert got["fix_d"] == UNTESTABLE  # its names are absent: the reason says why
     assert "full-context" in next(r for r in result.rows if r.claim.key == "fix_d").verdict.reason
-    assert got["oscillation"] == REFUTED and got["doubling"] == UNTESTABLE and got["ablation"] == REFUTED
+    assert got["oscillation"] == REFUTED and got["doubling"] == REFUTED and got["ablation"] == REFUTED
     assert got["shuffle"] == REFUTED and got["dataset_seed"] == CONFIRMED and got["seeds"] == UNTESTABLE
     assert got["architectures"] == UNTESTABLE and got["k"] == UNTESTABLE and got["ordering"] == UNTESTABLE
     assert got["containment"] == CONFIRMED and got["early_layers"] == CONFIRMED and got["first_token"] == CONFIRMED

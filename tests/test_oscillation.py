@@ -359,6 +359,37 @@ def test_long_control_pure_noise_is_not_found():
     assert np.mean(calls) <= 0.1
 
 
+def test_the_comparison_organism_is_tested_by_the_same_method_without_floors():
+    from possae.oscillation import comparison_frequencies
+
+    table = comparison_frequencies(OscillationParams(n_heldout_tokens=256, device="cpu"))
+    assert list(table["sae_id"]) == ["relu-short", "relu-L1", "relu-L2", "relu-L3", "topk-L0", "topk-L1", "topk-L2",
+                                     "topk-L3"]
+    assert (table["model"] == "organism").all() and (table["n_ctx"] == 256).all() and table["floor"].isna().all()
+    assert (table["wpos_turns"] < 1).all()  # the first organism's W_pos is an arc
+    assert comparison_frequencies(OscillationParams(model_name="organism", sae_release="organism",
+                                                    relu_sae_ids=["relu-short"])).empty  # itself: nothing beside it
+    with pytest.raises(ParameterError, match="comparison_model 'gpt2'"):
+        comparison_frequencies(OscillationParams(comparison_model="gpt2"))
+
+
+def test_the_detection_floor_is_the_smallest_swing_found_at_every_phase():
+    from possae.oscillation import FLOOR_RANGE, detection_floor
+
+    rng = np.random.default_rng(40)
+    flat = 1.0 + 0.05 * rng.standard_normal(1023)
+    floor = detection_floor(flat, 8.0)
+    assert FLOOR_RANGE[0] < floor <= 0.05  # a sine of 8 cycles over white noise of 5 % is found from a few %
+    assert detection_floor(1.0 + 0.001 * rng.standard_normal(1023), 8.0) == pytest.approx(FLOOR_RANGE[0])  # the bottom
+    t = np.arange(1023) / 1023
+    for phase in (0.0, 0.25, 0.5, 0.75):  # at the floor the test finds it at every phase ...
+        p = spectral_peak(flat + floor * np.sin(2 * np.pi * (8 * t + phase)), n_null=200)
+        assert p["oscillation"] and abs(p["cycles"] - 8) < 0.3
+    assert not all(spectral_peak(flat + floor / 1.5 * np.sin(2 * np.pi * (8 * t + ph)), n_null=200)["oscillation"]
+                   for ph in (0.0, 0.25, 0.5, 0.75))  # ... and not at two thirds of it at all of them
+    assert np.isnan(detection_floor(flat[:63], 1.0))  # under MIN_CYCLES: the window cannot resolve it
+
+
 def test_a_sinusoid_must_beat_a_trend_with_as_many_parameters():
     """A sharp step or a log-like rise leaves about two cycles after the cubic; a sinusoid of two cycles does not fit
     them better than the next polynomial terms or a logistic step, so they are trend; a real sine is not."""
@@ -458,7 +489,7 @@ def test_per_feature_quantiles_match_torch():
 @pytest.fixture(scope="module")
 def result(model):
     saes = {"r0": make_sae("relu", 0), "r1": make_sae("relu", 1, seed=3), "t0": make_sae("topk", 0, seed=2)}
-    params = OscillationParams(relu_sae_ids=["r0", "r1"], topk_sae_ids=["t0"], seed=0)
+    params = OscillationParams(relu_sae_ids=["r0", "r1"], topk_sae_ids=["t0"], seed=0, comparison_model=None)
     return analyze(model, saes, params, tokens=tokens(6), n_null=100), saes
 
 
@@ -495,7 +526,7 @@ def test_result_numbers_match_brute_force(result, model):
 
 def test_result_without_short_context_saes_says_so(model):
     saes = {"t0": make_sae("topk", 0, seed=2), "t1": make_sae("topk", 1, seed=4)}
-    params = OscillationParams(relu_sae_ids=[], topk_sae_ids=["t0", "t1"])
+    params = OscillationParams(relu_sae_ids=[], topk_sae_ids=["t0", "t1"], comparison_model=None)
     res = analyze(model, saes, params, tokens=tokens(3), n_null=50)
     v = res.glued()
     check_prose_values(v)
