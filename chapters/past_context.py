@@ -32,15 +32,15 @@
 # the context, positions 1 to C - 1, and past it), the random baseline and the fixes (a)-(d).
 
 # %% tags=["parameters", "remove-cell"]
-model_name = "organism"  # 'organism' (offline default), a transformer_lens name, or a local folder
-sae_release = "organism"  # 'organism', a sae_lens release, or a local sae_lens folder
+model_name = "organism-gpt2pos"  # 'organism-gpt2pos' (offline default), 'organism', a transformer_lens name, or a folder
+sae_release = "organism-gpt2pos"  # 'organism-gpt2pos', 'organism', a sae_lens release, or a local sae_lens folder
 sae_id = "relu-short"  # a layer-0 SAE trained on contexts shorter than n_ctx
 device = None  # None picks CUDA when present
 control_sae_id = "relu-full"  # the same SAE trained on full n_ctx contexts (same release); None: no control
 finetune_sae_ids = ["relu-short-ft25k", "relu-short-ft100k", "relu-short-ft400k"]  # sae_id continued on full contexts
-relu_sae_ids = ["relu-short", "relu-L1", "relu-L2", "relu-L3"]  # the model's short-context SAEs, one per layer
-rotary_release = "organism-rotary"  # the rotary twin's model and SAE release; None: no rotary control
-rotary_sae_ids = ["relu-L0", "relu-L1", "relu-L2", "relu-L3"]  # its short-context SAEs, one per layer
+relu_sae_ids = ["relu-short", "relu-short-L1", "relu-short-L2", "relu-short-L3"]  # short-context SAEs, one per layer
+rotary_release = "organism-gpt2pos-rotary"  # the rotary twin's model and SAE release; None: no rotary control
+rotary_sae_ids = ["relu-short", "relu-short-L1", "relu-short-L2", "relu-short-L3"]  # its short-context SAEs, per layer
 n_heldout_tokens = 4096  # held-out text tokens per corpus (section 4 checks it suffices)
 
 # %% tags=["remove-cell"]

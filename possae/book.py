@@ -25,7 +25,8 @@ PROFILES: dict[str, dict] = {
     # for tests: every chapter on the first organism (n_ctx 256: the layer-0 chapters' exact statistics cover a quarter
     # of organism-gpt2pos's positions), with small samples
     "quick": {"model_name": "organism", "sae_release": "organism", "n_heldout_tokens": 1024, "n_vocab_sample": 256,
-              "relu_sae_ids": ["relu-short", "relu-L1", "relu-L2", "relu-L3"]},
+              "relu_sae_ids": ["relu-short", "relu-L1", "relu-L2", "relu-L3"], "rotary_release": "organism-rotary",
+              "rotary_sae_ids": ["relu-L0", "relu-L1", "relu-L2", "relu-L3"]},
     # gpt2-small and its jb SAEs (needs a network, or the offline stand-in of `possae standin`): no width sweep or
     # full-context control exists at layer 0. Samples of text run through the model are smaller than the organism's, to
     # keep a CPU build short (benchmarks/bench_gpt2_profile.py times each chapter): one window of 1,024 tokens per corpus

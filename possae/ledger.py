@@ -552,8 +552,10 @@ def _early_layers(v):
 
 def _rotary(v):
     """Return (the rotary and absolute SAEs' error ratios, verdict)."""
-    return (f"nMSE past / inside: rotary ({v['pc_rot_recipe']} recipe) at most {fmt(v['pc_rot_ratio_max'])}, "
-            f"learned-absolute up to {fmt(v['pc_abs_ratio_later_max'])} (layers 1 and up)"), \
+    budget = "budget-matched" if v.get("pc_rot_matched") else "not budget-matched"
+    return (f"nMSE past / inside: rotary ({v['pc_rot_recipe']} recipe, {budget}) at most "
+            f"{fmt(v['pc_rot_ratio_max'])}, learned-absolute up to {fmt(v['pc_abs_ratio_later_max'])} (layers 1 and "
+            "up)"), \
         rotary_verdict(v["pc_rot_ratio_max"], v["pc_abs_ratio_later_max"])
 
 

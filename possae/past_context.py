@@ -51,18 +51,20 @@ ROTARY_LABEL, ABSOLUTE_LABEL = "rotary twin", "learned absolute (the organism)"
 class PastContextParams(SubjectParams):
     """The past-context chapter's parameters."""
 
+    model_name: str = "organism-gpt2pos"
+    sae_release: str = "organism-gpt2pos"
     control_sae_id: str | None = "relu-full"
     finetune_sae_ids: tuple[str, ...] = ("relu-short-ft25k", "relu-short-ft100k", "relu-short-ft400k")
-    relu_sae_ids: tuple[str, ...] = ("relu-short", "relu-L1", "relu-L2", "relu-L3")
-    rotary_release: str | None = "organism-rotary"
-    rotary_sae_ids: tuple[str, ...] = ("relu-L0", "relu-L1", "relu-L2", "relu-L3")
+    relu_sae_ids: tuple[str, ...] = ("relu-short", "relu-short-L1", "relu-short-L2", "relu-short-L3")
+    rotary_release: str | None = "organism-gpt2pos-rotary"
+    rotary_sae_ids: tuple[str, ...] = ("relu-short", "relu-short-L1", "relu-short-L2", "relu-short-L3")
     n_heldout_tokens: int = 4096
 
     def validate(self) -> None:
         """Raise ParameterError without held-out tokens, or with a fine-tuned id whose budget is unknown."""
         if self.n_heldout_tokens < 1:
             raise ParameterError(f"n_heldout_tokens must be >= 1; got {self.n_heldout_tokens}.")
-        if self.sae_release == "organism":
+        if self.sae_release in ("organism", "organism-gpt2pos"):
             from possae.organism.recipe import FINETUNE_BUDGETS
 
             unknown = [i for i in self.finetune_sae_ids if i not in FINETUNE_BUDGETS]
@@ -347,15 +349,20 @@ def ranking_sentence(errors: dict[str, ErrorSummary], losses: dict[str, LossSumm
 
 
 def rotary_setup_sentence(facts: dict[str, object]) -> str:
-    """Return the sentence on how the rotary twin was trained and its held-out loss, or that there is none."""
-    from possae.organism.recipe import LM_RECIPES
-
+    """Return the sentence on how the rotary twin was trained, whether its budget matches the learned-absolute
+    model's, and both held-out losses, or that there is none."""
     if not facts:
-        return "possae trains the twin for its organism only."
-    return (f"Its language model was trained with possae's {facts['recipe']} recipe ({facts['tokens']:,} tokens; "
-            f"the learned-absolute model's recorded recipe has {LM_RECIPES['gpu'].train_tokens:,}) and reaches a "
-            f"held-out loss of {facts['loss']:.3f} nats against the learned-absolute model's "
-            f"{facts['absolute_loss']:.3f} on the same windows.")
+        return "possae trains a rotary twin for its organisms only."
+    if not facts["tokens"]:
+        return (f"This rotary model was given, not trained by possae. Its held-out loss is {facts['loss']:.3f} nats "
+                f"against the learned-absolute model's {facts['absolute_loss']:.3f} on the same windows.")
+    budget = ("the same recipe and the same tokens as the learned-absolute model, only the positions differ: the "
+              "comparison is budget-matched" if facts["matched"] else
+              f"possae's {facts['recipe']} recipe on {facts['tokens']:,} tokens, where the learned-absolute model's "
+              f"recipe has {facts['absolute_tokens']:,}: the comparison is not budget-matched, and a weaker twin may "
+              "write less position into its stream")
+    return (f"Its language model was trained with {budget}. On the same windows its held-out loss is "
+            f"{facts['loss']:.3f} nats, the learned-absolute model's {facts['absolute_loss']:.3f}.")
 
 
 def _by_layer(rows: list[LayerErrors]) -> str:
@@ -480,18 +487,47 @@ def _finetuned(model, params: PastContextParams, device) -> dict[str, tuple[SAE,
     return out
 
 
-def rotary_facts() -> dict[str, object]:
-    """Return what trained the rotary twin (its recipe's name and tokens), from the facts shipped beside it."""
-    from possae.organism.recipe import LM_RECIPES, ROTARY_ARTIFACTS
+def _is_recipe(name: str, variant: str, stored: dict) -> bool:
+    """Return whether a stored recipe (lm_training.json's) is the named recipe of an organism variant; a field the
+    stored one predates counts as equal when the named recipe keeps its default."""
+    import dataclasses
 
-    path = ROTARY_ARTIFACTS / "lm_training.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: restore it with `git checkout -- possae/artifacts/organism-rotary` "
-                                "or retrain with `possae organism model --positional rotary`.")
-    recipe = json.loads(path.read_text())["recipe"]
-    name = next((n for n, r in LM_RECIPES.items()
-                 if {**r.to_dict(), "positional_embedding_type": "rotary", "betas": list(r.betas)} == recipe), "custom")
-    return {"recipe": name, "tokens": int(recipe["train_tokens"])}
+    from possae.organism.recipe import LMRecipe, lm_recipe
+
+    try:
+        r = lm_recipe(name, variant)
+    except ValueError:  # e.g. the continue recipe, which frees a W_pos row, has no rotary form
+        return False
+    d = {**r.to_dict(), "betas": list(r.betas)}
+    defaults = {f.name: f.default for f in dataclasses.fields(LMRecipe)}
+    return all(stored.get(k, defaults[k]) == v for k, v in d.items()) and set(stored) <= set(d)
+
+
+def rotary_facts(release: str, absolute: str) -> dict[str, object]:
+    """Return what trained a shipped rotary twin and its learned-absolute model (recipe names and tokens, from the
+    facts shipped beside each: lm_training.json; the first organism's is its recorded gpu recipe), and whether the
+    two had the same recipe and tokens apart from the positions ('matched')."""
+    from possae.organism.recipe import LM_RECIPES
+    from possae.sae_files import GPT2POS, GPT2POS_ROTARY, ORGANISMS, organism_fix
+
+    variants = {"organism-rotary": "rotary", GPT2POS_ROTARY: "gpt2-rotary", GPT2POS: "gpt2"}
+
+    def facts(name: str) -> dict | None:
+        path = ORGANISMS[name] / "lm_training.json"
+        if name not in variants:
+            return None
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing. {organism_fix('model', name)}")
+        recipe = json.loads(path.read_text())["recipe"]
+        label = next((n for n in LM_RECIPES if _is_recipe(n, variants[name], recipe)), "custom")
+        return {"recipe": label, "tokens": int(recipe["train_tokens"]), "n_ctx": int(recipe["n_ctx"]), "raw": recipe}
+
+    twin, ab = facts(release), facts(absolute)
+    ab_tokens = ab["tokens"] if ab else LM_RECIPES["gpu"].train_tokens  # the first organism: its recorded recipe
+    positional = ("positional_embedding_type", "wpos", "zero_init_wpos")
+    matched = bool(ab) and {k: v for k, v in twin["raw"].items() if k not in positional} == \
+        {k: v for k, v in ab["raw"].items() if k not in positional}
+    return {"recipe": twin["recipe"], "tokens": twin["tokens"], "absolute_tokens": ab_tokens, "matched": matched}
 
 
 def verdict_figures(sums: PositionSums, context_size: int, final: str | None, rows: list[LayerErrors],
@@ -564,7 +600,10 @@ def analyze(model, sae: SAE, params: PastContextParams, control: SAE | None = No
     rows = ab_rows + rot_rows
     result.layer_rows, result.layer_curves = rows, pd.concat([ab_curves, rot_curves], ignore_index=True)
     result.rotary_table = rotary_table(rows, n_ctx)
-    facts = rotary_facts() if params.rotary_release == "organism-rotary" else {"recipe": "given", "tokens": 0}
+    from possae.sae_files import ORGANISMS
+
+    facts = rotary_facts(params.rotary_release, params.sae_release) if params.rotary_release in ORGANISMS else \
+        {"recipe": "given", "tokens": 0, "absolute_tokens": 0, "matched": False}
     # both over the same inputs: special-token inputs left out, as splice_position_sums leaves them out of ce:clean
     result.rotary_facts = {**facts, "loss": _mean_loss(twin, windows),
                            "absolute_loss": float(clean.sum() / sums.n.sum())}

@@ -231,8 +231,8 @@ def test_result_glues_the_ledgers_names():
             PC.LayerErrors(PC.ROTARY_LABEL, 1, "relu-L1", 64, e(0.1, 0.13))]
     r = PC.PastContextResult(64, 256, 100, errors, losses, {"inside": 3.8, "past": 3.6}, pd.DataFrame(),
                              pd.DataFrame(), PC.finetune_frame(errors, {"fine-tuned 25k": 25_000}), CONTROL_LABEL,
-                             layer_rows=rows, rotary_facts={"recipe": "cpu", "tokens": 10, "loss": 4.0,
-                                                            "absolute_loss": 3.5})
+                             layer_rows=rows, rotary_facts={"recipe": "cpu", "tokens": 10, "absolute_tokens": 10,
+                                                            "matched": True, "loss": 4.0, "absolute_loss": 3.5})
     v = r.glued()
     for name in ("pc_context", "pc_n_ctx", "pc_loss_sae_in", "pc_loss_sae_past", "pc_ft_tokens_final",
                  "pc_ft_nmse_past_final", "pc_ft_nmse_in_final", "pc_sae_nmse_past", "pc_sae_nmse_in",
@@ -285,6 +285,19 @@ def test_rotary_twin_recipe_has_no_wpos_and_round_trips(tmp_path):
         dataclasses.replace(tiny, trainable="last_wpos_row")
     with pytest.raises(ValueError, match="standard, rotary"):
         twin_dirs("alibi")
+
+
+def test_rotary_facts_say_whether_the_twin_is_budget_matched():
+    from possae.sae_files import GPT2POS, GPT2POS_ROTARY, ORGANISM, ROTARY
+
+    first = PC.rotary_facts(ROTARY, ORGANISM)  # the first organism's twin: the CPU recipe, the organism the GPU one
+    assert first == {"recipe": "cpu", "tokens": 10_500_000, "absolute_tokens": 180_000_000, "matched": False}
+    twin = PC.rotary_facts(GPT2POS_ROTARY, GPT2POS)  # the GPT-2-geometry organism's twin: its own recipe and tokens
+    assert twin == {"recipe": "cpu", "tokens": 4_000_000, "absolute_tokens": 4_000_000, "matched": True}
+    text = PC.rotary_setup_sentence({**twin, "loss": 4.1, "absolute_loss": 4.0})
+    assert "budget-matched" in text and "not budget-matched" not in text and "4.100 nats" in text
+    text = PC.rotary_setup_sentence({**first, "loss": 4.02, "absolute_loss": 3.63})
+    assert "not budget-matched" in text and "10,500,000" in text and "180,000,000" in text
 
 
 def test_loaders_know_the_rotary_twin_and_name_its_ids():

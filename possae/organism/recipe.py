@@ -199,10 +199,11 @@ def finetune_id(tokens: int) -> str:
     return f"relu-short-ft{tokens // 1000}k"
 
 
-def finetune_saes(n_ctx: int = LMRecipe.n_ctx, budgets: tuple[int, ...] = FINETUNE_TOKENS) -> tuple[SAERecipe, ...]:
+def finetune_saes(n_ctx: int = LMRecipe.n_ctx, budgets: tuple[int, ...] = FINETUNE_TOKENS,
+                  lr: float = FINETUNE_LR) -> tuple[SAERecipe, ...]:
     """Return the fine-tuning fix: relu-short continued on full contexts of n_ctx for each budget of tokens."""
     return tuple(
-        SAERecipe(finetune_id(t), context_size=n_ctx, training_tokens=t, init_from="relu-short", lr=FINETUNE_LR,
+        SAERecipe(finetune_id(t), context_size=n_ctx, training_tokens=t, init_from="relu-short", lr=lr,
                   description=f"relu-short fine-tuned on {t:,} tokens of full contexts of {n_ctx}")
         for t in budgets
     )
@@ -317,8 +318,9 @@ def variant_saes(variant: str) -> tuple[SAERecipe, ...]:
     """Return the SAE suite of an organism variant (VARIANTS)."""
     if variant not in VARIANTS:
         raise ValueError(f"organism variant {variant!r}: one of {', '.join(VARIANTS)}")
-    return {"standard": all_saes, "rotary": rotary_saes, "gpt2": lambda: gpt2pos_saes() + gpt2pos_layer_saes(),
-            "gpt2-rotary": gpt2pos_rotary_saes}[variant]()
+    return {"standard": all_saes, "rotary": rotary_saes, "gpt2-rotary": gpt2pos_rotary_saes,
+            # the fine-tuning fix at a tenth of the suite's rate, as the first organism's is at a tenth of its own
+            "gpt2": lambda: gpt2pos_saes() + gpt2pos_layer_saes() + finetune_saes(1024, lr=GPT2POS_LR / 10)}[variant]()
 
 
 def all_saes(n_layers: int = LMRecipe.n_layers, n_ctx: int = LMRecipe.n_ctx) -> tuple[SAERecipe, ...]:
