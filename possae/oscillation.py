@@ -606,6 +606,11 @@ def frequency_sentence(freq: pd.DataFrame, family: str) -> str:
                 f"layer {r['layer']} (period {r['period']:.1f} positions)" for _, r in osc.iterrows()) + ".")
         elif len(later):
             text += f" Nor does any later {family} SAE ({_layers(later['layer'])})."
+        floors = later["floor"] if "floor" in later else pd.Series(dtype=float)
+        if len(later) and not len(osc) and len(floors) and np.isfinite(floors.astype(float)).all():
+            return text + (f" Nor is GPT-2 small's doubling there: no later layer oscillates at twice the study's "
+                           f"layer-0 frequency ({later['tested_cycles'].iloc[0]:.1f} cycles in the window), where the "
+                           f"test finds a swing from {floors.max():.0%} of the curve's mean.")
         return text + (f" Without a layer-{base['layer']} period, the frequency doubling reported for GPT-2 small "
                        "(layers 1-3 at twice layer 0's frequency) cannot be tested here.")
     text = head + (f"oscillates with a period of {base['period']:.1f} positions ({base['cycles']:.1f} cycles over the "

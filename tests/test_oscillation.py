@@ -465,6 +465,11 @@ def test_frequency_sentence_reports_only_what_the_test_supports():
     assert text.endswith("Layer 3 shows no oscillation.")
     text = frequency_sentence(_freq_rows([(0, 1.0, True, np.nan), (1, 3.0, True, np.nan)]), "ReLU")
     assert "shows no oscillation" in text and "layer 1 (period 21.0 positions)" in text and "cannot be tested" in text
+    flat = _freq_rows([(0, 1.0, False, np.nan), (1, 6.0, False, np.nan), (2, 3.8, False, np.nan)])
+    text = frequency_sentence(flat.assign(tested_cycles=4.0, floor=[0.3, 0.04, 0.05]), "ReLU")
+    assert "Nor is GPT-2 small's doubling there" in text and "from 5% of the curve's mean" in text
+    text = frequency_sentence(flat.assign(tested_cycles=0.5, floor=np.nan), "ReLU")  # windows too short: untestable
+    assert "cannot be tested" in text and "Nor is" not in text
     text = frequency_sentence(_freq_rows([(0, 5.0, False, np.nan)]), "ReLU")
     assert "not" in text.lower() and "p = 0.40" in text and "cannot be tested" in text
 
