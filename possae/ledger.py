@@ -320,6 +320,15 @@ def rotary_verdict(rotary_max: float, absolute_max: float, factor: float = RESTO
                               f"{fmt(absolute_max)} times (layers 1 and up)")
 
 
+def later_error_verdict(absolute_max: float, factor: float = RESTORE_FACTOR) -> Verdict:
+    """Return whether the learned-absolute model's SAEs at layers >= 1 keep their error past the context within
+    `factor` of their error inside: position is then not most of their error there."""
+    if absolute_max > factor:
+        return Verdict(REFUTED, f"a later-layer SAE's error past the context reaches {fmt(absolute_max)} times its "
+                                f"error inside (limit {factor:g}): most of it comes with the unseen positions")
+    return Verdict(CONFIRMED, f"at most {fmt(absolute_max)} times the error inside (limit {factor:g}) at layers 1 and up")
+
+
 def restore_verdict(past: float, sae_inside: float, factor: float = RESTORE_FACTOR) -> Verdict:
     """Return whether an nMSE past the context is within `factor` of the raw SAE's nMSE inside it."""
     if past <= factor * sae_inside:
@@ -559,6 +568,12 @@ def _rotary(v):
         rotary_verdict(v["pc_rot_ratio_max"], v["pc_abs_ratio_later_max"])
 
 
+def _later_error(v):
+    """Return (the learned-absolute later-layer SAEs' largest error ratio, verdict)."""
+    return (f"learned-absolute nMSE past / inside, layers 1 and up: at most {fmt(v['pc_abs_ratio_later_max'])}",
+            later_error_verdict(v["pc_abs_ratio_later_max"]))
+
+
 def _finetune_break(v):
     """Return (nMSE past the context before and after fine-tuning, and the fine-tuned SAE's own inside; verdict)."""
     return (f"nMSE past {fmt(v['pc_sae_nmse_past'])} → {fmt(v['pc_ft_nmse_past_final'])} after "
@@ -688,6 +703,10 @@ CLAIMS: tuple[Claim, ...] = (
           "past_context", ("past_context", "a-rotary-control"),
           ("pc_rot_recipe", "pc_rot_ratio_max", "pc_abs_ratio_later_max"), _rotary,
           "this build trained no rotary twin"),
+    Claim("later_error", "past the context, position is not most of a later layer's SAE error", "-",
+          "past_context", ("past_context", "a-rotary-control"), ("pc_abs_ratio_later_max",),
+          _later_error,
+          "this build measured no later-layer SAE past its context", source=COMMENT),
     Claim("finetune_break", "fine-tuning the SAE on a little longer-context data removes the break past the context",
           "-", "past_context", ("past_context", "the-fine-tuning-fix"),
           ("pc_sae_nmse_past", "pc_ft_nmse_past_final", "pc_ft_nmse_in_final", "pc_ft_tokens_final", "pc_full_nmse_past"),

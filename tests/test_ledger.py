@@ -79,6 +79,7 @@ def test_oscillation_and_doubling_rules():
     assert ledger.doubling_verdict([], 0, 2, 3, [2.1, 1.8]).verdict == CONFIRMED
     assert ledger.doubling_verdict([], 0, 2, 3, [4.0, 5.0]).verdict == REFUTED
     # no later curve oscillates: refuted only where the test could have found the doubled swing
+    assert ledger.later_error_verdict(1.4).verdict == CONFIRMED and ledger.later_error_verdict(2.5).verdict == REFUTED
     v = ledger.doubling_verdict([], 0, 0, 3, [], 0.12)
     assert v.verdict == REFUTED and "12%" in v.reason
     assert ledger.doubling_verdict([], 0, 0, 3, [], float("nan")).verdict == UNTESTABLE
@@ -206,11 +207,11 @@ def test_constructed_values_give_the_expected_verdicts_and_missing_chapters_are_
     assert got["shuffle"] == REFUTED and got["dataset_seed"] == CONFIRMED and got["seeds"] == UNTESTABLE
     assert got["architectures"] == UNTESTABLE and got["k"] == UNTESTABLE and got["ordering"] == UNTESTABLE
     assert got["containment"] == CONFIRMED and got["early_layers"] == CONFIRMED and got["first_token"] == CONFIRMED
-    assert {got[k] for k in ("rotary", "finetune_break", "finetune_fidelity", "loss")} == {NOT_RUN}
+    assert {got[k] for k in ("rotary", "later_error", "finetune_break", "finetune_fidelity", "loss")} == {NOT_RUN}
     counts = result.counts()
     remedies = [c for c in ledger.CLAIMS if c.source == ledger.THIS_BOOK]
     assert [c.key for c in remedies] == ["fix_a", "fix_b", "fix_c", "fix_d"]  # the book's own, apart from the claims
-    assert sum(counts.values()) == len(ledger.CLAIMS) - len(remedies) and counts[NOT_RUN] == 4
+    assert sum(counts.values()) == len(ledger.CLAIMS) - len(remedies) and counts[NOT_RUN] == 5
     g = result.glued()
     assert g["ledger_remedies_sentence"].startswith("Of the book's 4 remedies, ")
     assert "1 works (fix (b))" in g["ledger_remedies_sentence"] and "fix (a)" in g["ledger_remedies_sentence"]
@@ -249,7 +250,7 @@ def test_the_table_escapes_text_and_links_each_section():
     assert html.count("<td ") == len(labels) * n
     for label in labels:
         assert html.count(f'<td data-label="{label}">') == n, label
-    assert html.count('<td data-label="source">comment</td>') == 2  # the 0-or-100 % criterion and the loss
+    assert html.count('<td data-label="source">comment</td>') == 3  # the 0-or-100 % criterion, the loss and the later layers' error
     remedies = result.table_html(result.remedies)
     assert remedies.count("<tr") == 5 and '<td data-label="remedy">fix (a)' in remedies and "study" not in remedies
 
