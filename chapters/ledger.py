@@ -75,4 +75,5 @@ result.remedies_table()
 #
 # A verdict holds for the model the column names: a claim about GPT-2 small's SAEs that is refuted here is refuted on
 # this model, and may still hold on GPT-2. A claim is not testable here when the measurement it needs does not exist
-# on this build (a frequency cannot double when no curve oscillates), never because of its result.
+# on this build (a frequency ratio needs windows long enough to resolve the study's periods), never because of its
+# result.
