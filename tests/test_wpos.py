@@ -95,15 +95,15 @@ def test_the_shipped_gpt2pos_organism_carries_gpt2s_geometry_and_live_saes():
 
     from possae.loaders import load_model
     from possae.organism.card import DEAD_SHARE_TARGET, gpt2_geometry_check
-    from possae.organism.recipe import GPT2POS_ARTIFACTS, gpt2pos_saes
+    from possae.organism.recipe import GPT2POS_ARTIFACTS, variant_saes
 
     model = load_model("organism-gpt2pos", device="cpu")
     check = gpt2_geometry_check(model.W_pos.detach(), load_gpt2_wpos())
     assert check["passes"], check
     card = json.loads((GPT2POS_ARTIFACTS / "model_card.json").read_text())
-    assert set(card["saes"]) == {r.sae_id for r in gpt2pos_saes()}
+    assert set(card["saes"]) == {r.sae_id for r in variant_saes("gpt2")}
     over = sorted(k for k, s in card["saes"].items() if s["heldout"]["dead_share"] > DEAD_SHARE_TARGET)
     assert over == [] and "Above the target of 10% dead: none." in (GPT2POS_ARTIFACTS / "MODEL_CARD.md").read_text()
     shipped = {k: json.loads((GPT2POS_ARTIFACTS / "saes" / k / "training.json").read_text())["recipe"] for k in card["saes"]}
-    assert shipped == {r.sae_id: r.to_dict() for r in gpt2pos_saes()}  # every SAE was trained by today's recipe
+    assert shipped == {r.sae_id: r.to_dict() for r in variant_saes("gpt2")}  # every SAE was trained by today's recipe
     assert card["gpt2_check"]["passes"] and card["wpos_projection"]["variance_kept"] > 0.999
