@@ -52,6 +52,7 @@ FLOOR_PHASES = 4  # the detection floor: a sine added at this many phases (evenl
 FLOOR_NULL = 200  # red-noise surrogates per test in the floor's search
 FLOOR_RANGE = (1e-2, 1.0)  # the floor is searched over these amplitudes relative to the curve's mean (log bisection)
 FLOOR_STEPS = 5  # bisection steps: the floor is known to within a factor 100 ** (1 / 2 ** 5), about 15 %
+FLOOR_PRECISION = (FLOOR_RANGE[1] / FLOOR_RANGE[0]) ** (1 / 2**FLOOR_STEPS) - 1  # relative width of the last bracket
 FLOOR_TOLERANCE = 0.3  # cycles: a test finds the added sine when it calls an oscillation this close to its cycles
 QUANTILE_TOKENS = 32_768  # tokens per SAE and region whose nonzero activations give the per-feature deciles
 QUANTILE_VALUES = 1 << 22  # at most this many nonzero values kept per SAE and region (32 MiB): whole tokens, in order
@@ -651,7 +652,7 @@ def floor_sentence(freq: pd.DataFrame) -> str:
     return ("How large a swing would the test have found where the study puts one? A sine of the study's frequency is "
             f"added to each curve at {FLOOR_PHASES} phases, and its amplitude is raised until the test calls an "
             f"oscillation within {FLOOR_TOLERANCE:g} cycles of it at every phase (the last column of the table; known "
-            "to about 15 %). The smallest such swings are, " + "; ".join(filter(None, parts)) + ".")
+            f"to within {FLOOR_PRECISION:.0%}). The smallest such swings are, " + "; ".join(filter(None, parts)) + ".")
 
 
 def comparison_sentence(comparison: pd.DataFrame) -> str:
@@ -965,7 +966,9 @@ COMPARISON_SAES = {"organism": (("relu-short", "relu-L1", "relu-L2", "relu-L3"),
 def comparison_frequencies(params: OscillationParams) -> pd.DataFrame:
     """Return the frequency table (without detection floors) of the comparison organism's curves: one normal pass of
     its SAEs at every layer over its own held-out windows, model column set; empty when there is none to run."""
+    from possae.heldout import heldout_windows
     from possae.loaders import load_model_and_sae, load_sae_for
+    from possae.wpos import pc_winding
 
     name = params.comparison_model
     if name is None or name == params.model_name:
@@ -975,14 +978,10 @@ def comparison_frequencies(params: OscillationParams) -> pd.DataFrame:
     relu, topk = COMPARISON_SAES[name]
     model, first = load_model_and_sae(name, relu[0], device=params.device)
     saes = {relu[0]: first} | {sid: load_sae_for(model, name, sid, params.device) for sid in (*relu[1:], *topk)}
-    from possae.heldout import heldout_windows
-
     tokens = heldout_windows(model.tokenizer, model.cfg.n_ctx, params.n_heldout_tokens)
     info = sae_info(saes, tokens.shape[1])
     p = position_pass(model, tokens, saes, "normal", seed=params.seed, feature_stats=False, splice=False)
     positions = position_frame({"normal": p}, info, {sid: sae.cfg.d_sae for sid, sae in saes.items()})
-    from possae.wpos import pc_winding
-
     turns = pc_winding(model.W_pos.detach()[1:].cpu(), 2)["turns"]
     return frequency_table(positions, info, seed=params.seed, floors=False).assign(model=name, n_ctx=model.cfg.n_ctx,
                                                                                    wpos_turns=turns)
