@@ -578,8 +578,8 @@ def _layers(layers: Sequence[int]) -> str:
 
 
 def _no_oscillation_reason(row) -> str:
-    """Return why a spectral peak is not called an oscillation."""
-    if not row["resolved"]:
+    """Return why a spectral peak is not called an oscillation: not significant first (a peak of noise is no trend)."""
+    if row["significant"] and not row["resolved"]:
         if row["sine_over_trend"] > 1:
             return (f"the sinusoid that fits it best has {row['cycles']:.2f} cycles over the window, under the "
                     f"{MIN_CYCLES:g} an oscillation needs: what remains is trend, not a period")
@@ -840,7 +840,7 @@ def frequency_display(freq: pd.DataFrame) -> pd.DataFrame:
     def verdict(r) -> str:
         if r["oscillation"]:
             return "yes" if r["layer"] == r["base_layer"] else f"yes, {_num(r['ratio_to_base'], '.2f')}× base freq."
-        return "no (trend)" if not r["resolved"] else "no (not significant)"
+        return "no (not significant)" if not r["significant"] else "no (trend)"
 
     def floor(r) -> str:
         if not np.isfinite(r["tested_cycles"]) or np.isnan(r["floor"]):
@@ -865,7 +865,7 @@ def comparison_display(freq: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"model": freq["model"], "SAE": freq["sae_id"], "family": freq["family"],
                          "layer": freq["layer"], "positions": [f"{r.first}..{r.last}" for r in freq.itertuples()],
                          "cycles found": [f"{r.cycles:.2f}" if r.oscillation else
-                                          ("none (trend)" if not r.resolved else "none (not significant)")
+                                          ("none (not significant)" if not r.significant else "none (trend)")
                                           for r in freq.itertuples()],
                          "ratio to lowest layer": [_num(v, ".2f") for v in freq["ratio_to_base"]]})
 
