@@ -8,10 +8,11 @@ PYTEST_ARGS ?=
 
 .PHONY: install test test-all book organism screenshots clean
 
+# --no-compile: Python compiles only the modules a chapter imports, on first import, not all of torch's at install
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) install -q --disable-pip-version-check -c constraints.txt torch==2.13.0
-	$(PIP) install -q --disable-pip-version-check -c constraints.txt -e ".[book,dev]"
+	$(PIP) install -q --disable-pip-version-check --no-compile -c constraints.txt torch==2.13.0
+	$(PIP) install -q --disable-pip-version-check --no-compile -c constraints.txt -e ".[book,dev]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -54,6 +54,15 @@ BOOK_BENCHMARK = REPO_ROOT / "benchmarks" / "results" / "book_organism_cpu.json"
 README_TABLE_START, README_TABLE_END = "<!-- book-times: start -->", "<!-- book-times: end -->"
 
 
+def recorded_chapter_walls(path: str | Path = BOOK_BENCHMARK) -> dict[str, float]:
+    """Return each chapter's wall time (s) in the recorded book benchmark ({} when there is no readable record)."""
+    try:
+        chapters = json.loads(Path(path).read_text())["book"]["chapters"]
+        return {name: float(c["wall_s"]) for name, c in chapters.items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
 def book_time_table(path: str | Path = BOOK_BENCHMARK) -> str:
     """Return the README's time table (markdown) from benchmarks/bench_book.py's record of a fresh clone."""
     path = Path(path)

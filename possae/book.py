@@ -351,6 +351,17 @@ def run_record(notebook: Path) -> dict:
         return {}
 
 
+def expected_wall(job: ChapterJob, profile: str) -> float:
+    """Return how long a chapter is expected to take: its last run's wall time here, else (on a fresh clone, organism
+    profile) its time in the recorded book benchmark, else 0."""
+    from possae.benchmark_results import recorded_chapter_walls
+
+    last = run_record(job.out).get("wall_s")
+    if last is not None:
+        return float(last)
+    return recorded_chapter_walls().get(Path(job.name).name, 0.0) if profile == "organism" else 0.0
+
+
 def _execute_job(src: Path, out: Path, given: dict, cwd: Path, threads: int) -> dict:
     """Execute one chapter in this (fresh) worker process with `threads` CPU threads for its kernel; return its wall
     time, and its kernel's CPU time and peak resident memory."""
@@ -371,8 +382,8 @@ def _execute_job(src: Path, out: Path, given: dict, cwd: Path, threads: int) -> 
 
 def execute_chapters(todo: list[ChapterJob], profile: str, root: Path = REPO_ROOT, jobs: int | None = None,
                      rerun: bool = False) -> dict[str, dict]:
-    """Execute the chapters `jobs` at a time, each in a fresh process, the longest (by their last run) first and those
-    that read the others last; skip those whose notebook carries the same fingerprint; return each one's run record."""
+    """Execute the chapters `jobs` at a time, each in a fresh process, the longest first (expected_wall) and those that
+    read the others last; skip those whose notebook carries the same fingerprint; return each one's run record."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -382,7 +393,7 @@ def execute_chapters(todo: list[ChapterJob], profile: str, root: Path = REPO_ROO
     threads = max(1, (os.cpu_count() or 1) // jobs)
     tree = tree_fingerprint(root) if todo else ""
     records: dict[str, dict] = {}
-    first = sorted((j for j in todo if not j.reads_others), key=lambda j: -run_record(j.out).get("wall_s", 0.0))
+    first = sorted((j for j in todo if not j.reads_others), key=lambda j: -expected_wall(j, profile))
     last = [j for j in todo if j.reads_others]
     failures: list[BaseException] = []
     running: dict = {}

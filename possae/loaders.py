@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from possae.attention import use_fused_attention
 from possae.devices import default_device
 from possae.organism.recipe import (ARTIFACTS, GPT2POS_MODEL_NAME, GPT2POS_ROTARY_MODEL_NAME, ORGANISM_MODEL_NAME,
                                     ROTARY_MODEL_NAME)
@@ -80,7 +81,12 @@ def _from_hub(what: str, load):
 
 
 def load_model(name: str = ORGANISM, device: str | None = None, **from_pretrained_kwargs: Any):
-    """Return a transformer_lens HookedTransformer: 'organism', a local folder, or a transformer_lens model name."""
+    """Return a transformer_lens HookedTransformer: 'organism', a local folder, or a transformer_lens model name; its
+    plain causal attention runs fused (possae.attention) wherever no hook reads the scores or pattern."""
+    return use_fused_attention(_load_model(name, device, **from_pretrained_kwargs))
+
+
+def _load_model(name: str, device: str | None, **from_pretrained_kwargs: Any):
     from transformer_lens import HookedTransformer
     from transformer_lens.loading_from_pretrained import get_official_model_name
 
