@@ -32,7 +32,7 @@ sae_id = "relu-short"  # a layer-0 SAE trained on contexts shorter than n_ctx
 device = None  # None picks CUDA when present
 control_sae_id = "relu-full"  # the same SAE trained on full n_ctx contexts (same release); None: no control
 n_heldout_tokens = 16384  # held-out text tokens per corpus (as in the setup chapter)
-n_vocab_sample = 1024  # tokens sampled from the vocabulary for the all-token curves (intervals in section 1); the whole vocabulary if larger
+n_vocab_sample = 256  # tokens sampled from the vocabulary for the all-token curves (intervals in section 1); the whole vocabulary if larger
 seed = 0  # the sample of vocabulary tokens for the all-token curves
 
 # %% tags=["remove-cell"]

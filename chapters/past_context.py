@@ -41,7 +41,7 @@ finetune_sae_ids = ["relu-short-ft25k", "relu-short-ft100k", "relu-short-ft400k"
 relu_sae_ids = ["relu-short", "relu-short-L1", "relu-short-L2", "relu-short-L3"]  # short-context SAEs, one per layer
 rotary_release = "organism-gpt2pos-rotary"  # the rotary twin's model and SAE release; None: no rotary control
 rotary_sae_ids = ["relu-short", "relu-short-L1", "relu-short-L2", "relu-short-L3"]  # its short-context SAEs, per layer
-n_heldout_tokens = 4096  # held-out text tokens per corpus (section 4 checks it suffices)
+n_heldout_tokens = 2048  # held-out text tokens per corpus (section 4 checks it suffices)
 
 # %% tags=["remove-cell"]
 from possae import past_context

@@ -183,7 +183,8 @@ def execute_chapter(chapter: Path, out: Path, parameters: dict, cwd: Path = REPO
     try:
         with _quiet_progress():
             pm.execute_notebook(raw, tmp, parameters=parameters, kernel_name="python3", cwd=str(cwd),
-                                progress_bar=sys.stderr.isatty(), extra_arguments=KERNEL_ARGUMENTS)
+                                progress_bar=sys.stderr.isatty(), extra_arguments=KERNEL_ARGUMENTS,
+                                request_save_on_cell_execute=False)  # written once at the end, not after every cell
     except pm.PapermillExecutionError as e:
         os.replace(tmp, failed)
         raise ChapterFailed(f"Chapter {chapter.name} failed in cell {e.cell_index} "

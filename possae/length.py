@@ -110,7 +110,7 @@ class LengthParams(Layer0Params):
 
     control_sae_id: str | None = "relu-full"
     n_heldout_tokens: int = 16384
-    n_vocab_sample: int = 1024
+    n_vocab_sample: int = 256
     seed: int = 0
 
     def validate(self) -> None:

@@ -58,7 +58,7 @@ class PastContextParams(SubjectParams):
     relu_sae_ids: tuple[str, ...] = ("relu-short", "relu-short-L1", "relu-short-L2", "relu-short-L3")
     rotary_release: str | None = "organism-gpt2pos-rotary"
     rotary_sae_ids: tuple[str, ...] = ("relu-short", "relu-short-L1", "relu-short-L2", "relu-short-L3")
-    n_heldout_tokens: int = 4096
+    n_heldout_tokens: int = 2048
 
     def validate(self) -> None:
         """Raise ParameterError without held-out tokens, or with a fine-tuned id whose budget is unknown."""
