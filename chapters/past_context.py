@@ -83,8 +83,8 @@ result.method_table
 #
 # **Recipe.** The SAE is loaded into sae_lens as a training SAE and trained further by sae_lens's own runner on
 # windows of the model's full context, for each budget of tokens; its L1 coefficient and input normalisation are
-# those of its first training, the learning rate a tenth of it (`possae organism saes`; recipes in
-# `possae.organism.recipe.finetune_saes`). Errors are measured as in section 1, inside and past the *original* SAE's
+# those of its first training, with a fresh optimiser state and {glue:text}`pc_ft_recipe` (`possae organism saes`;
+# recipes in `possae.organism.recipe.finetune_saes`; the rate and warm-up are the sweep's choice, below). Errors are measured as in section 1, inside and past the *original* SAE's
 # context of {glue:text}`pc_context` positions.
 
 # %% tags=["remove-input"]
@@ -95,6 +95,13 @@ result.finetune_table()
 
 # %% [markdown]
 # {glue:text}`pc_finetune_sentence`
+#
+# **Which recipe.** {glue:text}`pc_sweep_sentence` The table gives the sweep's record (written by
+# `possae organism sweep`, `possae.organism.sweep`; its SAEs are not shipped): the nearest to passing both verdicts
+# first, "nearest" being the smaller of the larger of the two figures, each over its limit.
+
+# %% tags=["remove-input"]
+result.sweep_display()
 
 # %% [markdown]
 # ## 3. A rotary control

@@ -26,8 +26,10 @@ def _organism(args: argparse.Namespace) -> None:
         recipe = dataclasses.replace(recipe, lm=dataclasses.replace(recipe.lm, train_tokens=args.tokens))
     out_dir, work_dir, model_name = twin_dirs(args.positional)
     twin = args.positional != "standard"
+    if args.step == "sweep" and args.positional != "gpt2":
+        raise SystemExit("The fine-tuning sweep runs on the GPT-2-geometry organism: give --positional gpt2.")
     if twin:
-        if args.step not in ("model", "saes", "card") or (args.step == "card" and args.positional.endswith("rotary")):
+        if args.step not in ("model", "saes", "card", "sweep") or (args.step == "card" and args.positional.endswith("rotary")):
             raise SystemExit(f"The {args.positional} organism shares the organism's tokenizer, tokens and card: "
                              "its steps are `model` and `saes`.")
         recipe = dataclasses.replace(recipe, saes=variant_saes(args.positional))
@@ -69,6 +71,11 @@ def _organism(args: argparse.Namespace) -> None:
                 if only is None or r.sae_id in only:
                     print(json.dumps(saes.train_sae(r, device=args.device, out_dir=out_dir,
                                                      tokenizer_dir=ARTIFACTS / "tokenizer"), indent=1))
+        elif step == "sweep":
+            from possae.organism import sweep
+
+            print("fine-tuning sweep ->", sweep.run_sweep(device=args.device, out_dir=out_dir, work_dir=work_dir,
+                                                          tokenizer_dir=ARTIFACTS / "tokenizer"))
         elif step == "card":
             from possae.organism import card
 
@@ -140,7 +147,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="possae", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     org = sub.add_parser("organism", help="rebuild the model organism shipped in possae/artifacts/organism")
-    org.add_argument("step", choices=(*STEPS, "all"))
+    org.add_argument("step", choices=(*STEPS, "sweep", "all"),
+                     help="a step of the build (all: every one of them), or sweep: the fine-tuning sweep of the "
+                          "GPT-2-geometry organism (--positional gpt2; possae.organism.sweep)")
     org.add_argument("--data", help="shared data folder (default: $POSSAE_DATA or ../shared/data)")
     org.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     org.add_argument("--recipe", default="gpu", choices=("gpu", "cpu", "continue"),

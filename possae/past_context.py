@@ -41,6 +41,7 @@ from possae.intervals import N_BLOCKS, block_of, check, check_display, check_sen
 from possae.metrics import PositionSums, next_token_ce, reconstruction_sums, windows_per_batch
 from possae.params import ParameterError, SubjectParams
 from possae.progress import tqdm
+from possae.thresholds import SAME_BAND
 from possae.tokenizer import special_token_ids
 
 CLEAN = "clean"  # the model's own loss, nothing spliced
@@ -272,6 +273,53 @@ def finetune_table(frame: pd.DataFrame, context_size: int, n_ctx: int) -> pd.Dat
                          f"L0, {past}": frame.l0_past.map(lambda v: f"{v:,.1f}")}).set_index("fine-tuning tokens")
 
 
+def sweep_table(record: dict | None) -> pd.DataFrame:
+    """Return the display table of a recorded fine-tuning sweep: each recipe's nMSE, added loss and the two verdict
+    figures with their thresholds (empty without a record)."""
+    if record is None:
+        return pd.DataFrame()
+    C, n = record["context_size"], record["n_ctx"]
+    inside, past = span(in_context_positions(C, n)), span(range(C, n))
+    rows = pd.DataFrame(record["rows"])
+    return pd.DataFrame({
+        "learning rate": rows["lr"].map(lambda v: f"{v:g}"), "warm-up": rows["warm_up_share"].map(lambda v: f"{v:.0%}"),
+        f"nMSE, {inside}": rows["nmse_in"].map(fmt), f"nMSE, {past}": rows["nmse_past"].map(fmt),
+        f"ΔCE, {inside}": rows["dce_in"].map(lambda v: f"{v:.3f}"), f"ΔCE, {past}": rows["dce_past"].map(lambda v: f"{v:.3f}"),
+        f"past / own inside (break removed at ≤ {record['restore_factor']:g})": rows["break_ratio"].map(fmt),
+        f"inside / SAE's inside (fidelity kept at ≤ {record['same_band']:g})": rows["fidelity_ratio"].map(fmt),
+        "passes both": rows["passes_both"].map({True: "yes", False: "no"}),
+    }).set_index(["learning rate", "warm-up"])
+
+
+def sweep_sentence(record: dict | None, finetune: pd.DataFrame) -> str:
+    """Return what the recorded fine-tuning sweep found, which recipe is nearest to passing both verdicts, and how the
+    shipped largest budget measures here against the sweep's record of the same recipe."""
+    if record is None:
+        return ("No fine-tuning sweep is recorded for this release (`possae organism sweep` records one for "
+                "organism-gpt2pos), so the recipe above is not compared with others.")
+    rows = pd.DataFrame(record["rows"])
+    best = rows.iloc[0]
+    lrs = ", ".join(f"{v:g}" for v in sorted(rows["lr"].unique()))
+    wus = " or ".join(f"{v:.0%}" for v in sorted(rows["warm_up_share"].unique()))
+    n_pass = int(rows["passes_both"].sum())
+    s = (f"The sweep fine-tuned the SAE on {int(best.tokens):,} tokens of full contexts at each learning rate ({lrs}) "
+         f"and warm-up ({wus} of the steps), {len(rows)} recipes in all, and measured each on these held-out windows "
+         f"({record['heldout_inputs']:,} inputs). "
+         f"{f'{n_pass} of the {len(rows)} pass' if n_pass else f'None of the {len(rows)} passes'} both verdicts. "
+         f"The nearest to both, "
+         f"learning rate {best.lr:g} with warm-up over {best.warm_up_share:.0%} of the steps, leaves its error past the "
+         f"context {fmt(best.break_ratio)} times its own inside (limit {record['restore_factor']:g}) and its error "
+         f"inside {fmt(best.fidelity_ratio)} times the SAE's (limit {record['same_band']:g})")
+    last = finetune.iloc[-1] if len(finetune) > 1 else None
+    if last is not None and int(last.tokens) == int(best.tokens):
+        s += (f"; the shipped fine-tuned SAEs use its recipe, and the {int(last.tokens):,}-token one measures "
+              f"{fmt(last.nmse_in)} inside and {fmt(last.nmse_past)} past here, against the sweep's "
+              f"{fmt(best.nmse_in)} and {fmt(best.nmse_past)}")
+    return s + (". Two further arms are not run: keeping the optimiser state needs the first training's, "
+                "which sae_lens's runner did not save, and mixing short and full windows needs windows of two "
+                "lengths in one run, which the runner does not take.")
+
+
 def rotary_table(rows: list[LayerErrors], n_ctx: int) -> pd.DataFrame:
     """Return the display table of every SAE of both models: layer, nMSE inside and past its context, and their ratio."""
     return pd.DataFrame([{"model": r.model, "layer": r.layer, "SAE": r.sae_id,
@@ -314,15 +362,17 @@ def finetune_sentence(frame: pd.DataFrame, reference: ErrorSummary | None, conte
     if len(frame) < 2:
         return "No fine-tuned SAE is given on this profile (finetune_sae_ids is empty), so the fix is not measured."
     first, last = frame.iloc[0], frame.iloc[-1]
-    restored = last.nmse_past <= RESTORE_FACTOR * first.nmse_in
+    ratio = last.nmse_past / last.nmse_in  # the break, as the ledger judges it: past over the fine-tuned SAE's inside
     s = (f"After {int(last.tokens):,} tokens of fine-tuning on full contexts, nMSE past the context "
          f"{moves(first.nmse_past, last.nmse_past)}, and inside it {moves(first.nmse_in, last.nmse_in)}")
     if "l0_in" in frame:
         s += (f"; its L0 (active features per token) inside the context "
               f"{moves(first.l0_in, last.l0_in, lambda v: f'{v:.1f}')}, and past it "
               f"{moves(first.l0_past, last.l0_past, lambda v: f'{v:,.1f}')}")
-    s += (f". The fine-tuned SAE {'restores' if restored else 'does not restore'} the SAE's in-context error past the "
-          f"context (within {RESTORE_FACTOR:g}x of it).")
+    s += (f". Past the context its error is {fmt(ratio)} times its own inside, so the break "
+          f"{'is' if ratio <= RESTORE_FACTOR else 'is not'} removed (within {RESTORE_FACTOR:g} times), and inside it is "
+          f"{fmt(last.nmse_in / first.nmse_in)} times the SAE's before fine-tuning (fidelity kept within "
+          f"{SAME_BAND:g} times: {'yes' if last.nmse_in <= SAME_BAND * first.nmse_in else 'no'}).")
     if reference is not None:
         s += (f" The SAE trained on full contexts from the start reaches {fmt(reference.nmse_past)} at positions "
               f"{context_size} and beyond.")
@@ -424,6 +474,15 @@ class PastContextResult:
     rotary_facts: dict[str, object] = field(default_factory=dict)  # recipe, tokens, held-out loss of both models
     checks: pd.DataFrame = field(default_factory=lambda: check_table([]))  # verdict figures with their intervals
     n_heldout_tokens: int = 0  # held-out tokens per corpus the sample was cut from
+    sweep: dict | None = None  # the release's recorded fine-tuning sweep (possae.organism.sweep), None without one
+    finetune_recipe: dict = field(default_factory=dict)  # the last fine-tuned SAE's recorded recipe (training.json)
+
+    def sweep_display(self):
+        """Return the fine-tuning sweep's table, nearest to passing both verdicts first, for display (nothing without
+        a recorded sweep: the sentence above says so)."""
+        from IPython.display import Markdown
+
+        return sweep_table(self.sweep) if self.sweep is not None else Markdown("")
 
     def check_display(self) -> pd.DataFrame:
         """Return the verdict figures, their intervals and thresholds, for display."""
@@ -457,6 +516,10 @@ class PastContextResult:
             "pc_ranking_sentence": ranking_sentence(self.errors, self.losses),
             "pc_restore_factor": RESTORE_FACTOR, "pc_n_heldout_tokens": self.n_heldout_tokens,
             "pc_check_sentence": check_sentence(self.checks, f"this sample ({self.heldout_inputs:,} inputs)"),
+            "pc_sweep_sentence": sweep_sentence(self.sweep, self.finetune),
+            "pc_ft_recipe": (f"learning rate {self.finetune_recipe['lr']:g}, warmed up over "
+                             f"{self.finetune_recipe.get('warm_up_share', 0.05):.0%} of the steps"
+                             if self.finetune_recipe else "the recipe recorded with the SAEs given"),
         }
         for k, label in FIX_LABELS.items():
             if label in self.losses:
@@ -473,6 +536,33 @@ class PastContextResult:
             v["pc_rot_ratio_max"], v["pc_abs_ratio_later_max"] = max(rot), max(ab)
         v.update({f"pc_rot_{k}": x for k, x in self.rotary_facts.items()})
         return v
+
+
+def _trained_recipe(release: str, sae_ids) -> dict:
+    """Return the recipe recorded beside the last of a local release's SAEs (its training.json; {} without one)."""
+    from possae.sae_files import sae_folder
+
+    if not sae_ids:
+        return {}
+    try:
+        folder = sae_folder(release, sae_ids[-1])
+        return json.loads((folder / "training.json").read_text())["recipe"] if folder is not None else {}
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def _recorded_sweep(params: PastContextParams) -> dict | None:
+    """Return the fine-tuning sweep recorded for the params' release, when it is a shipped organism with one and the
+    chapter runs on the sweep's sample (else None: its figures would not be this page's)."""
+    from possae.organism.sweep import read_sweep
+    from possae.sae_files import ORGANISMS
+
+    if params.sae_release not in ORGANISMS or not params.finetune_sae_ids:
+        return None
+    record = read_sweep(ORGANISMS[params.sae_release])
+    if record is None or record.get("n_heldout_tokens") != params.n_heldout_tokens:
+        return None
+    return record
 
 
 def _finetuned(model, params: PastContextParams, device) -> dict[str, tuple[SAE, int]]:
@@ -534,8 +624,8 @@ def verdict_figures(sums: PositionSums, context_size: int, final: str | None, ro
                     block: int | None) -> dict[str, tuple[float, float]]:
     """Return {name: (figure, threshold)}, with one block of windows left out (none when block is None), for the
     figures the ledger's past-context verdicts compare with a threshold: the SAE's added loss past the context over
-    inside (LOSS_FACTOR), the last fine-tuned SAE's nMSE past (RESTORE_FACTOR) and inside (SAME_BAND) over the SAE's
-    own inside, and each layer >= 1 SAE's nMSE past over inside on both models (RESTORE_FACTOR)."""
+    inside (LOSS_FACTOR), the last fine-tuned SAE's nMSE past over its own inside (RESTORE_FACTOR: the break) and its
+    inside over the SAE's inside (SAME_BAND: fidelity), and each layer >= 1 SAE's nMSE past over inside on both models (RESTORE_FACTOR)."""
     from possae.thresholds import LOSS_FACTOR, RESTORE_FACTOR, SAME_BAND
 
     s = sums.leave_out(block)
@@ -544,7 +634,7 @@ def verdict_figures(sums: PositionSums, context_size: int, final: str | None, ro
     out = {"SAE: added loss past / inside": (loss.past / loss.in_context, LOSS_FACTOR)}
     if final is not None:
         ft = error_summary(s, final, context_size)
-        out |= {f"{final}: nMSE past / SAE's inside": (ft.nmse_past / own.nmse_in, RESTORE_FACTOR),
+        out |= {f"{final}: nMSE past / its own inside": (ft.nmse_past / ft.nmse_in, RESTORE_FACTOR),
                 f"{final}: nMSE inside / SAE's inside": (ft.nmse_in / own.nmse_in, SAME_BAND)}
     for r in rows:
         if r.layer >= 1 and r.sums is not None:
@@ -586,6 +676,7 @@ def analyze(model, sae: SAE, params: PastContextParams, control: SAE | None = No
         finetune=finetune_frame(errors, {k: t for k, (_, t) in finetuned.items()},
                                 {k: l0_summary(sums, k, C) for k in [SAE_LABEL, *finetuned]}),
         control_label=CONTROL_LABEL if control is not None else None, n_heldout_tokens=params.n_heldout_tokens,
+        sweep=_recorded_sweep(params), finetune_recipe=_trained_recipe(params.sae_release, params.finetune_sae_ids),
     )
     final = str(result.finetune.iloc[-1].label) if finetuned else None
     if params.rotary_release is None:

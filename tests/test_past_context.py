@@ -189,7 +189,10 @@ def test_finetune_frame_and_sentence():
     frame = PC.finetune_frame(errors, {"fine-tuned 100k": 100_000, "fine-tuned 25k": 25_000})
     assert list(frame.tokens) == [0, 25_000, 100_000] and list(frame.nmse_past) == [13000, 600, 0.15]
     s = PC.finetune_sentence(frame, errors[CONTROL_LABEL], 64)
-    assert s.startswith("After 100,000 tokens") and "restores" in s and "does not" not in s and "positions 64" in s
+    # the break, judged as the ledger does: past (0.15) over the fine-tuned SAE's own inside (0.1); fidelity: 0.1 / 0.08
+    assert s.startswith("After 100,000 tokens") and "its error is 1.5 times its own inside, so the break is removed" in s
+    assert "inside it is 1.25 times the SAE's before fine-tuning (fidelity kept within 1.1 times: no)" in s
+    assert "positions 64" in s
     assert "falls from 13,000 to 0.15" in s and "inside it rises from 0.08 to 0.1" in s and "L0" not in s
     with_l0 = PC.finetune_frame(errors, {"fine-tuned 100k": 100_000}, {SAE_LABEL: (13.2, 40.0),
                                                                         "fine-tuned 100k": (9.04, 9.0)})
@@ -198,7 +201,7 @@ def test_finetune_frame_and_sentence():
     assert list(PC.finetune_table(with_l0, 64, 256).columns) == ["nMSE, 1–63", "nMSE, 64–255", "L0, 1–63", "L0, 64–255"]
     assert PC.moves(1.0, 1.0) == "stays at 1"
     frame2 = PC.finetune_frame(errors, {"fine-tuned 25k": 25_000})
-    assert "does not restore" in PC.finetune_sentence(frame2, None, 64)
+    assert "6,667 times its own inside, so the break is not removed" in PC.finetune_sentence(frame2, None, 64)
     assert "not measured" in PC.finetune_sentence(PC.finetune_frame(errors, {}), None, 64)
 
 

@@ -76,7 +76,7 @@ def runner_config(r: SAERecipe, d_in: int, out_path: Path, device: str, model_na
         store_batch_size_prompts=32,
         n_batches_for_norm_estimate=50,
         lr=r.lr,
-        lr_warm_up_steps=steps // 20,
+        lr_warm_up_steps=r.warm_up_steps,
         lr_decay_steps=steps // 5,
         dead_feature_window=r.dead_feature_window,
         device=device,
