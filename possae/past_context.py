@@ -288,6 +288,7 @@ def sweep_table(record: dict | None) -> pd.DataFrame:
         f"past / own inside (break removed at ≤ {record['restore_factor']:g})": rows["break_ratio"].map(fmt),
         f"inside / SAE's inside (fidelity kept at ≤ {record['same_band']:g})": rows["fidelity_ratio"].map(fmt),
         "passes both": rows["passes_both"].map({True: "yes", False: "no"}),
+        "dead latents (silent on these windows)": rows["dead_share"].map(lambda v: f"{v:.1%}"),
     }).set_index(["learning rate", "warm-up"])
 
 
@@ -309,7 +310,9 @@ def sweep_sentence(record: dict | None, finetune: pd.DataFrame) -> str:
          f"The nearest to both, "
          f"learning rate {best.lr:g} with warm-up over {best.warm_up_share:.0%} of the steps, leaves its error past the "
          f"context {fmt(best.break_ratio)} times its own inside (limit {record['restore_factor']:g}) and its error "
-         f"inside {fmt(best.fidelity_ratio)} times the SAE's (limit {record['same_band']:g})")
+         f"inside {fmt(best.fidelity_ratio)} times the SAE's (limit {record['same_band']:g}), with "
+         f"{best.dead_share:.1%} of its latents silent on these windows against the SAE's "
+         f"{record['sae_dead_share']:.1%} (no verdict reads that share)")
     last = finetune.iloc[-1] if len(finetune) > 1 else None
     if last is not None and int(last.tokens) == int(best.tokens):
         s += (f"; the shipped fine-tuned SAEs use its recipe, and the {int(last.tokens):,}-token one measures "

@@ -50,7 +50,8 @@ def test_sweep_rows_measure_and_order_the_recipes():
 
 
 def record_of(rows: pd.DataFrame) -> dict:
-    return {"context_size": C, "n_ctx": N_POS, "n_heldout_tokens": 2048, "heldout_inputs": 16,
+    rows = rows.assign(dead_share=[0.25, 0.0])
+    return {"context_size": C, "n_ctx": N_POS, "n_heldout_tokens": 2048, "heldout_inputs": 16, "sae_dead_share": 0.05,
             "restore_factor": 2.0, "same_band": 1.1, "rows": rows.to_dict(orient="records"), "best": rows.iloc[0].sae_id}
 
 
@@ -59,9 +60,10 @@ def test_the_sentence_and_table_follow_the_record():
     shipped = pd.DataFrame({"tokens": [0, 400_000], "nmse_in": [0.1, 0.105], "nmse_past": [100.0, 0.2]})
     s = sweep_sentence(record_of(rows), shipped)
     assert "1 of the 2 pass both verdicts" in s and "learning rate 0.0001 with warm-up over 50%" in s
+    assert "with 25.0% of its latents silent on these windows against the SAE's 5.0%" in s
     assert "measures 0.105 inside and 0.2 past here, against the sweep's 0.105 and 0.2" in s
     table = sweep_table(record_of(rows))
-    assert list(table["passes both"]) == ["yes", "no"] and len(table) == 2
+    assert list(table["passes both"]) == ["yes", "no"] and list(table.iloc[:, -1]) == ["25.0%", "0.0%"]
     assert "None of the 2 passes both verdicts" in sweep_sentence(record_of(rows.assign(passes_both=False)), shipped)
     assert "No fine-tuning sweep is recorded" in sweep_sentence(None, shipped) and sweep_table(None).empty
 

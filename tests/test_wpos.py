@@ -91,11 +91,12 @@ def test_gpt2_geometry_check_passes_the_projection_and_fails_an_arc():
 
 
 def test_the_shipped_gpt2pos_organism_carries_gpt2s_geometry_and_live_saes():
+    import dataclasses
     import json
 
     from possae.loaders import load_model
     from possae.organism.card import DEAD_SHARE_TARGET, gpt2_geometry_check
-    from possae.organism.recipe import GPT2POS_ARTIFACTS, variant_saes
+    from possae.organism.recipe import GPT2POS_ARTIFACTS, SAERecipe, variant_saes
 
     model = load_model("organism-gpt2pos", device="cpu")
     check = gpt2_geometry_check(model.W_pos.detach(), load_gpt2_wpos())
@@ -103,11 +104,16 @@ def test_the_shipped_gpt2pos_organism_carries_gpt2s_geometry_and_live_saes():
     card = json.loads((GPT2POS_ARTIFACTS / "model_card.json").read_text())
     assert set(card["saes"]) == {r.sae_id for r in variant_saes("gpt2")}
     over = [k for k, s in card["saes"].items() if s["heldout"]["dead_share"] > DEAD_SHARE_TARGET]
-    # every ReLU SAE is live; the card names each SAE above the target (TopK SAEs past layer 0 leave many latents
-    # silent on this organism)
-    assert not [k for k in over if card["saes"][k]["architecture"] == "standard"]
+    recipes = {r.sae_id: r for r in variant_saes("gpt2")}
+    # every ReLU SAE trained from scratch is live; the card names each SAE above the target (TopK SAEs past layer 0
+    # leave many latents silent on this organism, and the fine-tuning sweep's best rate silences many of relu-short's:
+    # the past-context chapter reports that share beside the verdicts)
+    assert not [k for k in over if card["saes"][k]["architecture"] == "standard" and recipes[k].init_from is None]
     assert f"Above the target of 10% dead: {', '.join(over) if over else 'none'}." in \
         (GPT2POS_ARTIFACTS / "MODEL_CARD.md").read_text()
     shipped = {k: json.loads((GPT2POS_ARTIFACTS / "saes" / k / "training.json").read_text())["recipe"] for k in card["saes"]}
-    assert shipped == {r.sae_id: r.to_dict() for r in variant_saes("gpt2")}  # every SAE was trained by today's recipe
+    defaults = {f.name: f.default for f in dataclasses.fields(SAERecipe)}
+    # every SAE was trained by today's recipe (a field a stored recipe predates holds its default today)
+    assert shipped == {k: {f: v for f, v in r.to_dict().items() if f in shipped[k] or v != defaults[f]}
+                       for k, r in recipes.items()}
     assert card["gpt2_check"]["passes"] and card["wpos_projection"]["variance_kept"] > 0.999

@@ -52,6 +52,19 @@ def sweep_rows(sums, recipes: dict[str, SAERecipe], context_size: int) -> pd.Dat
 
 
 @torch.no_grad()
+def dead_shares(model, saes: dict[str, object], windows: torch.Tensor) -> dict[str, float]:
+    """Return per SAE the share of its latents that fire on none of the windows' layer-0 inputs (special tokens left
+    out)."""
+    from possae.hooks import LAYER0_INPUT, hook_activations
+    from possae.tokenizer import special_token_ids
+
+    keep = ~torch.isin(windows, torch.tensor(special_token_ids(model.tokenizer), dtype=windows.dtype))
+    x = hook_activations(model, windows.to(model.cfg.device), LAYER0_INPUT)[keep.to(model.cfg.device)]
+    return {sid: float((sae.encode(x.to(sae.W_enc.device, sae.W_enc.dtype)) > 0).any(0).logical_not().double().mean())
+            for sid, sae in saes.items()}
+
+
+@torch.no_grad()
 def measure_sweep(folder: Path, recipes: dict[str, SAERecipe], release: str = "organism-gpt2pos",
                   n_heldout_tokens: int = SWEEP_HELDOUT_TOKENS, device: str | None = None) -> tuple[pd.DataFrame, dict]:
     """Return (sweep_rows of the SAEs saved in folder/<id>, facts: the raw SAE's nMSE inside and past, the windows)."""
@@ -69,10 +82,12 @@ def measure_sweep(folder: Path, recipes: dict[str, SAERecipe], release: str = "o
     windows = heldout_windows(model.tokenizer, model.cfg.n_ctx + 1, n_heldout_tokens)
     sums = splice_position_sums(model, sae, windows, finetuned=tuned)
     own = error_summary(sums, SAE_LABEL, C)
+    dead = dead_shares(model, {SAE_LABEL: sae, **tuned}, windows[:, :-1])
     facts = {"release": release, "context_size": C, "n_ctx": model.cfg.n_ctx, "n_heldout_tokens": n_heldout_tokens,
              "heldout_inputs": int(sums.n.sum()), "sae_nmse_in": own.nmse_in, "sae_nmse_past": own.nmse_past,
-             "restore_factor": RESTORE_FACTOR, "same_band": SAME_BAND}
-    return sweep_rows(sums, recipes, C), facts
+             "restore_factor": RESTORE_FACTOR, "same_band": SAME_BAND, "sae_dead_share": dead.pop(SAE_LABEL)}
+    rows = sweep_rows(sums, recipes, C)
+    return rows.assign(dead_share=rows["sae_id"].map(dead)), facts
 
 
 def run_sweep(device: str | None = None, out_dir: Path = GPT2POS_ARTIFACTS, work_dir: Path | None = None,
