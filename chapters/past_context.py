@@ -98,7 +98,7 @@ result.finetune_table()
 #
 # **Which recipe.** {glue:text}`pc_sweep_sentence` The table gives the sweep's record (written by
 # `possae organism sweep`, `possae.organism.sweep`; its SAEs are not shipped): the nearest to passing both verdicts
-# first, "nearest" being the smaller of the larger of the two figures, each over its limit.
+# first. A recipe's nearness is the larger of its two figures, each divided by its limit (1 or less passes both).
 
 # %% tags=["remove-input"]
 result.sweep_display()
