@@ -296,8 +296,8 @@ def sweep_sentence(record: dict | None, finetune: pd.DataFrame) -> str:
     """Return what the recorded fine-tuning sweep found, which recipe is nearest to passing both verdicts, and how the
     shipped largest budget measures here against the sweep's record of the same recipe."""
     if record is None:
-        return ("No fine-tuning sweep is recorded for this release (`possae organism sweep` records one for "
-                "organism-gpt2pos), so the recipe above is not compared with others.")
+        return ("No fine-tuning sweep is recorded for this release (the sweep command records one for "
+                "organism-gpt2pos only), so the recipe above is not compared with others.")
     rows = pd.DataFrame(record["rows"])
     best = rows.iloc[0]
     lrs = ", ".join(f"{v:g}" for v in sorted(rows["lr"].unique()))
@@ -557,8 +557,7 @@ def _trained_recipe(release: str, sae_ids) -> dict:
 def _recorded_sweep(params: PastContextParams) -> dict | None:
     """Return the fine-tuning sweep recorded for the params' release, when it is a shipped organism with one and the
     chapter runs on the sweep's sample (else None: its figures would not be this page's)."""
-    from possae.organism.sweep import read_sweep
-    from possae.sae_files import ORGANISMS
+    from possae.sae_files import ORGANISMS, read_sweep
 
     if params.sae_release not in ORGANISMS or not params.finetune_sae_ids:
         return None

@@ -232,3 +232,17 @@ def sae_cached(repo_id: str, path: str) -> bool:
     snapshots = hub_cache() / f"models--{repo_id.replace('/', '--')}" / "snapshots"
     return snapshots.is_dir() and any((snap / path).exists() or any(snap.glob(f"{path}*"))
                                       for snap in snapshots.iterdir())
+
+
+SWEEP_FILE = "finetune_sweep.json"  # an organism's recorded fine-tuning sweep (possae.organism.sweep), beside its card
+
+
+def read_sweep(release_dir: Path) -> dict | None:
+    """Return an organism's recorded fine-tuning sweep (None when it has none)."""
+    path = release_dir / SWEEP_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}): run `possae organism sweep` again to rewrite it.") from e

@@ -9,8 +9,9 @@ import torch
 from possae.length import SAE_LABEL
 from possae.metrics import PositionSums
 from possae.organism.recipe import SAERecipe, finetune_sweep_saes, sweep_id
-from possae.organism.sweep import SWEEP_FILE, nearness, read_sweep, sweep_rows
+from possae.organism.sweep import nearness, sweep_rows
 from possae.past_context import CLEAN, sweep_sentence, sweep_table
+from possae.sae_files import SWEEP_FILE, read_sweep
 
 C, N_POS = 4, 8  # context 4 (positions 1..3 inside), 8 positions
 SSE = {SAE_LABEL: (0.1, 100.0), "ft-a": (0.2, 0.3), "ft-b": (0.105, 0.2)}  # per input: (inside, past)

@@ -2,10 +2,10 @@
 learning rate and warm-up of recipe.finetune_sweep_saes, each measured on the past-context chapter's held-out windows
 against the two verdicts the ledger gives fine-tuning; the record names the best recipe.
 
-    possae organism sweep [--device cpu]     # trains into build/organism/finetune-sweep, writes SWEEP_FILE
+    possae organism sweep --positional gpt2   # trains into build/organism/gpt2/finetune-sweep, writes SWEEP_FILE
 
 The sweep's SAEs are not shipped (only the record is); the shipped fine-tuned SAEs use the best recipe's rate and
-warm-up (recipe.FINETUNE_SWEEP_BEST).
+warm-up (recipe.GPT2POS_FINETUNE_LR, GPT2POS_FINETUNE_WARM_UP).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import torch
 
 from possae.organism.recipe import GPT2POS_ARTIFACTS, SAERecipe, build_dir, finetune_sweep_saes
 from possae.organism.saes import SAE_DIR
+from possae.sae_files import SWEEP_FILE
 from possae.thresholds import RESTORE_FACTOR, SAME_BAND
 
-SWEEP_FILE = "finetune_sweep.json"  # beside the organism's model card
 SWEEP_HELDOUT_TOKENS = 2048  # held-out tokens per corpus: the past-context chapter's sample
 
 
@@ -116,14 +116,3 @@ def run_sweep(device: str | None = None, out_dir: Path = GPT2POS_ARTIFACTS, work
     tmp.write_text(json.dumps(record, indent=1, default=float))
     tmp.replace(path)  # a failed run leaves the last record in place
     return path
-
-
-def read_sweep(release_dir: Path = GPT2POS_ARTIFACTS) -> dict | None:
-    """Return the organism's recorded fine-tuning sweep (None when it has none)."""
-    path = release_dir / SWEEP_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}): run `possae organism sweep` again to rewrite it.") from e
