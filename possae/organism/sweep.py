@@ -19,10 +19,11 @@ import torch
 
 from possae.organism.recipe import GPT2POS_ARTIFACTS, SAERecipe, build_dir, finetune_sweep_saes
 from possae.organism.saes import SAE_DIR
+from possae.past_context import PastContextParams
 from possae.sae_files import SWEEP_FILE
 from possae.thresholds import RESTORE_FACTOR, SAME_BAND
 
-SWEEP_HELDOUT_TOKENS = 2048  # held-out tokens per corpus: the past-context chapter's sample
+SWEEP_HELDOUT_TOKENS = PastContextParams.n_heldout_tokens  # the past-context chapter's sample, which reads the record
 
 
 def nearness(break_ratio: float, fidelity_ratio: float) -> float:
@@ -110,7 +111,7 @@ def run_sweep(device: str | None = None, out_dir: Path = GPT2POS_ARTIFACTS, work
         trained[r.sae_id] = r
     rows, facts = measure_sweep(folder, trained, release, n_heldout_tokens, device)
     record = {**facts, "rows": rows.to_dict(orient="records"), "best": rows.iloc[0]["sae_id"],
-              "command": "possae organism sweep"}
+              "command": "possae organism sweep --positional gpt2"}
     path = out_dir / SWEEP_FILE
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1, default=float))
