@@ -39,12 +39,14 @@ from possae.length import (
 )
 from possae.intervals import N_BLOCKS, block_of, check, check_display, check_sentence, check_table, filled_blocks
 from possae.metrics import PositionSums, next_token_ce, reconstruction_sums, windows_per_batch
+from possae.organism.recipe import SAERecipe
 from possae.params import ParameterError, SubjectParams
 from possae.progress import tqdm
 from possae.thresholds import SAME_BAND
 from possae.tokenizer import special_token_ids
 
 CLEAN = "clean"  # the model's own loss, nothing spliced
+_DEFAULT_WARM_UP = SAERecipe.warm_up_share  # what a recipe stored before warm_up_share existed used
 ROTARY_LABEL, ABSOLUTE_LABEL = "rotary twin", "learned absolute (the organism)"
 
 
@@ -521,7 +523,7 @@ class PastContextResult:
             "pc_check_sentence": check_sentence(self.checks, f"this sample ({self.heldout_inputs:,} inputs)"),
             "pc_sweep_sentence": sweep_sentence(self.sweep, self.finetune),
             "pc_ft_recipe": (f"learning rate {self.finetune_recipe['lr']:g}, warmed up over "
-                             f"{self.finetune_recipe.get('warm_up_share', 0.05):.0%} of the steps"
+                             f"{self.finetune_recipe.get('warm_up_share', _DEFAULT_WARM_UP):.0%} of the steps"
                              if self.finetune_recipe else "the recipe recorded with the SAEs given"),
         }
         for k, label in FIX_LABELS.items():

@@ -19,7 +19,8 @@ import torch
 
 from possae.organism.recipe import GPT2POS_ARTIFACTS, SAERecipe, build_dir, finetune_sweep_saes
 from possae.organism.saes import SAE_DIR
-from possae.past_context import PastContextParams
+from possae.length import SAE_LABEL, error_summary
+from possae.past_context import PastContextParams, loss_summary, splice_position_sums
 from possae.sae_files import SWEEP_FILE
 from possae.thresholds import RESTORE_FACTOR, SAME_BAND
 
@@ -36,9 +37,6 @@ def nearness(break_ratio: float, fidelity_ratio: float) -> float:
 def sweep_rows(sums, recipes: dict[str, SAERecipe], context_size: int) -> pd.DataFrame:
     """Return per fine-tuned SAE (splice_position_sums labels) its recipe, nMSE and added loss inside and past the
     context, the two verdict figures and their nearness, best (nearest) first."""
-    from possae.length import SAE_LABEL, error_summary
-    from possae.past_context import loss_summary
-
     own = error_summary(sums, SAE_LABEL, context_size)
     rows = []
     for sid, r in recipes.items():
@@ -73,9 +71,7 @@ def measure_sweep(folder: Path, recipes: dict[str, SAERecipe], release: str = "o
 
     from possae.heldout import heldout_windows
     from possae.hooks import sae_context_size
-    from possae.length import SAE_LABEL, error_summary
     from possae.loaders import load_model_and_sae
-    from possae.past_context import splice_position_sums
 
     model, sae = load_model_and_sae(release, "relu-short", device=device)
     C = sae_context_size(sae, model.cfg.n_ctx)
