@@ -72,6 +72,16 @@ result.table()
 result.remedies_table()
 
 # %% [markdown]
+# ## One number per quantity
+#
+# A quantity shown on two pages comes from one definition and one sample, or the pages name the sample each uses. The
+# table lists every quantity this build shows on two or more pages (the list is `possae.quantities`); the ledger reads
+# every glued value of every page and checks it. {glue:text}`ledger_quantities_sentence`
+
+# %% tags=["remove-input"]
+result.quantities().style.hide(axis="index")
+
+# %% [markdown]
 #
 # A verdict holds for the model the column names: a claim about GPT-2 small's SAEs that is refuted here is refuted on
 # this model, and may still hold on GPT-2. A claim is not testable here when the measurement it needs does not exist

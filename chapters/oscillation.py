@@ -33,7 +33,7 @@ sae_release = "organism-gpt2pos"  # 'organism-gpt2pos', 'organism', a sae_lens r
 device = None  # None picks CUDA when present
 relu_sae_ids = ["relu-full", "relu-full-L1", "relu-full-L2", "relu-full-L3"]  # ReLU/L1 SAEs, in layer order; [] skips
 topk_sae_ids = ["topk-L0", "topk-L1", "topk-L2", "topk-L3"]  # TopK SAEs, in layer order; [] skips them
-n_heldout_tokens = 4096  # held-out tokens per corpus, in windows of the model's full context n_ctx (section 6 checks it suffices)
+n_heldout_tokens = 2048  # held-out tokens per corpus, in windows of the model's full context n_ctx (section 6 checks it suffices)
 seed = 0  # seed of the shuffle ablation's permutation of positions and of the spectral test's null
 comparison_model = "organism"  # a shipped organism whose curves are tested beside this model's; None: none
 

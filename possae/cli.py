@@ -26,6 +26,8 @@ def _organism(args: argparse.Namespace) -> None:
         recipe = dataclasses.replace(recipe, lm=dataclasses.replace(recipe.lm, train_tokens=args.tokens))
     out_dir, work_dir, model_name = twin_dirs(args.positional)
     twin = args.positional != "standard"
+    if args.step in ("seed-curve", "oscillation-comparison") and args.positional != "standard":
+        raise SystemExit(f"The {args.step} step works on the first organism: leave --positional out.")
     if args.step == "sweep" and args.positional != "gpt2":
         raise SystemExit("The fine-tuning sweep runs on the GPT-2-geometry organism: give --positional gpt2.")
     if twin:
@@ -76,6 +78,14 @@ def _organism(args: argparse.Namespace) -> None:
 
             print("fine-tuning sweep ->", sweep.run_sweep(device=args.device, out_dir=out_dir, work_dir=work_dir,
                                                           tokenizer_dir=ARTIFACTS / "tokenizer"))
+        elif step == "seed-curve":
+            from possae.organism import seed_curve
+
+            print("seed curve ->", seed_curve.run_seed_curve(device=args.device, out_dir=out_dir, work_dir=work_dir))
+        elif step == "oscillation-comparison":
+            from possae.oscillation import write_comparison
+
+            print("oscillation comparison ->", write_comparison(device=args.device))
         elif step == "card":
             from possae.organism import card
 
@@ -147,9 +157,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="possae", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     org = sub.add_parser("organism", help="rebuild the model organism shipped in possae/artifacts/organism")
-    org.add_argument("step", choices=(*STEPS, "sweep", "all"),
-                     help="a step of the build (all: every one of them), or sweep: the fine-tuning sweep of the "
-                          "GPT-2-geometry organism (--positional gpt2; possae.organism.sweep)")
+    org.add_argument("step", choices=(*STEPS, "sweep", "seed-curve", "oscillation-comparison", "all"),
+                     help="a step of the build (all: every one of them); sweep: the fine-tuning sweep of the "
+                          "GPT-2-geometry organism (--positional gpt2; possae.organism.sweep); seed-curve: the matching "
+                          "suite's seed pair at several training budgets (possae.organism.seed_curve); "
+                          "oscillation-comparison: the first organism's curves that the oscillation chapter tests beside "
+                          "its model, recorded (possae.oscillation.write_comparison)")
     org.add_argument("--data", help="shared data folder (default: $POSSAE_DATA or ../shared/data)")
     org.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     org.add_argument("--recipe", default="gpu", choices=("gpu", "cpu", "continue"),

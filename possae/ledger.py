@@ -18,6 +18,7 @@ import pandas as pd
 from possae.glued import MODEL_GLUE, glued_values
 from possae.numbers import fmt, pct
 from possae.params import ChapterParams
+from possae.quantities import book_frame, quantities_sentence, quantity_table
 from possae.thresholds import AMPLITUDE_DROP, LOSS_FACTOR, MOST, NEAR_1, RESTORE_FACTOR, SAME_BAND
 from possae.wpos import MIN_TURNS, winding_word
 
@@ -805,6 +806,7 @@ class LedgerResult:
 
     rows: list[Row]
     models: str  # models_sentence of the chapters read
+    values: pd.DataFrame  # every chapter's glued values (chapter, name, value), for the scan of quantities.py
 
     @property
     def claims(self) -> list[Row]:
@@ -869,7 +871,12 @@ class LedgerResult:
                 "ledger_untestable_sentence": list_sentence(self.claims, UNTESTABLE),
                 "ledger_confirmed_sentence": list_sentence(self.claims, CONFIRMED),
                 "ledger_n_remedies": len(self.remedies),
-                "ledger_remedies_sentence": remedies_sentence(self.remedies)}
+                "ledger_remedies_sentence": remedies_sentence(self.remedies),
+                "ledger_quantities_sentence": quantities_sentence(self.values)}
+
+    def quantities(self) -> pd.DataFrame:
+        """Return the quantities shown on two or more pages, with their values (quantities.quantity_table)."""
+        return quantity_table(self.values)
 
 
 def source_sentence(by_source: Mapping[str, int]) -> str:
@@ -893,4 +900,4 @@ def remedies_sentence(rows: Sequence[Row]) -> str:
 
 def analyze(values: Mapping[str, Mapping[str, object]], claims: Sequence[Claim] = CLAIMS) -> LedgerResult:
     """Return every claim judged on {chapter: glued values} (a chapter absent from it leaves its claims 'not run')."""
-    return LedgerResult([judge(c, values) for c in claims], models_sentence(values))
+    return LedgerResult([judge(c, values) for c in claims], models_sentence(values), book_frame(values))

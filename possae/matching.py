@@ -1210,6 +1210,20 @@ def adjacent_frame(groups: Groups, dictionaries: dict[str, Dictionary], release:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def seed_curve(release: str) -> tuple[str, pd.DataFrame | None]:
+    """Return the sentence and table of a release's recorded seed curve (possae.organism.seed_curve), or the sentence
+    saying none is recorded for it."""
+    from possae.sae_files import ORGANISMS, read_seed_curve
+
+    record = read_seed_curve(ORGANISMS[release]) if release in ORGANISMS else None
+    if record is None:
+        return (f"No seed pair retrained on other budgets is recorded for {release}, so whether its shares still rise "
+                "with training tokens is not measured here.", None)
+    from possae.organism.seed_curve import curve_sentence, curve_table
+
+    return curve_sentence(record), curve_table(record)
+
+
 def analyze(model, dictionaries: dict[str, Dictionary], tokens: Int[Tensor, "n_windows pos"],
             params: MatchingParams) -> MatchingResult:
     """Return the chapter's result: the chance baseline, each comparison's matches, the architectures' firing features,
@@ -1290,6 +1304,10 @@ def analyze(model, dictionaries: dict[str, Dictionary], tokens: Int[Tensor, "n_w
         "match_encoder_sentence": encoder_sentence(everything, base),
     }
     values["match_summary_sentence"] = summary_sentence(results, rand_row["dec_share"], params.threshold)
+    curve = seed_curve(rel)
+    values["match_seed_curve_sentence"] = curve[0]
+    if curve[1] is not None:
+        tables["seed_curve"] = curve[1]
     return MatchingResult(values, tables, long, layer_mat, everything,
                           {"random": pd.DataFrame([rand_row]), "architecture_info": arch, "live": live, "blocks": blocks,
                            "adjacent": adjacent, "controls": controls if controls is not None else pd.DataFrame(),

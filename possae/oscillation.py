@@ -69,7 +69,7 @@ class OscillationParams(ChapterParams):
     device: str | None = None
     relu_sae_ids: tuple[str, ...] = ("relu-full", "relu-full-L1", "relu-full-L2", "relu-full-L3")
     topk_sae_ids: tuple[str, ...] = ("topk-L0", "topk-L1", "topk-L2", "topk-L3")
-    n_heldout_tokens: int = 4096
+    n_heldout_tokens: int = 2048
     seed: int = 0
     comparison_model: str | None = "organism"  # a shipped organism whose curves are tested beside (None: none)
 
@@ -965,28 +965,91 @@ class OscillationResult:
 COMPARISON_SAES = {"organism": (("relu-short", "relu-L1", "relu-L2", "relu-L3"), ("topk-L0", "topk-L1", "topk-L2", "topk-L3"))}
 
 
-def comparison_frequencies(params: OscillationParams) -> pd.DataFrame:
-    """Return the frequency table (without detection floors) of the comparison organism's curves: one normal pass of
-    its SAEs at every layer over its own held-out windows, model column set; empty when there is none to run."""
+COMPARISON_FILE = "oscillation_comparison.json"  # beside the comparison organism's card: its recorded frequency table
+COMPARISON_COMMAND = "possae organism oscillation-comparison"
+
+
+def comparison_fingerprint(name: str) -> str:
+    """Return the SHA-256 of the comparison organism's model and SAE weights (what its frequency table depends on)."""
+    import hashlib
+
+    from possae.sae_files import ORGANISMS
+
+    folder, (relu, topk) = ORGANISMS[name], COMPARISON_SAES[name]
+    h = hashlib.sha256()
+    for path in (folder / "model" / "model.safetensors",
+                 *(folder / "saes" / sid / "sae_weights.safetensors" for sid in (*relu, *topk))):
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def compute_comparison(name: str, n_heldout_tokens: int, seed: int = 0, device: str | None = None) -> pd.DataFrame:
+    """Return the frequency table (without detection floors) of a comparison organism's curves: one normal pass of
+    its SAEs at every layer over its own held-out windows, model column set."""
     from possae.heldout import heldout_windows
     from possae.loaders import load_model_and_sae, load_sae_for
     from possae.wpos import pc_winding
 
+    relu, topk = COMPARISON_SAES[name]
+    model, first = load_model_and_sae(name, relu[0], device=device)
+    saes = {relu[0]: first} | {sid: load_sae_for(model, name, sid, device) for sid in (*relu[1:], *topk)}
+    tokens = heldout_windows(model.tokenizer, model.cfg.n_ctx, n_heldout_tokens)
+    info = sae_info(saes, tokens.shape[1])
+    p = position_pass(model, tokens, saes, "normal", seed=seed, feature_stats=False, splice=False)
+    positions = position_frame({"normal": p}, info, {sid: sae.cfg.d_sae for sid, sae in saes.items()})
+    turns = pc_winding(model.W_pos.detach()[1:].cpu(), 2)["turns"]
+    return frequency_table(positions, info, seed=seed, floors=False).assign(model=name, n_ctx=model.cfg.n_ctx,
+                                                                            wpos_turns=turns)
+
+
+def _comparison_key(name: str, n_heldout_tokens: int, seed: int) -> dict:
+    """Return what a recorded comparison must match to stand for a live one."""
+    return {"model": name, "n_heldout_tokens": int(n_heldout_tokens), "seed": int(seed), "n_null": N_NULL,
+            "weights_sha256": comparison_fingerprint(name)}
+
+
+def write_comparison(name: str = "organism", n_heldout_tokens: int | None = None, seed: int = 0,
+                     folder=None, device: str | None = None):
+    """Compute the comparison organism's frequency table at the chapter's defaults and record it (folder: the
+    organism's own, where comparison_frequencies reads it); return the record's path. A failed run leaves the last
+    record in place."""
+    import json
+
+    from possae.sae_files import ORGANISMS
+
+    n = n_heldout_tokens or OscillationParams.n_heldout_tokens
+    table = compute_comparison(name, n, seed, device)
+    path = (folder or ORGANISMS[name]) / COMPARISON_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**_comparison_key(name, n, seed), "command": COMPARISON_COMMAND,
+                               "rows": table.to_dict(orient="records")}, indent=1, default=float))
+    tmp.replace(path)
+    return path
+
+
+def recorded_comparison(name: str, n_heldout_tokens: int, seed: int, folder=None) -> pd.DataFrame | None:
+    """Return the recorded frequency table of a comparison organism when it was computed on these parameters and these
+    weights (write_comparison), else None."""
+    from possae.sae_files import ORGANISMS, read_record
+
+    record = read_record(folder or ORGANISMS[name], COMPARISON_FILE, COMPARISON_COMMAND)
+    if record is None or any(record.get(k) != v for k, v in _comparison_key(name, n_heldout_tokens, seed).items()):
+        return None
+    return pd.DataFrame(record["rows"])
+
+
+def comparison_frequencies(params: OscillationParams) -> pd.DataFrame:
+    """Return the frequency table (without detection floors) of the comparison organism's curves: its record when one
+    matches the parameters and weights (the work does not depend on this chapter's model or SAEs), else computed;
+    empty when there is none to run."""
     name = params.comparison_model
     if name is None or name == params.model_name:
         return pd.DataFrame()
     if name not in COMPARISON_SAES:
         raise ParameterError(f"comparison_model {name!r}: one of {', '.join(COMPARISON_SAES)} or None.")
-    relu, topk = COMPARISON_SAES[name]
-    model, first = load_model_and_sae(name, relu[0], device=params.device)
-    saes = {relu[0]: first} | {sid: load_sae_for(model, name, sid, params.device) for sid in (*relu[1:], *topk)}
-    tokens = heldout_windows(model.tokenizer, model.cfg.n_ctx, params.n_heldout_tokens)
-    info = sae_info(saes, tokens.shape[1])
-    p = position_pass(model, tokens, saes, "normal", seed=params.seed, feature_stats=False, splice=False)
-    positions = position_frame({"normal": p}, info, {sid: sae.cfg.d_sae for sid, sae in saes.items()})
-    turns = pc_winding(model.W_pos.detach()[1:].cpu(), 2)["turns"]
-    return frequency_table(positions, info, seed=params.seed, floors=False).assign(model=name, n_ctx=model.cfg.n_ctx,
-                                                                                   wpos_turns=turns)
+    recorded = recorded_comparison(name, params.n_heldout_tokens, params.seed)
+    return recorded if recorded is not None else compute_comparison(name, params.n_heldout_tokens, params.seed,
+                                                                    params.device)
 
 
 def load_subjects(params: OscillationParams) -> tuple[object, dict[str, object]]:

@@ -234,15 +234,27 @@ def sae_cached(repo_id: str, path: str) -> bool:
                                       for snap in snapshots.iterdir())
 
 
+SEED_CURVE_FILE = "seed_curve.json"  # the matching suite's seed pair at several training budgets (possae.organism.seed_curve)
 SWEEP_FILE = "finetune_sweep.json"  # an organism's recorded fine-tuning sweep (possae.organism.sweep), beside its card
 
 
-def read_sweep(release_dir: Path) -> dict | None:
-    """Return an organism's recorded fine-tuning sweep (None when it has none)."""
-    path = release_dir / SWEEP_FILE
+def read_record(release_dir: Path, name: str, command: str) -> dict | None:
+    """Return an organism's JSON record `name` (None when it has none); a corrupt one names the command that rewrites
+    it."""
+    path = release_dir / name
     if not path.is_file():
         return None
     try:
         return json.loads(path.read_text())
     except ValueError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}): run `possae organism sweep` again to rewrite it.") from e
+        raise ValueError(f"{path} is not valid JSON ({e}): run `{command}` again to rewrite it.") from e
+
+
+def read_sweep(release_dir: Path) -> dict | None:
+    """Return an organism's recorded fine-tuning sweep (None when it has none)."""
+    return read_record(release_dir, SWEEP_FILE, "possae organism sweep --positional gpt2")
+
+
+def read_seed_curve(release_dir: Path) -> dict | None:
+    """Return an organism's recorded seed curve (None when it has none)."""
+    return read_record(release_dir, SEED_CURVE_FILE, "possae organism seed-curve")

@@ -86,3 +86,41 @@ def test_sae_trains_with_sae_lens_and_reloads(tiny):
     again = load_sae(str(folder), device="cpu")
     x = model.W_E[:9] + model.W_pos[:9]
     assert torch.equal(again.encode(x), sae.encode(x))
+
+
+def test_seed_curve_trains_and_matches_each_budgets_pair_and_seeds_start_apart(tiny):
+    """The seed curve's command on tiny budgets: each budget's pair is trained (the suite's own read where it lies),
+    matched as the matching chapter matches, and recorded; init_seed sets the initial weights, the data seed does not."""
+    from possae.matching import dictionary_from_sae, match_pair
+    from possae.organism.seed_curve import COMMAND, curve_sentence, curve_table, run_seed_curve
+    from possae.sae_files import read_seed_curve
+
+    root, out, work, _ = tiny
+    base = SAERecipe("a", hook_name="blocks.1.hook_resid_pre", architecture="topk", k=4, expansion=4, context_size=16,
+                     training_tokens=2048, batch_size_tokens=256, init_seed=1)
+    b = dataclasses.replace(base, sae_id="b", seed=7, init_seed=2)
+    for r in (base, b):  # the suite's own pair, at its own budget
+        train_sae(r, device="cpu", out_dir=out, work_dir=work, corpora=CORPUS)
+    v = dataclasses.replace
+    budgets = ((1024, v(base, sae_id="a-1k", training_tokens=1024), v(b, sae_id="b-1k", training_tokens=1024)),
+               (2048, base, b))
+    path = run_seed_curve(out_dir=out, work_dir=work, budgets=budgets, suite={"a", "b"}, corpora=CORPUS)
+    record = read_seed_curve(out)
+    assert path == out / "seed_curve.json" and record["command"] == COMMAND and record["shipped_tokens"] == 2048
+    assert [r["tokens"] for r in record["rows"]] == [1024, 2048]
+    assert not (out / "saes" / "a-1k").exists() and (work / "seed-curve" / "a-1k" / "cfg.json").is_file()
+    own = match_pair(*(dictionary_from_sae(SAE.load_from_disk(out / "saes" / s), s) for s in ("a", "b")))[0]
+    last = record["rows"][-1]
+    assert last["dec_share"] == own["dec_share"] and last["hungarian_share"] == own["hungarian_share"]
+    assert last["gain"] == pytest.approx(last["dec_share"] - record["rows"][0]["dec_share"])
+    assert list(curve_table(record)["training tokens"]) == ["0.001024M", "0.002048M"]
+    assert "at 0.002048M tokens" in curve_sentence(record)
+
+    def corr(x, y):  # elementwise correlation of two SAEs' encoders
+        x, y = x.flatten() - x.mean(), y.flatten() - y.mean()
+        return float(x @ y / (x.norm() * y.norm()))
+
+    c = v(base, sae_id="c", seed=7)  # a's init_seed, b's data order
+    train_sae(c, device="cpu", out_dir=out, work_dir=work, corpora=CORPUS)
+    enc = {s: SAE.load_from_disk(out / "saes" / s).W_enc.detach() for s in ("a", "b", "c")}
+    assert abs(corr(enc["a"], enc["b"])) < 0.2 and corr(enc["a"], enc["c"]) > 0.8

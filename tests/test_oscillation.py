@@ -373,6 +373,29 @@ def test_the_comparison_organism_is_tested_by_the_same_method_without_floors():
         comparison_frequencies(OscillationParams(comparison_model="gpt2"))
 
 
+def test_the_recorded_comparison_is_the_computed_one_and_stands_only_for_its_parameters_and_weights(tmp_path,
+                                                                                                  monkeypatch):
+    """The command records what the chapter would compute (run here on 256 tokens per corpus); the record is read only
+    for the parameters and weights it was computed on, and the shipped one holds for the chapter's defaults."""
+    from possae import oscillation
+    from possae.oscillation import (COMPARISON_FILE, compute_comparison, recorded_comparison, write_comparison)
+
+    path = write_comparison("organism", n_heldout_tokens=256, folder=tmp_path)
+    live = compute_comparison("organism", 256)
+    pd.testing.assert_frame_equal(recorded_comparison("organism", 256, 0, folder=tmp_path), live, check_dtype=False)
+    assert recorded_comparison("organism", 256, 1, folder=tmp_path) is None  # another seed
+    assert recorded_comparison("organism", 512, 0, folder=tmp_path) is None  # another sample
+    monkeypatch.setattr(oscillation, "comparison_fingerprint", lambda name: "retrained")
+    assert recorded_comparison("organism", 256, 0, folder=tmp_path) is None  # other weights
+    monkeypatch.undo()
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="possae organism oscillation-comparison"):
+        recorded_comparison("organism", 256, 0, folder=tmp_path)
+    defaults = OscillationParams()
+    assert recorded_comparison(defaults.comparison_model, defaults.n_heldout_tokens, defaults.seed) is not None, (
+        f"the shipped {COMPARISON_FILE} is stale: run `possae organism oscillation-comparison`")
+
+
 def test_the_detection_floor_is_the_smallest_swing_found_at_every_phase():
     from possae.oscillation import FLOOR_RANGE, detection_floor
 

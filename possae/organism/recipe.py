@@ -158,7 +158,11 @@ class SAERecipe:
     # is as long as a whole run, so they would never fire
     dead_window_tokens: int = 100_000
     pre_act_loss_coefficient: float = 3e-6  # JumpReLU only: Anthropic's pre-activation loss on dead latents
-    seed: int = 42
+    seed: int = 42  # the order of the training windows
+    # torch's seed for the SAE's initial weights (seeded just before sae_lens builds it). None: as torch was left by
+    # loading the organism, whose config seeds it with 0, so every SAE of one shape starts from the same weights
+    # (sae_lens's runner does not seed its SAE); the matching suite gives each SAE its own
+    init_seed: int | None = None
     init_from: str | None = None  # continue training this SAE of the suite (sae_lens's resume), for training_tokens more
     description: str = ""
 
@@ -264,6 +268,9 @@ MATCHING_GROUPS = {  # corpus groups of the matching suite: clearly different ki
 }
 
 
+MATCHING_INIT_SEED = 1000  # the matching suite's SAEs take init seeds 1000, 1001, ... in suite order
+
+
 def matching_saes(layer: int = 2, n_ctx: int = LMRecipe.n_ctx, tokens: int = 1_000_000) -> tuple[SAERecipe, ...]:
     """Return the matching suite at one layer: TopK 16x k=16 per corpus group, second seeds, widths, k, architectures."""
     base = SAERecipe("match-base", hook_name=f"blocks.{layer}.hook_resid_pre", architecture="topk", expansion=16, k=16,
@@ -285,7 +292,30 @@ def matching_saes(layer: int = 2, n_ctx: int = LMRecipe.n_ctx, tokens: int = 1_0
     # 3.4 % at L0 16.8 (3e-3: 1.4 %, but L0 17.8 for a target of 16)
     suite.append(v(base, sae_id="match-jumprelu", architecture="jumprelu", pre_act_loss_coefficient=3e-4,
                    description="JumpReLU, target L0 16"))
-    return tuple(suite)
+    # each SAE starts from its own initial weights, as SAEs trained apart do (without init_seed all of one width
+    # started from the same ones, and a "seed" pair differed only in the order of its windows)
+    return tuple(v(r, init_seed=MATCHING_INIT_SEED + i) for i, r in enumerate(suite))
+
+
+SEED_CURVE_TOKENS = (250_000, 500_000, 1_000_000, 2_000_000)  # issue 21: are seed shares still rising?
+
+
+def seed_curve_id(sae_id: str, tokens: int) -> str:
+    """Return the id of a matching-suite SAE retrained on `tokens` training tokens (e.g. match-seed2-2M)."""
+    return f"{sae_id}-{tokens / 1e6:g}M"
+
+
+def seed_curve_saes(budgets: tuple[int, ...] = SEED_CURVE_TOKENS,
+                    pair: tuple[str, str] = ("match-base", "match-seed2")) -> tuple[tuple[int, SAERecipe, SAERecipe], ...]:
+    """Return per training budget the matching suite's seed pair retrained on that many tokens, all else equal (the
+    shipped pair where the budget is its own)."""
+    suite = {r.sae_id: r for r in matching_saes()}
+    a, b = suite[pair[0]], suite[pair[1]]
+    v = dataclasses.replace
+    return tuple((t, *(r if r.training_tokens == t else
+                       v(r, sae_id=seed_curve_id(r.sae_id, t), training_tokens=t,
+                         description=f"{r.description}, {t:,} tokens") for r in (a, b)))
+                 for t in budgets)
 
 
 def rotary_saes(n_layers: int = LMRecipe.n_layers, n_ctx: int = LMRecipe.n_ctx) -> tuple[SAERecipe, ...]:

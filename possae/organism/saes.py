@@ -122,6 +122,8 @@ def train_sae(r: SAERecipe, device: str | None = None, out_dir: Path = ARTIFACTS
     ds = token_dataset(r.context_size, model.tokenizer.bos_token_id, r.seed, r.corpora or corpora,
                        (work_dir or build_dir()) / "tokens")
     start = None if r.init_from is None else resumable_sae(r, out_dir / SAE_DIR / r.init_from, model, ds)
+    if r.init_seed is not None:  # sae_lens builds the SAE in the runner without seeding torch
+        torch.manual_seed(r.init_seed)
     t0 = time.perf_counter()
     with DeadLatentLossRecorder() as dead_losses:
         LanguageModelSAETrainingRunner(cfg, override_model=model, override_dataset=ds, override_sae=start).run()

@@ -1,0 +1,111 @@
+"""Seed matching against training tokens (issue 21): the matching suite's seed pair (match-base, match-seed2) retrained
+on each budget of recipe.SEED_CURVE_TOKENS, all else equal, and matched as the matching chapter matches its seed pair;
+the record says whether the shares are still rising at the shipped budget.
+
+    possae organism seed-curve   # trains into build/organism/seed-curve, writes possae/artifacts/organism/SEED_CURVE_FILE
+
+The retrained SAEs are not shipped (only the record is); the budget the suite was trained on reuses its shipped pair.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from possae.corpora import CORPUS_NAMES
+from possae.organism.recipe import ARTIFACTS, SAERecipe, build_dir, matching_saes, seed_curve_saes
+from possae.organism.saes import SAE_DIR
+from possae.sae_files import SEED_CURVE_FILE
+
+COMMAND = "possae organism seed-curve"
+
+
+def curve_rows(pairs: dict[int, tuple[object, object]]) -> pd.DataFrame:
+    """Return per training budget (tokens) the seed pair's match statistics (matching.match_pair: decoder best-match
+    share both ways and their mean, MMCS, encoder share, one-to-one share), in budget order, with the change in the
+    mean decoder share from the budget before (`gain`)."""
+    from possae.matching import dictionary_from_sae, match_pair
+
+    rows = []
+    for tokens in sorted(pairs):
+        a, b = (dictionary_from_sae(sae, label) for sae, label in zip(pairs[tokens], ("a", "b")))
+        row, _ = match_pair(a, b)
+        rows.append({"tokens": tokens, **{k: row[k] for k in ("dec_share_ab", "dec_share_ba", "dec_share",
+                                                              "dec_mmcs", "enc_share", "hungarian_share")}})
+    df = pd.DataFrame(rows)
+    return df.assign(gain=df["dec_share"].diff())
+
+
+def shipped_fingerprint(ids: list[str], out_dir: Path = ARTIFACTS) -> str:
+    """Return the SHA-256 of the shipped SAEs' weights that the record's own budget reads."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for sid in ids:
+        h.update((out_dir / SAE_DIR / sid / "sae_weights.safetensors").read_bytes())
+    return h.hexdigest()
+
+
+def curve_table(record: dict) -> pd.DataFrame:
+    """Return the record's rows for display: tokens, decoder share both ways and their mean, one-to-one share, MMCS,
+    the change in the mean share from the budget before."""
+    rows = pd.DataFrame(record["rows"])
+    f = lambda x: "—" if pd.isna(x) else f"{x:.3f}"  # noqa: E731
+    return pd.DataFrame({"training tokens": [f"{t / 1e6:g}M" for t in rows["tokens"]],
+                         "share A→B": rows["dec_share_ab"].map(f), "share B→A": rows["dec_share_ba"].map(f),
+                         "mean share": rows["dec_share"].map(f), "one-to-one share": rows["hungarian_share"].map(f),
+                         "MMCS": rows["dec_mmcs"].map(f),
+                         "change": rows["gain"].map(lambda x: "—" if pd.isna(x) else f"{x:+.3f}")})
+
+
+def curve_sentence(record: dict) -> str:
+    """Return what the record shows: the mean decoder share at each budget and whether the last doubling still adds."""
+    rows = pd.DataFrame(record["rows"])
+    first, last = rows.iloc[0], rows.iloc[-1]
+    shipped = rows[rows["tokens"] == record.get("shipped_tokens")]
+    gain = float(last["gain"])
+    where = (f" ({100 * float(shipped['dec_share'].iloc[0]):.1f} % at the suite's own "
+             f"{record['shipped_tokens'] / 1e6:g}M)" if len(shipped) else "")
+    trend = ("still rising" if gain > 0 else "no longer rising")
+    return (f"Retrained on {first['tokens'] / 1e6:g}M to {last['tokens'] / 1e6:g}M tokens, all else equal, the seed "
+            f"pair shares {100 * first['dec_share']:.1f} % to {100 * last['dec_share']:.1f} % of its features{where}; "
+            f"the last doubling changes the share by {100 * gain:+.1f} points: the shares are {trend} at "
+            f"{last['tokens'] / 1e6:g}M tokens (this book; a record of `{record['command']}`).")
+
+
+def run_seed_curve(device: str | None = None, out_dir: Path = ARTIFACTS, work_dir: Path | None = None,
+                   budgets: tuple[tuple[int, SAERecipe, SAERecipe], ...] | None = None,
+                   suite: set[str] | None = None, corpora: tuple[str, ...] = CORPUS_NAMES) -> Path:
+    """Train every seed-curve SAE not yet trained (into work_dir/seed-curve; the suite's own pair, ids in `suite`, is
+    read from out_dir), match each budget's pair, and write the record (out_dir/SEED_CURVE_FILE); return its path. A
+    failed run leaves the last record in place."""
+    from sae_lens import SAE
+
+    from possae.organism.saes import train_sae
+
+    budgets = budgets or seed_curve_saes()
+    suite = {r.sae_id for r in matching_saes()} if suite is None else suite
+    folder = (work_dir or build_dir()) / "seed-curve"
+    folder.mkdir(parents=True, exist_ok=True)
+    where = {}
+    for _, *pair in budgets:
+        for r in pair:
+            where[r.sae_id] = out_dir / SAE_DIR / r.sae_id if r.sae_id in suite else folder / r.sae_id
+            if r.sae_id not in suite and not (folder / r.sae_id / "cfg.json").is_file():
+                facts = train_sae(r, device=device, out_dir=out_dir, work_dir=work_dir, corpora=corpora)
+                shutil.rmtree(folder / r.sae_id, ignore_errors=True)
+                (out_dir / SAE_DIR / r.sae_id).rename(folder / r.sae_id)  # the curve's SAEs are not shipped
+                print(json.dumps({k: facts[k] for k in ("sae_id", "train_seconds")}), flush=True)
+    pairs = {t: tuple(SAE.load_from_disk(str(where[r.sae_id]), device="cpu") for r in pair) for t, *pair in budgets}
+    own = next(((t, [r.sae_id for r in pair]) for t, *pair in budgets if pair[0].sae_id in suite), (None, []))
+    record = {"ids": {str(t): [r.sae_id for r in pair] for t, *pair in budgets}, "shipped_tokens": own[0],
+              "shipped_sha256": shipped_fingerprint(own[1], out_dir) if own[1] else None,
+              "rows": curve_rows(pairs).to_dict(orient="records"), "command": COMMAND}
+    path = out_dir / SEED_CURVE_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1, default=float))
+    tmp.replace(path)
+    return path
