@@ -128,7 +128,8 @@ result.table("seeds")
 
 # %% tags=["remove-input"]
 result.table("seed_curve") if "seed_curve" in result.tables else None
-#
+
+# %% [markdown]
 # ## 4. Width
 #
 # Dictionaries of different sizes on the same data. Here the two directions may differ by design: a small dictionary's

@@ -683,3 +683,19 @@ def test_firing_rates_from_shared_hook_inputs_equal_a_brute_force_count():
     own = firing_rates(model, sae, tokens, batch_size=3)
     shared = firing_rates(model, sae, tokens, inputs=hook_inputs(model, hook, tokens, range(1, 6)))
     assert torch.allclose(own.double(), expected, atol=1e-6) and torch.equal(own, shared)
+
+
+def test_the_shipped_seed_curve_is_recorded_on_the_shipped_pair():
+    """The seed curve's own budget reads the shipped seed pair: a retrained pair needs the record rewritten."""
+    from possae.organism.recipe import ARTIFACTS, seed_curve_saes
+    from possae.organism.seed_curve import shipped_fingerprint
+    from possae.sae_files import read_seed_curve
+
+    record = read_seed_curve(ARTIFACTS)
+    assert record is not None, "no seed curve is shipped: run `possae organism seed-curve`"
+    own = [(t, [a.sae_id, b.sae_id]) for t, a, b in seed_curve_saes() if str(t) in record["ids"]
+           and record["ids"][str(t)] == [a.sae_id, b.sae_id]]
+    assert len(own) == len(record["ids"]) == len(record["rows"])  # every budget of the recipe, under its ids
+    ids = record["ids"][str(record["shipped_tokens"])]
+    assert record["shipped_sha256"] == shipped_fingerprint(ids), "stale: run `possae organism seed-curve` again"
+    assert [r["tokens"] for r in record["rows"]] == sorted(int(t) for t in record["ids"])

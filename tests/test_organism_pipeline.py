@@ -91,8 +91,8 @@ def test_sae_trains_with_sae_lens_and_reloads(tiny):
 def test_seed_curve_trains_and_matches_each_budgets_pair_and_seeds_start_apart(tiny):
     """The seed curve's command on tiny budgets: each budget's pair is trained (the suite's own read where it lies),
     matched as the matching chapter matches, and recorded; init_seed sets the initial weights, the data seed does not."""
-    from possae.matching import dictionary_from_sae, match_pair
-    from possae.organism.seed_curve import COMMAND, curve_sentence, curve_table, run_seed_curve
+    from possae.matching import curve_sentence, curve_table, dictionary_from_sae, match_pair
+    from possae.organism.seed_curve import COMMAND, run_seed_curve
     from possae.sae_files import read_seed_curve
 
     root, out, work, _ = tiny
@@ -114,7 +114,7 @@ def test_seed_curve_trains_and_matches_each_budgets_pair_and_seeds_start_apart(t
     assert last["dec_share"] == own["dec_share"] and last["hungarian_share"] == own["hungarian_share"]
     assert last["gain"] == pytest.approx(last["dec_share"] - record["rows"][0]["dec_share"])
     assert list(curve_table(record)["training tokens"]) == ["0.001024M", "0.002048M"]
-    assert "at 0.002048M tokens" in curve_sentence(record)
+    assert "the shares are still rising at 0.002048M" in curve_sentence(record)  # 0.8 % then 4.7 %
 
     def corr(x, y):  # elementwise correlation of two SAEs' encoders
         x, y = x.flatten() - x.mean(), y.flatten() - y.mean()

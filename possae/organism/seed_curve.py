@@ -49,33 +49,6 @@ def shipped_fingerprint(ids: list[str], out_dir: Path = ARTIFACTS) -> str:
     return h.hexdigest()
 
 
-def curve_table(record: dict) -> pd.DataFrame:
-    """Return the record's rows for display: tokens, decoder share both ways and their mean, one-to-one share, MMCS,
-    the change in the mean share from the budget before."""
-    rows = pd.DataFrame(record["rows"])
-    f = lambda x: "—" if pd.isna(x) else f"{x:.3f}"  # noqa: E731
-    return pd.DataFrame({"training tokens": [f"{t / 1e6:g}M" for t in rows["tokens"]],
-                         "share A→B": rows["dec_share_ab"].map(f), "share B→A": rows["dec_share_ba"].map(f),
-                         "mean share": rows["dec_share"].map(f), "one-to-one share": rows["hungarian_share"].map(f),
-                         "MMCS": rows["dec_mmcs"].map(f),
-                         "change": rows["gain"].map(lambda x: "—" if pd.isna(x) else f"{x:+.3f}")})
-
-
-def curve_sentence(record: dict) -> str:
-    """Return what the record shows: the mean decoder share at each budget and whether the last doubling still adds."""
-    rows = pd.DataFrame(record["rows"])
-    first, last = rows.iloc[0], rows.iloc[-1]
-    shipped = rows[rows["tokens"] == record.get("shipped_tokens")]
-    gain = float(last["gain"])
-    where = (f" ({100 * float(shipped['dec_share'].iloc[0]):.1f} % at the suite's own "
-             f"{record['shipped_tokens'] / 1e6:g}M)" if len(shipped) else "")
-    trend = ("still rising" if gain > 0 else "no longer rising")
-    return (f"Retrained on {first['tokens'] / 1e6:g}M to {last['tokens'] / 1e6:g}M tokens, all else equal, the seed "
-            f"pair shares {100 * first['dec_share']:.1f} % to {100 * last['dec_share']:.1f} % of its features{where}; "
-            f"the last doubling changes the share by {100 * gain:+.1f} points: the shares are {trend} at "
-            f"{last['tokens'] / 1e6:g}M tokens (this book; a record of `{record['command']}`).")
-
-
 def run_seed_curve(device: str | None = None, out_dir: Path = ARTIFACTS, work_dir: Path | None = None,
                    budgets: tuple[tuple[int, SAERecipe, SAERecipe], ...] | None = None,
                    suite: set[str] | None = None, corpora: tuple[str, ...] = CORPUS_NAMES) -> Path:
