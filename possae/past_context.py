@@ -545,13 +545,13 @@ class PastContextResult:
 
 def _trained_recipe(release: str, sae_ids) -> dict:
     """Return the recipe recorded beside the last of a local release's SAEs (its training.json; {} without one)."""
-    from possae.sae_files import sae_folder
+    from possae.sae_files import read_training, sae_folder
 
     if not sae_ids:
         return {}
     try:
         folder = sae_folder(release, sae_ids[-1])
-        return json.loads((folder / "training.json").read_text())["recipe"] if folder is not None else {}
+        return read_training(folder)["recipe"] if folder is not None else {}
     except (OSError, ValueError, KeyError):
         return {}
 

@@ -234,6 +234,7 @@ def sae_cached(repo_id: str, path: str) -> bool:
                                       for snap in snapshots.iterdir())
 
 
+TRAINING_FILE = "training.json"  # beside each organism SAE: its recipe and training facts (organism.saes.train_sae)
 SEED_CURVE_FILE = "seed_curve.json"  # the matching suite's seed pair at several training budgets (possae.organism.seed_curve)
 SWEEP_FILE = "finetune_sweep.json"  # an organism's recorded fine-tuning sweep (possae.organism.sweep), beside its card
 
@@ -258,3 +259,9 @@ def read_sweep(release_dir: Path) -> dict | None:
 def read_seed_curve(release_dir: Path) -> dict | None:
     """Return an organism's recorded seed curve (None when it has none)."""
     return read_record(release_dir, SEED_CURVE_FILE, "possae organism seed-curve")
+
+
+def read_training(folder: Path) -> dict:
+    """Return the training facts saved beside an organism SAE (TRAINING_FILE: sae_id, train_seconds, device, recipe,
+    dead_latent_loss)."""
+    return json.loads((Path(folder) / TRAINING_FILE).read_text())

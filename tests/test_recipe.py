@@ -8,7 +8,7 @@ VARIED = {"corpora", "seed", "expansion", "k", "architecture"}
 
 
 def _diff(a, b) -> set[str]:
-    skip = {"sae_id", "description"}
+    skip = {"sae_id", "description", "init_seed"}  # every matching SAE has its own init seed (checked below)
     return {f.name for f in dataclasses.fields(a) if f.name not in skip and getattr(a, f.name) != getattr(b, f.name)}
 
 
@@ -42,6 +42,9 @@ def test_matching_suite_varies_one_thing_at_a_time_on_one_budget():
     for group in ("stories", "technical"):  # second seeds differ from their first seed only by the seed
         assert _diff(suite[f"match-{group}-seed2"], suite[f"match-{group}"]) == {"seed"}
     assert len({c for g in MATCHING_GROUPS.values() for c in g}) == sum(len(g) for g in MATCHING_GROUPS.values())
+    # each starts from its own initial weights: a seed pair differs in its initialisation and its data order
+    seeds = [r.init_seed for r in (base, *suite.values())]
+    assert None not in seeds and len(set(seeds)) == len(seeds)
 
 
 def test_gpt2pos_recipes_fix_gpt2s_wpos_and_refuse_contradictions():

@@ -13,6 +13,7 @@ from possae.organism.lm import evaluate_lm
 from possae.organism.recipe import ARTIFACTS, GPT2POS_MODEL_NAME, OrganismRecipe, build_dir
 from possae.organism.saes import SAE_DIR, evaluate_sae
 from possae.wpos import last_row, load_gpt2_wpos, norm_ratio, pc_winding, wpos_geometry
+from possae.sae_files import read_training
 
 CARD_JSON = "model_card.json"
 CARD_MD = "MODEL_CARD.md"
@@ -128,12 +129,12 @@ def sae_card_entry(r, model, folder: Path = ARTIFACTS, device: str = "cpu") -> d
 
     sae_folder = folder / SAE_DIR / r.sae_id
     sae = SAE.load_from_disk(sae_folder, device=device)
-    facts = json.loads((sae_folder / "training.json").read_text())
+    facts = read_training(sae_folder)
     return {
         "description": r.description, "hook_name": r.hook_name, "architecture": r.architecture,
         "d_sae": sae.cfg.d_sae, "context_size": r.context_size, "training_tokens": r.training_tokens,
         "l1_coefficient": r.l1_coefficient if r.architecture == "standard" else None, "k": r.k,
-        "corpora": list(r.corpora) if r.corpora else "all", "seed": r.seed,
+        "corpora": list(r.corpora) if r.corpora else "all", "seed": r.seed, "init_seed": r.init_seed,
         "train_seconds": facts["train_seconds"], "device": facts["device"],
         "dead_window_tokens": r.dead_window_tokens, "dead_latent_loss": facts.get("dead_latent_loss"),
         "heldout": evaluate_sae(model, sae, r.context_size),

@@ -18,6 +18,7 @@ from possae.metrics import sae_quality
 from possae.organism.data import load_stream, windows
 from possae.organism.lm import MODEL_DIR, device_name, load_saved_model, train_stream
 from possae.organism.recipe import ARTIFACTS, ORGANISM_MODEL_NAME, SAERecipe, build_dir
+from possae.sae_files import TRAINING_FILE
 
 SAE_DIR = "saes"
 
@@ -131,7 +132,7 @@ def train_sae(r: SAERecipe, device: str | None = None, out_dir: Path = ARTIFACTS
     store_fp16(staging)
     facts = {"sae_id": r.sae_id, "train_seconds": seconds, "device": device_name(device), "recipe": r.to_dict(),
              "dead_latent_loss": dead_losses.summary(r.steps)}
-    (staging / "training.json").write_text(json.dumps(facts, indent=2))
+    (staging / TRAINING_FILE).write_text(json.dumps(facts, indent=2))
     shutil.rmtree(folder, ignore_errors=True)
     staging.rename(folder)
     return facts
