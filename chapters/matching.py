@@ -118,13 +118,10 @@ result.table("seeds")
 
 # %% [markdown]
 # {glue:text}`match_seeds_sentence` Two runs on the *same* data set the ceiling that a comparison between datasets
-# should be measured against. Every SAE of the organism's suite starts from its own initial weights (its recipe's
-# `init_seed`): sae_lens's trainer does not seed the SAE it builds, and without that seed every SAE of one width would
-# start from the same weights, so that a "seed" pair differed only in the order of its data.
+# should be measured against.
 #
-# **Is the ceiling still rising?** The organism's SAEs saw far fewer tokens than GPT-2's. The same seed pair retrained
-# on other budgets, all else equal (`possae organism seed-curve`), shows whether two runs converge further with more
-# training. {glue:text}`match_seed_curve_sentence`
+# **Is the ceiling still rising?** The same seed pair retrained on other budgets of training tokens, all else equal,
+# shows whether two runs converge further with more training. {glue:text}`match_seed_curve_sentence`
 
 # %% tags=["remove-input"]
 result.table("seed_curve") if "seed_curve" in result.tables else None

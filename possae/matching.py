@@ -1219,7 +1219,10 @@ def seed_curve(release: str) -> tuple[str, pd.DataFrame | None]:
     if record is None:
         return (f"No seed pair retrained on other budgets is recorded for {release}, so whether its shares still rise "
                 "with training tokens is not measured here.", None)
-    return curve_sentence(record), curve_table(record)
+    return ("Every SAE of this suite starts from its own initial weights (its recipe's `init_seed`): sae_lens's trainer "
+            "does not seed the SAE it builds, and loading the organism seeds torch, so without it every SAE of one width "
+            "started from the same weights and a seed pair differed only in the order of its data. "
+            + curve_sentence(record)), curve_table(record)
 
 
 def curve_table(record: dict) -> pd.DataFrame:

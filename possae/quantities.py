@@ -125,7 +125,7 @@ def _shown(v: object) -> str:
 def quantity_table(values: pd.DataFrame, quantities: tuple[Quantity, ...] = QUANTITIES) -> pd.DataFrame:
     """Return per quantity found on two or more pages: its pages and values where one definition and one sample give
     one value, and those it is measured on with other samples (which sample)."""
-    by_name = {n: (c, v) for c, n, v in values[["chapter", "name", "value"]].itertuples(index=False)}
+    by_name = {n: (c.replace("_", " "), v) for c, n, v in values[["chapter", "name", "value"]].itertuples(index=False)}
     rows = []
     for q in quantities:
         same = [n for n in q.same if n in by_name]
