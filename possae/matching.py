@@ -1219,7 +1219,7 @@ def seed_curve(release: str) -> tuple[str, pd.DataFrame | None]:
     if record is None:
         return (f"No seed pair retrained on other budgets is recorded for {release}, so whether its shares still rise "
                 "with training tokens is not measured here.", None)
-    return ("Every SAE of this suite starts from its own initial weights (its recipe's `init_seed`): sae_lens's trainer "
+    return ("Every SAE of this suite starts from its own initial weights (its recipe's init_seed): sae_lens's trainer "
             "does not seed the SAE it builds, and loading the organism seeds torch, so without it every SAE of one width "
             "started from the same weights and a seed pair differed only in the order of its data. "
             + curve_sentence(record)), curve_table(record)
@@ -1251,7 +1251,7 @@ def curve_sentence(record: dict) -> str:
     return (f"Retrained on {m(first['tokens'])} to {m(last['tokens'])} tokens, all else equal, the seed pair shares "
             f"{100 * first['dec_share']:.1f} % to {100 * last['dec_share']:.1f} % of its features{where}; from "
             f"{m(prev['tokens'])} to {m(last['tokens'])} tokens the share changes by {100 * gain:+.1f} points: the "
-            f"shares are {trend} at {m(last['tokens'])} (this book's measurement, recorded by `{record['command']}`).")
+            f"shares are {trend} at {m(last['tokens'])} (this book's measurement, recorded by {record['command']}).")
 
 
 def analyze(model, dictionaries: dict[str, Dictionary], tokens: Int[Tensor, "n_windows pos"],
