@@ -359,29 +359,26 @@ def test_long_control_pure_noise_is_not_found():
     assert np.mean(calls) <= 0.1
 
 
-def test_the_comparison_organism_is_tested_by_the_same_method_without_floors():
+def test_the_recorded_comparison_is_the_computed_one_and_stands_only_for_its_parameters_and_weights(tmp_path,
+                                                                                                  monkeypatch):
+    """The comparison organism's curves are tested by the same method, without floors; the command records what the
+    chapter computes (both run here on 256 tokens per corpus); the record is read only for the parameters and weights
+    it was computed on, and the shipped one holds for the chapter's defaults."""
+    from possae import oscillation
+    from possae.oscillation import COMPARISON_FILE, recorded_comparison, write_comparison
+
     from possae.oscillation import comparison_frequencies
 
-    table = comparison_frequencies(OscillationParams(n_heldout_tokens=256, device="cpu"))
-    assert list(table["sae_id"]) == ["relu-short", "relu-L1", "relu-L2", "relu-L3", "topk-L0", "topk-L1", "topk-L2",
-                                     "topk-L3"]
-    assert (table["model"] == "organism").all() and (table["n_ctx"] == 256).all() and table["floor"].isna().all()
-    assert (table["wpos_turns"] < 1).all()  # the first organism's W_pos is an arc
+    live = comparison_frequencies(OscillationParams(n_heldout_tokens=256, device="cpu"))  # no record at 256: computed
+    assert list(live["sae_id"]) == ["relu-short", "relu-L1", "relu-L2", "relu-L3", "topk-L0", "topk-L1", "topk-L2",
+                                    "topk-L3"]
+    assert (live["model"] == "organism").all() and (live["n_ctx"] == 256).all() and live["floor"].isna().all()
+    assert (live["wpos_turns"] < 1).all()  # the first organism's W_pos is an arc
     assert comparison_frequencies(OscillationParams(model_name="organism", sae_release="organism",
                                                     relu_sae_ids=["relu-short"])).empty  # itself: nothing beside it
     with pytest.raises(ParameterError, match="comparison_model 'gpt2'"):
         comparison_frequencies(OscillationParams(comparison_model="gpt2"))
-
-
-def test_the_recorded_comparison_is_the_computed_one_and_stands_only_for_its_parameters_and_weights(tmp_path,
-                                                                                                  monkeypatch):
-    """The command records what the chapter would compute (run here on 256 tokens per corpus); the record is read only
-    for the parameters and weights it was computed on, and the shipped one holds for the chapter's defaults."""
-    from possae import oscillation
-    from possae.oscillation import (COMPARISON_FILE, compute_comparison, recorded_comparison, write_comparison)
-
     path = write_comparison("organism", n_heldout_tokens=256, folder=tmp_path)
-    live = compute_comparison("organism", 256)
     pd.testing.assert_frame_equal(recorded_comparison("organism", 256, 0, folder=tmp_path), live, check_dtype=False)
     assert recorded_comparison("organism", 256, 1, folder=tmp_path) is None  # another seed
     assert recorded_comparison("organism", 512, 0, folder=tmp_path) is None  # another sample
