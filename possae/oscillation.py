@@ -971,16 +971,11 @@ COMPARISON_COMMAND = "possae organism oscillation-comparison"
 
 def comparison_fingerprint(name: str) -> str:
     """Return the SHA-256 of the comparison organism's model and SAE weights (what its frequency table depends on)."""
-    import hashlib
-
-    from possae.sae_files import ORGANISMS
+    from possae.sae_files import ORGANISMS, files_sha256
 
     folder, (relu, topk) = ORGANISMS[name], COMPARISON_SAES[name]
-    h = hashlib.sha256()
-    for path in (folder / "model" / "model.safetensors",
-                 *(folder / "saes" / sid / "sae_weights.safetensors" for sid in (*relu, *topk))):
-        h.update(path.read_bytes())
-    return h.hexdigest()
+    return files_sha256([folder / "model" / "model.safetensors",
+                         *(folder / "saes" / sid / "sae_weights.safetensors" for sid in (*relu, *topk))])
 
 
 def compute_comparison(name: str, n_heldout_tokens: int, seed: int = 0, device: str | None = None) -> pd.DataFrame:

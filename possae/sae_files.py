@@ -265,3 +265,13 @@ def read_training(folder: Path) -> dict:
     """Return the training facts saved beside an organism SAE (TRAINING_FILE: sae_id, train_seconds, device, recipe,
     dead_latent_loss)."""
     return json.loads((Path(folder) / TRAINING_FILE).read_text())
+
+
+def files_sha256(paths) -> str:
+    """Return one SHA-256 over the bytes of the given files, in order (what a shipped record was computed from)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(Path(path).read_bytes())
+    return h.hexdigest()

@@ -18,7 +18,7 @@ import pandas as pd
 from possae.corpora import CORPUS_NAMES
 from possae.organism.recipe import ARTIFACTS, SAERecipe, build_dir, matching_saes, seed_curve_saes
 from possae.organism.saes import SAE_DIR
-from possae.sae_files import SEED_CURVE_FILE
+from possae.sae_files import SEED_CURVE_FILE, files_sha256
 
 COMMAND = "possae organism seed-curve"
 
@@ -41,12 +41,7 @@ def curve_rows(pairs: dict[int, tuple[object, object]]) -> pd.DataFrame:
 
 def shipped_fingerprint(ids: list[str], out_dir: Path = ARTIFACTS) -> str:
     """Return the SHA-256 of the shipped SAEs' weights that the record's own budget reads."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for sid in ids:
-        h.update((out_dir / SAE_DIR / sid / "sae_weights.safetensors").read_bytes())
-    return h.hexdigest()
+    return files_sha256(out_dir / SAE_DIR / sid / "sae_weights.safetensors" for sid in ids)
 
 
 def run_seed_curve(device: str | None = None, out_dir: Path = ARTIFACTS, work_dir: Path | None = None,
