@@ -43,11 +43,15 @@ def _numpy_scalar(text: str) -> object:
 
 def book_values(stage: Path | str) -> "pd.DataFrame":
     """Return every glued value of every executed chapter under a book's staging folder (chapter, name, value)."""
+    return values_frame({nb.stem: glued_values(nb) for nb in sorted(Path(stage).rglob("*.ipynb"))})
+
+
+def values_frame(values: Mapping[str, Mapping[str, object]]) -> "pd.DataFrame":
+    """Return {chapter: {glue name: value}} (ledger.read_chapters) as one frame (chapter, name, value)."""
     import pandas as pd
 
-    rows = [{"chapter": nb.stem, "name": k, "value": v}
-            for nb in sorted(Path(stage).rglob("*.ipynb")) for k, v in glued_values(nb).items()]
-    return pd.DataFrame(rows, columns=["chapter", "name", "value"])
+    return pd.DataFrame([{"chapter": c, "name": n, "value": v} for c, vs in values.items() for n, v in vs.items()],
+                        columns=["chapter", "name", "value"])
 
 
 def compare_books(before: Path | str, after: Path | str) -> "pd.DataFrame":

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from possae.glued import MODEL_GLUE, glued_values
+from possae.glued import MODEL_GLUE, glued_values, values_frame
 from possae.numbers import fmt, pct
 from possae.params import ChapterParams
-from possae.quantities import book_frame, quantities_sentence, quantity_table
+from possae.quantities import quantities_sentence, quantity_table
 from possae.thresholds import AMPLITUDE_DROP, LOSS_FACTOR, MOST, NEAR_1, RESTORE_FACTOR, SAME_BAND
 from possae.wpos import MIN_TURNS, winding_word
 
@@ -900,4 +900,4 @@ def remedies_sentence(rows: Sequence[Row]) -> str:
 
 def analyze(values: Mapping[str, Mapping[str, object]], claims: Sequence[Claim] = CLAIMS) -> LedgerResult:
     """Return every claim judged on {chapter: glued values} (a chapter absent from it leaves its claims 'not run')."""
-    return LedgerResult([judge(c, values) for c in claims], models_sentence(values), book_frame(values))
+    return LedgerResult([judge(c, values) for c in claims], models_sentence(values), values_frame(values))

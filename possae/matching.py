@@ -1229,12 +1229,10 @@ def curve_table(record: dict) -> pd.DataFrame:
     """Return the record's rows for display: tokens, decoder share both ways and their mean, one-to-one share, MMCS,
     the change in the mean share from the budget before."""
     rows = pd.DataFrame(record["rows"])
-    f = lambda x: "—" if pd.isna(x) else f"{x:.3f}"  # noqa: E731
     return pd.DataFrame({"training tokens": [f"{t / 1e6:g}M" for t in rows["tokens"]],
-                         "share A→B": rows["dec_share_ab"].map(f), "share B→A": rows["dec_share_ba"].map(f),
-                         "mean share": rows["dec_share"].map(f), "one-to-one share": rows["hungarian_share"].map(f),
-                         "MMCS": rows["dec_mmcs"].map(f),
-                         "change": rows["gain"].map(lambda x: "—" if pd.isna(x) else f"{x:+.3f}")})
+                         "share A→B": rows["dec_share_ab"].map(fmt), "share B→A": rows["dec_share_ba"].map(fmt),
+                         "mean share": rows["dec_share"].map(fmt), "one-to-one share": rows["hungarian_share"].map(fmt),
+                         "MMCS": rows["dec_mmcs"].map(fmt), "change": rows["gain"].map(lambda x: fmt(x, "+.3f"))})
 
 
 def curve_sentence(record: dict) -> str:

@@ -1008,18 +1008,13 @@ def write_comparison(name: str = "organism", n_heldout_tokens: int | None = None
     """Compute the comparison organism's frequency table at the chapter's defaults and record it (folder: the
     organism's own, where comparison_frequencies reads it); return the record's path. A failed run leaves the last
     record in place."""
-    import json
-
-    from possae.sae_files import ORGANISMS
+    from possae.sae_files import ORGANISMS, write_record
 
     n = n_heldout_tokens or OscillationParams.n_heldout_tokens
     table = compute_comparison(name, n, seed, device)
-    path = (folder or ORGANISMS[name]) / COMPARISON_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({**_comparison_key(name, n, seed), "command": COMPARISON_COMMAND,
-                               "rows": table.to_dict(orient="records")}, indent=1, default=float))
-    tmp.replace(path)
-    return path
+    return write_record(folder or ORGANISMS[name], COMPARISON_FILE,
+                        {**_comparison_key(name, n, seed), "command": COMPARISON_COMMAND,
+                         "rows": table.to_dict(orient="records")})
 
 
 def recorded_comparison(name: str, n_heldout_tokens: int, seed: int, folder=None) -> pd.DataFrame | None:

@@ -78,7 +78,7 @@ def _equal(a: object, b: object) -> bool:
 
 
 def conflicts(values: pd.DataFrame, quantities: tuple[Quantity, ...] = QUANTITIES) -> pd.DataFrame:
-    """Return, for a book's glued values (glued.book_values: chapter, name, value), every glue name of a quantity's
+    """Return, for a book's glued values (glued.values_frame: chapter, name, value), every glue name of a quantity's
     `same` group whose value differs from the group's first one present (quantity, name, chapter, value, expected)."""
     by_name = {n: (c, v) for c, n, v in values[["chapter", "name", "value"]].itertuples(index=False)}
     rows = []
@@ -109,12 +109,6 @@ def undeclared(values: pd.DataFrame, quantities: tuple[Quantity, ...] = QUANTITI
             rows.extend({"suffix": suffix, "chapter": c, "name": n, "value": v}
                         for c, n, v in group[["chapter", "name", "value"]].itertuples(index=False))
     return pd.DataFrame(rows, columns=["suffix", "chapter", "name", "value"])
-
-
-def book_frame(values: dict[str, dict[str, object]]) -> pd.DataFrame:
-    """Return {chapter: {glue name: value}} (ledger.read_chapters) as glued.book_values's frame (chapter, name, value)."""
-    return pd.DataFrame([{"chapter": c, "name": n, "value": v} for c, vs in values.items() for n, v in vs.items()],
-                        columns=["chapter", "name", "value"])
 
 
 def _shown(v: object) -> str:

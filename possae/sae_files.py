@@ -251,6 +251,16 @@ def read_record(release_dir: Path, name: str, command: str) -> dict | None:
         raise ValueError(f"{path} is not valid JSON ({e}): run `{command}` again to rewrite it.") from e
 
 
+def write_record(release_dir: Path, name: str, record: dict) -> Path:
+    """Write an organism's JSON record `name` through a temporary file (a failed run leaves the last record in place);
+    return its path."""
+    path = Path(release_dir) / name
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1, default=float))
+    tmp.replace(path)
+    return path
+
+
 def read_sweep(release_dir: Path) -> dict | None:
     """Return an organism's recorded fine-tuning sweep (None when it has none)."""
     return read_record(release_dir, SWEEP_FILE, "possae organism sweep --positional gpt2")

@@ -3,8 +3,9 @@
 import pandas as pd
 import pytest
 
+from possae.glued import values_frame
 from possae.ledger import CHAPTERS, read_chapters
-from possae.quantities import (QUANTITIES, Quantity, book_frame, conflicts, quantities_sentence,
+from possae.quantities import (QUANTITIES, Quantity, conflicts, quantities_sentence,
                                quantity_table, undeclared)
 
 
@@ -52,7 +53,7 @@ def test_the_scan_finds_one_name_with_two_values_on_two_pages_unless_declared():
 
 
 def test_the_built_book_reports_each_quantity_with_one_value(quick_book):
-    values = book_frame(read_chapters(quick_book.parent.parent / "stage" / "chapters"))
+    values = values_frame(read_chapters(quick_book.parent.parent / "stage" / "chapters"))
     assert conflicts(values).empty, conflicts(values).to_string()
     assert undeclared(values).empty, undeclared(values).to_string()
     assert len(quantity_table(values)) >= 10

@@ -18,7 +18,7 @@ import pandas as pd
 from possae.corpora import CORPUS_NAMES
 from possae.organism.recipe import ARTIFACTS, SAERecipe, build_dir, matching_saes, seed_curve_saes
 from possae.organism.saes import SAE_DIR
-from possae.sae_files import SEED_CURVE_FILE, files_sha256
+from possae.sae_files import SEED_CURVE_FILE, files_sha256, write_record
 
 COMMAND = "possae organism seed-curve"
 
@@ -72,8 +72,4 @@ def run_seed_curve(device: str | None = None, out_dir: Path = ARTIFACTS, work_di
     record = {"ids": {str(t): [r.sae_id for r in pair] for t, *pair in budgets}, "shipped_tokens": own[0],
               "shipped_sha256": shipped_fingerprint(own[1], out_dir) if own[1] else None,
               "rows": curve_rows(pairs).to_dict(orient="records"), "command": COMMAND}
-    path = out_dir / SEED_CURVE_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1, default=float))
-    tmp.replace(path)
-    return path
+    return write_record(out_dir, SEED_CURVE_FILE, record)

@@ -21,7 +21,7 @@ from possae.organism.recipe import GPT2POS_ARTIFACTS, SAERecipe, build_dir, fine
 from possae.organism.saes import SAE_DIR
 from possae.length import SAE_LABEL, error_summary
 from possae.past_context import PastContextParams, loss_summary, splice_position_sums
-from possae.sae_files import SWEEP_FILE
+from possae.sae_files import SWEEP_FILE, write_record
 from possae.thresholds import RESTORE_FACTOR, SAME_BAND
 
 SWEEP_HELDOUT_TOKENS = PastContextParams.n_heldout_tokens  # the past-context chapter's sample, which reads the record
@@ -108,8 +108,4 @@ def run_sweep(device: str | None = None, out_dir: Path = GPT2POS_ARTIFACTS, work
     rows, facts = measure_sweep(folder, trained, release, n_heldout_tokens, device)
     record = {**facts, "rows": rows.to_dict(orient="records"), "best": rows.iloc[0]["sae_id"],
               "command": "possae organism sweep --positional gpt2"}
-    path = out_dir / SWEEP_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1, default=float))
-    tmp.replace(path)  # a failed run leaves the last record in place
-    return path
+    return write_record(out_dir, SWEEP_FILE, record)
