@@ -248,6 +248,10 @@ def choose_method(sae: SAE, method: str = "auto") -> str:
 
 
 
+# entries of W_E @ W_enc the exact path forms at a time (8 MB in float32): they are compared while still in a CPU's cache
+CACHE_FLOATS = 1 << 21
+
+
 def default_feature_chunk(device: torch.device | str) -> int:
     """Return the features per block of the exact path: 1,024 on a CPU (200 MB of W_E @ W_enc at gpt2 size), 8,192 on
     a GPU, where fewer blocks mean fewer waits on the device (0.57 s against 0.66 s on an H200)."""
@@ -322,41 +326,50 @@ class PositionTables:
 
 
 def position_tables(
-    c: Float[Tensor, "n_pos d_sae"], thr: Float[Tensor, " d_sae"], dtype: torch.dtype
+    cT: Float[Tensor, "d_sae n_pos"], thr: Float[Tensor, " d_sae"], dtype: torch.dtype
 ) -> PositionTables:
-    """Return thresholds tau = thr - c sorted over positions per feature, with prefix sums of c in that order."""
-    tau, order = (thr[:, None] - c.T).sort(dim=1)
-    c_sorted = c.T.gather(1, order)
-    c_cum = torch.cat([torch.zeros_like(c_sorted[:, :1]), c_sorted.cumsum(1)], dim=1)
-    return PositionTables(order=order, tau=round_down(tau, dtype).contiguous(), c_cum=c_cum)
+    """Return thresholds tau = thr - c sorted over positions per feature, with prefix sums of c in that order.
 
-
-def fire_counts(
-    A: Float[Tensor, "r v"], tau: Float[Tensor, "r n_pos"], budget: int = 8_000_000
-) -> Iterator[tuple[int, Int[Tensor, " m"], Int[Tensor, " m"], Float[Tensor, " m"], Int[Tensor, " m"]]]:
-    """Yield (row offset, row, column, value, j) for entries of A that exceed their row's lowest threshold.
-
-    j = #{q : tau[row, q] < value} >= 1 is the number of positions at which the entry fires. Rows come
-    in groups of at most ``budget`` surviving entries (one row at least), rows relative to the offset.
+    The thresholds are rounded down to the matmul dtype before they are sorted: rounding down keeps their order (ties
+    aside, and tied thresholds fire together), and sorting 32-bit keys takes half the time of sorting 64-bit ones.
     """
-    r, v = A.shape
-    flat = (A > tau[:, :1]).view(-1).nonzero().squeeze(1)  # row-major, so grouped by row
-    vals_all = A.view(-1)[flat]
-    counts = torch.bincount(torch.div(flat, v, rounding_mode="floor"), minlength=r)
-    cum = counts.cumsum(0).cpu()
-    start = 0
-    while start < r:
-        lo = int(cum[start - 1]) if start else 0
-        stop = int(torch.searchsorted(cum, torch.tensor(lo + budget, dtype=cum.dtype), right=True))
-        stop = min(max(stop, start + 1), r)
-        hi = int(cum[stop - 1])
-        rows = torch.div(flat[lo:hi], v, rounding_mode="floor")
-        cols = flat[lo:hi] - rows * v
-        rows -= start
-        vals = vals_all[lo:hi]
-        j = _segment_searchsorted(tau[start:stop], rows, vals, counts[start:stop])
-        yield start, rows, cols, vals, j
-        start = stop
+    tau, order = round_down(thr[:, None] - cT, dtype).sort(dim=1)
+    c_cum = torch.zeros(cT.shape[0], cT.shape[1] + 1, dtype=cT.dtype, device=cT.device)
+    torch.cumsum(cT.gather(1, order), dim=1, out=c_cum[:, 1:])
+    return PositionTables(order=order, tau=tau, c_cum=c_cum)
+
+
+def firing_entries(
+    W_rows: Float[Tensor, "r d_model"], E: Float[Tensor, "v d_model"], tau: Float[Tensor, "r n_pos"],
+    token_block: int | None = None,
+) -> tuple[Int[Tensor, " m"], Int[Tensor, " m"], Float[Tensor, " m"], Int[Tensor, " m"]]:
+    """Return (row, column, value, j) of the entries of W_rows @ E.T above their row's lowest threshold tau[:, 0], in
+    row order, with j = #{q : tau[row, q] < value} >= 1 the number of positions at which the entry fires.
+
+    The product is formed token_block columns at a time (by default CACHE_FLOATS entries), and each block is compared
+    while it is still in cache: on a CPU that costs less than the whole product written to memory and read back.
+    """
+    r = W_rows.shape[0]
+    token_block = token_block or max(256, CACHE_FLOATS // max(r, 1))
+    t_min = tau[:, :1]
+    blocks = []
+    for t0 in range(0, E.shape[0], token_block):
+        A = W_rows @ E[t0 : t0 + token_block].T
+        rows, cols = (A > t_min).nonzero(as_tuple=True)  # in row order within the block
+        blocks.append((rows, cols + t0, A[rows, cols]))
+    counts = torch.stack([torch.bincount(b[0], minlength=r) for b in blocks])  # (blocks, r)
+    total = counts.sum(0)
+    if len(blocks) == 1:
+        rows, cols, vals = blocks[0]
+    else:  # a counting sort: each block's entries of a row go after the earlier blocks' entries of that row
+        m = int(total.sum())
+        rows = torch.empty(m, dtype=torch.long, device=E.device)
+        cols, vals = torch.empty_like(rows), torch.empty(m, dtype=blocks[0][2].dtype, device=E.device)
+        start = (total.cumsum(0) - total) + (counts.cumsum(0) - counts)  # (blocks, r): where block b's row goes
+        for (br, bc, bv), s_b, c_b in zip(blocks, start, counts):
+            dest = s_b[br] + torch.arange(br.numel(), device=E.device) - (c_b.cumsum(0) - c_b)[br]
+            rows[dest], cols[dest], vals[dest] = br, bc, bv
+    return rows, cols, vals, _segment_searchsorted(tau, rows, vals, total)
 
 
 def _segment_searchsorted(
@@ -391,38 +404,43 @@ def _segment_searchsorted(
 
 
 def _feature_chunk_stats(
-    A: Float[Tensor, "r d_vocab"],
-    c: Float[Tensor, "n_pos r"],
+    rows: Int[Tensor, " m"],
+    cols: Int[Tensor, " m"],
+    vals: Float[Tensor, " m"],
+    j: Int[Tensor, " m"],
+    cT: Float[Tensor, "r n_pos"],
     tables: PositionTables,
     w: Float[Tensor, " d_vocab"],
-    budget: int,
-) -> tuple[Float[Tensor, "3 r n_pos"], Float[Tensor, " r"]]:
-    """Return (S0, S1, S2 per feature and position, Var_t of the mean over positions per feature)."""
-    r, n = A.shape[0], c.shape[0]
-    S = torch.zeros(3, r, n, dtype=torch.float64, device=A.device)
-    var_tok = torch.zeros(r, dtype=torch.float64, device=A.device)
-    for off, rows, cols, vals, j in fire_counts(A, tables.tau, budget):
-        rg = int(rows.max()) + 1 if rows.numel() else 0
-        if rg == 0:
-            continue
-        a = vals.double()
-        wv = w[cols]
-        bins = rows * (n + 1) + j
-        wa = wv * a
-        hist = torch.zeros(3, rg * (n + 1), dtype=torch.float64, device=A.device)
-        hist[0].index_add_(0, bins, wv)
-        hist[1].index_add_(0, bins, wa)
-        hist[2].index_add_(0, bins, wa * a)
-        tail = hist.view(3, rg, n + 1).flip(2).cumsum(2).flip(2)[:, :, 1:]  # sum over entries with j > q
-        order = tables.order[off : off + rg]
-        Sg = torch.empty_like(tail).scatter_(2, order[None].expand(3, -1, -1), tail)
-        S[:, off : off + rg] = Sg
-        f_mean = (Sg[1] + c[:, off : off + rg].T * Sg[0]).mean(1)  # E f per feature
-        g = (j * a + tables.c_cum[off : off + rg].reshape(-1)[bins]) / n  # mean over positions per token
-        tok_sq = torch.zeros(rg, dtype=torch.float64, device=A.device).index_add_(0, rows, wv * (g - f_mean[rows]) ** 2)
-        tok_w = torch.zeros(rg, dtype=torch.float64, device=A.device).index_add_(0, rows, wv)
-        var_tok[off : off + rg] = tok_sq + (1 - tok_w).clamp(min=0.0) * f_mean**2
-    return S, var_tok
+) -> tuple[Float[Tensor, "r n_pos"], Float[Tensor, "r n_pos"], Float[Tensor, "r n_pos"], Float[Tensor, " r"]]:
+    """Return (mean, variance and firing rate per feature and position, Var_t of the mean over positions per feature)
+    from the firing entries (row, token, token part a, number of positions it fires at) of a chunk of r features."""
+    r, n = cT.shape
+    a = vals.double()
+    wv = w[cols]
+    wa = wv * a
+    # histograms over j, bins reversed (n - j), so that one cumulative sum gives S(q) = sum over entries with j > q at
+    # sorted position q = n - 1 - bin
+    bins = rows * n + (n - j)
+    hist = torch.zeros(3, r * n, dtype=torch.float64, device=vals.device)
+    hist[0].index_add_(0, bins, wv)
+    hist[1].index_add_(0, bins, wa)
+    hist[2].index_add_(0, bins, wa * a)
+    cum = hist.view(3, r, n).cumsum(2)
+    S0, S1, S2 = torch.empty_like(cum).scatter_(2, tables.order.flip(1)[None].expand(3, -1, -1), cum)
+    # the feature is a + c where it fires: E f = S1 + c S0 and Var f = S2 - S1^2 + c (1 - S0) (c S0 + 2 S1), which is
+    # exactly S2 - S1^2 where a feature fires on every token (no c^2 to cancel)
+    t = cT * S0
+    mean = S1 + t
+    t += S1
+    t += S1
+    q = torch.rsub(S0, 1.0).mul_(cT).mul_(t)
+    var = S2.sub_(S1 * S1).add_(q).clamp_(min=0.0)
+    f_mean = mean.mean(1)
+    g = (j * a + tables.c_cum.view(-1)[rows * (n + 1) + j]) / n  # mean over positions per firing token
+    tok_sq = torch.zeros(r, dtype=torch.float64, device=vals.device).index_add_(0, rows, wv * (g - f_mean[rows]) ** 2)
+    tok_w = cum[0, :, -1]  # the weight of the tokens that fire somewhere
+    var_tok = tok_sq + (1 - tok_w).clamp(min=0.0) * f_mean**2  # tokens that never fire have mean 0
+    return mean, var, S0, var_tok
 
 
 def _finalize(
@@ -470,7 +488,6 @@ def exact_stats(
     positions: Int[Tensor, " n_pos"],
     device: torch.device,
     feature_chunk: int | None = None,
-    budget: int = 8_000_000,
     progress: bool | None = None,
     to_host: bool = True,
 ) -> Layer0Stats:
@@ -489,22 +506,15 @@ def exact_stats(
     var_tok = torch.empty(F, dtype=torch.float64, device=device)
     a_bar = (w.to(dt) @ E).double() @ W_enc.double() if dt != torch.float64 else (w @ E) @ W_enc
     preact = a_bar[None, :] + c
-    W_encT = W_enc.T
+    W_encT, cT = W_enc.T.contiguous(), c.T.contiguous()
     starts = range(0, F, feature_chunk)
     for f0 in _progress(starts, len(starts), "layer-0 stats (exact)", progress):
         f1 = min(f0 + feature_chunk, F)
-        A = W_encT[f0:f1] @ E.T  # (r, d_vocab) token parts of the pre-activation
-        cc = c[:, f0:f1]
-        tables = position_tables(cc, thr[f0:f1], dt)
-        S, vt = _feature_chunk_stats(A, cc, tables, w, budget)
-        del A
-        cT = cc.T
-        S0, S1, S2 = S[0], S[1], S[2]
-        m = S1 + cT * S0
-        vw = (S2 - S1**2) + 2 * cT * S1 * (1 - S0) + cT**2 * S0 * (1 - S0)
+        tables = position_tables(cT[f0:f1], thr[f0:f1], dt)
+        m, v, r, vt = _feature_chunk_stats(*firing_entries(W_encT[f0:f1], E, tables.tau), cT[f0:f1], tables, w)
         mean[:, f0:f1] = m.T
-        var_within[:, f0:f1] = vw.clamp(min=0.0).T
-        rate[:, f0:f1] = S0.T
+        var_within[:, f0:f1] = v.T
+        rate[:, f0:f1] = r.T
         var_tok[f0:f1] = vt
     return _finalize(mean, var_within, rate, preact, var_tok, positions, "exact", to_host)
 
@@ -516,14 +526,13 @@ def exact_token_means(
     sae: SAE,
     device: torch.device,
     token_chunk: int = 2048,
-    budget: int = 8_000_000,
     progress: bool | None = None,
 ) -> Iterator[tuple[slice, Float[Tensor, "chunk d_sae"]]]:
     """Yield (token slice, exact mean activation over the positions per token and feature) chunk by chunk."""
     s, W_enc, c, thr = encoder_parts(W_pos_rows, sae, device)
     dt = W_enc.dtype
     n, F = c.shape
-    tables = position_tables(c, thr, dt)
+    tables = position_tables(c.T.contiguous(), thr, dt)
     W_encT = W_enc.T.contiguous()
     V = W_E.shape[0]
     starts = range(0, V, token_chunk)
@@ -531,12 +540,9 @@ def exact_token_means(
         t1 = min(t0 + token_chunk, V)
         E = W_E[t0:t1].to(device, sae.W_enc.dtype).to(dt)
         E = E * s if s != 1.0 else E
-        A = W_encT @ E.T  # (d_sae, chunk)
+        rows, cols, vals, j = firing_entries(W_encT, E, tables.tau)
         out = torch.zeros((t1 - t0) * F, dtype=torch.float64, device=device)
-        for off, rows, cols, vals, j in fire_counts(A, tables.tau, budget):
-            rows_g = rows + off
-            g = (j * vals.double() + tables.c_cum.view(-1)[rows_g * (n + 1) + j]) / n
-            out[cols * F + rows_g] = g
+        out[cols * F + rows] = (j * vals.double() + tables.c_cum.view(-1)[rows * (n + 1) + j]) / n
         yield slice(t0, t1), out.view(t1 - t0, F).to(sae.W_enc.dtype)
 
 

@@ -395,18 +395,34 @@ def test_from_model_matches_hook_resid_pre_activations():
     torch.testing.assert_close(st.firing_rate, (acts > 0).double().mean(0), rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("budget", [1, 97, 10**9])
-def test_exact_bounded_memory_groups_agree(budget):
-    """Splitting the firing entries into groups of at most `budget` (one feature at least) changes nothing."""
+@pytest.mark.parametrize("token_block", [1, 7, 300])
+def test_firing_entries_in_token_blocks_are_the_dense_ones(token_block):
+    """Forming W @ E.T a block of tokens at a time finds exactly the entries above each row's lowest threshold, in row
+    order, and counts the thresholds below each (ties included) as searchsorted does."""
+    from possae.layer0_stats import firing_entries
+
+    g = torch.Generator().manual_seed(3)
+    W, E = torch.randn(9, 8, generator=g), torch.randn(300, 8, generator=g)
+    tau = (torch.randint(-8, 3, (9, 13), generator=g).float() / 2).sort(1).values  # many ties
+    rows, cols, vals, j = firing_entries(W, E, tau, token_block)
+    A = W @ E.T
+    assert torch.equal(torch.stack([rows, cols], 1), (A > tau[:, :1]).nonzero())
+    torch.testing.assert_close(vals, A[rows, cols])  # a one-token block is a matrix-vector product: rounding may differ
+    want = torch.stack([torch.searchsorted(tau[r], v.view(1))[0] for r, v in zip(rows, vals)])
+    assert torch.equal(j, want) and j.min() >= 1 and j.max() == 13
+
+
+def test_exact_features_firing_almost_everywhere_match_brute_force():
+    """Features that fire on nearly every input (the histograms' far end) agree with brute force, in feature chunks."""
     from possae.layer0_stats import exact_stats, resolve_token_weights
 
     V, n, d, F = 300, 11, 8, 14
     W_E, W_pos = make_weights(V, d, n, seed=21)
     sae = make_sae("jumprelu", d, F, seed=22)
     with torch.no_grad():
-        sae.b_enc[:4] += 30.0  # a few features fire almost everywhere: several 64-slot segments per feature
+        sae.b_enc[:4] += 30.0
     w = resolve_token_weights(torch.rand(V, generator=torch.Generator().manual_seed(1)), V)
-    ex = exact_stats(W_E, W_pos, sae, w, torch.arange(n), torch.device("cpu"), feature_chunk=5, budget=budget)
+    ex = exact_stats(W_E, W_pos, sae, w, torch.arange(n), torch.device("cpu"), feature_chunk=5)
     bf = layer0_stats(W_E, W_pos, sae, token_weights=w, method="brute_force", progress=False)
     assert ex.firing_rate[:, :4].min() > 0.9
     assert_same_stats(ex, bf)
