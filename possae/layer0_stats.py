@@ -346,11 +346,12 @@ def firing_entries(
     """Return (row, column, value, j) of the entries of W_rows @ E.T above their row's lowest threshold tau[:, 0], in
     row order, with j = #{q : tau[row, q] < value} >= 1 the number of positions at which the entry fires.
 
-    The product is formed token_block columns at a time (by default CACHE_FLOATS entries), and each block is compared
-    while it is still in cache: on a CPU that costs less than the whole product written to memory and read back.
+    On a CPU the product is formed token_block columns at a time (by default CACHE_FLOATS entries), and each block is
+    compared while it is still in cache: that costs less than the whole product written to memory and read back.
     """
     r = W_rows.shape[0]
-    token_block = token_block or max(256, CACHE_FLOATS // max(r, 1))
+    if token_block is None:  # a GPU forms the product whole: blocks there would only add waits on the device
+        token_block = max(256, CACHE_FLOATS // max(r, 1)) if E.device.type == "cpu" else max(E.shape[0], 1)
     t_min = tau[:, :1]
     blocks = []
     for t0 in range(0, E.shape[0], token_block):

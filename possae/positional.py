@@ -985,6 +985,7 @@ class PositionalResult:
             "pos_slot_count_sentence": slot_count_sentence(self.n_positional, self.n_with_slot),
             "pos_count_sentence": count_sentence(self.n_positional, n_half, self.d_sae, p.threshold),
             "pos_bench_exact": float(bench["exact (s)"]), "pos_bench_ratio": float(bench["exact / matmul"]),
+            "pos_bench_ratio_blocked": float(bench["exact / matmul in token blocks"]),
             "pos_bench_speedup": float(bench["speed-up vs brute force"]),
             "pos_bench_gpu_sentence": gpu_bench_sentence(self.bench),
             "pos_top_lead": top_lead(len(self.top)), "pos_width_sentence": peak_width_sentence(self.widths()),
