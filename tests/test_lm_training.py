@@ -77,6 +77,27 @@ def test_dead_latent_window_is_counted_in_steps_and_reaches_sae_lens():
     assert cfg.dead_feature_window == 97 < r.steps  # sae_lens's default, 1,000 steps, is longer than the run
 
 
+def test_decoder_init_norm_reaches_sae_lens_and_sets_the_starting_weights():
+    """The recipe's decoder_init_norm is the norm of every decoder row sae_lens starts from (W_enc = W_dec.T); the
+    GPT-2-geometry organism's TopK SAEs start at GPT2POS_TOPK_INIT_NORM, the rest at sae_lens's 0.1."""
+    from sae_lens import TrainingSAE
+
+    from possae.organism.recipe import GPT2POS_TOPK_INIT_NORM, gpt2pos_layer_saes
+    from possae.organism.saes import _training_sae_config
+
+    for norm in (0.1, 1.0):
+        r = SAERecipe("x", architecture="topk", expansion=4, k=2, decoder_init_norm=norm)
+        cfg = runner_config(r, d_in=16, out_path=".", device="cpu")
+        sae = TrainingSAE.from_dict(_training_sae_config(r, 16).to_dict())
+        assert cfg.sae.decoder_init_norm == norm
+        torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.full((64,), norm))
+        torch.testing.assert_close(sae.W_enc, sae.W_dec.T)
+    norms = {r.sae_id: r.decoder_init_norm for r in gpt2pos_layer_saes()}
+    assert {k: v for k, v in norms.items() if k.startswith("topk")} == {f"topk-L{i}": GPT2POS_TOPK_INIT_NORM
+                                                                         for i in range(4)}
+    assert {v for k, v in norms.items() if not k.startswith("topk")} == {0.1}
+
+
 def test_dead_latent_loss_recorder_sees_the_topk_auxiliary_loss_fire_only_on_dead_latents():
     torch.manual_seed(0)
     sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=8, d_sae=32, k=2))

@@ -39,7 +39,8 @@ def _training_sae_config(r: SAERecipe, d_in: int):
     from sae_lens import (BatchTopKTrainingSAEConfig, JumpReLUTrainingSAEConfig, StandardTrainingSAEConfig,
                           TopKTrainingSAEConfig)
 
-    common = dict(d_in=d_in, d_sae=d_in * r.expansion, normalize_activations="expected_average_only_in")
+    common = dict(d_in=d_in, d_sae=d_in * r.expansion, normalize_activations="expected_average_only_in",
+                  decoder_init_norm=r.decoder_init_norm)
     if r.architecture == "standard":
         return StandardTrainingSAEConfig(**common, l1_coefficient=r.l1_coefficient,
                                          l1_warm_up_steps=0 if r.init_from else r.steps // 10)
@@ -52,7 +53,8 @@ def _training_sae_config(r: SAERecipe, d_in: int):
         # stays on the thresholds: sent on to the encoder as well, it silenced 93 % of the latents in 1M tokens
         return JumpReLUTrainingSAEConfig(**common, jumprelu_sparsity_loss_mode="quadratic", target_l0=float(r.k),
                                          l0_warm_up_steps=r.steps // 10, jumprelu_ste_to_input=False,
-                                         jumprelu_init_threshold=jumprelu_start_threshold(r.k, d_in * r.expansion),
+                                         jumprelu_init_threshold=jumprelu_start_threshold(r.k, d_in * r.expansion,
+                                                                                          r.decoder_init_norm),
                                          jumprelu_bandwidth=0.1, pre_act_loss_coefficient=r.pre_act_loss_coefficient)
     raise ValueError(f"SAE recipe {r.sae_id!r}: architecture {r.architecture!r} is not one possae trains")
 
