@@ -15,9 +15,14 @@ NEURONPEDIA = "https://www.neuronpedia.org"
 
 @lru_cache(maxsize=64)
 def neuronpedia_id(release: str, sae_id: str) -> str | None:
-    """Return the Neuronpedia id sae_lens's registry gives an SAE (e.g. 'gpt2-small/0-res-jb'), or None."""
+    """Return the Neuronpedia id sae_lens's registry gives an SAE (e.g. 'gpt2-small/0-res-jb'), or None (without reading
+    the registry, a 2-second YAML parse, for possae's organisms)."""
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
+    from possae.sae_files import ORGANISMS
+
+    if release in ORGANISMS:
+        return None
     entry = get_pretrained_saes_directory().get(release)
     if entry is None or not entry.neuronpedia_id:
         return None

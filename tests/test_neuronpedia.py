@@ -14,6 +14,24 @@ def test_feature_urls_follow_the_registry():
     assert feature_url("organism", "relu-short", 3) is None and feature_link("organism", "relu-short", 3) == "3"
 
 
+def test_the_organisms_are_answered_without_sae_lens_registry(monkeypatch):
+    """possae's organisms have no Neuronpedia pages: the answer comes without parsing sae_lens's registry."""
+    import sae_lens.loading.pretrained_saes_directory as directory
+
+    from possae.neuronpedia import neuronpedia_id
+    from possae.sae_files import ORGANISMS
+
+    def refuse():
+        raise AssertionError("sae_lens's registry was read")
+
+    monkeypatch.setattr(directory, "get_pretrained_saes_directory", refuse)
+    neuronpedia_id.cache_clear()
+    assert [neuronpedia_id(o, "relu-short") for o in ORGANISMS] == [None] * len(ORGANISMS)
+    with pytest.raises(AssertionError, match="registry was read"):
+        neuronpedia_id("gpt2-small-res-jb", "blocks.0.hook_resid_pre")
+    neuronpedia_id.cache_clear()
+
+
 def test_link_features_rewrites_a_column_or_the_index():
     """Column and index forms both become anchors; a table without feature ids raises."""
     df = pd.DataFrame({"feature": [1, 2], "r2": [0.5, 0.9]})
