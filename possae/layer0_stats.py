@@ -31,7 +31,8 @@ fires iff ``h > thr_i`` with ``thr_i = max(threshold_i, 0)`` (0 for ReLU; sae_le
 S0, S1, S2 of ``w``, ``w a``, ``w a^2`` over firing tokens are reverse cumulative sums of a
 histogram over j, and the mean over positions is ``(j a + sum of the j largest c) / n_pos``. Only
 tokens with ``a(t) > min_p tau(p)`` (those that fire somewhere) are touched after the unavoidable
-matmul ``W_E W_enc``, which is streamed over feature chunks. Sums are float64; thresholds are
+matmul ``W_E W_enc``, which is streamed over feature chunks (on a CPU, and over cache-sized
+token blocks within each chunk). Sums are float64; thresholds are
 compared in the matmul's dtype with a round-down that keeps every comparison exact.
 
 ``"brute_force"`` (any SAE: TopK, per-input normalisation, hooks attached, ...)
