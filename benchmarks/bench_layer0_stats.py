@@ -35,8 +35,8 @@ from sae_lens import StandardSAE, StandardSAEConfig  # noqa: E402
 
 from possae.hooks import LAYER0_INPUT as LAYER0_HOOK
 from possae.layer0_stats import (  # noqa: E402
-    CACHE_FLOATS,
     default_feature_chunk,
+    default_token_block,
     exact_stats,
     layer0_stats,
     resolve_token_weights,
@@ -162,7 +162,7 @@ def child(args: argparse.Namespace) -> dict:
         out["seconds"], out["seconds_cold"] = times[-1], times[0]
     elif args.child == "matmul_blocked":  # the same product in the exact path's token blocks, and nothing else
         E, WT = W_E.to(dev), sae.W_enc.detach().to(dev).T
-        block = max(256, CACHE_FLOATS // chunk)
+        block = default_token_block(chunk)
 
         def blocked() -> None:
             for f0 in range(0, WT.shape[0], chunk):
