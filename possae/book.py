@@ -152,6 +152,20 @@ def _quiet_progress():
 KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=CRITICAL"]
 
 
+@contextmanager
+def _kernel_sockets():
+    """Yield the kernel manager's config that connects a chapter's kernel over Unix sockets in a folder of its own.
+
+    Over TCP, jupyter_client picks each port by binding port 0 and closing it before the kernel binds it again; two
+    chapters started at once in two processes can be handed the same port, and one kernel dies before it replies
+    ("Address already in use"). Socket files in a fresh folder cannot collide.
+    """
+    from traitlets.config import Config
+
+    with tempfile.TemporaryDirectory(prefix="possae-kernel-") as folder:  # short: a socket path holds <= 107 bytes
+        yield Config({"KernelManager": {"transport": "ipc", "ip": os.path.join(folder, "kernel")}})
+
+
 def execute_chapter(chapter: Path, out: Path, parameters: dict, cwd: Path = REPO_ROOT) -> Path:
     """Execute one jupytext chapter with papermill into `out` (.ipynb); hide the injected parameters cell.
 
@@ -181,8 +195,8 @@ def execute_chapter(chapter: Path, out: Path, parameters: dict, cwd: Path = REPO
     nbformat.write(nb, raw)
     failed = out.with_name(f"{out.stem}.failed.ipynb")
     try:
-        with _quiet_progress():
-            pm.execute_notebook(raw, tmp, parameters=parameters, kernel_name="python3", cwd=str(cwd),
+        with _quiet_progress(), _kernel_sockets() as config:
+            pm.execute_notebook(raw, tmp, parameters=parameters, kernel_name="python3", cwd=str(cwd), config=config,
                                 progress_bar=sys.stderr.isatty(), extra_arguments=KERNEL_ARGUMENTS,
                                 request_save_on_cell_execute=False)  # written once at the end, not after every cell
     except pm.PapermillExecutionError as e:
