@@ -611,16 +611,19 @@ def width_pairs(dictionaries: dict[str, Dictionary], labels: Sequence[str]) -> l
 
 def layer_matrix(dictionaries: dict[str, Dictionary], labels: Sequence[str], threshold: float = THRESHOLD,
                  chunk_size: int = CHUNK_SIZE, device: str | None = None, adjacent_only: bool = False,
-                 progress: bool = True) -> pd.DataFrame:
+                 progress: bool = True, tops: dict[tuple[str, str], TopCosines] | None = None) -> pd.DataFrame:
     """Return, for each ordered pair of a family's layers (row layer's features looked up in the column layer's
-    dictionary), the decoder share above threshold and MMCS; one chunked pass per unordered pair, the diagonal 1."""
+    dictionary), the decoder share above threshold and MMCS; one chunked pass per unordered pair, the diagonal 1.
+    tops: decoder top cosines already computed (match_pairs's PairResults.top), used for the pairs they hold."""
+    tops = tops or {}
     layers = [dictionaries[lab].layer for lab in labels]
     rows = [{"layer_a": la, "layer_b": la, "a": lab, "b": lab, "share": 1.0, "mmcs": 1.0}
             for lab, la in zip(labels, layers)]
     pairs = [(i, j) for i, j in itertools.combinations(range(len(labels)), 2) if not adjacent_only or j == i + 1]
     for i, j in tqdm(pairs, desc="layers", disable=not progress or len(pairs) < 2):
-        s = best_match_stats(top_cosines(dictionaries[labels[i]].decoder, dictionaries[labels[j]].decoder, 1,
-                                         chunk_size, device), threshold)
+        top = tops.get((labels[i], labels[j])) or top_cosines(dictionaries[labels[i]].decoder,
+                                                              dictionaries[labels[j]].decoder, 1, chunk_size, device)
+        s = best_match_stats(top, threshold)
         rows.append({"layer_a": layers[i], "layer_b": layers[j], "a": labels[i], "b": labels[j],
                      "share": s["share_ab"], "mmcs": s["mmcs_ab"]})
         rows.append({"layer_a": layers[j], "layer_b": layers[i], "a": labels[j], "b": labels[i],
@@ -739,7 +742,8 @@ def firing_rates(model, sae, tokens: Int[Tensor, "n_windows pos"], batch_size: i
         inputs = hook_inputs(model, sae_hook(sae), tokens, positions, batch_size)
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
     for x in inputs.split(batch_size * tokens.shape[1]):
-        fired += (sae.encode(x.to(sae.W_dec.device, sae.W_dec.dtype)) > 0).sum(0).double().cpu()
+        # counted in float32 (exact below 2**24 rows a batch): a column sum of bools is four times slower on a CPU
+        fired += (sae.encode(x.to(sae.W_dec.device, sae.W_dec.dtype)) > 0).float().sum(0).double().cpu()
     return (fired / len(inputs)).float()
 
 
@@ -891,19 +895,25 @@ def architecture_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def live_pair_frame(pairs: Sequence[tuple[str, str]], dictionaries: dict[str, Dictionary],
-                    threshold: float = THRESHOLD, chunk_size: int = CHUNK_SIZE, device: str | None = None) -> pd.DataFrame:
+                    threshold: float = THRESHOLD, chunk_size: int = CHUNK_SIZE, device: str | None = None,
+                    matched: pd.DataFrame | None = None) -> pd.DataFrame:
     """Return per pair the decoder and encoder best-match shares (mean of both directions) among features that fire on
-    held-out text only, beside the same over all features."""
+    held-out text only, beside the same over all features; those are read from `matched` (match_pairs's table of the
+    same pairs, at the same threshold) where it has the pair, else computed."""
+    done = {} if matched is None else {(r.a, r.b): r for r in matched.itertuples(index=False)}
     rows = []
     for la, lb in pairs:
         a, b = dictionaries[la], dictionaries[lb]
         la_live, lb_live = a.firing > 0, b.firing > 0
         row = {"a": la, "b": lb}
         for kind in ("decoder", "encoder"):
-            full = best_match_stats(top_cosines(getattr(a, kind), getattr(b, kind), 1, chunk_size, device), threshold)
+            key = f"{kind[:3]}_share"
+            full = (getattr(done[(la, lb)], key) if (la, lb) in done else
+                    best_match_stats(top_cosines(getattr(a, kind), getattr(b, kind), 1, chunk_size, device),
+                                     threshold)["share"])
             live = best_match_stats(top_cosines(getattr(a, kind)[la_live], getattr(b, kind)[lb_live], 1, chunk_size,
                                                 device), threshold) if la_live.any() and lb_live.any() else {"share": 0.0}
-            row[f"{kind[:3]}_all"], row[f"{kind[:3]}_live"] = full["share"], live["share"]
+            row[f"{kind[:3]}_all"], row[f"{kind[:3]}_live"] = full, live["share"]
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -1193,16 +1203,19 @@ def comparison_pairs(groups: Groups, dictionaries: dict[str, Dictionary], releas
             "architectures": all_pairs(_labels(groups.ids["architectures"], release))}
 
 
-def adjacent_frame(groups: Groups, dictionaries: dict[str, Dictionary], release: str, opts: dict) -> pd.DataFrame:
-    """Return the match statistics of every family's adjacent layers, with family, layer_a and a 'L→L+1' label."""
-    frames = []
+def adjacent_frame(groups: Groups, dictionaries: dict[str, Dictionary], release: str,
+                   opts: dict) -> tuple[pd.DataFrame, dict[tuple[str, str], TopCosines]]:
+    """Return the match statistics of every family's adjacent layers, with family, layer_a and a 'L→L+1' label, and
+    their decoder top cosines."""
+    frames, tops = [], {}
     for fam, refs in groups.layers.items():
         labels = sorted(_labels(refs, release), key=lambda lab: dictionaries[lab].layer)
         res = match_pairs(list(zip(labels[:-1], labels[1:])), dictionaries, **opts, progress=False)
         la = [dictionaries[a].layer for a in res.table["a"]]
         lb = [dictionaries[b].layer for b in res.table["b"]]
         frames.append(res.table.assign(family=fam, layer_a=la, layers=[f"{a}→{b}" for a, b in zip(la, lb)]))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        tops.update(res.top)
+    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), tops
 
 
 def seed_curve(release: str) -> tuple[str, pd.DataFrame | None]:
@@ -1269,7 +1282,8 @@ def analyze(model, dictionaries: dict[str, Dictionary], tokens: Int[Tensor, "n_w
 
     arch_labels = _labels(groups.ids["architectures"], rel)
     arch = architecture_frame(dictionaries, arch_labels)
-    live = live_pair_frame(pairs["architectures"], dictionaries, params.threshold, params.chunk_size, params.device) \
+    live = live_pair_frame(pairs["architectures"], dictionaries, params.threshold, params.chunk_size, params.device,
+                           results["architectures"].table if "architectures" in results else None) \
         if pairs["architectures"] and all(dictionaries[a].firing is not None for a in arch_labels) else \
         pd.DataFrame(columns=["a", "b", "dec_all", "dec_live", "enc_all", "enc_live"])
     if len(arch):
@@ -1282,11 +1296,12 @@ def analyze(model, dictionaries: dict[str, Dictionary], tokens: Int[Tensor, "n_w
     second = (long[(long["rank"] == 2) & (long["pair"] != f"{base.label} → random")].groupby("pair", sort=False)["cosine"]
               .apply(lambda c: float((c >= params.threshold).mean())))
 
+    adjacent, adjacent_tops = adjacent_frame(groups, dictionaries, rel, opts)
     layer_mat = pd.concat([layer_matrix(dictionaries, _labels(refs, rel), params.threshold, params.chunk_size,
-                                        params.device, adjacent_only=not params.all_layer_pairs, progress=False)
+                                        params.device, adjacent_only=not params.all_layer_pairs, progress=False,
+                                        tops=adjacent_tops)
                            .assign(family=fam) for fam, refs in groups.layers.items()], ignore_index=True) \
         if groups.layers else pd.DataFrame(columns=["family", "layer_a", "layer_b", "share", "mmcs"])
-    adjacent = adjacent_frame(groups, dictionaries, rel, opts)
     blocks = block_changes(model, tokens, sorted(set(adjacent["layer_a"]))) if len(adjacent) else pd.DataFrame(
         columns=["block", "cos", "ratio", "explained_variance"])
     ctrl_pairs = [(label(a), label(b)) for a, b in groups.controls]

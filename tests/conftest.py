@@ -3,6 +3,7 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "disabled"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # torch reads it once, at its first allocation (possae.book)
 # the tests use only what the repository ships: no shared data folder, even where one exists beside it
 os.environ["POSSAE_DATA"] = os.path.join(os.path.dirname(__file__), "no-shared-data")
 

@@ -2,6 +2,7 @@
 Hungarian matching, containment of a small dictionary in a large one, normalisation and sign, group resolution."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -175,6 +176,9 @@ def test_layer_matrix_is_square_with_unit_diagonal_and_reads_resid_post_as_next_
     assert len(m) == 9 and (m[m["layer_a"] == m["layer_b"]]["share"] == 1.0).all()
     adj = layer_matrix(dicts, ["L0", "L1", "L2"], device="cpu", adjacent_only=True, progress=False)
     assert len(adj) == 3 + 4
+    # the adjacent pairs' top cosines from match_pairs (k > 1) stand in for its own pass, with the same figures
+    tops = match_pairs([("L0", "L1"), ("L1", "L2")], dicts, k=4, device="cpu", progress=False).top
+    pd.testing.assert_frame_equal(layer_matrix(dicts, ["L0", "L1", "L2"], device="cpu", progress=False, tops=tops), m)
     pair = m[(m["layer_a"] == 0) & (m["layer_b"] == 2)].iloc[0]
     dense = (dicts["L0"].decoder @ dicts["L2"].decoder.T).max(dim=1).values
     assert pair["mmcs"] == pytest.approx(float(dense.mean()), abs=1e-6)
@@ -355,6 +359,9 @@ def test_silent_features_explain_a_near_zero_encoder_and_decoder_share():
     assert frame.loc["jr", "cos_live"] == pytest.approx(1.0) and frame.loc["jr", "cos_dead"] == pytest.approx(0.0, abs=1e-6)
     assert frame.loc["jr", "norm_dead"] == pytest.approx(0.05) and np.isnan(frame.loc["full", "cos_dead"])
     live_frame = live_pair_frame([("full", "jr")], {"full": full, "jr": jr}, device="cpu").iloc[0]
+    matched = match_pairs([("full", "jr")], {"full": full, "jr": jr}, device="cpu", progress=False).table
+    pd.testing.assert_series_equal(live_pair_frame([("full", "jr")], {"full": full, "jr": jr}, device="cpu",
+                                                   matched=matched).iloc[0], live_frame)  # its shares, read not redone
     # over all features: 4 of 16 match each way; over firing features only: all of jr's 4, 4 of full's 16
     assert live_frame["dec_all"] == pytest.approx(0.25) and live_frame["enc_all"] == pytest.approx(0.25)
     assert live_frame["dec_live"] == pytest.approx((1.0 + 0.25) / 2)

@@ -1,9 +1,11 @@
-"""The book's chapter order: the longest first, by the last run or, on a fresh clone, by the recorded benchmark."""
+"""The book's chapter order: the cache's producers, then the longest first (by the last run or, on a fresh clone, by the
+recorded benchmark), then the ledger."""
 
 import json
+from pathlib import Path
 
 from possae.benchmark_results import recorded_chapter_walls
-from possae.book import RUN_RECORD, ChapterJob, expected_wall
+from possae.book import CACHE_PRODUCERS, RUN_RECORD, ChapterJob, expected_wall, run_order
 
 
 def record(path, walls):
@@ -33,3 +35,16 @@ def test_expected_wall_prefers_the_last_run_then_the_benchmark(tmp_path, monkeyp
     assert expected_wall(job, "organism") == expected_wall(job, "quick") == 7.0  # the last run here wins
     other = ChapterJob("chapters/unbenchmarked", tmp_path / "u.py", tmp_path / "u.ipynb", {})
     assert expected_wall(other, "organism") == 0.0
+
+
+def test_the_caches_producers_start_first_then_the_longest_and_the_ledger_last(tmp_path):
+    def job(name, wall, given=None):
+        j = ChapterJob(f"chapters/{name}", tmp_path / f"{name}.py", tmp_path / f"{name}.ipynb", given or {})
+        j.out.with_suffix(RUN_RECORD).write_text(json.dumps({"wall_s": wall}))
+        return j
+
+    todo = [job("setup", 5.0), job("positional", 30.0), job("semantic", 10.0), job("ledger", 99.0, {"chapters_dir": "."}),
+            job("matching", 45.0), job("length_generalization", 20.0)]
+    assert CACHE_PRODUCERS == ("setup", "semantic")
+    assert [Path(j.name).name for j in run_order(todo, "organism")] == [
+        "setup", "semantic", "matching", "positional", "length_generalization", "ledger"]
