@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PROFILE ?= organism
 PYTEST_ARGS ?=
+# two test processes (pytest-xdist): the files that read the quick-profile book run in one (tests/conftest.py), the
+# others in both
+TEST_WORKERS ?= 2
 
 .PHONY: install test test-all book organism screenshots clean
 
@@ -21,10 +24,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 install: $(VENV)/.installed
 
 test: install
-	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-all: install
-	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q --runslow $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q -n $(TEST_WORKERS) --runslow $(PYTEST_ARGS)
 
 book: install
 	$(VENV)/bin/possae build --profile $(PROFILE)

@@ -140,11 +140,12 @@ def figures_drawn(page: DevTools, redirects: int = 3) -> dict:
     return page.evaluate(FIGURES_DRAWN)
 
 
-def open_page(page: DevTools, url: str, settle: float = 0.3) -> dict:
-    """Open `url`, wait for its load event and for its figures to draw; return {'figures', 'blank'}."""
+def open_page(page: DevTools, url: str, settle: float = 0.3, draw_timeout: float = 15.0) -> dict:
+    """Open `url`, wait for its load event and up to draw_timeout seconds for its figures to draw; return
+    {'figures', 'blank'}."""
     page.call("Page.navigate", url=url)
     page.wait_for("Page.loadEventFired")
-    end = time.monotonic() + 15
+    end = time.monotonic() + draw_timeout
     drawn = figures_drawn(page)
     while drawn["blank"] and time.monotonic() < end:  # plotly draws right after the scripts run
         time.sleep(0.2)

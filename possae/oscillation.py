@@ -22,7 +22,7 @@ from possae.hooks import (POS_EMBED, hook_layer, in_context_positions, resid_pre
                           sae_hook, sae_layer)
 from possae.intervals import (N_BLOCKS, block_of, check, check_display, check_sentence, check_table,
                               count_rule_sentence, filled_blocks)
-from possae.metrics import (PositionSums, mse_by_position, next_token_ce, reconstruction_sums, total_variance,
+from possae.metrics import (PositionSums, mse_by_position, next_token_ce_of, reconstruction_sums, total_variance,
                             windows_per_batch)
 from possae.params import ChapterParams, ParameterError
 from possae.progress import tqdm
@@ -287,7 +287,7 @@ def position_pass(model, tokens: Int[Tensor, "n_windows pos"], saes: dict[str, o
         batch, part = tokens[i : i + batch_size].to(model.cfg.device), block_of(i // batch_size)
         with model.hooks(fwd_hooks=fwd_hooks):
             logits, cache = model.run_with_cache(batch, names_filter=lambda name: name in needed)
-        loss.add_windows(part, ce=next_token_ce(logits[:, :-1], batch[:, 1:]))
+        loss.add_windows(part, ce=next_token_ce_of(logits, batch))
         del logits
         for sid, sae in saes.items():
             act = cache[sae_hook(sae)]
@@ -303,7 +303,7 @@ def position_pass(model, tokens: Int[Tensor, "n_windows pos"], saes: dict[str, o
             if sid in spliced:
                 resid = x_hat.to(act.device, act.dtype)
                 spliced_logits = model(resid, start_at_layer=starts[sid], tokens=batch, return_type="logits")
-                spliced[sid].add_windows(part, ce=next_token_ce(spliced_logits[:, :-1], batch[:, 1:]))
+                spliced[sid].add_windows(part, ce=next_token_ce_of(spliced_logits, batch))
         del cache
     return PositionPass(sums, loss, feats, spliced)
 
@@ -322,7 +322,7 @@ def spliced_loss(model, tokens: Int[Tensor, "n_windows pos"], sae=None,
     for i in tqdm(range(0, len(tokens), batch_size), desc="spliced loss", leave=False):
         batch = tokens[i : i + batch_size].to(model.cfg.device)
         logits = model.run_with_hooks(batch, return_type="logits", fwd_hooks=fwd_hooks)
-        ce.add_windows(block_of(i // batch_size), ce=next_token_ce(logits[:, :-1], batch[:, 1:]))
+        ce.add_windows(block_of(i // batch_size), ce=next_token_ce_of(logits, batch))
     return ce
 
 

@@ -14,6 +14,32 @@ def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="also run tests marked slow")
 
 
+# the test files that read the quick-profile book (the quick_book fixture): under `make test` (pytest-xdist, two
+# processes) they run in one process, which builds the book once, while the other process runs every other file
+QUICK_BOOK_FILES = ("tests/test_book.py", "tests/test_browser.py", "tests/test_figures_lint.py",
+                    "tests/test_quantities.py")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Return pytest-xdist's per-file scheduling with QUICK_BOOK_FILES as one unit of work."""
+    from xdist.scheduler import LoadFileScheduling
+
+    class QuickBookTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "quick_book" if path in QUICK_BOOK_FILES else path
+
+    return QuickBookTogether(config, log)
+
+
+def pytest_itemcollected(item):
+    """Fail a test that reads the quick book from a file outside QUICK_BOOK_FILES: under xdist it would build the
+    book a second time in the other process."""
+    if "quick_book" in getattr(item, "fixturenames", ()) and item.nodeid.split("::", 1)[0] not in QUICK_BOOK_FILES:
+        raise pytest.UsageError(f"{item.nodeid} reads the quick book: add its file to QUICK_BOOK_FILES (tests/conftest.py)")
+
+
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--runslow"):
         return
@@ -29,6 +55,7 @@ def quick_book(tmp_path_factory):
 
     With $POSSAE_TEST_BOOK set to a built HTML folder (e.g. _build/html), the browser test checks that book instead.
     """
+    import fcntl
     from pathlib import Path
 
     from possae.book import build
@@ -40,8 +67,11 @@ def quick_book(tmp_path_factory):
     # kept between test runs (build/test-book): a chapter whose source, parameters, package and artifacts are unchanged
     # is not executed again (possae.book's fingerprints), so a second `make test` rebuilds only the HTML
     out = REPO_ROOT / "build" / "test-book"
-    plant_stale_staging_files(out / "stage" / "chapters")
-    return build("quick", stage=out / "stage", out=out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_suffix(".lock"), "a+") as lock:  # one build at a time, should two test processes ask for it
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        plant_stale_staging_files(out / "stage" / "chapters")
+        return build("quick", stage=out / "stage", out=out)
 
 
 # named after no chapter of the toc, so that no chapter's run of this build consumes them (a run replaces its own)
@@ -76,3 +106,4 @@ def organism_model_and_sae():
     from possae.loaders import load_model_and_sae
 
     return load_model_and_sae("organism", "relu-short", device="cpu")
+

@@ -9,6 +9,7 @@ from possae.metrics import (
     LOGITS_PER_BATCH,
     PositionSums,
     next_token_ce,
+    next_token_ce_of,
     nmse_by_position,
     pooled_nmse,
     r2_pos,
@@ -107,6 +108,10 @@ def test_next_token_ce_is_minus_log_softmax_of_the_target():
     half = next_token_ce(logits.half(), targets)
     assert half.dtype == torch.float32
     torch.testing.assert_close(half.double(), expected, atol=5e-3, rtol=0)
+    # from the whole window's logits: each position scores the next token, the last position scores nothing
+    whole = next_token_ce_of(logits, targets)
+    assert whole.shape == (3, 4)
+    torch.testing.assert_close(whole, next_token_ce(logits[:, :-1], targets[:, 1:]), rtol=0, atol=0)
 
 
 def test_windows_per_batch_caps_the_logits_of_a_forward_pass():
