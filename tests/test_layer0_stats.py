@@ -35,11 +35,20 @@ def assert_same_stats(a, b, rtol=1e-7, atol=1e-9):
 # ----------------------------------------------------------------------------------------------
 
 
+@pytest.fixture(params=["dense", "entries"])
+def chunk_path(request, monkeypatch):
+    """Run the exact path on every chunk's whole product (_dense_chunk_stats) or on its entry list (firing_entries)."""
+    import possae.layer0_stats as L0
+
+    monkeypatch.setattr(L0, "DENSE_SHARE", 0.0 if request.param == "dense" else 2.0)
+    return request.param
+
+
 @pytest.mark.parametrize("kind", ["standard", "jumprelu", "gated"])
 @pytest.mark.parametrize("apply_b_dec", [True, False])
 @pytest.mark.parametrize("shape", [(40, 7, 6, 9), (150, 13, 10, 33)])
 @pytest.mark.parametrize("weighted,positions", [(False, None), (True, None), (True, [11, 2, 5, 0]), (False, range(2, 6))])
-def test_exact_matches_brute_force(kind, apply_b_dec, shape, weighted, positions):
+def test_exact_matches_brute_force(kind, apply_b_dec, shape, weighted, positions, chunk_path):
     V, n, d, F = shape
     sae = make_sae(kind, d, F, seed=V + F, apply_b_dec_to_input=apply_b_dec)
     W_E, W_pos = make_weights(V, d, n, seed=F)
@@ -85,7 +94,7 @@ def test_expected_average_only_in_is_identity_at_inference_and_exact():
 
 
 @pytest.mark.parametrize("kind", ["standard", "jumprelu", "gated"])
-def test_exact_matches_brute_force_float32(kind):
+def test_exact_matches_brute_force_float32(kind, chunk_path):
     V, n, d, F = 120, 10, 12, 20
     W_E, W_pos = make_weights(V, d, n, seed=6, dtype=torch.float32)
     sae = make_sae(kind, d, F, seed=7, dtype="float32")
@@ -412,7 +421,7 @@ def test_firing_entries_in_token_blocks_are_the_dense_ones(token_block):
     assert torch.equal(j, want) and j.min() >= 1 and j.max() == 13
 
 
-def test_exact_features_firing_almost_everywhere_match_brute_force():
+def test_exact_features_firing_almost_everywhere_match_brute_force(chunk_path):
     """Features that fire on nearly every input (the histograms' far end) agree with brute force, in feature chunks."""
     from possae.layer0_stats import exact_stats, resolve_token_weights
 
