@@ -32,7 +32,9 @@ S0, S1, S2 of ``w``, ``w a``, ``w a^2`` over firing tokens are reverse cumulativ
 histogram over j, and the mean over positions is ``(j a + sum of the j largest c) / n_pos``. Only
 tokens with ``a(t) > min_p tau(p)`` (those that fire somewhere) are touched after the unavoidable
 matmul ``W_E W_enc``, which is streamed over feature chunks (on a CPU, and over cache-sized
-token blocks within each chunk). Sums are float64; thresholds are
+token blocks within each chunk). Where most (token, feature) pairs of a chunk fire somewhere and its product is
+small (DENSE_SHARE, DENSE_MAX_ENTRIES), the chunk is worked on whole instead of as a list of entries: the same sums,
+without the list's indexing. Sums are float64; thresholds are
 compared in the matmul's dtype with a round-down that keeps every comparison exact.
 
 ``"brute_force"`` (any SAE: TopK, per-input normalisation, hooks attached, ...)
