@@ -78,7 +78,8 @@ glue_all(result.glued(), model=model)
 #
 # Cosines are signed: a feature that writes `-d` is not the feature that writes `d`, since activations are
 # nonnegative. `C` is never held whole for best matches: it is computed in blocks of {glue:text}`match_chunk` rows,
-# keeping each row's four best cosines and each column's running four best. One-to-one matching solves the whole
+# once from each side (A's rows against B, then B's rows against A), keeping each row's {glue:text}`match_top_k` best
+# cosines. One-to-one matching solves the whole
 # matrix with `scipy.optimize.linear_sum_assignment` for small pairs (up to {glue:text}`match_dense_side` features
 # a side); for larger ones, such as gpt2-small's SAEs, it solves a sparse graph of each feature's best candidates
 # (`scipy.sparse.csgraph.min_weight_full_bipartite_matching`) and proves the result optimal for the whole matrix
