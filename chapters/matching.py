@@ -78,7 +78,7 @@ glue_all(result.glued(), model=model)
 #
 # Cosines are signed: a feature that writes `-d` is not the feature that writes `d`, since activations are
 # nonnegative. `C` is never held whole for best matches: it is computed in blocks of {glue:text}`match_chunk` rows,
-# once from each side (A's rows against B, then B's rows against A), keeping each row's {glue:text}`match_top_k` best
+# once from each side (A's rows against B, then B's rows against A), keeping each row's {glue:text}`match_best_kept` best
 # cosines. One-to-one matching solves the whole
 # matrix with `scipy.optimize.linear_sum_assignment` for small pairs (up to {glue:text}`match_dense_side` features
 # a side); for larger ones, such as gpt2-small's SAEs, it solves a sparse graph of each feature's best candidates

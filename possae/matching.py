@@ -1324,7 +1324,7 @@ def analyze(model, dictionaries: dict[str, Dictionary], tokens: Int[Tensor, "n_w
         tables["overview"] = overview_frame(everything)
     values: dict[str, float | str] = {
         "match_n_saes": len(dictionaries), "match_threshold": params.threshold, "match_base": base.label,
-        "match_base_hook": base.hook_name, "match_chunk": params.chunk_size, "match_top_k": TOP_K, "match_dense_side": math.isqrt(DENSE_MAX_CELLS), "match_d_in": base.decoder.shape[1],
+        "match_base_hook": base.hook_name, "match_chunk": params.chunk_size, "match_best_kept": TOP_K, "match_dense_side": math.isqrt(DENSE_MAX_CELLS), "match_d_in": base.decoder.shape[1],
         "match_sigmas": params.threshold * float(np.sqrt(base.decoder.shape[1])), "match_base_d_sae": base.d_sae,
         "match_rand_mmcs": rand_row["dec_mmcs"], "match_rand_share": rand_row["dec_share"],
         "match_rand_hmean_sentence": (f"its one-to-one mean cosine {rand_row['hungarian_mean']:.3f}"
