@@ -433,15 +433,7 @@ def _feature_chunk_stats(
     r, n = cT.shape
     a = vals.double()
     wv = w[cols]
-    wa = wv * a
-    # histograms over j, bins reversed (n - j), so that one cumulative sum gives S(q) = sum over entries with j > q at
-    # sorted position q = n - 1 - bin
-    bins = rows * n + (n - j)
-    hist = torch.zeros(3, r * n, dtype=torch.float64, device=vals.device)
-    hist[0].index_add_(0, bins, wv)
-    hist[1].index_add_(0, bins, wa)
-    hist[2].index_add_(0, bins, wa * a)
-    mean, var, S0, cum = _moments(hist.view(3, r, n), cT, tables)
+    mean, var, S0, cum = _moments(_histograms(rows * n + (n - j), wv, a, r * n).view(3, r, n), cT, tables)
     g = (j * a + tables.c_cum.view(-1)[rows * (n + 1) + j]) / n  # mean over positions per firing token
     f_mean = mean.mean(1)
     tok_sq = torch.zeros(r, dtype=torch.float64, device=vals.device).index_add_(0, rows, wv * (g - f_mean[rows]) ** 2)
@@ -458,19 +450,26 @@ def _dense_chunk_stats(
     j = torch.searchsorted(tables.tau, A)  # (r, d_vocab): #{q : tau[row, q] < a}
     a = A.double()
     wv = w[None, :] * (j > 0)
-    wa = wv * a
-    # the same reversed bins as _feature_chunk_stats; a pair with j = 0 lands one bin past its row (weight 0), so one
-    # spare bin at the end
-    bins = (torch.arange(r, device=A.device)[:, None] * n + (n - j)).view(-1)
-    hist = torch.zeros(3, r * n + 1, dtype=torch.float64, device=A.device)
-    hist[0].index_add_(0, bins, wv.view(-1))
-    hist[1].index_add_(0, bins, wa.view(-1))
-    hist[2].index_add_(0, bins, (wa * a).view(-1))
+    # a pair with j = 0 lands one bin past its row (weight 0), so one spare bin at the end
+    bins = torch.arange(r, device=A.device)[:, None] * n + (n - j)
+    hist = _histograms(bins.view(-1), wv.view(-1), a.view(-1), r * n + 1)
     mean, var, S0, cum = _moments(hist[:, : r * n].view(3, r, n), cT, tables)
     g = (j * a + tables.c_cum.gather(1, j)) / n
     f_mean = mean.mean(1)
     tok_sq = (wv * (g - f_mean[:, None]) ** 2).sum(1)
     return mean, var, S0, _token_variance(tok_sq, cum, f_mean)
+
+
+def _histograms(bins: Int[Tensor, " m"], wv: Float[Tensor, " m"], a: Float[Tensor, " m"], size: int) -> Float[Tensor, "3 size"]:
+    """Return the histograms of w, w a and w a^2 over `size` bins (float64). The bins are reversed, rows * n_pos +
+    (n_pos - j), so that one cumulative sum gives S(q), the sum over entries with j > q, at sorted position
+    q = n_pos - 1 - bin."""
+    wa = wv * a
+    hist = torch.zeros(3, size, dtype=torch.float64, device=a.device)
+    hist[0].index_add_(0, bins, wv)
+    hist[1].index_add_(0, bins, wa)
+    hist[2].index_add_(0, bins, wa * a)
+    return hist
 
 
 def _moments(hist: Float[Tensor, "3 r n_pos"], cT: Float[Tensor, "r n_pos"], tables: PositionTables):
