@@ -217,7 +217,10 @@ spliced_loss_figure(result.spliced, sae_families(result.positions),
 # Per feature of every SAE: the mean and standard deviation of its activation over all tokens, its firing density,
 # and the deciles of its nonzero activations (from the first {glue:text}`osc_quantile_tokens:,` tokens of each
 # region, whole tokens up to {glue:text}`osc_quantile_values:,` nonzero values), computed separately over the SAE's
-# in-context positions `1..C-1` and, for a short-context SAE, over the positions past its context. The tables give medians over the features that fire in that region (live).
+# in-context positions `1..C-1` and, for a short-context SAE, over the positions past its context. The tables give
+# medians over the features that fire in that region (live). A feature silent on this chapter's
+# {glue:text}`osc_n_tokens:,` tokens may still fire on more text: the count of silent features is not the dead share
+# of the model card or of sae_lens's evals in the setup chapter, which read more held-out tokens.
 
 # %% tags=["remove-input"]
 result.tables["features"].style.hide(axis="index")

@@ -139,11 +139,16 @@ def parse_parameters(chapter: Path, pairs: list[tuple[str, str]]) -> dict:
 HUGE_PAGES_ENV = "THP_MEM_ALLOC_ENABLE"
 
 
+def kernel_variables() -> dict[str, str]:
+    """Return the variables a chapter's kernel runs under: $TQDM_DISABLE, so that no bar lands in the notebook, and
+    torch's huge-page switch unless the caller set it."""
+    return {DISABLE_ENV: "1", HUGE_PAGES_ENV: os.environ.get(HUGE_PAGES_ENV, "1")}
+
+
 @contextmanager
 def _kernel_environment():
-    """Set, while a chapter's kernel starts (it inherits them), $TQDM_DISABLE, so that no bar lands in the notebook,
-    and torch's huge-page switch unless the caller set it."""
-    wanted = {DISABLE_ENV: "1", HUGE_PAGES_ENV: os.environ.get(HUGE_PAGES_ENV, "1")}
+    """Set kernel_variables() while a chapter's kernel starts (it inherits them)."""
+    wanted = kernel_variables()
     old = {name: os.environ.get(name) for name in wanted}
     os.environ.update(wanted)
     try:
@@ -404,31 +409,58 @@ def run_order(todo: list[ChapterJob], profile: str) -> list[ChapterJob]:
     return sorted((j for j in todo if not j.reads_others), key=key) + [j for j in todo if j.reads_others]
 
 
-def _execute_job(src: Path, out: Path, given: dict, cwd: Path, threads: int) -> dict:
-    """Execute one chapter in this (fresh) worker process with `threads` CPU threads for its kernel; return its wall
-    time, and its kernel's CPU time and peak resident memory."""
-    import resource
-
+def job_environment(out: Path, threads: int) -> dict[str, str]:
+    """Return the variables a chapter's worker sets for its kernel: its CPU threads (torch sizes its pool from them)
+    and the build's cache of results that several chapters need (possae.cache), in the staging folder of `out`."""
     from possae.cache import CACHE_ENV
 
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # the kernel inherits them: torch sizes its pool from them
-        os.environ[var] = str(threads)
-    # results that several chapters need are computed once per build, in the staging folder (possae.cache)
-    os.environ.setdefault(CACHE_ENV, str(out.parent.parent / "cache"))
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+            CACHE_ENV: os.environ.get(CACHE_ENV) or str(out.parent.parent / "cache")}
+
+
+def _execute_job(src: Path, out: Path, given: dict, cwd: Path, threads: int, served: dict[str, str]) -> dict:
+    """Execute one chapter in this (fresh) worker process with `threads` CPU threads for its kernel, forked from the
+    kernel server when `served` names one (possae.kernel_server); return its wall time, and its kernel's CPU time and
+    peak resident memory."""
+    import resource
+
+    from possae.kernel_server import USAGE_ENV
+
+    os.environ.update(job_environment(out, threads))
+    os.environ.update(served)
+    usage_file = out.with_name(f".{out.stem}.usage.json")
+    usage_file.unlink(missing_ok=True)
+    if served:
+        os.environ[USAGE_ENV] = str(usage_file)
     t0 = time.perf_counter()
     execute_chapter(src, out, given, cwd=cwd)
+    wall = time.perf_counter() - t0
+    if served and usage_file.is_file():  # the served kernel is the server's child: its launcher reports its usage
+        usage = json.loads(usage_file.read_text())
+        usage_file.unlink()
+        return {"wall_s": wall, **usage, "threads": threads, "forked": True}
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the kernel, waited for by papermill's kernel manager
-    return {"wall_s": time.perf_counter() - t0, "cpu_s": usage.ru_utime + usage.ru_stime,
-            "peak_rss_mb": usage.ru_maxrss / 1024, "threads": threads}
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024,
+            "threads": threads}
+
+
+SERVE_FROM = 2  # the fewest chapters to run for which the build forks kernels from a kernel server (it costs one import)
 
 
 def execute_chapters(todo: list[ChapterJob], profile: str, root: Path = REPO_ROOT, jobs: int | None = None,
-                     rerun: bool = False) -> dict[str, dict]:
+                     rerun: bool = False, serve: bool = True) -> dict[str, dict]:
     """Execute the chapters `jobs` at a time, each in a fresh process, in run_order (the cache's producers, then the
     longest first, then those that read the others); skip those whose notebook carries the same fingerprint; return
-    each one's run record."""
+    each one's run record.
+
+    serve: where at least SERVE_FROM chapters run, fork their kernels from one process that imported the libraries
+    once (possae.kernel_server) instead of starting each from scratch.
+    """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
+    from contextlib import ExitStack
+
+    from possae.kernel_server import kernel_server
 
     jobs = default_jobs() if jobs is None else jobs
     if jobs < 1:
@@ -438,38 +470,55 @@ def execute_chapters(todo: list[ChapterJob], profile: str, root: Path = REPO_ROO
     records: dict[str, dict] = {}
     order = run_order(todo, profile)
     first, last = [j for j in order if not j.reads_others], [j for j in order if j.reads_others]
+
+    def fingerprint(job: ChapterJob) -> str:
+        others = tuple(json.loads(r.read_text()).get("fingerprint", "")  # the notebooks it reads: all the others
+                       for r in sorted(job.out.parent.glob(f"*{RUN_RECORD}"))
+                       if r.name != job.out.with_suffix(RUN_RECORD).name) if job.reads_others else ()
+        return chapter_fingerprint(job, tree, profile, others)
+
+    def up_to_date(job: ChapterJob, fp: str) -> bool:
+        return not rerun and run_record(job.out).get("fingerprint") == fp and job.out.is_file()
+
+    to_run = sum(not up_to_date(j, fingerprint(j)) for j in first) + len(last)
+    served: dict[str, str] | None = None if serve and to_run >= SERVE_FROM else {}
     failures: list[BaseException] = []
     running: dict = {}
-    try:
-        for batch in (first, last):
-            for job in batch:
-                others = tuple(json.loads(r.read_text()).get("fingerprint", "")  # the notebooks it reads: all the others
-                               for r in sorted(job.out.parent.glob(f"*{RUN_RECORD}"))
-                               if r.name != job.out.with_suffix(RUN_RECORD).name) if job.reads_others else ()
-                fp = chapter_fingerprint(job, tree, profile, others)
-                old = run_record(job.out)
-                if not rerun and old.get("fingerprint") == fp and job.out.is_file():
-                    _log(f"{job.src.relative_to(root)} is up to date (run in {old.get('wall_s', 0):.0f} s); not run again")
-                    records[job.name] = {**old, "skipped": True}
-                    continue
-                while len(running) >= jobs:
+    with ExitStack() as stack:
+        try:
+            for batch in (first, last):
+                for job in batch:
+                    fp = fingerprint(job)
+                    if up_to_date(job, fp):
+                        old = run_record(job.out)
+                        _log(f"{job.src.relative_to(root)} is up to date (run in {old.get('wall_s', 0):.0f} s); "
+                             "not run again")
+                        records[job.name] = {**old, "skipped": True}
+                        continue
+                    while len(running) >= jobs:
+                        _collect(running, records, failures, root)
+                    if failures:
+                        break
+                    if served is None:  # the kernels' environment, as each worker sets it for its own
+                        env = {**os.environ, **kernel_variables(), **job_environment(job.out, threads)}
+                        served = stack.enter_context(kernel_server(env))
+                        if not served:
+                            _log("the kernel server did not start; chapters start their own kernels")
+                    _log(f"executing {job.src.relative_to(root)} ({profile} profile)")
+                    # a fresh forked process per chapter: its kernel's CPU time and peak memory are its own
+                    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))
+                    future = pool.submit(_execute_job, job.src, job.out, job.given, root, threads, served)
+                    running[future] = (job, fp, pool)
+                while running:
                     _collect(running, records, failures, root)
                 if failures:
-                    break
-                _log(f"executing {job.src.relative_to(root)} ({profile} profile)")
-                # a fresh forked process per chapter: its kernel's CPU time and peak memory are its own children's
-                pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))
-                running[pool.submit(_execute_job, job.src, job.out, job.given, root, threads)] = (job, fp, pool)
-            while running:
-                _collect(running, records, failures, root)
-            if failures:
-                raise failures[0]
-    except BaseException as e:
-        if not isinstance(e, Exception):  # Ctrl-C or SIGTERM: the workers and their kernels are stopped
-            stop_child_processes()
-        for _, _, pool in running.values():
-            pool.shutdown(wait=False, cancel_futures=True)
-        raise
+                    raise failures[0]
+        except BaseException as e:
+            if not isinstance(e, Exception):  # Ctrl-C or SIGTERM: the workers and their kernels are stopped
+                stop_child_processes()
+            for _, _, pool in running.values():
+                pool.shutdown(wait=False, cancel_futures=True)
+            raise
     return records
 
 
@@ -505,12 +554,12 @@ def _log(message: str) -> None:
 
 def build(profile: str = "organism", only: str | None = None, root: Path = REPO_ROOT, stage: Path = STAGE,
           html: bool = True, extra: dict | None = None, out: Path | None = None, jobs: int | None = None,
-          rerun: bool = False) -> Path:
+          rerun: bool = False, serve: bool = True) -> Path:
     """Execute the chapters (all, or `only`) under a profile and build the HTML into out/_build/html; return it.
 
     Chapters run `jobs` at a time (default: default_jobs()), the ledger after the others. A chapter whose notebook in
     `stage` came from the same source, parameters, package and artifacts (its fingerprint) is not run again, unless
-    `rerun`.
+    `rerun`. serve: fork the chapters' kernels from a kernel server (execute_chapters).
     """
     if profile not in PROFILES:
         raise ValueError(f"Unknown profile {profile!r}; profiles: {', '.join(PROFILES)}")
@@ -543,7 +592,7 @@ def build(profile: str = "organism", only: str | None = None, root: Path = REPO_
             target.parent.mkdir(parents=True, exist_ok=True)
             write_if_changed(target.with_suffix(src.suffix), with_banner(src.read_text()))
     t0 = time.perf_counter()
-    records = execute_chapters(todo, profile, root, jobs=jobs, rerun=rerun)
+    records = execute_chapters(todo, profile, root, jobs=jobs, rerun=rerun, serve=serve)
     summary = {"profile": profile, "jobs": jobs or default_jobs(), "chapters_wall_s": time.perf_counter() - t0,
                "chapters": records}
     result = stage

@@ -100,7 +100,8 @@ def _build(args: argparse.Namespace) -> None:
     from possae.book import ChapterFailed, build
 
     try:
-        print("book ->", build(args.profile, args.only, html=not args.no_html, jobs=args.jobs, rerun=args.rerun))
+        print("book ->", build(args.profile, args.only, html=not args.no_html, jobs=args.jobs, rerun=args.rerun,
+                                  serve=not args.plain_kernels))
     except (ChapterFailed, ValueError) as e:
         raise SystemExit(f"possae build: {e}") from None
 
@@ -186,6 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--jobs", type=int, default=None, help="chapters run at once (default: $POSSAE_JOBS, else 2)")
     b.add_argument("--rerun", action="store_true",
                    help="execute every chapter again, even those whose notebook is up to date")
+    b.add_argument("--plain-kernels", action="store_true",
+                   help="start every chapter's kernel from scratch, not forked from one that imported the libraries")
     b.set_defaults(func=_build)
     r = sub.add_parser("run", help="execute one chapter with papermill parameters into build/runs/ and render its page")
     r.add_argument("chapter", help="the chapter's file name without .py, e.g. positional")

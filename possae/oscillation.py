@@ -910,7 +910,7 @@ def splice_display(splice: pd.DataFrame) -> pd.DataFrame:
 def feature_display(summary: pd.DataFrame) -> pd.DataFrame:
     """Return per SAE and region the live features and their median density, mean and std (for display)."""
     return pd.DataFrame({"SAE": summary["sae_id"], "positions": summary["region"] + " (" + summary["positions"] + ")",
-                         "live features": summary["live"], "dead": summary["dead"],
+                         "live features": summary["live"], "silent here": summary["dead"],
                          "median density": [_num(v, ".3g") for v in summary["density"]],
                          "median mean": [_num(v, ".3g") for v in summary["mean"]],
                          "median std": [_num(v, ".3g") for v in summary["std"]]})

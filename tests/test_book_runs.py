@@ -207,7 +207,8 @@ def tiny_book(root):
 
 def test_build_runs_chapters_two_at_a_time_once_and_reruns_what_changed(tmp_path, monkeypatch):
     """The second build of an unchanged book runs nothing; a changed parameter reruns its chapter and the ledger-like
-    reader; kernels connect over Unix sockets and back large tensors with huge pages; each run records its fingerprint, wall and CPU time, peak memory and its kernel's thread count."""
+    reader; kernels connect over Unix sockets and back large tensors with huge pages, forked from the kernel server or started
+    plainly; each run records its fingerprint, wall and CPU time, peak memory and its kernel's thread count."""
     from possae.book import RUN_RECORD, build
 
     tiny_book(tmp_path)
@@ -217,7 +218,7 @@ def test_build_runs_chapters_two_at_a_time_once_and_reruns_what_changed(tmp_path
     records = {p.name: json.loads(p.read_text()) for p in stage.glob(f"*{RUN_RECORD}")}
     assert set(records) == {f"{c}{RUN_RECORD}" for c in ("a", "b", "reader")}
     assert all(r["threads"] == max(1, (os.cpu_count() or 1) // 2) and r["wall_s"] > 0 and r["peak_rss_mb"] > 10
-               for r in records.values())
+               and r["forked"] for r in records.values())  # three chapters: kernels forked from the kernel server
     outputs = nbformat.read(stage / "a.ipynb", as_version=4).cells[-1].outputs
     # over Unix sockets: two kernels started at once over TCP can be handed the same port, and one dies
     assert outputs[0]["text"].split() == ["1", str(records[f"a{RUN_RECORD}"]["threads"]), "ipc", "1"]  # huge pages
@@ -225,12 +226,15 @@ def test_build_runs_chapters_two_at_a_time_once_and_reruns_what_changed(tmp_path
     build("organism", root=tmp_path, stage=stage, html=False, jobs=2)
     assert {p.name: p.stat().st_mtime_ns for p in stage.glob("*.ipynb")} == times  # nothing ran again
     (tmp_path / "b.py").write_text(TINY_CHAPTER.replace("x = 1", "x = 3"))
-    build("organism", root=tmp_path, stage=stage, html=False, jobs=1)
+    build("organism", root=tmp_path, stage=stage, html=False, jobs=1, serve=False)
     after = {p.name: p.stat().st_mtime_ns for p in stage.glob("*.ipynb")}
     assert after["a.ipynb"] == times["a.ipynb"]
     assert after["b.ipynb"] != times["b.ipynb"] and after["reader.ipynb"] != times["reader.ipynb"]
-    build("organism", root=tmp_path, stage=stage, html=False, rerun=True)
+    build("organism", root=tmp_path, stage=stage, html=False, rerun=True, serve=False)
     assert all(p.stat().st_mtime_ns != after[p.name] for p in stage.glob("*.ipynb"))
+    plain = json.loads((stage / f"a{RUN_RECORD}").read_text())  # each kernel started from scratch, as a user's
+    assert "forked" not in plain and plain["peak_rss_mb"] > 10 and plain["cpu_s"] > 0
+    assert nbformat.read(stage / "a.ipynb", as_version=4).cells[-1].outputs[0]["text"] == outputs[0]["text"]
     with pytest.raises(ValueError, match="at least 1"):
         build("organism", root=tmp_path, stage=stage, html=False, jobs=0)
 
