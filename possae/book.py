@@ -480,7 +480,8 @@ def execute_chapters(todo: list[ChapterJob], profile: str, root: Path = REPO_ROO
     def up_to_date(job: ChapterJob, fp: str) -> bool:
         return not rerun and run_record(job.out).get("fingerprint") == fp and job.out.is_file()
 
-    to_run = sum(not up_to_date(j, fingerprint(j)) for j in first) + len(last)
+    # the server pays off over chapters that import the libraries (the ledger-like readers import little)
+    to_run = sum(not up_to_date(j, fingerprint(j)) for j in first)
     served: dict[str, str] | None = None if serve and to_run >= SERVE_FROM else {}
     failures: list[BaseException] = []
     running: dict = {}

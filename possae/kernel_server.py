@@ -23,6 +23,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -59,7 +60,7 @@ def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
     return json.loads(body), list(fds)
 
 
-def _become_kernel(request: dict, fds: list[int], conn: socket.socket) -> None:
+def _become_kernel(request: dict, fds: list[int], conn: socket.socket, home: str) -> None:
     """In the forked child: take the launcher's streams, directory and environment, and run an IPython kernel."""
     import signal
     import threading
@@ -74,6 +75,8 @@ def _become_kernel(request: dict, fds: list[int], conn: socket.socket) -> None:
             if fd > 2:
                 os.close(fd)
         os.chdir(request["cwd"])
+        # the folder `python -m` put first on the path is the server's; a kernel started from scratch has its own there
+        sys.path = [request["cwd"] if entry == home else entry for entry in sys.path]
         os.environ.clear()
         os.environ.update(request["env"])
         threads = os.environ.get("OMP_NUM_THREADS", "")
@@ -114,6 +117,7 @@ def serve(path: str, modules: tuple[str, ...] = KERNEL_MODULES) -> None:
     """Import `modules`, listen at `path`, print "ready", and fork a kernel per launcher until stdin closes."""
     import importlib
 
+    home = os.getcwd()
     for name in modules:
         importlib.import_module(name)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -140,7 +144,7 @@ def serve(path: str, modules: tuple[str, ...] = KERNEL_MODULES) -> None:
                 listener.close()
                 for other in owners.values():
                     other.close()
-                _become_kernel(request, fds, conn)
+                _become_kernel(request, fds, conn, home)
             for fd in fds:
                 os.close(fd)
             owners[pid] = conn
@@ -162,6 +166,18 @@ def serve(path: str, modules: tuple[str, ...] = KERNEL_MODULES) -> None:
                 conn.close()
 
 
+def _wait_ready(proc: subprocess.Popen, timeout: float) -> bool:
+    """Return whether the server printed READY within `timeout` seconds (other lines, printed by an import, pass)."""
+    deadline = time.monotonic() + timeout
+    while select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))[0]:
+        line = proc.stdout.readline()
+        if line == READY:
+            return True
+        if not line:  # the server exited
+            return False
+    return False
+
+
 @contextmanager
 def kernel_server(env: dict[str, str], modules: tuple[str, ...] = KERNEL_MODULES, timeout: float = START_TIMEOUT_S):
     """Start a server that imports `modules`, with the kernels' environment `env`; yield the variables under which
@@ -172,8 +188,7 @@ def kernel_server(env: dict[str, str], modules: tuple[str, ...] = KERNEL_MODULES
         proc = subprocess.Popen([sys.executable, "-m", "possae.kernel_server", path, *modules], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, env=env)
         try:
-            ready = select.select([proc.stdout], [], [], timeout)[0] and proc.stdout.readline() == READY
-            if not ready:
+            if not _wait_ready(proc, timeout):
                 yield {}
                 return
             spec = Path(folder, "kernels", "python3")

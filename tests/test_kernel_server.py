@@ -37,10 +37,12 @@ def served(tmp_path, monkeypatch):
     """A kernel manager whose python3 kernel is forked from a light kernel server; yields (km, kc, server pid)."""
     monkeypatch.setenv("POSSAE_TEST_MARK", "from the launcher")
     monkeypatch.setenv(USAGE_ENV, str(tmp_path / "usage.json"))
-    monkeypatch.chdir(tmp_path)
+    (tmp_path / "server").mkdir()
+    monkeypatch.chdir(tmp_path / "server")
     with kernel_server(dict(os.environ), modules=LIGHT) as extra:
         assert set(extra) == {"JUPYTER_PATH"}
         monkeypatch.setenv("JUPYTER_PATH", extra["JUPYTER_PATH"])
+        monkeypatch.chdir(tmp_path)  # the kernel's folder, not the server's
         km = KernelManager(kernel_name="python3")
         assert km.kernel_spec.env[SERVER_ENV].endswith("/s")
         km.start_kernel(extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
@@ -59,10 +61,12 @@ def served(tmp_path, monkeypatch):
 def test_a_served_kernel_is_a_fork_of_the_server_in_the_launchers_folder_and_environment(served, tmp_path):
     km, kc, launcher = served
     out, reply = _run(kc, "import os, sys; print(os.getcwd(), os.environ['POSSAE_TEST_MARK'], os.getppid(), "
-                          "'ipykernel.kernelapp' in sys.modules, sep='|')")
+                          "'ipykernel.kernelapp' in sys.modules, os.path.join(os.getcwd(), 'server') in sys.path, "
+                          "os.getcwd() in sys.path, sep='|')")
     assert reply["status"] == "ok"
-    cwd, mark, ppid, imported = "".join(out).strip().split("|")
+    cwd, mark, ppid, imported, server_on_path, own_on_path = "".join(out).strip().split("|")
     assert (cwd, mark, imported) == (str(tmp_path), "from the launcher", "True")
+    assert (server_on_path, own_on_path) == ("False", "True")  # its own folder on the path, as a kernel from scratch
     assert int(ppid) != launcher.pid and psutil.Process(int(ppid)).cmdline()[1:3] == ["-m", "possae.kernel_server"]
     assert "kernel_launcher.py" in " ".join(launcher.cmdline())
     km.shutdown_kernel()
