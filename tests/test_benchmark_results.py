@@ -54,3 +54,27 @@ def test_refresh_rewrites_only_between_the_markers_and_names_a_missing_block(tmp
     readme.write_text("no markers\n")
     with pytest.raises(ValueError, match="has no block .* put the two markers back"):
         refresh_readme(readme)
+
+
+def _book_record(chapters: dict[str, float], html: float, book: float, install: float, test: float | None) -> dict:
+    record = {"install_s": install, "book": {"chapters_wall_s": sum(chapters.values()) / 2, "html_s": html,
+                                             "make_book_with_install_s": book,
+                                             "chapters": {n: {"wall_s": s} for n, s in chapters.items()}}}
+    if test is not None:
+        record["test"] = {"make_test_s": test}
+    return record
+
+
+def test_the_targets_sentence_names_each_target_met_or_missed():
+    from possae.benchmark_results import book_targets, targets_sentence
+
+    met = _book_record({"a": 39.0, "b": 30.0}, html=5.0, book=226.0, install=99.0, test=185.0)
+    assert [(w, round(s, 1), lim) for w, s, lim in book_targets(met)][1:] == [
+        ("the longest chapter (a)", 39.0, 40.0), ("the HTML", 5.0, 30.0), ("`make book` with the install", 226.0, 300.0),
+        ("`make test` with the install", 284.0, 300.0)]
+    assert targets_sentence(met).startswith("Against issue 24's targets, every target is met:")
+    missed = _book_record({"a": 41.0, "b": 30.0}, html=5.0, book=226.0, install=120.0, test=185.0)
+    text = targets_sentence(missed)
+    assert "2 of 5 targets are missed" in text
+    assert "the longest chapter (a) 41 s (at most 40: missed)" in text and "with the install 305 s (at most 300: missed)" in text
+    assert len(book_targets(_book_record({"a": 1.0}, 1.0, 1.0, 1.0, test=None))) == 4  # no tests timed: no test target
