@@ -7,6 +7,7 @@ The chapter calls :func:`analyze` once; everything it shows is in the returned :
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Sequence
@@ -161,10 +162,14 @@ def region_mask(positions: range, n_pos: int) -> Bool[Tensor, "n_pos"]:
 def per_feature_quantiles(values: Float[Tensor, "n"], features: Int[Tensor, "n"], d_sae: int,
                           qs: Sequence[float] = DECILES) -> Float[Tensor, "d_sae n_q"]:
     """Return each feature's linear-interpolated quantiles of its values (NaN for features with none)."""
-    values = values.double()
-    order = torch.sort(values, stable=True).indices
-    order = order[torch.sort(features[order], stable=True).indices]
-    v = values[order]
+    if values.dtype == torch.float32:  # one sort of (feature, value): a float32's bits, sign-folded, sort as its value
+        bits = values.view(torch.int32).long()
+        key = torch.where(bits >= 0, bits, -(bits & 0x7FFFFFFF)) + 2**31
+        order = torch.sort(features.long() * 2**32 + key).indices
+    else:
+        order = torch.sort(values, stable=True).indices
+        order = order[torch.sort(features[order], stable=True).indices]
+    v = values.double()[order]
     counts = torch.bincount(features, minlength=d_sae)
     offsets = torch.cumsum(counts, 0) - counts
     out = torch.full((d_sae, len(qs)), float("nan"), dtype=torch.float64)
@@ -399,6 +404,13 @@ def lag1_autocorrelation(x: Float[Tensor, "n"]) -> float:
     return min(max(rho, 0.0), MAX_AR1)
 
 
+@functools.lru_cache(maxsize=8)
+def _null_draws(n_null: int, n: int, seed: int) -> Float[Tensor, "n_null n"]:
+    """Return the seeded standard normal draws of null_max_power's surrogates (the same for every curve of n points:
+    drawn once; callers copy before changing them)."""
+    return torch.randn(n_null, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
 def null_max_power(curve: Float[Tensor, "n"], n_null: int = N_NULL, seed: int = 0,
                    degree: int = DETREND_DEGREE) -> Float[Tensor, "n_null"]:
     """Return the largest detrended power (bins 1..) of trend-keeping red-noise surrogates of the curve, per draw.
@@ -412,8 +424,7 @@ def null_max_power(curve: Float[Tensor, "n"], n_null: int = N_NULL, seed: int = 
     """
     c = torch.tensor(np.asarray(curve, dtype=np.float64))
     rho, n = lag1_autocorrelation(detrended(c, degree)), len(c)
-    g = torch.Generator().manual_seed(seed)
-    eps = torch.randn(n_null, n, generator=g, dtype=torch.float64)
+    eps = _null_draws(n_null, n, seed).clone()
     eps[:, 0] /= math.sqrt(1 - rho**2)  # the stationary start
     x = torch.from_numpy(lfilter([1.0], [1.0, -rho], eps.numpy(), axis=1))  # x_t = rho x_{t-1} + eps_t
     power = power_spectrum(x, degree)[:, 1:]
@@ -431,6 +442,7 @@ def refined_peak(power: Float[Tensor, "n_freq"]) -> tuple[int, float]:
     return k, k + (0.5 * (a - c) / denom if denom < 0 else 0.0)
 
 
+@functools.lru_cache(maxsize=16)
 def polynomial_basis(n: int, degree: int) -> Float[Tensor, "n degree_plus_1"]:
     """Return an orthonormal basis (float64) of the polynomials of the given degree in the position, over n points."""
     t = torch.linspace(-1, 1, n, dtype=torch.float64)
@@ -465,13 +477,22 @@ def trend_rss(curve: Float[Tensor, "n"], degree: int = DETREND_DEGREE, extra: in
     q = polynomial_basis(n, degree)
     r = c - q @ (q.T @ c)
     wider = c - (q6 := polynomial_basis(n, degree + extra)) @ (q6.T @ c)
+    steps, norms = _logistic_steps(n, degree)
+    explained = (steps @ r) ** 2 / norms
+    return float(min(wider @ wider, r @ r - explained.max()))
+
+
+@functools.lru_cache(maxsize=8)
+def _logistic_steps(n: int, degree: int) -> tuple[Float[Tensor, "n_steps n"], Float[Tensor, "n_steps"]]:
+    """Return trend_rss's logistic steps over n points (every centre and width), less their polynomial part of the
+    given degree, and their squared norms (the same for every curve of n points: built once)."""
+    q = polynomial_basis(n, degree)
     t = torch.arange(n, dtype=torch.float64)
     centres = torch.linspace(0, n - 1, STEP_CENTRES, dtype=torch.float64)
     widths = torch.logspace(0, math.log10(max(n / 16, 1.0)), STEP_WIDTHS, dtype=torch.float64)
     steps = torch.sigmoid((t - centres[:, None, None]) / widths[None, :, None]).reshape(-1, n)
     steps = steps - (steps @ q) @ q.T
-    explained = (steps @ r) ** 2 / (steps * steps).sum(1).clamp_min(1e-300)
-    return float(min(wider @ wider, r @ r - explained.max()))
+    return steps, (steps * steps).sum(1).clamp_min(1e-300)
 
 
 def spectral_peak(curve: Float[Tensor, "n"], n_null: int = N_NULL, seed: int = 0, degree: int = DETREND_DEGREE,

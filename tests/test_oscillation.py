@@ -497,15 +497,18 @@ def test_frequency_sentence_reports_only_what_the_test_supports():
 # ---------------------------------------------------------------- quantiles
 
 
-def test_per_feature_quantiles_match_torch():
+@pytest.mark.parametrize("dtype, low", [(torch.float32, 0.0), (torch.float32, -1.0), (torch.float64, -1.0)])
+def test_per_feature_quantiles_match_torch(dtype, low):
+    """float32 values sort once on (feature, value bits), of either sign; others sort twice: both match torch."""
     g = torch.Generator().manual_seed(0)
     F = 7
     feats = torch.randint(0, F - 1, (500,), generator=g)  # the last feature never fires
-    vals = torch.rand(500, generator=g) * (feats + 1)
+    vals = ((torch.rand(500, generator=g, dtype=torch.float64) + low) * (feats + 1)).to(dtype)
+    vals[:3] = torch.tensor([0.0, -0.0, 0.0], dtype=dtype)
     q = per_feature_quantiles(vals, feats, F)
     assert q.shape == (F, len(DECILES)) and torch.isnan(q[-1]).all()
     for j in range(F - 1):
-        torch.testing.assert_close(q[j], torch.quantile(vals[feats == j].double(), torch.tensor(DECILES).double()))
+        torch.testing.assert_close(q[j], torch.quantile(vals[feats == j].double(), torch.tensor(DECILES, dtype=torch.float64)))
 
 
 # ---------------------------------------------------------------- the chapter's result
