@@ -179,10 +179,11 @@ def _wait_ready(proc: subprocess.Popen, timeout: float) -> bool:
 
 
 @contextmanager
-def kernel_server(env: dict[str, str], modules: tuple[str, ...] = KERNEL_MODULES, timeout: float = START_TIMEOUT_S):
-    """Start a server that imports `modules`, with the kernels' environment `env`; yield the variables under which
-    papermill's `python3` kernels are forked from it ({} when it could not start: then kernels start as usual); stop it
-    at the end."""
+def kernel_server(env: dict[str, str], modules: tuple[str, ...] | None = None, timeout: float = START_TIMEOUT_S):
+    """Start a server that imports `modules` (None: KERNEL_MODULES), with the kernels' environment `env`; yield the
+    variables under which papermill's `python3` kernels are forked from it ({} when it could not start: then kernels
+    start as usual); stop it at the end."""
+    modules = KERNEL_MODULES if modules is None else modules
     with tempfile.TemporaryDirectory(prefix="possae-ks-") as folder:  # short: a socket path holds <= 107 bytes
         path = os.path.join(folder, "s")
         proc = subprocess.Popen([sys.executable, "-m", "possae.kernel_server", path, *modules], stdin=subprocess.PIPE,

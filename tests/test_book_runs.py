@@ -214,6 +214,7 @@ def test_build_runs_chapters_two_at_a_time_once_and_reruns_what_changed(tmp_path
     tiny_book(tmp_path)
     stage = tmp_path / "stage"
     monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)  # the build sets it for its kernels
+    monkeypatch.setattr("possae.kernel_server.KERNEL_MODULES", ("ipykernel.kernelapp",))  # all the tiny book needs
     build("organism", root=tmp_path, stage=stage, html=False, jobs=2)
     records = {p.name: json.loads(p.read_text()) for p in stage.glob(f"*{RUN_RECORD}")}
     assert set(records) == {f"{c}{RUN_RECORD}" for c in ("a", "b", "reader")}
