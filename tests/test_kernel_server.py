@@ -101,3 +101,25 @@ def test_a_server_that_cannot_start_yields_nothing():
     with kernel_server(dict(os.environ), modules=("possae_no_such_module",)) as extra:
         assert extra == {}
     assert time.time() - t0 < 30
+
+
+def test_a_kernel_forked_after_torch_was_imported_computes_on_its_own_threads(tmp_path, monkeypatch):
+    """The server imports torch but computes nothing, so no thread pool exists before the fork: a kernel sizes its own
+    from $OMP_NUM_THREADS and its parallel work completes."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    monkeypatch.chdir(tmp_path)
+    with kernel_server(dict(os.environ), modules=("torch", "ipykernel.kernelapp")) as extra:
+        monkeypatch.setenv("JUPYTER_PATH", extra["JUPYTER_PATH"])
+        km = KernelManager(kernel_name="python3")
+        km.start_kernel(extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
+        kc = km.client()
+        kc.start_channels()
+        try:
+            kc.wait_for_ready(timeout=60)
+            out, reply = _run(kc, "import torch; a = torch.randn(1500, 1500, generator=torch.Generator().manual_seed(0)); "
+                                  "print(torch.get_num_threads(), float((a @ a).abs().sum()) > 0, float(a.exp().sum()) > 0)",
+                              timeout=60)
+            assert reply["status"] == "ok" and out == ["2 True True\n"]
+        finally:
+            kc.stop_channels()
+            km.shutdown_kernel(now=True)
