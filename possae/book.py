@@ -482,7 +482,8 @@ def execute_chapters(todo: list[ChapterJob], profile: str, root: Path = REPO_ROO
 
     # the server pays off over chapters that import the libraries (the ledger-like readers import little)
     to_run = sum(not up_to_date(j, fingerprint(j)) for j in first)
-    served: dict[str, str] | None = None if serve and to_run >= SERVE_FROM else {}
+    # forking a process that loaded torch is safe on Linux; elsewhere (macOS's frameworks) kernels start plainly
+    served: dict[str, str] | None = None if serve and to_run >= SERVE_FROM and sys.platform == "linux" else {}
     failures: list[BaseException] = []
     running: dict = {}
     with ExitStack() as stack:
