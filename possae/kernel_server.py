@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 # what a chapter's kernel imports before it computes (possae.bytecode compiles the same at install)
@@ -135,8 +135,9 @@ def serve(path: str, modules: tuple[str, ...] = KERNEL_MODULES) -> None:
             conn, _ = listener.accept()
             try:
                 request, fds = _receive(conn)
-            except (OSError, ValueError) as e:
-                conn.sendall(f"error: {e}\n".encode())
+            except (OSError, ValueError) as e:  # a launcher that went away or sent nothing readable: the next one
+                with suppress(OSError):
+                    conn.sendall(f"error: {e}\n".encode())
                 conn.close()
                 continue
             pid = os.fork()
@@ -159,10 +160,8 @@ def serve(path: str, modules: tuple[str, ...] = KERNEL_MODULES) -> None:
             conn = owners.pop(pid, None)
             if conn is not None:
                 with_usage = f"{os.waitstatus_to_exitcode(status)} {usage.ru_utime} {usage.ru_stime} {usage.ru_maxrss}\n"
-                try:
+                with suppress(OSError):  # a launcher killed meanwhile has no one to tell
                     conn.sendall(with_usage.encode())
-                except OSError:
-                    pass
                 conn.close()
 
 
