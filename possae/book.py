@@ -12,6 +12,7 @@ import tempfile
 import time
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import yaml
@@ -444,6 +445,23 @@ def _execute_job(src: Path, out: Path, given: dict, cwd: Path, threads: int, ser
             "threads": threads}
 
 
+def _worker_modules(todo: list[ChapterJob]) -> list[str]:
+    """Return what a chapter's worker imports before its kernel starts: papermill and its readers, the stand-in check,
+    and each chapter's parameters class, which checks the parameters' types (the layer-0 chapters' modules import
+    sae_lens: 7-9 s in each worker, on the cores the running kernels use)."""
+    stems = {Path(job.name).name for job in todo}
+    return ["papermill", "jupytext", "nbformat", "possae.standin",
+            *sorted({CHAPTER_PARAMS[s].split(":")[0] for s in stems if s in CHAPTER_PARAMS})]
+
+
+def _import_all(modules: list[str]) -> None:
+    """Import `modules` into this process, so that the workers forked from it start with them."""
+    import importlib
+
+    for name in modules:
+        importlib.import_module(name)
+
+
 SERVE_FROM = 2  # the fewest chapters to run for which the build forks kernels from a kernel server (it costs one import)
 
 
@@ -486,6 +504,7 @@ def execute_chapters(todo: list[ChapterJob], profile: str, root: Path = REPO_ROO
     served: dict[str, str] | None = None if serve and to_run >= SERVE_FROM and sys.platform == "linux" else {}
     failures: list[BaseException] = []
     running: dict = {}
+    prepared = False
     with ExitStack() as stack:
         try:
             for batch in (first, last):
@@ -501,11 +520,16 @@ def execute_chapters(todo: list[ChapterJob], profile: str, root: Path = REPO_ROO
                         _collect(running, records, failures, root)
                     if failures:
                         break
-                    if served is None:  # the kernels' environment, as each worker sets it for its own
-                        env = {**os.environ, **kernel_variables(), **job_environment(job.out, threads)}
-                        served = stack.enter_context(kernel_server(env))
-                        if not served:
-                            _log("the kernel server did not start; chapters start their own kernels")
+                    if not prepared:  # the first chapter to run: what every worker imports, imported once here
+                        prepared = True
+                        preload = partial(_import_all, _worker_modules(todo))
+                        if served is None:  # the kernels' environment, as each worker sets it for its own
+                            env = {**os.environ, **kernel_variables(), **job_environment(job.out, threads)}
+                            served = stack.enter_context(kernel_server(env, while_starting=preload))
+                            if not served:
+                                _log("the kernel server did not start; chapters start their own kernels")
+                        else:
+                            preload()
                     _log(f"executing {job.src.relative_to(root)} ({profile} profile)")
                     # a fresh forked process per chapter: its kernel's CPU time and peak memory are its own
                     pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))

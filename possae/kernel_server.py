@@ -26,6 +26,7 @@ import tempfile
 import time
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Callable
 
 # what a chapter's kernel imports before it computes (possae.bytecode compiles the same at install)
 KERNEL_MODULES = (
@@ -178,16 +179,19 @@ def _wait_ready(proc: subprocess.Popen, timeout: float) -> bool:
 
 
 @contextmanager
-def kernel_server(env: dict[str, str], modules: tuple[str, ...] | None = None, timeout: float = START_TIMEOUT_S):
+def kernel_server(env: dict[str, str], modules: tuple[str, ...] | None = None, timeout: float = START_TIMEOUT_S,
+                  while_starting: Callable[[], None] | None = None):
     """Start a server that imports `modules` (None: KERNEL_MODULES), with the kernels' environment `env`; yield the
     variables under which papermill's `python3` kernels are forked from it ({} when it could not start: then kernels
-    start as usual); stop it at the end."""
+    start as usual); stop it at the end. `while_starting` runs here while the server imports."""
     modules = KERNEL_MODULES if modules is None else modules
     with tempfile.TemporaryDirectory(prefix="possae-ks-") as folder:  # short: a socket path holds <= 107 bytes
         path = os.path.join(folder, "s")
         proc = subprocess.Popen([sys.executable, "-m", "possae.kernel_server", path, *modules], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, env=env)
         try:
+            if while_starting is not None:
+                while_starting()
             if not _wait_ready(proc, timeout):
                 yield {}
                 return

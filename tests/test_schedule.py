@@ -48,3 +48,14 @@ def test_the_caches_producers_start_first_then_the_longest_and_the_ledger_last(t
     assert CACHE_PRODUCERS == ("setup", "semantic")
     assert [Path(j.name).name for j in run_order(todo, "organism")] == [
         "setup", "semantic", "matching", "positional", "length_generalization", "ledger"]
+
+
+def test_the_build_imports_once_what_each_chapters_worker_would_import():
+    """The modules of the parameters classes of the chapters that run (the layer-0 chapters' import sae_lens), once
+    each, beside papermill's: the workers are forked after they are imported."""
+    from possae.book import _worker_modules
+
+    jobs = [ChapterJob(f"chapters/{c}", Path(f"chapters/{c}.py"), Path(f"/tmp/{c}.ipynb"), {})
+            for c in ("semantic", "positional", "semantic", "a_tiny_one")]
+    assert _worker_modules(jobs) == ["papermill", "jupytext", "nbformat", "possae.standin", "possae.positional",
+                                     "possae.semantic"]
