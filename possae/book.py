@@ -434,12 +434,13 @@ def _execute_job(src: Path, out: Path, given: dict, cwd: Path, threads: int, ser
     if served:
         os.environ[USAGE_ENV] = str(usage_file)
     t0 = time.perf_counter()
-    execute_chapter(src, out, given, cwd=cwd)
-    wall = time.perf_counter() - t0
-    if served and usage_file.is_file():  # the served kernel is the server's child: its launcher reports its usage
-        usage = json.loads(usage_file.read_text())
-        usage_file.unlink()
-        return {"wall_s": wall, **usage, "threads": threads, "forked": True}
+    try:
+        execute_chapter(src, out, given, cwd=cwd)
+        wall = time.perf_counter() - t0
+        if served and usage_file.is_file():  # the served kernel is the server's child: its launcher reports its usage
+            return {"wall_s": wall, **json.loads(usage_file.read_text()), "threads": threads, "forked": True}
+    finally:
+        usage_file.unlink(missing_ok=True)
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the kernel, waited for by papermill's kernel manager
     return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024,
             "threads": threads}
