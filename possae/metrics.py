@@ -54,11 +54,9 @@ def next_token_ce(logits: Float[Tensor, "batch pos d_vocab"], targets: Int[Tenso
 def next_token_ce_of(logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos_minus_1"]:
     """Return next_token_ce(logits[:, :-1], tokens[:, 1:]) without copying the logits into a contiguous slice (a
     quarter of the time on a CPU): every row is scored, the last against a target cross_entropy ignores."""
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    targets = torch.full_like(tokens, -100, device=logits.device)  # cross_entropy's ignore_index: scored 0
+    targets = torch.full_like(tokens, -100)  # cross_entropy's ignore_index: scored 0
     targets[:, :-1] = tokens[:, 1:]
-    flat = torch.nn.functional.cross_entropy(logits.flatten(0, -2), targets.flatten(), reduction="none")
-    return flat.view(tokens.shape)[:, :-1]
+    return next_token_ce(logits, targets)[:, :-1]
 
 
 # ----------------------------------------------------------------------------------------------
