@@ -94,7 +94,7 @@ def has_hooks(module: nn.Module) -> bool:
 
 
 @contextmanager
-def _locked(path: Path):
+def file_lock(path: Path):
     """Hold an exclusive lock on `path` (created if missing) for the duration of the block."""
     with open(path, "a+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -115,7 +115,7 @@ def cached(kind: str, parts: tuple, compute: Callable[[], T]) -> T:
     folder = root / kind
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{content_key(kind, *parts)}.pt"
-    with _locked(path.with_suffix(".lock")):
+    with file_lock(path.with_suffix(".lock")):
         if path.is_file():
             try:
                 return torch.load(path, weights_only=False)

@@ -55,10 +55,10 @@ def quick_book(tmp_path_factory):
 
     With $POSSAE_TEST_BOOK set to a built HTML folder (e.g. _build/html), the browser test checks that book instead.
     """
-    import fcntl
     from pathlib import Path
 
     from possae.book import build
+    from possae.cache import file_lock
     from possae.data_paths import REPO_ROOT
 
     if os.environ.get("POSSAE_TEST_BOOK"):
@@ -68,8 +68,7 @@ def quick_book(tmp_path_factory):
     # is not executed again (possae.book's fingerprints), so a second `make test` rebuilds only the HTML
     out = REPO_ROOT / "build" / "test-book"
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.with_suffix(".lock"), "a+") as lock:  # one build at a time, should two test processes ask for it
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(out.with_suffix(".lock")):  # one build at a time, should two test processes ask for it
         plant_stale_staging_files(out / "stage" / "chapters")
         return build("quick", stage=out / "stage", out=out)
 
@@ -106,4 +105,3 @@ def organism_model_and_sae():
     from possae.loaders import load_model_and_sae
 
     return load_model_and_sae("organism", "relu-short", device="cpu")
-
